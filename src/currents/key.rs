@@ -1,0 +1,185 @@
+//! The Currents object key layout (currents-facts §1):
+//!
+//! ```text
+//! <prefix>/dataexport.<cluster>.<connector>.integration.<id>/event_type=<type>/date=<YYYY-MM-DD-HH>/<schema-id>/<zone>/<name>+<partition>+<offset>.avro
+//! ```
+//!
+//! Braze warns that file naming may change, so only the `event_type=` and `date=` segments are
+//! interpreted; every other segment is opaque.
+
+use std::fmt;
+
+/// The parts of an object key that carry meaning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentsKey<'a> {
+    /// From the `event_type=` segment, e.g. `users.behaviors.CustomEvent`.
+    pub event_type: Option<&'a str>,
+    /// From the `date=` segment: the UTC hour Braze queued the events, not their event time.
+    pub date: Option<DateHour>,
+}
+
+impl<'a> CurrentsKey<'a> {
+    /// Reads the meaningful segments of a key or local path (either separator).
+    pub fn parse(key: &'a str) -> Self {
+        let mut parsed = CurrentsKey {
+            event_type: None,
+            date: None,
+        };
+        for segment in key.split(['/', '\\']) {
+            if let Some(event_type) = segment.strip_prefix("event_type=") {
+                parsed.event_type = Some(event_type).filter(|t| !t.is_empty());
+            } else if let Some(date) = segment.strip_prefix("date=") {
+                parsed.date = DateHour::parse(date);
+            }
+        }
+        parsed
+    }
+}
+
+/// One `date=` partition: a UTC hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DateHour {
+    pub year: u16,
+    pub month: u8,
+    pub day: u8,
+    pub hour: u8,
+}
+
+impl DateHour {
+    /// Parses `YYYY-MM-DD-HH`; anything else (including impossible dates) is `None`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split('-');
+        let mut next = |len: usize| {
+            parts
+                .next()
+                .filter(|p| p.len() == len && p.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|p| p.parse::<u16>().ok())
+        };
+        let (year, month, day, hour) = (next(4)?, next(2)?, next(2)?, next(2)?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let date = DateHour {
+            year,
+            month: month as u8,
+            day: day as u8,
+            hour: hour as u8,
+        };
+        let days_in_month = match date.month {
+            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+            4 | 6 | 9 | 11 => 30,
+            2 if is_leap(date.year) => 29,
+            2 => 28,
+            _ => return None,
+        };
+        (date.day >= 1 && date.day <= days_in_month && date.hour < 24).then_some(date)
+    }
+}
+
+fn is_leap(year: u16) -> bool {
+    year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400))
+}
+
+impl fmt::Display for DateHour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:04}-{:02}-{:02}-{:02}",
+            self.year, self.month, self.day, self.hour
+        )
+    }
+}
+
+/// The parts of a key Braze generates; used to lay out fixtures and test buckets.
+#[derive(Debug, Clone)]
+pub struct KeyLayout<'a> {
+    pub prefix: &'a str,
+    pub cluster: &'a str,
+    pub connector: &'a str,
+    pub integration_id: &'a str,
+    pub schema_id: u32,
+    pub zone: &'a str,
+}
+
+impl KeyLayout<'_> {
+    pub fn object_key(
+        &self,
+        event_type: &str,
+        date: DateHour,
+        partition: u32,
+        offset: u64,
+    ) -> String {
+        let integration = format!(
+            "dataexport.{}.{}.integration.{}",
+            self.cluster, self.connector, self.integration_id
+        );
+        let prefix = self.prefix.trim_end_matches('/');
+        let prefix = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        format!(
+            "{prefix}{integration}/event_type={event_type}/date={date}/{}/{}/{integration}+{partition}+{offset:010}.avro",
+            self.schema_id, self.zone
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_layout_and_round_trips_it() {
+        let layout = KeyLayout {
+            prefix: "currents",
+            cluster: "prod-03",
+            connector: "S3",
+            integration_id: "5f0c2a9e8b7d6c5b4a392817",
+            schema_id: 612,
+            zone: "zone-a",
+        };
+        let date = DateHour::parse("2026-11-27-13").unwrap();
+        let key = layout.object_key("users.behaviors.CustomEvent", date, 2, 35465);
+        assert_eq!(
+            key,
+            "currents/dataexport.prod-03.S3.integration.5f0c2a9e8b7d6c5b4a392817/event_type=users.behaviors.CustomEvent/date=2026-11-27-13/612/zone-a/dataexport.prod-03.S3.integration.5f0c2a9e8b7d6c5b4a392817+2+0000035465.avro"
+        );
+        let parsed = CurrentsKey::parse(&key);
+        assert_eq!(parsed.event_type, Some("users.behaviors.CustomEvent"));
+        assert_eq!(parsed.date, Some(date));
+        assert_eq!(date.to_string(), "2026-11-27-13");
+    }
+
+    #[test]
+    fn keys_outside_the_layout_have_no_meaning() {
+        let parsed = CurrentsKey::parse(
+            "dataexport.S3.integration.599f118afbe76a01c513c63c+2+0000035465.avro",
+        );
+        assert_eq!(
+            parsed,
+            CurrentsKey {
+                event_type: None,
+                date: None
+            }
+        );
+        assert_eq!(CurrentsKey::parse("a/event_type=/b").event_type, None);
+    }
+
+    #[test]
+    fn rejects_impossible_dates() {
+        for bad in [
+            "2026-02-29-00",
+            "2024-13-01-00",
+            "2024-01-01-24",
+            "2024-1-01-00",
+            "2024-01-01",
+            "2024-01-01-00-00",
+            "x",
+        ] {
+            assert_eq!(DateHour::parse(bad), None, "{bad}");
+        }
+        assert!(DateHour::parse("2024-02-29-23").is_some());
+    }
+}

@@ -1,0 +1,19 @@
+//! The Braze side: where Currents objects live, how they are encoded, and the event shape
+//! they decode to.
+//!
+//! - [`key`]: the object key layout (`event_type=`, `date=`).
+//! - [`container`]: streaming, bounded reading of Avro object container files.
+//! - [`schema`] and [`datum`]: decoding driven by each file's embedded writer schema.
+//! - [`event`]: the Custom HTTP connector event shape and the mapping into it.
+//! - [`decode`]: all of the above for one object: bytes in, events out.
+//! - [`synth`]: seeded synthetic Currents files for fixtures, tests and benchmarks;
+//!   [`fixtures`]: the committed set made from them.
+
+pub mod container;
+pub mod datum;
+pub mod decode;
+pub mod event;
+pub mod fixtures;
+pub mod key;
+pub mod schema;
+pub mod synth;

@@ -1,0 +1,14 @@
+//! currents-heap delivers Braze Currents events to Heap's server-side track API.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! object store ──► currents (decode Avro ──► Custom HTTP events) ──► heap (map ──► bulk track)
+//!                                   ledger (what is done) · dead letters (what failed)
+//! ```
+//!
+//! - [`currents`]: the object key layout, streaming Avro decoding, the Custom HTTP event shape.
+//! - [`commands`]: the command-line entry points (`inspect`).
+
+pub mod commands;
+pub mod currents;
