@@ -1,0 +1,355 @@
+//! The Custom HTTP connector event: the JSON shape Braze posts to HTTP endpoints
+//! (currents-facts §5), which `inspect` prints and every later stage consumes.
+//!
+//! `event_type`, `id` and `time` sit at the top; `user` holds whichever of `user_id`,
+//! `external_user_id`, `device_id` and `timezone` are present; `properties` holds every other
+//! non-null field in writer order. The JSON string `properties` of `CustomEvent` and `Purchase`
+//! becomes the object `custom_properties` / `purchase_properties`, as in Braze's payloads.
+
+use std::sync::Arc;
+
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
+
+use super::datum::Datum;
+use super::schema::RecordShape;
+
+pub const CUSTOM_EVENT: &str = "users.behaviors.CustomEvent";
+pub const PURCHASE: &str = "users.behaviors.Purchase";
+
+/// One Currents event in Braze's Custom HTTP connector shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomHttpEvent {
+    pub event_type: Arc<str>,
+    /// Braze's globally unique event ID: the dedupe key across at-least-once deliveries.
+    pub id: String,
+    /// Unix seconds, UTC.
+    pub time: i64,
+    pub user: User,
+    pub properties: Vec<(Arc<str>, Property)>,
+}
+
+/// The identifiers Braze puts under `user`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct User {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+}
+
+/// A property value: an Avro value as decoded, or a JSON-encoded string field that was checked
+/// to be valid JSON. The JSON is kept as text: printing it needs no parse, and the Heap mapping
+/// parses it once, straight into flattened properties.
+#[derive(Debug, Clone)]
+pub enum Property {
+    Avro(Datum),
+    Json(Box<RawValue>),
+}
+
+impl PartialEq for Property {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Property::Avro(a), Property::Avro(b)) => a == b,
+            (Property::Json(a), Property::Json(b)) => a.get() == b.get(),
+            _ => false,
+        }
+    }
+}
+
+impl CustomHttpEvent {
+    pub fn property(&self, name: &str) -> Option<&Property> {
+        self.properties
+            .iter()
+            .find(|(k, _)| &**k == name)
+            .map(|(_, v)| v)
+    }
+}
+
+/// Something odd about one event that did not stop it from being mapped.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MappingWarning {
+    #[error("event {event_id}: field `{field}` is not valid JSON ({reason}); kept as a string")]
+    PropertiesNotJson {
+        event_id: String,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+/// What each writer-schema field becomes in the Custom HTTP shape, decided once per file.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Id,
+    Time,
+    UserId,
+    ExternalUserId,
+    DeviceId,
+    Timezone,
+    /// A JSON-encoded string that becomes an object under [`EventMapper::json_target`].
+    JsonProperties,
+    Property,
+}
+
+/// Maps decoded records of one file (one event type, one writer schema) to Custom HTTP events.
+pub struct EventMapper {
+    event_type: Arc<str>,
+    fields: Vec<(Arc<str>, Role)>,
+    /// `custom_properties` or `purchase_properties`, allocated once rather than per event.
+    json_target: Option<Arc<str>>,
+}
+
+impl EventMapper {
+    pub fn new(event_type: Arc<str>, schema: &RecordShape) -> Self {
+        let json_properties = match &*event_type {
+            CUSTOM_EVENT => Some("custom_properties"),
+            PURCHASE => Some("purchase_properties"),
+            _ => None,
+        };
+        let fields = schema
+            .fields
+            .iter()
+            .map(|f| {
+                let role = match (&*f.name, json_properties.is_some()) {
+                    ("id", _) => Role::Id,
+                    ("time", _) => Role::Time,
+                    ("user_id", _) => Role::UserId,
+                    ("external_user_id", _) => Role::ExternalUserId,
+                    ("device_id", _) => Role::DeviceId,
+                    ("timezone", _) => Role::Timezone,
+                    ("properties", true) => Role::JsonProperties,
+                    _ => Role::Property,
+                };
+                (f.name.clone(), role)
+            })
+            .collect();
+        EventMapper {
+            event_type,
+            fields,
+            json_target: json_properties.map(Arc::from),
+        }
+    }
+
+    pub fn event_type(&self) -> &Arc<str> {
+        &self.event_type
+    }
+
+    /// Maps one record (field values in writer order). The schema was checked to have a string
+    /// `id` and an int `time` when the file was opened.
+    pub fn map(&self, record: Vec<Datum>) -> (CustomHttpEvent, Option<MappingWarning>) {
+        let mut event = CustomHttpEvent {
+            event_type: self.event_type.clone(),
+            id: String::new(),
+            time: 0,
+            user: User::default(),
+            properties: Vec::with_capacity(record.len()),
+        };
+        let mut json_field = None;
+        for ((name, role), value) in self.fields.iter().zip(record) {
+            if matches!(value, Datum::Null) {
+                continue;
+            }
+            match (role, value) {
+                (Role::Id, Datum::String(s)) => event.id = s,
+                (Role::Time, Datum::Int(t)) => event.time = i64::from(t),
+                (Role::Time, Datum::Long(t)) => event.time = t,
+                (Role::UserId, Datum::String(s)) => event.user.user_id = Some(s),
+                (Role::ExternalUserId, Datum::String(s)) => event.user.external_user_id = Some(s),
+                (Role::DeviceId, Datum::String(s)) => event.user.device_id = Some(s),
+                (Role::Timezone, Datum::String(s)) => event.user.timezone = Some(s),
+                (Role::JsonProperties, Datum::String(s)) => json_field = Some(s),
+                // A user field of an unexpected type stays visible as a property.
+                (_, value) => event.properties.push((name.clone(), Property::Avro(value))),
+            }
+        }
+        let mut warning = None;
+        if let (Some(text), Some(target)) = (json_field, &self.json_target) {
+            let value = match serde_json::from_str::<Box<RawValue>>(&text) {
+                Ok(json) => Property::Json(json),
+                Err(e) => {
+                    warning = Some(MappingWarning::PropertiesNotJson {
+                        event_id: event.id.clone(),
+                        field: "properties",
+                        reason: e.to_string(),
+                    });
+                    Property::Avro(Datum::String(text))
+                }
+            };
+            event.properties.push((target.clone(), value));
+        }
+        (event, warning)
+    }
+}
+
+/// The event type named by the writer schema: its namespace and name without Braze's
+/// `dataexport.<connector>.inner.` prefix (`dataexport.S3.inner.users.behaviors` +
+/// `CustomEvent` gives `users.behaviors.CustomEvent`).
+pub fn event_type_from_schema(schema: &RecordShape) -> String {
+    let full = schema.full_name();
+    let mut parts = full.splitn(4, '.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("dataexport"), Some(_connector), Some("inner"), Some(rest)) => rest.to_string(),
+        _ => full,
+    }
+}
+
+impl Serialize for CustomHttpEvent {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(5))?;
+        map.serialize_entry("event_type", &*self.event_type)?;
+        map.serialize_entry("id", &self.id)?;
+        map.serialize_entry("time", &self.time)?;
+        map.serialize_entry("user", &self.user)?;
+        map.serialize_entry("properties", &Properties(&self.properties))?;
+        map.end()
+    }
+}
+
+struct Properties<'a>(&'a [(Arc<str>, Property)]);
+
+impl Serialize for Properties<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in self.0 {
+            match value {
+                Property::Avro(datum) => map.serialize_entry(&**name, datum)?,
+                Property::Json(json) => map.serialize_entry(&**name, json)?,
+            }
+        }
+        map.end()
+    }
+}
+
+impl Serialize for Datum {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Datum::Null => serializer.serialize_unit(),
+            Datum::Boolean(b) => serializer.serialize_bool(*b),
+            Datum::Int(i) => serializer.serialize_i32(*i),
+            Datum::Long(l) => serializer.serialize_i64(*l),
+            // serde_json prints an f32 with the shortest digits that round-trip: `3.14`.
+            Datum::Float(f) => serializer.serialize_f32(*f),
+            Datum::Double(d) => serializer.serialize_f64(*d),
+            // Avro's JSON encoding: one code point per byte (ISO-8859-1).
+            Datum::Bytes(b) => {
+                serializer.collect_str(&b.iter().map(|&c| char::from(c)).collect::<String>())
+            }
+            Datum::String(s) => serializer.serialize_str(s),
+            Datum::Enum(symbol) => serializer.serialize_str(symbol),
+            Datum::Array(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
+            }
+            Datum::Map(entries) => {
+                let mut map = serializer.serialize_map(Some(entries.len()))?;
+                for (k, v) in entries {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+            Datum::Record(shape, values) => {
+                let mut map = serializer.serialize_map(None)?;
+                for (field, value) in shape.fields.iter().zip(values) {
+                    if !matches!(value, Datum::Null) {
+                        map.serialize_entry(&*field.name, value)?;
+                    }
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::currents::schema::compile_event_schema;
+
+    fn custom_event_schema() -> Arc<RecordShape> {
+        compile_event_schema(
+            r#"{"type":"record","name":"CustomEvent","namespace":"dataexport.S3.inner.users.behaviors","fields":[
+            {"name":"id","type":"string"},{"name":"user_id","type":"string"},
+            {"name":"external_user_id","type":["null","string"]},{"name":"time","type":"int"},
+            {"name":"price","type":"float"},{"name":"properties","type":"string"}]}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn event_type_comes_from_the_schema_without_the_connector_prefix() {
+        assert_eq!(event_type_from_schema(&custom_event_schema()), CUSTOM_EVENT);
+        let internal = compile_event_schema(
+            r#"{"type":"record","name":"Purchase","namespace":"users.behaviors","fields":[{"name":"id","type":"string"},{"name":"time","type":"int"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(event_type_from_schema(&internal), PURCHASE);
+    }
+
+    #[test]
+    fn maps_user_fields_floats_and_json_properties() {
+        let schema = custom_event_schema();
+        let mapper = EventMapper::new(Arc::from(CUSTOM_EVENT), &schema);
+        let (event, warning) = mapper.map(vec![
+            Datum::String("e1".into()),
+            Datum::String("u1".into()),
+            Datum::Null,
+            Datum::Int(1_700_000_000),
+            Datum::Float(12.34),
+            Datum::String(r#"{"a":[1,"b"],"n":{"x":true}}"#.into()),
+        ]);
+        assert_eq!(warning, None);
+        assert_eq!(
+            serde_json::to_string(&event).unwrap(),
+            r#"{"event_type":"users.behaviors.CustomEvent","id":"e1","time":1700000000,"user":{"user_id":"u1"},"properties":{"price":12.34,"custom_properties":{"a":[1,"b"],"n":{"x":true}}}}"#
+        );
+    }
+
+    #[test]
+    fn invalid_json_properties_are_kept_as_a_string_with_a_warning() {
+        let schema = custom_event_schema();
+        let mapper = EventMapper::new(Arc::from(CUSTOM_EVENT), &schema);
+        let (event, warning) = mapper.map(vec![
+            Datum::String("e2".into()),
+            Datum::String("u1".into()),
+            Datum::String("ext".into()),
+            Datum::Int(5),
+            Datum::Float(1.0),
+            Datum::String("{not json".into()),
+        ]);
+        assert!(
+            matches!(warning, Some(MappingWarning::PropertiesNotJson { ref event_id, .. }) if event_id == "e2")
+        );
+        assert_eq!(
+            event.property("custom_properties"),
+            Some(&Property::Avro(Datum::String("{not json".into())))
+        );
+        assert_eq!(event.user.external_user_id.as_deref(), Some("ext"));
+    }
+
+    #[test]
+    fn other_event_types_keep_properties_as_a_plain_field() {
+        let schema = custom_event_schema();
+        let mapper = EventMapper::new(Arc::from("users.messages.email.Open"), &schema);
+        let (event, warning) = mapper.map(vec![
+            Datum::String("e3".into()),
+            Datum::String("u1".into()),
+            Datum::Null,
+            Datum::Int(5),
+            Datum::Float(0.5),
+            Datum::String("{}".into()),
+        ]);
+        assert_eq!(warning, None);
+        assert_eq!(
+            event.property("properties"),
+            Some(&Property::Avro(Datum::String("{}".into())))
+        );
+    }
+}
