@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use currents_heap::commands::{Cli, Command, inspect};
+use currents_heap::heap::map::HeapMapper;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -15,10 +16,30 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     match cli.command {
-        Command::Inspect { paths } => {
+        Command::Inspect {
+            paths,
+            heap,
+            mapping,
+        } => {
+            let output = if heap {
+                inspect::Output::Heap(HeapMapper::new(mapping.config()))
+            } else {
+                inspect::Output::CustomHttp
+            };
             let stdout = io::stdout();
             let mut out = BufWriter::new(stdout.lock());
-            match inspect::inspect(&paths, &mut out) {
+            let result = inspect::inspect(&paths, &output, &mut out);
+            if let Ok(report) = &result {
+                for (event_type, n) in &report.skipped_no_identity {
+                    tracing::info!(
+                        "{n} {event_type} events have no identity and would not be sent"
+                    );
+                }
+                for (reason, n) in &report.unsendable {
+                    tracing::warn!("{n} events would be parked: {reason}");
+                }
+            }
+            match result {
                 Ok(report) if report.failures.is_empty() => ExitCode::SUCCESS,
                 Ok(report) => {
                     tracing::error!(

@@ -6,7 +6,18 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use crate::currents::decode::EventReader;
+use crate::heap::map::{HeapMapper, Mapped};
+
+/// What to print for each event.
+pub enum Output {
+    /// Braze's Custom HTTP connector shape.
+    CustomHttp,
+    /// The Heap track event that would be sent.
+    Heap(HeapMapper),
+}
 
 /// What one `inspect` run did.
 #[derive(Debug, Default)]
@@ -16,11 +27,19 @@ pub struct InspectReport {
     pub warnings: u64,
     /// One line per file that failed: its path and the reason.
     pub failures: Vec<String>,
+    /// With `--heap`: events not sent because they have no identity, per event type.
+    pub skipped_no_identity: BTreeMap<String, u64>,
+    /// With `--heap`: events that would be parked, per reason.
+    pub unsendable: BTreeMap<String, u64>,
 }
 
 /// Prints every event of every `.avro` file under `paths` (files, or directories searched
 /// recursively in name order) to `out`.
-pub fn inspect(paths: &[PathBuf], out: &mut impl Write) -> io::Result<InspectReport> {
+pub fn inspect(
+    paths: &[PathBuf],
+    output: &Output,
+    out: &mut impl Write,
+) -> io::Result<InspectReport> {
     let mut report = InspectReport::default();
     for path in paths {
         let files = match avro_files(path) {
@@ -31,14 +50,19 @@ pub fn inspect(paths: &[PathBuf], out: &mut impl Write) -> io::Result<InspectRep
             }
         };
         for file in files {
-            inspect_file(&file, out, &mut report)?;
+            inspect_file(&file, output, out, &mut report)?;
         }
     }
     out.flush()?;
     Ok(report)
 }
 
-fn inspect_file(path: &Path, out: &mut impl Write, report: &mut InspectReport) -> io::Result<()> {
+fn inspect_file(
+    path: &Path,
+    output: &Output,
+    out: &mut impl Write,
+    report: &mut InspectReport,
+) -> io::Result<()> {
     let name = path.display().to_string();
     let file = match File::open(path) {
         Ok(file) => file,
@@ -61,9 +85,26 @@ fn inspect_file(path: &Path, out: &mut impl Write, report: &mut InspectReport) -
                     report.warnings += 1;
                     tracing::warn!(object = %name, "{warning}");
                 }
-                serde_json::to_writer(&mut *out, &event)?;
-                out.write_all(b"\n")?;
                 report.events += 1;
+                match output {
+                    Output::CustomHttp => serde_json::to_writer(&mut *out, &event)?,
+                    Output::Heap(mapper) => match mapper.map(&event) {
+                        Mapped::Track { event, .. } => serde_json::to_writer(&mut *out, &event)?,
+                        Mapped::NoIdentity => {
+                            *report
+                                .skipped_no_identity
+                                .entry(event.event_type.to_string())
+                                .or_insert(0) += 1;
+                            continue;
+                        }
+                        Mapped::Unsendable(reason) => {
+                            tracing::warn!(object = %name, event_id = %event.id, "would be parked: {reason}");
+                            *report.unsendable.entry(reason).or_insert(0) += 1;
+                            continue;
+                        }
+                    },
+                }
+                out.write_all(b"\n")?;
             }
             Ok(None) => break,
             Err(e) => {

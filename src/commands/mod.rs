@@ -4,7 +4,9 @@ pub mod inspect;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+
+use crate::heap::map::{IdentitySource, MappingConfig};
 
 /// Delivers Braze Currents events to Heap's server-side track API.
 #[derive(Debug, Parser)]
@@ -25,5 +27,50 @@ pub enum Command {
         /// Avro files, or directories to search for them.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Print the Heap track events that would be sent instead (nothing is sent).
+        #[arg(long)]
+        heap: bool,
+        #[command(flatten)]
+        mapping: MappingArgs,
     },
+}
+
+/// How Currents events become Heap track events.
+#[derive(Debug, Clone, Args)]
+pub struct MappingArgs {
+    /// Braze fields to use as the Heap identity, tried in order (external_user_id, user_id).
+    /// Events with none of them are not sent, and are counted per event type.
+    #[arg(
+        long,
+        env = "CURRENTS_HEAP_IDENTITY",
+        value_delimiter = ',',
+        default_value = "external_user_id"
+    )]
+    pub identity: Vec<IdentitySource>,
+    /// Prefix for every Heap event name, e.g. `braze-`.
+    #[arg(long, env = "CURRENTS_HEAP_EVENT_PREFIX", default_value = "")]
+    pub event_prefix: String,
+    /// Heap event name for an event type, as TYPE=NAME (repeatable), e.g.
+    /// `users.messages.email.Open=Email Opened`.
+    #[arg(long = "rename", value_name = "TYPE=NAME", value_parser = parse_rename)]
+    pub renames: Vec<(String, String)>,
+}
+
+impl MappingArgs {
+    pub fn config(&self) -> MappingConfig {
+        MappingConfig {
+            identity: self.identity.clone(),
+            event_prefix: self.event_prefix.clone(),
+            renames: self.renames.iter().cloned().collect(),
+        }
+    }
+}
+
+fn parse_rename(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((event_type, name)) if !event_type.trim().is_empty() && !name.trim().is_empty() => {
+            Ok((event_type.trim().to_string(), name.trim().to_string()))
+        }
+        _ => Err(format!("`{text}` is not TYPE=NAME")),
+    }
 }

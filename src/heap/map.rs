@@ -1,0 +1,574 @@
+//! Custom HTTP event → Heap track event.
+//!
+//! Rules (each documented in the README):
+//! - identity: the first present, non-empty field of the configured list (default
+//!   `external_user_id`). None → not sent (counted). Over 255 characters → parked, never cut.
+//! - event name: `name` for CustomEvent, the event type otherwise; a per-type rename table
+//!   replaces it, then the optional prefix is prepended. Empty or over 1024 characters → parked.
+//! - timestamp: `time_ms` where present, otherwise `time`; idempotency key: the event `id`.
+//! - properties, in this order: Braze context (`braze_event_type`, `braze_event_id`,
+//!   `braze_user_id`, `braze_device_id`, `braze_timezone`), then Braze's fields, then the
+//!   custom/purchase properties lifted to the top level. Nested objects become dotted keys,
+//!   arrays are joined with `||`, booleans become `"true"`/`"false"`, nulls are dropped, keys
+//!   and strings are cut to 1023 characters (counted). Values are only strings and numbers.
+//! - collisions: Braze's names win. A custom property whose key is taken keeps its container's
+//!   name as a prefix (`custom_properties.platform`); if even that is taken it is dropped and
+//!   counted. Within one event the first writer of a key wins, so the result is deterministic.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use serde_json::{Map, Number, Value as Json};
+
+use super::track::{TrackEvent, iso8601_utc};
+use crate::currents::datum::Datum;
+use crate::currents::event::{CUSTOM_EVENT, CustomHttpEvent, Property};
+
+/// Heap limits (heap-facts §3).
+pub const MAX_IDENTITY_CHARS: usize = 255;
+pub const MAX_EVENT_NAME_CHARS: usize = 1024;
+/// Keys and string values must be "fewer than 1024 characters".
+pub const MAX_PROPERTY_CHARS: usize = 1023;
+
+/// A Braze field that can become the Heap identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentitySource {
+    ExternalUserId,
+    UserId,
+}
+
+impl FromStr for IdentitySource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "external_user_id" => Ok(IdentitySource::ExternalUserId),
+            "user_id" => Ok(IdentitySource::UserId),
+            other => Err(format!(
+                "unknown identity field `{other}` (expected external_user_id or user_id)"
+            )),
+        }
+    }
+}
+
+/// How Currents events become Heap track events.
+#[derive(Debug, Clone)]
+pub struct MappingConfig {
+    /// Tried in order; the first present, non-empty one is the identity.
+    pub identity: Vec<IdentitySource>,
+    /// Prepended to every event name, e.g. `braze-` as Heap's own integration offers.
+    pub event_prefix: String,
+    /// Event type → Heap event name, replacing the default name.
+    pub renames: HashMap<String, String>,
+}
+
+impl Default for MappingConfig {
+    fn default() -> Self {
+        MappingConfig {
+            identity: vec![IdentitySource::ExternalUserId],
+            event_prefix: String::new(),
+            renames: HashMap::new(),
+        }
+    }
+}
+
+/// What became of one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mapped {
+    Track {
+        event: TrackEvent,
+        /// Keys and values cut to 1023 characters, and custom properties dropped on collision.
+        adjustments: Adjustments,
+    },
+    /// Not sent by policy: no identity under the configured identity fields.
+    NoIdentity,
+    /// Cannot be sent as is: parked as a dead letter with this reason.
+    Unsendable(String),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Adjustments {
+    pub truncated: u32,
+    pub collisions_dropped: u32,
+}
+
+pub struct HeapMapper {
+    config: MappingConfig,
+}
+
+impl HeapMapper {
+    pub fn new(config: MappingConfig) -> Self {
+        HeapMapper { config }
+    }
+
+    pub fn map(&self, event: &CustomHttpEvent) -> Mapped {
+        let Some(identity) = self.identity(event) else {
+            return Mapped::NoIdentity;
+        };
+        let identity_len = identity.chars().count();
+        if identity_len > MAX_IDENTITY_CHARS {
+            return Mapped::Unsendable(format!(
+                "identity is {identity_len} characters; Heap allows at most {MAX_IDENTITY_CHARS}"
+            ));
+        }
+        let event_name = match self.event_name(event) {
+            Ok(name) => name,
+            Err(reason) => return Mapped::Unsendable(reason),
+        };
+        let millis = event
+            .property("time_ms")
+            .and_then(integer)
+            .unwrap_or(event.time.saturating_mul(1000));
+
+        let mut flat = Flattener::default();
+        let context = [
+            ("braze_event_type", Some(&*event.event_type)),
+            ("braze_event_id", Some(event.id.as_str())),
+            ("braze_user_id", event.user.user_id.as_deref()),
+            ("braze_device_id", event.user.device_id.as_deref()),
+            ("braze_timezone", event.user.timezone.as_deref()),
+        ];
+        for (key, value) in context {
+            if let Some(value) = value {
+                flat.put(key.to_string(), Json::String(value.to_string()), None);
+            }
+        }
+        let is_custom_event = &*event.event_type == CUSTOM_EVENT;
+        let mut lifted = Vec::new();
+        for (name, value) in &event.properties {
+            match (&**name, value) {
+                ("name", _) if is_custom_event => {}
+                ("custom_properties" | "purchase_properties", Property::Json(raw)) => {
+                    lifted.push((name, raw))
+                }
+                (_, Property::Avro(datum)) => flat.datum(name.to_string(), datum, None),
+                (_, Property::Json(raw)) => match serde_json::from_str::<Json>(raw.get()) {
+                    Ok(json) => flat.json(name.to_string(), &json, None),
+                    Err(_) => flat.put(name.to_string(), Json::String(raw.get().into()), None),
+                },
+            }
+        }
+        for (container, raw) in lifted {
+            match serde_json::from_str::<Json>(raw.get()) {
+                Ok(Json::Object(fields)) => {
+                    for (key, value) in &fields {
+                        flat.json(key.clone(), value, Some(container));
+                    }
+                }
+                Ok(other) => flat.json(container.to_string(), &other, None),
+                Err(_) => flat.put(container.to_string(), Json::String(raw.get().into()), None),
+            }
+        }
+        Mapped::Track {
+            event: TrackEvent {
+                identity: identity.to_string(),
+                event: event_name,
+                timestamp: iso8601_utc(millis),
+                idempotency_key: event.id.clone(),
+                properties: flat.out,
+            },
+            adjustments: flat.adjustments,
+        }
+    }
+
+    fn identity<'e>(&self, event: &'e CustomHttpEvent) -> Option<&'e str> {
+        self.config.identity.iter().find_map(|source| {
+            let value = match source {
+                IdentitySource::ExternalUserId => event.user.external_user_id.as_deref(),
+                IdentitySource::UserId => event.user.user_id.as_deref(),
+            };
+            value.filter(|v| !v.is_empty())
+        })
+    }
+
+    fn event_name(&self, event: &CustomHttpEvent) -> Result<String, String> {
+        let base = match self.config.renames.get(&*event.event_type) {
+            Some(renamed) => renamed.clone(),
+            None if &*event.event_type == CUSTOM_EVENT => event
+                .property("name")
+                .and_then(text)
+                .ok_or_else(|| "the custom event has no `name`".to_string())?,
+            None => event.event_type.to_string(),
+        };
+        let name = format!("{}{base}", self.config.event_prefix);
+        let chars = name.chars().count();
+        if chars == 0 {
+            return Err("the event name is empty".into());
+        }
+        if chars > MAX_EVENT_NAME_CHARS {
+            return Err(format!(
+                "event name is {chars} characters; Heap allows at most {MAX_EVENT_NAME_CHARS}"
+            ));
+        }
+        Ok(name)
+    }
+}
+
+fn text(property: &Property) -> Option<String> {
+    match property {
+        Property::Avro(Datum::String(s)) => Some(s.clone()),
+        Property::Json(raw) => serde_json::from_str::<String>(raw.get()).ok(),
+        _ => None,
+    }
+}
+
+fn integer(property: &Property) -> Option<i64> {
+    match property {
+        Property::Avro(Datum::Long(v)) => Some(*v),
+        Property::Avro(Datum::Int(v)) => Some(i64::from(*v)),
+        Property::Json(raw) => serde_json::from_str::<i64>(raw.get()).ok(),
+        _ => None,
+    }
+}
+
+/// Builds the flat string/number property map.
+#[derive(Default)]
+struct Flattener {
+    out: Map<String, Json>,
+    adjustments: Adjustments,
+}
+
+impl Flattener {
+    /// Inserts a string or number. A taken key moves under `container.` if one is given.
+    fn put(&mut self, key: String, value: Json, container: Option<&str>) {
+        let key = self.cut(key);
+        let value = match value {
+            Json::String(s) => Json::String(self.cut(s)),
+            other => other,
+        };
+        if !self.out.contains_key(&key) {
+            self.out.insert(key, value);
+            return;
+        }
+        match container {
+            Some(container) => self.put(format!("{container}.{key}"), value, None),
+            None => self.adjustments.collisions_dropped += 1,
+        }
+    }
+
+    fn cut(&mut self, s: String) -> String {
+        match s.char_indices().nth(MAX_PROPERTY_CHARS) {
+            Some((byte, _)) => {
+                self.adjustments.truncated += 1;
+                let mut s = s;
+                s.truncate(byte);
+                s
+            }
+            None => s,
+        }
+    }
+
+    fn json(&mut self, key: String, value: &Json, container: Option<&str>) {
+        match value {
+            Json::Null => {}
+            Json::Bool(b) => self.put(key, Json::String(b.to_string()), container),
+            Json::Number(_) | Json::String(_) => self.put(key, value.clone(), container),
+            Json::Array(items) => {
+                let joined: Vec<String> = items.iter().filter_map(json_text).collect();
+                if !joined.is_empty() {
+                    self.put(key, Json::String(joined.join("||")), container);
+                }
+            }
+            Json::Object(fields) => {
+                for (k, v) in fields {
+                    self.json(format!("{key}.{k}"), v, container);
+                }
+            }
+        }
+    }
+
+    fn datum(&mut self, key: String, value: &Datum, container: Option<&str>) {
+        match value {
+            Datum::Null => {}
+            Datum::Record(shape, values) => {
+                for (field, v) in shape.fields.iter().zip(values) {
+                    self.datum(format!("{key}.{}", field.name), v, container);
+                }
+            }
+            Datum::Map(entries) => {
+                for (k, v) in entries {
+                    self.datum(format!("{key}.{k}"), v, container);
+                }
+            }
+            Datum::Array(items) => {
+                let joined: Vec<String> = items.iter().filter_map(datum_text).collect();
+                if !joined.is_empty() {
+                    self.put(key, Json::String(joined.join("||")), container);
+                }
+            }
+            scalar => {
+                if let Some(json) = datum_scalar(scalar) {
+                    self.put(key, json, container);
+                }
+            }
+        }
+    }
+}
+
+/// A scalar as a Heap value: numbers stay numbers, everything else becomes a string.
+fn datum_scalar(value: &Datum) -> Option<Json> {
+    Some(match value {
+        Datum::Null => return None,
+        Datum::Boolean(b) => Json::String(b.to_string()),
+        Datum::Int(i) => Json::from(*i),
+        Datum::Long(l) => Json::from(*l),
+        // The shortest decimal that round-trips the f32, as Braze prints it: 12.34, not 12.3400001.
+        Datum::Float(f) => finite(f.to_string().parse::<f64>().unwrap_or(f64::from(*f))),
+        Datum::Double(d) => finite(*d),
+        Datum::String(s) => Json::String(s.clone()),
+        Datum::Enum(s) => Json::String(s.to_string()),
+        Datum::Bytes(b) => Json::String(b.iter().map(|&c| char::from(c)).collect()),
+        Datum::Array(_) | Datum::Map(_) | Datum::Record(..) => {
+            Json::String(serde_json::to_string(value).unwrap_or_default())
+        }
+    })
+}
+
+fn finite(value: f64) -> Json {
+    Number::from_f64(value)
+        .map(Json::Number)
+        .unwrap_or_else(|| Json::String(value.to_string()))
+}
+
+/// One array element as text for `||` joining; nulls are skipped.
+fn datum_text(value: &Datum) -> Option<String> {
+    datum_scalar(value).map(|json| match json {
+        Json::String(s) => s,
+        other => other.to_string(),
+    })
+}
+
+fn json_text(value: &Json) -> Option<String> {
+    match value {
+        Json::Null => None,
+        Json::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::currents::event::User;
+
+    fn raw(json: &str) -> Property {
+        Property::Json(serde_json::from_str(json).unwrap())
+    }
+
+    fn custom_event(properties: Vec<(&str, Property)>) -> CustomHttpEvent {
+        CustomHttpEvent {
+            event_type: Arc::from(CUSTOM_EVENT),
+            id: "evt-1".into(),
+            time: 1_489_184_516,
+            user: User {
+                user_id: Some("braze-1".into()),
+                external_user_id: Some("alice".into()),
+                device_id: Some("dev-1".into()),
+                timezone: None,
+            },
+            properties: properties
+                .into_iter()
+                .map(|(k, v)| (Arc::from(k), v))
+                .collect(),
+        }
+    }
+
+    fn tracked(mapped: Mapped) -> (TrackEvent, Adjustments) {
+        match mapped {
+            Mapped::Track { event, adjustments } => (event, adjustments),
+            other => panic!("expected a track event, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn maps_a_custom_event_with_flattened_properties() {
+        let event = custom_event(vec![
+            (
+                "name",
+                Property::Avro(Datum::String("Added To Cart".into())),
+            ),
+            ("platform", Property::Avro(Datum::String("ios".into()))),
+            ("price", Property::Avro(Datum::Float(12.34))),
+            ("ad_tracking_enabled", Property::Avro(Datum::Boolean(true))),
+            (
+                "custom_properties",
+                raw(
+                    r#"{"plan":"pro","seats":3,"ratio":0.5,"gift":false,"coupon":null,
+                       "tags":["a",1,null,true],"cart":{"total":9.5,"items":{"n":2}},"platform":"web"}"#,
+                ),
+            ),
+        ]);
+        let (track, adjustments) = tracked(HeapMapper::new(MappingConfig::default()).map(&event));
+        assert_eq!(track.identity, "alice");
+        assert_eq!(track.event, "Added To Cart");
+        assert_eq!(track.timestamp, "2017-03-10T22:21:56+00:00");
+        assert_eq!(track.idempotency_key, "evt-1");
+        assert_eq!(adjustments, Adjustments::default());
+        let expected = serde_json::json!({
+            "braze_event_type": "users.behaviors.CustomEvent",
+            "braze_event_id": "evt-1",
+            "braze_user_id": "braze-1",
+            "braze_device_id": "dev-1",
+            "platform": "ios",
+            "price": 12.34,
+            "ad_tracking_enabled": "true",
+            "plan": "pro",
+            "seats": 3,
+            "ratio": 0.5,
+            "gift": "false",
+            "tags": "a||1||true",
+            "cart.total": 9.5,
+            "cart.items.n": 2,
+            "custom_properties.platform": "web",
+        });
+        assert_eq!(
+            serde_json::Value::Object(track.properties.clone()),
+            expected
+        );
+        let keys: Vec<&str> = track.properties.keys().map(String::as_str).collect();
+        assert_eq!(
+            &keys[..2],
+            ["braze_event_type", "braze_event_id"],
+            "context comes first"
+        );
+    }
+
+    #[test]
+    fn every_value_is_a_string_or_a_number() {
+        let event = custom_event(vec![
+            ("name", Property::Avro(Datum::String("x".into()))),
+            ("weird", Property::Avro(Datum::Double(f64::NAN))),
+            ("blob", Property::Avro(Datum::Bytes(vec![104, 105]))),
+            (
+                "list",
+                Property::Avro(Datum::Array(vec![
+                    Datum::Int(1),
+                    Datum::Null,
+                    Datum::String("b".into()),
+                ])),
+            ),
+            ("custom_properties", raw(r#"{"deep":[{"x":1}],"empty":[]}"#)),
+        ]);
+        let (track, _) = tracked(HeapMapper::new(MappingConfig::default()).map(&event));
+        for (key, value) in &track.properties {
+            assert!(value.is_string() || value.is_number(), "{key}: {value}");
+        }
+        assert_eq!(track.properties["weird"], "NaN");
+        assert_eq!(track.properties["blob"], "hi");
+        assert_eq!(track.properties["list"], "1||b");
+        assert_eq!(track.properties["deep"], r#"{"x":1}"#);
+        assert!(!track.properties.contains_key("empty"));
+    }
+
+    #[test]
+    fn long_keys_and_values_are_cut_and_counted_but_identities_never_are() {
+        let long = "é".repeat(2000);
+        let event = custom_event(vec![
+            ("name", Property::Avro(Datum::String("x".into()))),
+            (
+                "custom_properties",
+                raw(&format!(r#"{{"{long}":"{long}","ok":"{long}"}}"#)),
+            ),
+        ]);
+        let (track, adjustments) = tracked(HeapMapper::new(MappingConfig::default()).map(&event));
+        assert_eq!(adjustments.truncated, 3);
+        for (key, value) in &track.properties {
+            assert!(key.chars().count() <= MAX_PROPERTY_CHARS);
+            assert!(
+                value
+                    .as_str()
+                    .is_none_or(|s| s.chars().count() <= MAX_PROPERTY_CHARS)
+            );
+        }
+        let mut too_long = event.clone();
+        too_long.user.external_user_id = Some("u".repeat(256));
+        let mapped = HeapMapper::new(MappingConfig::default()).map(&too_long);
+        assert!(
+            matches!(mapped, Mapped::Unsendable(ref r) if r.contains("256 characters")),
+            "{mapped:?}"
+        );
+        too_long.user.external_user_id = Some("u".repeat(255));
+        assert!(matches!(
+            HeapMapper::new(MappingConfig::default()).map(&too_long),
+            Mapped::Track { .. }
+        ));
+    }
+
+    #[test]
+    fn identity_follows_the_configured_fallback_list() {
+        let mut event = custom_event(vec![("name", Property::Avro(Datum::String("x".into())))]);
+        event.user.external_user_id = None;
+        assert_eq!(
+            HeapMapper::new(MappingConfig::default()).map(&event),
+            Mapped::NoIdentity
+        );
+        event.user.external_user_id = Some(String::new());
+        assert_eq!(
+            HeapMapper::new(MappingConfig::default()).map(&event),
+            Mapped::NoIdentity
+        );
+        let fallback = MappingConfig {
+            identity: vec![IdentitySource::ExternalUserId, IdentitySource::UserId],
+            ..MappingConfig::default()
+        };
+        let (track, _) = tracked(HeapMapper::new(fallback).map(&event));
+        assert_eq!(track.identity, "braze-1");
+        assert_eq!("user_id".parse(), Ok(IdentitySource::UserId));
+        assert!("email".parse::<IdentitySource>().is_err());
+    }
+
+    #[test]
+    fn event_names_use_renames_then_the_prefix() {
+        let mut open = custom_event(vec![(
+            "time_ms",
+            Property::Avro(Datum::Long(1_489_184_516_250)),
+        )]);
+        open.event_type = Arc::from("users.messages.email.Open");
+        let config = MappingConfig {
+            event_prefix: "braze-".into(),
+            ..MappingConfig::default()
+        };
+        let (track, _) = tracked(HeapMapper::new(config.clone()).map(&open));
+        assert_eq!(track.event, "braze-users.messages.email.Open");
+        assert_eq!(
+            track.timestamp, "2017-03-10T22:21:56.250+00:00",
+            "time_ms wins over time"
+        );
+        let renamed = MappingConfig {
+            renames: HashMap::from([(
+                "users.messages.email.Open".to_string(),
+                "Email Opened".to_string(),
+            )]),
+            ..config
+        };
+        let (track, _) = tracked(HeapMapper::new(renamed).map(&open));
+        assert_eq!(track.event, "braze-Email Opened");
+
+        let nameless = custom_event(vec![]);
+        assert!(matches!(
+            HeapMapper::new(MappingConfig::default()).map(&nameless),
+            Mapped::Unsendable(_)
+        ));
+        let long_name = custom_event(vec![(
+            "name",
+            Property::Avro(Datum::String("n".repeat(1025))),
+        )]);
+        assert!(
+            matches!(HeapMapper::new(MappingConfig::default()).map(&long_name), Mapped::Unsendable(ref r) if r.contains("1025"))
+        );
+    }
+
+    #[test]
+    fn invalid_json_custom_properties_stay_one_string() {
+        let event = custom_event(vec![
+            ("name", Property::Avro(Datum::String("x".into()))),
+            (
+                "custom_properties",
+                Property::Avro(Datum::String("{broken".into())),
+            ),
+        ]);
+        let (track, _) = tracked(HeapMapper::new(MappingConfig::default()).map(&event));
+        assert_eq!(track.properties["custom_properties"], "{broken");
+    }
+}
