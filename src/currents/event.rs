@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use serde::ser::{SerializeMap, SerializeSeq};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use super::datum::Datum;
@@ -31,7 +31,7 @@ pub struct CustomHttpEvent {
 }
 
 /// The identifiers Braze puts under `user`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct User {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
@@ -207,6 +207,35 @@ impl Serialize for CustomHttpEvent {
         map.serialize_entry("user", &self.user)?;
         map.serialize_entry("properties", &Properties(&self.properties))?;
         map.end()
+    }
+}
+
+/// Reads the JSON this module prints, e.g. back from a dead letter. Every property comes back
+/// as JSON text, which the Heap mapping handles exactly like decoded Avro values.
+impl<'de> Deserialize<'de> for CustomHttpEvent {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            event_type: String,
+            id: String,
+            time: i64,
+            #[serde(default)]
+            user: User,
+            #[serde(default)]
+            properties: indexmap::IndexMap<String, Box<RawValue>>,
+        }
+        let wire = Wire::deserialize(deserializer)?;
+        Ok(CustomHttpEvent {
+            event_type: Arc::from(wire.event_type),
+            id: wire.id,
+            time: wire.time,
+            user: wire.user,
+            properties: wire
+                .properties
+                .into_iter()
+                .map(|(k, v)| (Arc::from(k), Property::Json(v)))
+                .collect(),
+        })
     }
 }
 

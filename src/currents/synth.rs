@@ -15,55 +15,7 @@ use apache_avro::{Codec, Writer};
 use serde_json::{Map, Value as Json, json};
 
 use super::event::{CUSTOM_EVENT, PURCHASE};
-
-/// SplitMix64: tiny, seedable and good enough for test data.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    pub fn percent(&mut self, p: u64) -> bool {
-        self.below(100) < p
-    }
-
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-
-    fn hex(&mut self, digits: usize) -> String {
-        (0..digits)
-            .map(|_| char::from_digit(self.below(16) as u32, 16).unwrap_or('0'))
-            .collect()
-    }
-
-    fn uuid(&mut self) -> String {
-        format!(
-            "{}-{}-4{}-{}{}-{}",
-            self.hex(8),
-            self.hex(4),
-            self.hex(3),
-            self.pick(&['8', '9', 'a', 'b']),
-            self.hex(3),
-            self.hex(12)
-        )
-    }
-}
+use crate::rng::Rng;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -90,7 +42,7 @@ impl Default for SynthOptions {
             codec: Codec::Null,
             block_size: 64_000,
             seed: 42,
-            base_time: 1_764_248_400,
+            base_time: 1_795_784_400,
             identities: 50,
             null_percent: 20,
             invalid_json_every: None,
@@ -187,13 +139,13 @@ impl Generator<'_> {
         }
         let time = self.options.base_time + index as i64 * 7;
         Ok(match (name, schema) {
-            ("id", Schema::String) => Value::String(self.rng.uuid()),
-            ("user_id", Schema::String) => Value::String(self.rng.hex(24)),
+            ("id", Schema::String) => Value::String(uuid(&mut self.rng)),
+            ("user_id", Schema::String) => Value::String(hex(&mut self.rng, 24)),
             ("external_user_id", Schema::String) => {
                 Value::String(format!("user-{}", self.rng.below(self.options.identities)))
             }
             ("device_id", Schema::String) | ("session_id", Schema::String) => {
-                Value::String(self.rng.uuid())
+                Value::String(uuid(&mut self.rng))
             }
             ("time", Schema::Int) => Value::Int(time as i32),
             ("time_ms", Schema::Long) => Value::Long(time * 1000 + self.rng.below(1000) as i64),
@@ -395,4 +347,22 @@ fn to_json(value: &Value) -> Option<Json> {
         ),
         _ => return None,
     })
+}
+
+fn hex(rng: &mut Rng, digits: usize) -> String {
+    (0..digits)
+        .map(|_| char::from_digit(rng.below(16) as u32, 16).unwrap_or('0'))
+        .collect()
+}
+
+fn uuid(rng: &mut Rng) -> String {
+    format!(
+        "{}-{}-4{}-{}{}-{}",
+        hex(rng, 8),
+        hex(rng, 4),
+        hex(rng, 3),
+        rng.pick(&['8', '9', 'a', 'b']),
+        hex(rng, 3),
+        hex(rng, 12)
+    )
 }

@@ -1,0 +1,52 @@
+//! One small object-store interface for everything currents-heap reads and writes: Currents
+//! objects (source), the ledger and dead letters (state). Back-ends: a local directory here;
+//! S3 and S3-compatible stores beside it.
+//!
+//! Keys are `/`-separated and relative to the store's root (a directory or `bucket/prefix`).
+
+pub mod local;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use local::LocalStore;
+
+/// A boxed future, so the trait can be used as `dyn ObjectStore`.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// An object found by a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    /// A version tag: the S3 ETag, or size and modification time for local files. Together
+    /// with the key it tells a re-uploaded object from the one already processed.
+    pub etag: String,
+}
+
+/// Why a store operation failed, naming the store and the key. Never holds credentials.
+#[derive(Debug, thiserror::Error)]
+#[error("{operation} {location}: {reason}")]
+pub struct StoreError {
+    pub operation: &'static str,
+    /// `store/key`, e.g. `s3://bucket/prefix/key` or `/var/lib/state/key`.
+    pub location: String,
+    pub reason: String,
+    pub not_found: bool,
+}
+
+pub trait ObjectStore: Send + Sync {
+    /// Where this store points, for messages: `s3://bucket/prefix` or a directory.
+    fn describe(&self) -> String;
+
+    /// Every object whose key starts with `prefix`, in key order.
+    fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<ObjectMeta>>;
+
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<u8>>;
+
+    /// Writes the whole object; readers see the old or the new content, never a mix.
+    fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> StoreFuture<'a, ()>;
+
+    /// Deleting a missing key is not an error.
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()>;
+}
