@@ -12,3 +12,8 @@
 
 pub mod commands;
 pub mod currents;
+pub mod deadletter;
+pub mod heap;
+pub mod rng;
+pub mod standin;
+pub mod store;

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use currents_heap::commands::inspect::inspect;
+use currents_heap::commands::inspect::{Output, inspect};
 use currents_heap::currents::fixtures::{FIXTURE_ROOT, fixture_specs};
 
 fn root() -> &'static Path {
@@ -78,7 +78,7 @@ fn every_fixture_decodes_to_its_expected_json() {
     for spec in fixture_specs() {
         let path = root().join(FIXTURE_ROOT).join(spec.key());
         let mut out = Vec::new();
-        let report = inspect(std::slice::from_ref(&path), &mut out).unwrap();
+        let report = inspect(std::slice::from_ref(&path), &Output::CustomHttp, &mut out).unwrap();
         assert!(report.failures.is_empty(), "{:?}", report.failures);
         let expected = std::fs::read_to_string(path.with_extension("json")).unwrap();
         let actual = String::from_utf8(out).unwrap();
@@ -92,7 +92,7 @@ fn every_fixture_decodes_to_its_expected_json() {
 #[test]
 fn the_whole_fixture_tree_inspects_cleanly() {
     let mut out = Vec::new();
-    let report = inspect(&[root().join(FIXTURE_ROOT)], &mut out).unwrap();
+    let report = inspect(&[root().join(FIXTURE_ROOT)], &Output::CustomHttp, &mut out).unwrap();
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     let expected: usize = fixture_specs().iter().map(|s| s.options.events).sum();
     assert_eq!(report.events as usize, expected);
@@ -107,7 +107,7 @@ fn invalid_json_properties_are_kept_as_strings_and_counted() {
         .unwrap();
     let path = root().join(FIXTURE_ROOT).join(spec.key());
     let mut out = Vec::new();
-    let report = inspect(&[path], &mut out).unwrap();
+    let report = inspect(&[path], &Output::CustomHttp, &mut out).unwrap();
     assert_eq!(report.warnings, 2);
     assert_eq!(report.events, 6, "no event is dropped");
     let broken = String::from_utf8(out)
