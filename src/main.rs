@@ -1,12 +1,15 @@
 use std::io::{self, BufWriter};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use currents_heap::commands::{Cli, Command, inspect};
+use currents_heap::commands::worker::Exit;
+use currents_heap::commands::{Cli, Command, MappingArgs, backfill, inspect, replay, run, status};
 use currents_heap::heap::map::HeapMapper;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // clap itself exits 2 on usage errors, as the exit-code contract wants.
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(io::stderr)
@@ -15,47 +18,70 @@ fn main() -> ExitCode {
         )
         .with_target(false)
         .init();
-    match cli.command {
+    let exit = match cli.command {
         Command::Inspect {
             paths,
             heap,
             mapping,
-        } => {
-            let output = if heap {
-                inspect::Output::Heap(HeapMapper::new(mapping.config()))
-            } else {
-                inspect::Output::CustomHttp
-            };
-            let stdout = io::stdout();
-            let mut out = BufWriter::new(stdout.lock());
-            let result = inspect::inspect(&paths, &output, &mut out);
-            if let Ok(report) = &result {
-                for (event_type, n) in &report.skipped_no_identity {
-                    tracing::info!(
-                        "{n} {event_type} events have no identity and would not be sent"
-                    );
-                }
-                for (reason, n) in &report.unsendable {
-                    tracing::warn!("{n} events would be parked: {reason}");
-                }
-            }
-            match result {
-                Ok(report) if report.failures.is_empty() => ExitCode::SUCCESS,
-                Ok(report) => {
-                    tracing::error!(
-                        "{} of {} files failed",
-                        report.failures.len(),
-                        report.failures.len() + report.files_read
-                    );
-                    ExitCode::FAILURE
-                }
-                // Most likely a closed stdout (`| head`): nothing more to say.
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("cannot write output: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        } => return inspect_command(&paths, heap, &mapping),
+        Command::Run(args) => runtime().block_on(run::run(args)),
+        Command::Backfill(args) => runtime().block_on(backfill::backfill(args)),
+        Command::Replay(args) => runtime().block_on(replay::replay(args)),
+        Command::Status(args) => runtime().block_on(status::status(args)),
+    };
+    match exit {
+        Exit::Success => ExitCode::SUCCESS,
+        Exit::Parked => ExitCode::from(3),
+        Exit::Usage(message) => {
+            tracing::error!("{message}");
+            ExitCode::from(2)
+        }
+        Exit::Fatal(message) => {
+            tracing::error!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the async runtime starts")
+}
+
+fn inspect_command(paths: &[PathBuf], heap: bool, mapping: &MappingArgs) -> ExitCode {
+    let output = if heap {
+        inspect::Output::Heap(HeapMapper::new(mapping.config()))
+    } else {
+        inspect::Output::CustomHttp
+    };
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let result = inspect::inspect(paths, &output, &mut out);
+    if let Ok(report) = &result {
+        for (event_type, n) in &report.skipped_no_identity {
+            tracing::info!("{n} {event_type} events have no identity and would not be sent");
+        }
+        for (reason, n) in &report.unsendable {
+            tracing::warn!("{n} events would be parked: {reason}");
+        }
+    }
+    match result {
+        Ok(report) if report.failures.is_empty() => ExitCode::SUCCESS,
+        Ok(report) => {
+            tracing::error!(
+                "{} of {} files failed",
+                report.failures.len(),
+                report.failures.len() + report.files_read
+            );
+            ExitCode::FAILURE
+        }
+        // Most likely a closed stdout (`| head`): nothing more to say.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("cannot write output: {e}");
+            ExitCode::FAILURE
         }
     }
 }

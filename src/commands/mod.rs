@@ -1,6 +1,11 @@
 //! The command line: one module per command, each a function the binary and the tests share.
 
+pub mod backfill;
 pub mod inspect;
+pub mod replay;
+pub mod run;
+pub mod status;
+pub mod worker;
 
 use std::path::PathBuf;
 
@@ -33,6 +38,14 @@ pub enum Command {
         #[command(flatten)]
         mapping: MappingArgs,
     },
+    /// Poll the source and deliver new Currents objects to Heap until SIGTERM/SIGINT.
+    Run(run::RunArgs),
+    /// Deliver a past range of `date=` hours; resumable.
+    Backfill(backfill::BackfillArgs),
+    /// Re-send dead letters (all, or by event type or date) once the cause is fixed.
+    Replay(replay::ReplayArgs),
+    /// Show pending objects, done and failed counts, dead letters by reason, and the lag.
+    Status(status::StatusArgs),
 }
 
 /// How Currents events become Heap track events.

@@ -4,7 +4,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{ObjectMeta, ObjectStore, StoreError, StoreFuture};
+use super::{ObjectMeta, ObjectReader, ObjectStore, StoreError, StoreFuture};
 
 #[derive(Clone)]
 pub struct LocalStore {
@@ -159,6 +159,40 @@ impl ObjectStore for LocalStore {
         Box::pin(blocking(self, "list", prefix, move || {
             store.list_sync(&owned_prefix)
         }))
+    }
+
+    fn list_folders<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let dir = if prefix.is_empty() {
+                self.root.clone()
+            } else {
+                self.path("list", prefix.trim_end_matches('/'))?
+            };
+            let mut folders = Vec::new();
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(folders),
+                Err(e) => return Err(self.io_error("list", prefix, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| self.io_error("list", prefix, e))?;
+                if entry.file_type().is_ok_and(|t| t.is_dir())
+                    && let Some(name) = entry.file_name().to_str()
+                {
+                    folders.push(format!("{prefix}{name}/"));
+                }
+            }
+            folders.sort();
+            Ok(folders)
+        })
+    }
+
+    fn open<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectReader> {
+        Box::pin(async move {
+            let path = self.path("get", key)?;
+            let file = std::fs::File::open(&path).map_err(|e| self.io_error("get", key, e))?;
+            Ok(Box::new(file) as ObjectReader)
+        })
     }
 
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<u8>> {

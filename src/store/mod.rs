@@ -5,11 +5,20 @@
 //! Keys are `/`-separated and relative to the store's root (a directory or `bucket/prefix`).
 
 pub mod local;
+pub mod location;
+pub mod s3;
 
 use std::future::Future;
+use std::io::Read;
 use std::pin::Pin;
 
 pub use local::LocalStore;
+pub use location::Location;
+pub use s3::S3Store;
+
+/// A blocking reader over an object's bytes, streamed as they arrive. Use it only on a
+/// blocking thread (`spawn_blocking`): for S3 it waits on the async runtime underneath.
+pub type ObjectReader = Box<dyn Read + Send>;
 
 /// A boxed future, so the trait can be used as `dyn ObjectStore`.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -42,7 +51,14 @@ pub trait ObjectStore: Send + Sync {
     /// Every object whose key starts with `prefix`, in key order.
     fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<ObjectMeta>>;
 
+    /// The "folders" directly below `prefix` (which ends in `/` or is empty), each ending in
+    /// `/`: a listing with a delimiter, so finding `event_type=` folders costs one call per level.
+    fn list_folders<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>>;
+
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<u8>>;
+
+    /// Streams an object, so memory does not grow with its size.
+    fn open<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectReader>;
 
     /// Writes the whole object; readers see the old or the new content, never a mix.
     fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> StoreFuture<'a, ()>;

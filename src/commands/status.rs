@@ -1,0 +1,122 @@
+//! `status`: what is pending, done and failed, the dead letters by reason, and the lag.
+
+use std::collections::BTreeMap;
+
+use clap::Args;
+
+use super::worker::{Exit, Lookback, StoreArgs};
+use crate::currents::key::DateHour;
+use crate::deadletter::{DeadLetterFilter, DeadLetterStore};
+use crate::ledger::{Ledger, Outcome};
+use crate::source::discover;
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub stores: StoreArgs,
+    /// Which `date=` hours count as pending: e.g. 72h, or `all`.
+    #[arg(long, env = "CURRENTS_HEAP_LOOKBACK", default_value = "72h")]
+    pub lookback: Lookback,
+}
+
+pub async fn status(args: StatusArgs) -> Exit {
+    match report(&args).await {
+        Ok(text) => {
+            print!("{text}");
+            Exit::Success
+        }
+        Err(e) => Exit::Fatal(e),
+    }
+}
+
+async fn report(args: &StatusArgs) -> Result<String, String> {
+    let path_style = args.stores.s3_path_style;
+    let source = args
+        .stores
+        .source
+        .open(path_style)
+        .await
+        .map_err(|e| e.to_string())?;
+    let state = args
+        .stores
+        .state
+        .open(path_style)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ledger = Ledger::new(state.clone());
+    let dead_letters = DeadLetterStore::new(state);
+
+    let discovery = discover(&*source, &args.lookback.window())
+        .await
+        .map_err(|e| e.to_string())?;
+    // Status is occasional: reading the whole ledger here is fine (run never does).
+    let finished = ledger.finished("").await.map_err(|e| e.to_string())?;
+    let mut pending: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut oldest: Option<DateHour> = None;
+    for object in discovery.objects.iter().filter(|o| !finished.contains(o)) {
+        *pending.entry(&object.event_type).or_insert(0) += 1;
+        oldest = Some(oldest.map_or(object.date, |o| o.min(object.date)));
+    }
+    let mut out = String::new();
+    out.push_str(&format!(
+        "source: {}\nstate:  {}\n",
+        source.describe(),
+        ledger.describe()
+    ));
+    out.push_str(&format!(
+        "objects pending: {}\n",
+        pending.values().sum::<u64>()
+            + discovery
+                .outside_layout
+                .iter()
+                .filter(|m| finished.outcome(&m.key, m.size, &m.etag).is_none())
+                .count() as u64
+    ));
+    for (event_type, n) in &pending {
+        out.push_str(&format!("  {event_type}: {n}\n"));
+    }
+    match oldest {
+        Some(hour) => {
+            let lag = DateHour::now().hours_since_epoch() - hour.hours_since_epoch();
+            out.push_str(&format!("oldest pending hour: date={hour} (lag {lag}h)\n"));
+        }
+        None => out.push_str("oldest pending hour: none (caught up)\n"),
+    }
+    out.push_str(&format!(
+        "objects done: {}\n",
+        finished.count(Outcome::Done)
+    ));
+    out.push_str(&format!(
+        "objects failed: {}\n",
+        finished.count(Outcome::Failed)
+    ));
+    for entry in ledger.failed_entries("").await.map_err(|e| e.to_string())? {
+        out.push_str(&format!(
+            "  {}: {}\n",
+            entry.key,
+            entry.reason.unwrap_or_default()
+        ));
+    }
+    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+    let mut letters_total = 0;
+    for file in dead_letters
+        .list(&DeadLetterFilter::default())
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        match dead_letters.read(&file.key).await {
+            Ok(letters) => {
+                for letter in letters {
+                    letters_total += 1;
+                    *reasons.entry(letter.reason).or_insert(0) += 1;
+                }
+            }
+            Err(e) => *reasons.entry(format!("(unreadable: {e})")).or_insert(0) += 1,
+        }
+    }
+    out.push_str(&format!("dead letters: {letters_total}\n"));
+    for (reason, n) in &reasons {
+        out.push_str(&format!("  {n}: {reason}\n"));
+    }
+    Ok(out)
+}

@@ -1,0 +1,220 @@
+//! S3 and S3-compatible stores, through aws-sdk-s3.
+//!
+//! Configuration is the standard AWS one: the credential chain (environment, profile, web
+//! identity/IRSA, instance metadata), `AWS_REGION`, and `AWS_ENDPOINT_URL` for S3-compatible
+//! stores. Error messages name the bucket and key and never include credentials.
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use tokio_util::io::SyncIoBridge;
+
+use super::{ObjectMeta, ObjectReader, ObjectStore, StoreError, StoreFuture};
+
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    /// Empty or ending in `/`; every key is relative to it.
+    prefix: String,
+}
+
+impl S3Store {
+    /// Connects with the standard AWS configuration.
+    pub async fn connect(bucket: &str, prefix: &str, path_style: bool) -> Result<Self, StoreError> {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .load()
+            .await;
+        if config.region().is_none() {
+            return Err(StoreError {
+                operation: "connect to",
+                location: format!("s3://{bucket}/{prefix}"),
+                reason: "no AWS region is configured: set AWS_REGION (any value for S3-compatible stores)".into(),
+                not_found: false,
+            });
+        }
+        let s3_config = aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(path_style)
+            .build();
+        Ok(S3Store::from_client(
+            Client::from_conf(s3_config),
+            bucket,
+            prefix,
+        ))
+    }
+
+    /// For callers that build their own client (tests, custom endpoints).
+    pub fn from_client(client: Client, bucket: &str, prefix: &str) -> Self {
+        let prefix = prefix.trim_matches('/');
+        S3Store {
+            client,
+            bucket: bucket.to_string(),
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+        }
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn error<E, R>(&self, operation: &'static str, key: &str, e: &SdkError<E, R>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let not_found = matches!(e.code(), Some("NoSuchKey" | "NotFound"))
+            || matches!(e, SdkError::ServiceError(s) if format!("{:?}", s.raw()).contains("status: 404"));
+        StoreError {
+            operation,
+            location: format!("s3://{}/{}", self.bucket, self.full_key(key)),
+            reason: DisplayErrorContext(e).to_string(),
+            not_found,
+        }
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        delimiter: bool,
+        token: Option<String>,
+    ) -> Result<aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output, StoreError> {
+        let mut request = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(self.full_key(prefix))
+            .set_continuation_token(token);
+        if delimiter {
+            request = request.delimiter("/");
+        }
+        request
+            .send()
+            .await
+            .map_err(|e| self.error("list", prefix, &e))
+    }
+}
+
+impl ObjectStore for S3Store {
+    fn describe(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<ObjectMeta>> {
+        Box::pin(async move {
+            let mut found = Vec::new();
+            let mut token = None;
+            loop {
+                let page = self.list_page(prefix, false, token).await?;
+                for object in page.contents() {
+                    let Some(key) = object.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
+                        continue;
+                    };
+                    found.push(ObjectMeta {
+                        key: key.to_string(),
+                        size: object.size().unwrap_or(0).max(0) as u64,
+                        etag: object
+                            .e_tag()
+                            .unwrap_or_default()
+                            .trim_matches('"')
+                            .to_string(),
+                    });
+                }
+                token = page.next_continuation_token().map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+            found.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(found)
+        })
+    }
+
+    fn list_folders<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let mut folders = Vec::new();
+            let mut token = None;
+            loop {
+                let page = self.list_page(prefix, true, token).await?;
+                folders.extend(
+                    page.common_prefixes()
+                        .iter()
+                        .filter_map(|p| p.prefix())
+                        .filter_map(|p| p.strip_prefix(&self.prefix))
+                        .map(str::to_string),
+                );
+                token = page.next_continuation_token().map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+            folders.sort();
+            Ok(folders)
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<u8>> {
+        Box::pin(async move {
+            let output = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .send()
+                .await
+                .map_err(|e| self.error("get", key, &e))?;
+            let bytes = output.body.collect().await.map_err(|e| StoreError {
+                operation: "get",
+                location: format!("s3://{}/{}", self.bucket, self.full_key(key)),
+                reason: e.to_string(),
+                not_found: false,
+            })?;
+            Ok(bytes.to_vec())
+        })
+    }
+
+    fn open<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectReader> {
+        Box::pin(async move {
+            let output = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .send()
+                .await
+                .map_err(|e| self.error("get", key, &e))?;
+            // Bytes arrive as the decoder asks for them: one block in memory, not the object.
+            let reader = SyncIoBridge::new(output.body.into_async_read());
+            Ok(Box::new(reader) as ObjectReader)
+        })
+    }
+
+    fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .body(ByteStream::from(bytes))
+                .send()
+                .await
+                .map_err(|e| self.error("put", key, &e))?;
+            Ok(())
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .send()
+                .await
+                .map_err(|e| self.error("delete", key, &e))?;
+            Ok(())
+        })
+    }
+}
