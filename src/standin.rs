@@ -60,6 +60,8 @@ pub struct StandinConfig {
     pub seed: u64,
     /// Idempotency keys whose presence makes the whole request a 400.
     pub poison_keys: HashSet<String>,
+    /// Added to every answer, to make a run last long enough to interrupt.
+    pub response_delay: Duration,
 }
 
 impl StandinConfig {
@@ -79,6 +81,7 @@ impl StandinConfig {
             ],
             seed: 1,
             poison_keys: HashSet::new(),
+            response_delay: Duration::ZERO,
         }
     }
 }
@@ -99,6 +102,8 @@ pub struct StandinReport {
     pub limit_violations: u64,
     /// Events whose idempotency key was already stored (ignored, first write wins).
     pub duplicates: u64,
+    /// Repeats of a key whose content differed from the stored event (must stay 0).
+    pub duplicate_mismatches: u64,
     pub faults: HashMap<Fault, u64>,
     /// Why requests were refused with 400, most recent last.
     pub invalid_reasons: Vec<String>,
@@ -112,12 +117,14 @@ struct State {
     app_log: VecDeque<(Instant, u64)>,
     identity_logs: HashMap<String, VecDeque<(Instant, u64)>>,
     report: StandinReport,
+    stored_count: tokio::sync::watch::Sender<usize>,
 }
 
 pub struct Standin {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
     server: JoinHandle<()>,
+    stored_count: tokio::sync::watch::Receiver<usize>,
 }
 
 impl Drop for Standin {
@@ -136,7 +143,9 @@ impl Standin {
     pub async fn start(config: StandinConfig) -> std::io::Result<Standin> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let (stored_count, stored_count_rx) = tokio::sync::watch::channel(0);
         let state = Arc::new(Mutex::new(State {
+            stored_count,
             rng: Rng::new(config.seed),
             config,
             script: VecDeque::new(),
@@ -162,6 +171,7 @@ impl Standin {
             addr,
             state,
             server,
+            stored_count: stored_count_rx,
         })
     }
 
@@ -177,6 +187,12 @@ impl Standin {
 
     pub fn stored(&self) -> HashMap<String, StoredEvent> {
         self.lock().stored.clone()
+    }
+
+    /// Waits until at least `n` distinct events are stored.
+    pub async fn wait_until_stored(&self, n: usize) {
+        let mut count = self.stored_count.clone();
+        let _ = count.wait_for(|stored| *stored >= n).await;
     }
 
     pub fn report(&self) -> StandinReport {
@@ -201,10 +217,13 @@ async fn serve(
         Ok(body) => body.to_bytes(),
         Err(e) => return Err(std::io::Error::other(e)),
     };
-    let outcome = state
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .handle(&body);
+    let (outcome, delay) = {
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        (state.handle(&body), state.config.response_delay)
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     match outcome {
         Ok(Outcome::Answer(status, text, retry_after)) => Ok(answer(status, text, retry_after)),
         Ok(Outcome::Drop) => Err(std::io::Error::other("stand-in dropped the connection")),
@@ -329,7 +348,12 @@ impl State {
                 .unwrap_or_default()
                 .to_string();
             match self.stored.entry(key) {
-                std::collections::hash_map::Entry::Occupied(_) => self.report.duplicates += 1,
+                std::collections::hash_map::Entry::Occupied(stored) => {
+                    self.report.duplicates += 1;
+                    if stored.get().event != event {
+                        self.report.duplicate_mismatches += 1;
+                    }
+                }
                 std::collections::hash_map::Entry::Vacant(slot) => {
                     slot.insert(StoredEvent {
                         event,
@@ -339,6 +363,7 @@ impl State {
             }
         }
         self.report.accepted_requests += 1;
+        self.stored_count.send_replace(self.stored.len());
         Outcome::Answer(StatusCode::OK, "{}".into(), None)
     }
 

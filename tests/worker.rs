@@ -1,0 +1,493 @@
+//! The worker binary end to end: a local source laid out like a Currents bucket, local state,
+//! and the Heap stand-in. Covers run/backfill/replay/status, bad objects, exit codes,
+//! graceful shutdown, and SIGKILL at several points of a run.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use currents_heap::standin::{Standin, StandinConfig};
+use support::TempDir;
+use tokio::process::Command;
+
+const APP_ID: &str = "77";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bucket")
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Event ids a run should deliver, by `date=` hour, read from the fixtures' expected JSON:
+/// every event with a non-empty `external_user_id` (the default identity).
+fn sendable_by_hour() -> HashMap<String, HashSet<String>> {
+    let mut by_hour: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut dirs = vec![fixtures()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "json") {
+                let hour = path.to_str().unwrap().split("date=").nth(1).unwrap()[..13].to_string();
+                for line in std::fs::read_to_string(&path).unwrap().lines() {
+                    let event: serde_json::Value = serde_json::from_str(line).unwrap();
+                    if event["user"]["external_user_id"]
+                        .as_str()
+                        .is_some_and(|s| !s.is_empty())
+                    {
+                        by_hour
+                            .entry(hour.clone())
+                            .or_default()
+                            .insert(event["id"].as_str().unwrap().to_string());
+                    }
+                }
+            }
+        }
+    }
+    by_hour
+}
+
+fn all_sendable() -> HashSet<String> {
+    sendable_by_hour().into_values().flatten().collect()
+}
+
+struct Setup {
+    source: TempDir,
+    state: TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let source = TempDir::new("source");
+        copy_tree(&fixtures(), &source.0);
+        Setup {
+            source,
+            state: TempDir::new("state"),
+        }
+    }
+
+    fn command(&self, standin: &Standin, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_currents-heap"));
+        command
+            .args(args)
+            .arg("--source")
+            .arg(&self.source.0)
+            .arg("--state")
+            .arg(&self.state.0)
+            .env("HEAP_API_URL", standin.url())
+            .env("HEAP_APP_ID", APP_ID)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
+    }
+
+    async fn run(&self, standin: &Standin, args: &[&str]) -> (i32, String, String) {
+        let output = self.command(standin, args).output().await.unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
+fn stored_ids(standin: &Standin) -> HashSet<String> {
+    standin.stored().into_keys().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_delivers_every_event_once_and_a_second_run_sends_nothing() {
+    let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let setup = Setup::new();
+    let (code, stdout, stderr) = setup
+        .run(&standin, &["run", "--once", "--lookback", "all"])
+        .await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(stored_ids(&standin), all_sendable());
+    assert!(stdout.contains("objects: 19 done, 0 failed"), "{stdout}");
+    assert!(stdout.contains("44 skipped (no identity)"), "{stdout}");
+    let requests = standin.report().requests;
+
+    let (code, stdout, _) = setup
+        .run(&standin, &["run", "--once", "--lookback", "all"])
+        .await;
+    assert_eq!(code, 0);
+    assert!(stdout.contains("objects: 0 done"), "{stdout}");
+    assert_eq!(
+        standin.report().requests,
+        requests,
+        "a finished object is not sent again"
+    );
+
+    let (code, stdout, _) = setup.run(&standin, &["status", "--lookback", "all"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("objects pending: 0") && stdout.contains("objects done: 19"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("caught up"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_objects_are_recorded_as_failed_and_do_not_block_the_rest() {
+    let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let setup = Setup::new();
+    let hour = setup.source.0.join(
+        "currents/dataexport.prod-03.S3.integration.5f0c2a9e8b7d6c5b4a392817/event_type=users.behaviors.CustomEvent/date=2026-11-27-14/612/zone-a",
+    );
+    let good = std::fs::read_dir(&hour)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "avro"))
+        .unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(
+        hour.join("truncated+0+0000009999.avro"),
+        &bytes[..bytes.len() * 2 / 3],
+    )
+    .unwrap();
+    std::fs::write(hour.join("empty+0+0000009998.avro"), b"").unwrap();
+    std::fs::write(setup.source.0.join("currents/stray.avro"), &bytes).unwrap();
+
+    let (code, stdout, stderr) = setup
+        .run(&standin, &["run", "--once", "--lookback", "all"])
+        .await;
+    assert_eq!(code, 3, "{stdout}\n{stderr}");
+    assert_eq!(
+        stored_ids(&standin),
+        all_sendable(),
+        "the good objects were all delivered"
+    );
+    assert!(stdout.contains("objects: 19 done, 3 failed"), "{stdout}");
+    for (name, reason) in [
+        ("truncated+0+0000009999.avro", "truncated"),
+        ("empty+0+0000009998.avro", "empty"),
+        ("stray.avro", "outside the Currents layout"),
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("failed:") && l.contains(name) && l.contains(reason)),
+            "{name}: {stdout}"
+        );
+    }
+    let (_, status, _) = setup.run(&standin, &["status", "--lookback", "all"]).await;
+    assert!(
+        status.contains("objects failed: 3") && status.contains("objects pending: 0"),
+        "{status}"
+    );
+    assert!(
+        status.contains("empty+0+0000009998.avro: the file is empty"),
+        "{status}"
+    );
+    // The same versions are not tried again; nothing is left to do.
+    let (code, stdout, _) = setup
+        .run(&standin, &["run", "--once", "--lookback", "all"])
+        .await;
+    assert_eq!(code, 0, "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_takes_exactly_its_range_and_resumes() {
+    let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let setup = Setup::new();
+    let by_hour = sendable_by_hour();
+    let (code, stdout, stderr) = setup
+        .run(
+            &standin,
+            &[
+                "backfill",
+                "--from",
+                "2026-11-27T13",
+                "--to",
+                "2026-11-27T15",
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let expected: HashSet<String> = ["2026-11-27-13", "2026-11-27-14"]
+        .iter()
+        .flat_map(|h| by_hour[*h].clone())
+        .collect();
+    assert_eq!(stored_ids(&standin), expected);
+
+    let (code, stdout, _) = setup
+        .run(
+            &standin,
+            &["backfill", "--from", "2026-11-27", "--to", "2026-11-28"],
+        )
+        .await;
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("objects: 2 done"),
+        "only hours 12 and 15 were left: {stdout}"
+    );
+    assert_eq!(stored_ids(&standin), all_sendable());
+    assert_eq!(
+        standin.report().duplicates,
+        0,
+        "resuming sent nothing twice"
+    );
+
+    let (code, _, stderr) = setup
+        .run(
+            &standin,
+            &["backfill", "--from", "2026-11-28", "--to", "2026-11-27"],
+        )
+        .await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("must come before"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_events_are_replayed_once_the_cause_is_fixed() {
+    let poisoned = sendable_by_hour()["2026-11-27-13"]
+        .iter()
+        .next()
+        .unwrap()
+        .clone();
+    let broken_heap = Standin::start(StandinConfig {
+        poison_keys: HashSet::from([poisoned.clone()]),
+        ..StandinConfig::new(APP_ID)
+    })
+    .await
+    .unwrap();
+    let setup = Setup::new();
+    let (code, stdout, _) = setup
+        .run(&broken_heap, &["run", "--once", "--lookback", "all"])
+        .await;
+    assert_eq!(code, 3, "{stdout}");
+    assert!(stdout.contains(", 1 parked"), "{stdout}");
+    let (_, status, _) = setup
+        .run(&broken_heap, &["status", "--lookback", "all"])
+        .await;
+    assert!(
+        status.contains("dead letters: 1") && status.contains("poisoned"),
+        "{status}"
+    );
+    assert!(
+        status.contains("objects pending: 0"),
+        "an object with a parked event is done: {status}"
+    );
+
+    let fixed_heap = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let (code, stdout, _) = setup
+        .run(
+            &fixed_heap,
+            &["replay", "--event-type", "users.messages.email.Open"],
+        )
+        .await;
+    assert_eq!(
+        (code, stdout.contains("dead-letter objects: 0")),
+        (0, true),
+        "the filter matched nothing: {stdout}"
+    );
+    let (code, stdout, stderr) = setup
+        .run(&fixed_heap, &["replay", "--date", "2026-11-27"])
+        .await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(stored_ids(&fixed_heap), HashSet::from([poisoned]));
+    let (_, status, _) = setup
+        .run(&fixed_heap, &["status", "--lookback", "all"])
+        .await;
+    assert!(status.contains("dead letters: 0"), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_errors_exit_2_before_any_work() {
+    let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let setup = Setup::new();
+    let mut missing_app = setup.command(&standin, &["run", "--once"]);
+    missing_app.env_remove("HEAP_APP_ID");
+    let output = missing_app.output().await.unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("HEAP_APP_ID"));
+    for args in [
+        &["run", "--once", "--heap-url", "not a url"][..],
+        &["run", "--once", "--lookback", "soon"],
+        &["backfill", "--from", "yesterday", "--to", "2026-11-28"],
+        &["run", "--once", "--max-batch-events", "5000"],
+    ] {
+        let (code, _, stderr) = setup.run(&standin, args).await;
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+    }
+    assert_eq!(standin.report().requests, 0);
+    assert!(
+        std::fs::read_dir(&setup.state.0).unwrap().next().is_none(),
+        "no state was written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_sends_and_records_nothing() {
+    let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let setup = Setup::new();
+    let (code, stdout, _) = setup
+        .run(
+            &standin,
+            &["run", "--once", "--dry-run", "--lookback", "all"],
+        )
+        .await;
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains(&format!("{} would be sent", all_sendable().len())),
+        "{stdout}"
+    );
+    assert_eq!(standin.report().requests, 0);
+    assert!(std::fs::read_dir(&setup.state.0).unwrap().next().is_none());
+}
+
+/// A run slow enough to interrupt: small batches, one request at a time, slow answers.
+fn slow_args(extra: &[&'static str]) -> Vec<&'static str> {
+    let mut args = vec![
+        "run",
+        "--lookback",
+        "all",
+        "--max-batch-events",
+        "4",
+        "--heap-concurrency",
+        "1",
+        "--object-concurrency",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_several_points_loses_nothing_and_repeats_use_the_same_keys() {
+    let standin = Standin::start(StandinConfig {
+        response_delay: Duration::from_millis(25),
+        ..StandinConfig::new(APP_ID)
+    })
+    .await
+    .unwrap();
+    let setup = Setup::new();
+    let total = all_sendable().len();
+    let mut killed = 0;
+    for stored_before_kill in [1, total / 3, total * 2 / 3] {
+        let mut child = setup
+            .command(&standin, &slow_args(&["--once"]))
+            .spawn()
+            .unwrap();
+        tokio::select! {
+            _ = standin.wait_until_stored(stored_before_kill) => {
+                child.start_kill().unwrap();
+                killed += 1;
+            }
+            _ = child.wait() => {}
+        }
+        child.wait().await.unwrap();
+    }
+    assert!(killed >= 2, "the runs finished before they could be killed");
+    let (code, stdout, stderr) = setup.run(&standin, &slow_args(&["--once"])).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(stored_ids(&standin), all_sendable());
+    let report = standin.report();
+    assert!(
+        report.duplicates > 0,
+        "a kill mid-object re-sends its events: {report:?}"
+    );
+    assert_eq!(
+        report.duplicate_mismatches, 0,
+        "a repeat must be the same event under the same key"
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_objects_in_flight_and_records_only_finished_ones() {
+    let standin = Standin::start(StandinConfig {
+        response_delay: Duration::from_millis(25),
+        ..StandinConfig::new(APP_ID)
+    })
+    .await
+    .unwrap();
+    let setup = Setup::new();
+    let child = setup
+        .command(
+            &standin,
+            &slow_args(&["--poll-interval", "1h", "--shutdown-timeout", "20s"]),
+        )
+        .spawn()
+        .unwrap();
+    standin.wait_until_stored(20).await;
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = child.wait_with_output().await.unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("0 abandoned"),
+        "in-flight objects finished within the timeout: {stdout}"
+    );
+    assert!(
+        stored_ids(&standin).len() < all_sendable().len(),
+        "it stopped fetching new objects"
+    );
+
+    // Every object the ledger calls done had all its sendable events delivered.
+    let stored = stored_ids(&standin);
+    let mut done_markers = 0;
+    let mut dirs = vec![setup.state.0.join("ledger")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "done") {
+                done_markers += 1;
+                let object = path
+                    .parent()
+                    .unwrap()
+                    .strip_prefix(setup.state.0.join("ledger"))
+                    .unwrap();
+                let json = fixtures().join(object).with_extension("json");
+                for line in std::fs::read_to_string(json).unwrap().lines() {
+                    let event: serde_json::Value = serde_json::from_str(line).unwrap();
+                    if event["user"]["external_user_id"].is_string() {
+                        assert!(
+                            stored.contains(event["id"].as_str().unwrap()),
+                            "{object:?} marked done early"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(done_markers > 0);
+    let (code, _, _) = setup
+        .run(&standin, &["run", "--once", "--lookback", "all"])
+        .await;
+    assert_eq!(code, 0);
+    assert_eq!(stored_ids(&standin), all_sendable());
+}
