@@ -97,6 +97,22 @@ impl S3Store {
     }
 }
 
+/// The ETag, or, from stores that list none, the last-modified time: either tells a
+/// re-uploaded object from the one already processed. (Discovery never uses the time.)
+fn version_tag(object: &aws_sdk_s3::types::Object) -> String {
+    match object
+        .e_tag()
+        .map(|e| e.trim_matches('"'))
+        .filter(|e| !e.is_empty())
+    {
+        Some(etag) => etag.to_string(),
+        None => object
+            .last_modified()
+            .map(|t| format!("lm{}{:09}", t.secs(), t.subsec_nanos()))
+            .unwrap_or_default(),
+    }
+}
+
 impl ObjectStore for S3Store {
     fn describe(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.prefix)
@@ -115,11 +131,7 @@ impl ObjectStore for S3Store {
                     found.push(ObjectMeta {
                         key: key.to_string(),
                         size: object.size().unwrap_or(0).max(0) as u64,
-                        etag: object
-                            .e_tag()
-                            .unwrap_or_default()
-                            .trim_matches('"')
-                            .to_string(),
+                        etag: version_tag(object),
                     });
                 }
                 token = page.next_continuation_token().map(str::to_string);
