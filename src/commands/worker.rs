@@ -87,6 +87,10 @@ pub struct HeapArgs {
     /// How long a failing batch is retried before its events are parked (e.g. 15m).
     #[arg(long, env = "CURRENTS_HEAP_RETRY_MAX_TIME", default_value = "15m", value_parser = parse_duration)]
     pub retry_max_time: Duration,
+    /// Mapped events held in memory waiting for rate-limit room. More lets one hot identity's
+    /// backlog wait without holding up others for longer; fewer uses less memory.
+    #[arg(long, env = "CURRENTS_HEAP_MAX_PENDING", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1000..))]
+    pub max_pending_events: u64,
     /// Timeout of one request to Heap.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
@@ -200,13 +204,15 @@ impl Worker {
             max_batch_events: args.heap.max_batch_events as usize,
             max_body_bytes: args.heap.max_body_bytes,
             concurrency: args.heap.heap_concurrency as usize,
+            max_pending: args.heap.max_pending_events as usize,
             retry: RetryPolicy {
                 max_elapsed: args.heap.retry_max_time,
                 ..RetryPolicy::default()
             },
             ..DeliveryConfig::new(app_id)
         };
-        let (tx, rx) = mpsc::channel(1024);
+        // Small: a slow Heap should stop decoding soon, not fill memory with decoded events.
+        let (tx, rx) = mpsc::channel(256);
         let delivery = Delivery::new(config, Arc::new(client), mapper, dead_letters.clone());
         let stopped = delivery_stopped.clone();
         let handle = tokio::spawn(async move {

@@ -65,7 +65,7 @@ impl DeliveryConfig {
             max_body_bytes: 1024 * 1024,
             concurrency: 2,
             retry: RetryPolicy::default(),
-            max_pending: 20_000,
+            max_pending: 5_000,
             jitter_seed: None,
         }
     }
@@ -185,11 +185,51 @@ fn fits(pacer: &mut Pacer, batch: &Batch, now: Instant) -> bool {
             .all(|(id, n)| pacer.identity_room(id, now) >= *n)
 }
 
-/// An event mapped, serialized once, and waiting to be sent.
+/// An event mapped, serialized once, and waiting to be sent. The original is kept as Custom
+/// HTTP JSON, one allocation instead of dozens, in case it must be parked: thousands wait here.
 struct Item {
     identity: Arc<str>,
     json: Box<[u8]>,
-    submission: Submission,
+    original: Box<[u8]>,
+    event_type: Arc<str>,
+    object: Arc<str>,
+    tracker: Arc<Tracker>,
+}
+
+/// An event to park, as received or as kept while pending.
+enum Original {
+    Event(CustomHttpEvent),
+    Json(Box<[u8]>),
+}
+
+struct ToPark {
+    original: Original,
+    event_type: Arc<str>,
+    object: Arc<str>,
+    tracker: Arc<Tracker>,
+    reason: String,
+}
+
+impl ToPark {
+    fn submission(submission: Submission, reason: String) -> Self {
+        ToPark {
+            event_type: submission.event.event_type.clone(),
+            original: Original::Event(submission.event),
+            object: submission.object,
+            tracker: submission.tracker,
+            reason,
+        }
+    }
+
+    fn item(item: Item, reason: String) -> Self {
+        ToPark {
+            original: Original::Json(item.original),
+            event_type: item.event_type,
+            object: item.object,
+            tracker: item.tracker,
+            reason,
+        }
+    }
 }
 
 struct Batch {
@@ -228,7 +268,7 @@ pub struct Delivery {
     /// Batches waiting for their retry time.
     retries: Vec<(Instant, Batch)>,
     in_flight: JoinSet<(Batch, Reply, Duration)>,
-    to_park: Vec<(Submission, String)>,
+    to_park: Vec<ToPark>,
     stats: DeliveryStats,
     body_overhead: usize,
     blocked_since: Option<Instant>,
@@ -335,13 +375,17 @@ impl Delivery {
                         json.len(),
                         self.config.max_body_bytes
                     );
-                    self.to_park.push((submission, reason));
+                    self.to_park.push(ToPark::submission(submission, reason));
                     return;
                 }
+                let original = serde_json::to_vec(&submission.event).expect("events serialize");
                 self.pending.push_back(Item {
                     identity: Arc::from(event.identity),
                     json: json.into_boxed_slice(),
-                    submission,
+                    original: original.into_boxed_slice(),
+                    event_type: submission.event.event_type,
+                    object: submission.object,
+                    tracker: submission.tracker,
                 });
             }
             Mapped::NoIdentity => {
@@ -350,7 +394,7 @@ impl Delivery {
                     .skipped_no_identity += 1;
                 submission.tracker.add(&submission.tracker.skipped);
             }
-            Mapped::Unsendable(reason) => self.to_park.push((submission, reason)),
+            Mapped::Unsendable(reason) => self.to_park.push(ToPark::submission(submission, reason)),
         }
     }
 
@@ -392,7 +436,8 @@ impl Delivery {
         }
     }
 
-    /// Takes pending events in arrival order, skipping identities without room.
+    /// Takes pending events in arrival order, skipping identities without room. The queue is
+    /// rotated in place (skipped events go to the back in order), so no batch allocates a copy.
     fn compose(&mut self, now: Instant) -> Option<Batch> {
         if self.pending.is_empty() {
             return None;
@@ -404,10 +449,18 @@ impl Delivery {
         let mut bytes = self.body_overhead;
         let mut rooms: HashMap<Arc<str>, u64> = HashMap::new();
         let mut selected = Vec::new();
-        let mut kept = VecDeque::with_capacity(self.pending.len());
-        while let Some(item) = self.pending.pop_front() {
-            if app_room == 0 || bytes + item.json.len() + 1 > self.config.max_body_bytes {
-                kept.push_back(item);
+        let mut left = self.pending.len();
+        while left > 0 {
+            if app_room == 0 {
+                break;
+            }
+            let Some(item) = self.pending.pop_front() else {
+                break;
+            };
+            left -= 1;
+            if bytes + item.json.len() + 1 > self.config.max_body_bytes {
+                self.pending.push_front(item);
+                left += 1;
                 break;
             }
             let room = match rooms.get_mut(&item.identity) {
@@ -418,7 +471,7 @@ impl Delivery {
                 }
             };
             if *room == 0 {
-                kept.push_back(item);
+                self.pending.push_back(item);
                 continue;
             }
             *room -= 1;
@@ -426,8 +479,8 @@ impl Delivery {
             bytes += item.json.len() + 1;
             selected.push(item);
         }
-        kept.extend(self.pending.drain(..));
-        self.pending = kept;
+        // Events not looked at go behind the skipped ones, keeping arrival order.
+        self.pending.rotate_left(left);
         (!selected.is_empty()).then(|| Batch::new(selected, now))
     }
 
@@ -457,9 +510,8 @@ impl Delivery {
         match reply.answer {
             Answer::Accepted => {
                 for item in batch.items {
-                    let submission = item.submission;
-                    self.stats.of(&submission.event.event_type).sent += 1;
-                    submission.tracker.add(&submission.tracker.delivered);
+                    self.stats.of(&item.event_type).sent += 1;
+                    item.tracker.add(&item.tracker.delivered);
                 }
             }
             Answer::Retry {
@@ -512,7 +564,7 @@ impl Delivery {
             batch
                 .items
                 .into_iter()
-                .map(|i| (i.submission, reason.clone())),
+                .map(|i| ToPark::item(i, reason.clone())),
         );
     }
 
@@ -524,15 +576,18 @@ impl Delivery {
         let parked = std::mem::take(&mut self.to_park);
         let mut trackers = Vec::with_capacity(parked.len());
         let mut letters = Vec::with_capacity(parked.len());
-        for (submission, reason) in parked {
-            tracing::warn!(event_id = %submission.event.id, object = %submission.object, "parking event as a dead letter: {reason}");
-            self.stats.of(&submission.event.event_type).parked += 1;
-            trackers.push(submission.tracker);
-            letters.push(DeadLetter::new(
-                submission.event,
-                reason,
-                &*submission.object,
-            ));
+        for park in parked {
+            let event = match park.original {
+                Original::Event(event) => event,
+                // Written by `intake` from a CustomHttpEvent moments ago: it reads back.
+                Original::Json(json) => {
+                    serde_json::from_slice(&json).expect("queued events read back")
+                }
+            };
+            tracing::warn!(event_id = %event.id, object = %park.object, "parking event as a dead letter: {}", park.reason);
+            self.stats.of(&park.event_type).parked += 1;
+            trackers.push(park.tracker);
+            letters.push(DeadLetter::new(event, park.reason, &*park.object));
         }
         self.dead_letters.park(letters).await?;
         for tracker in trackers {

@@ -1,0 +1,34 @@
+//! Runs the Heap stand-in on loopback for local demos and load runs, until Ctrl-C:
+//! `cargo run --example heap_standin -- APP_ID [--no-limits]`; point `HEAP_API_URL` at the
+//! printed URL. It enforces Heap's track contract and (unless `--no-limits`) its rate limits.
+
+use std::time::Duration;
+
+use currents_heap::heap::pacer::RateLimits;
+use currents_heap::standin::{Standin, StandinConfig};
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let app_id = args.first().cloned().unwrap_or_else(|| "1".into());
+    let mut config = StandinConfig::new(app_id);
+    if args.iter().any(|a| a == "--no-limits") {
+        config.limits = RateLimits {
+            app_events: 0,
+            identity_events: 0,
+            window: Duration::from_secs(60),
+        };
+    }
+    let standin = Standin::start(config).await.expect("the stand-in starts");
+    println!("{}", standin.url());
+    let _ = tokio::signal::ctrl_c().await;
+    let report = standin.report();
+    eprintln!(
+        "stored {} events; {} requests, {} invalid, {} over the rate limits, {} duplicates",
+        standin.stored().len(),
+        report.requests,
+        report.invalid_requests,
+        report.limit_violations,
+        report.duplicates
+    );
+}
