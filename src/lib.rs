@@ -17,6 +17,8 @@ pub mod heap;
 pub mod ledger;
 pub mod pipeline;
 pub mod rng;
+pub mod server;
 pub mod source;
 pub mod standin;
 pub mod store;
+pub mod telemetry;

@@ -1,23 +1,29 @@
-use std::io::{self, BufWriter};
+use std::io::{self, BufWriter, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use currents_heap::commands::worker::Exit;
-use currents_heap::commands::{Cli, Command, MappingArgs, backfill, inspect, replay, run, status};
+use currents_heap::commands::{
+    Cli, Command, LogFormat, MappingArgs, backfill, inspect, replay, run, status,
+};
 use currents_heap::heap::map::HeapMapper;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     // clap itself exits 2 on usage errors, as the exit-code contract wants.
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
         .with_writer(io::stderr)
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .init();
+        .with_env_filter(filter)
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Human => logs
+            .with_ansi(io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+    }
     let exit = match cli.command {
         Command::Inspect {
             paths,

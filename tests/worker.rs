@@ -491,3 +491,122 @@ async fn sigterm_finishes_objects_in_flight_and_records_only_finished_ones() {
     assert_eq!(code, 0);
     assert_eq!(stored_ids(&standin), all_sendable());
 }
+
+/// Reads one metric's value from a Prometheus text page.
+fn metric(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .unwrap_or_else(|| panic!("no {series} in\n{page}"))
+        .parse()
+        .unwrap()
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_reports_a_run() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let setup = Setup::new();
+    let mut command = setup.command(
+        &standin,
+        &[
+            "run",
+            "--lookback",
+            "all",
+            "--poll-interval",
+            "1h",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    command.env("RUST_LOG", "info");
+    let mut child = command.spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let address = loop {
+        let line = stderr
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the worker logs where it listens");
+        if let Some(url) = line.split("on http://").nth(1) {
+            break url.trim().to_string();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    let total = all_sendable().len();
+    standin.wait_until_stored(total).await;
+
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        let request = http.get(format!("http://{address}{path}"));
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    // The last objects are recorded just after their events land: wait for the ledger.
+    let mut page = String::new();
+    for _ in 0..200 {
+        page = get("/metrics").await.1;
+        if metric(&page, "currents_heap_objects_done_total") == 19.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(metric(&page, "currents_heap_objects_done_total"), 19.0);
+    let sent: f64 = page
+        .lines()
+        .filter(|l| l.starts_with("currents_heap_events_sent_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(sent as usize, total);
+    assert_eq!(
+        metric(
+            &page,
+            "currents_heap_events_read_total{event_type=\"users.behaviors.CustomEvent\"}"
+        ),
+        136.0
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "currents_heap_events_skipped_total{event_type=\"users.behaviors.CustomEvent\"}"
+        ),
+        30.0
+    );
+    let requests = metric(&page, "currents_heap_heap_requests_total{status=\"200\"}");
+    assert_eq!(requests as u64, standin.report().accepted_requests);
+    assert_eq!(
+        metric(&page, "currents_heap_heap_request_duration_seconds_count"),
+        requests
+    );
+    assert_eq!(
+        metric(&page, "currents_heap_objects_pending"),
+        19.0,
+        "pending as of the only poll"
+    );
+    assert!(metric(&page, "currents_heap_lag_seconds") > 0.0);
+    assert!(
+        metric(
+            &page,
+            "currents_heap_last_successful_poll_timestamp_seconds"
+        ) > 1.7e9
+    );
+    assert_eq!(get("/healthz").await.0, 200);
+    assert_eq!(get("/readyz").await.0, 200);
+    assert_eq!(get("/nope").await.0, 404);
+
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(child.wait().await.unwrap().code(), Some(0));
+}

@@ -49,7 +49,7 @@ pub async fn backfill(args: BackfillArgs) -> Exit {
     };
     let total =
         match queue_unfinished(&*worker.source, &worker.ledger, &window, &mut scheduler).await {
-            Ok(total) => total as u64,
+            Ok(unfinished) => unfinished.count as u64,
             Err(e) => return Exit::Fatal(format!("cannot list the source: {e}")),
         };
     tracing::info!(

@@ -17,8 +17,17 @@ use crate::heap::map::{IdentitySource, MappingConfig};
 #[derive(Debug, Parser)]
 #[command(name = "currents-heap", version, about)]
 pub struct Cli {
+    /// Log lines on stderr: `human` (colours on a terminal) or `json` (one object per line).
+    #[arg(long, global = true, env = "CURRENTS_HEAP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -14,6 +14,8 @@ use clap::Args;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::pipeline::ObjectResult;
+
 use super::worker::{
     Exit, Lookback, Scheduler, Summary, Worker, WorkerArgs, conclude, parse_duration,
     queue_unfinished, shutdown_signal,
@@ -32,6 +34,9 @@ pub struct RunArgs {
     /// Which `date=` hours to look at: e.g. 72h, or `all` (lists the whole source).
     #[arg(long, env = "CURRENTS_HEAP_LOOKBACK", default_value = "72h")]
     pub lookback: Lookback,
+    /// Serve /metrics, /healthz and /readyz on this address, e.g. 0.0.0.0:9090.
+    #[arg(long, env = "CURRENTS_HEAP_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
     /// After a stop signal, how long objects in flight may take to finish.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -41,6 +46,23 @@ pub async fn run(args: RunArgs) -> Exit {
     let worker = match Worker::start(&args.worker).await {
         Ok(worker) => worker,
         Err(exit) => return exit,
+    };
+    let _server = match args.listen {
+        // Ready while polls keep succeeding: allow two missed polls and a slow listing.
+        Some(addr) => match crate::server::serve(
+            addr,
+            worker.metrics.clone(),
+            args.poll_interval * 3 + Duration::from_secs(60),
+        )
+        .await
+        {
+            Ok((bound, task)) => {
+                tracing::info!("serving /metrics, /healthz and /readyz on http://{bound}");
+                Some(AbortOnDrop(task))
+            }
+            Err(e) => return Exit::Usage(format!("--listen {addr}: {e}")),
+        },
+        None => None,
     };
     let (stop, abandon) = (CancellationToken::new(), CancellationToken::new());
     spawn_signal_handler(stop.clone(), abandon.clone(), args.shutdown_timeout);
@@ -64,12 +86,22 @@ pub async fn run(args: RunArgs) -> Exit {
             )
             .await
             {
-                Ok(queued) => tracing::info!(
-                    queued,
-                    in_queue = scheduler.queued(),
-                    "polled {}",
-                    worker.source.describe()
-                ),
+                Ok(unfinished) => {
+                    let lag = unfinished.oldest.map(|hour| {
+                        let now = crate::deadletter::unix_millis_now() / 1000;
+                        Duration::from_secs((now - hour.hours_since_epoch() * 3600).max(0) as u64)
+                    });
+                    let now_unix = crate::deadletter::unix_millis_now() / 1000;
+                    worker
+                        .metrics
+                        .poll_succeeded(unfinished.count as u64, lag, now_unix);
+                    tracing::info!(
+                        unfinished = unfinished.count,
+                        queued = scheduler.queued(),
+                        "polled {}",
+                        worker.source.describe()
+                    );
+                }
                 Err(e) if args.once => return Exit::Fatal(format!("cannot list the source: {e}")),
                 Err(e) => tracing::error!("poll failed, trying again next interval: {e}"),
             }
@@ -81,7 +113,14 @@ pub async fn run(args: RunArgs) -> Exit {
         }
         tokio::select! {
             Some(result) = scheduler.next() => match result {
-                Ok(result) => summary.add(&result),
+                Ok(result) => {
+                    match &result {
+                        ObjectResult::Done(_) => worker.metrics.object_done(),
+                        ObjectResult::Failed(_) => worker.metrics.object_failed(),
+                        _ => {}
+                    }
+                    summary.add(&result);
+                }
                 Err(e) => {
                     abandon.cancel();
                     return Exit::Fatal(e.to_string());
@@ -102,6 +141,15 @@ pub async fn run(args: RunArgs) -> Exit {
     let (_, delivery) = worker.finish(&abandon).await;
     summary.print(args.worker.dry_run);
     conclude(&summary, delivery)
+}
+
+/// Stops the metrics server when `run` returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// First signal: stop fetching; after the timeout: abandon what is in flight.

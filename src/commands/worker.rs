@@ -142,6 +142,7 @@ pub struct Worker {
     delivery: Option<JoinHandle<(DeliveryStats, Result<(), DeliveryError>)>>,
     /// Cancelled if delivery stops on its own (a fatal answer from Heap).
     pub delivery_stopped: CancellationToken,
+    pub metrics: Arc<crate::telemetry::Metrics>,
 }
 
 impl Worker {
@@ -171,6 +172,7 @@ impl Worker {
         let dead_letters = Arc::new(DeadLetterStore::new(state));
         let mapper = HeapMapper::new(args.mapping.config());
         let delivery_stopped = CancellationToken::new();
+        let metrics = Arc::new(crate::telemetry::Metrics::new());
         if args.dry_run {
             let pipeline = Arc::new(Pipeline {
                 source: source.clone(),
@@ -185,6 +187,7 @@ impl Worker {
                 dry_run: true,
                 delivery: None,
                 delivery_stopped,
+                metrics,
             });
         }
         let app_id = args
@@ -213,7 +216,8 @@ impl Worker {
         };
         // Small: a slow Heap should stop decoding soon, not fill memory with decoded events.
         let (tx, rx) = mpsc::channel(256);
-        let delivery = Delivery::new(config, Arc::new(client), mapper, dead_letters.clone());
+        let delivery = Delivery::new(config, Arc::new(client), mapper, dead_letters.clone())
+            .with_metrics(metrics.clone());
         let stopped = delivery_stopped.clone();
         let handle = tokio::spawn(async move {
             let outcome = delivery.run(rx).await;
@@ -233,6 +237,7 @@ impl Worker {
             dry_run: false,
             delivery: Some(handle),
             delivery_stopped,
+            metrics,
         })
     }
 
@@ -492,19 +497,26 @@ impl Lookback {
 
 /// Discovers the window and queues what the ledger has not finished. The ledger is listed
 /// once per `date=` folder found, so the cost follows the window, not the history.
+/// What a poll found that is not finished: queued now or already in flight.
+#[derive(Debug, Default)]
+pub struct Unfinished {
+    pub count: usize,
+    pub oldest: Option<crate::currents::key::DateHour>,
+}
+
 pub async fn queue_unfinished(
     source: &dyn ObjectStore,
     ledger: &Ledger,
     window: &crate::source::Window,
     scheduler: &mut Scheduler,
-) -> Result<usize, crate::store::StoreError> {
+) -> Result<Unfinished, crate::store::StoreError> {
     let discovery = crate::source::discover(source, window).await?;
     let mut by_folder: BTreeMap<&str, Vec<&crate::source::CurrentsObject>> = BTreeMap::new();
     for object in &discovery.objects {
         let folder = object.key.rsplit_once('/').map_or("", |(folder, _)| folder);
         by_folder.entry(folder).or_default().push(object);
     }
-    let mut queued = 0;
+    let mut unfinished = Unfinished::default();
     for (folder, objects) in by_folder {
         let finished = ledger.finished(&format!("{folder}/")).await?;
         for object in objects.into_iter().filter(|o| !finished.contains(o)) {
@@ -514,7 +526,12 @@ pub async fn queue_unfinished(
                 etag: object.etag.clone(),
             };
             scheduler.enqueue(Work::Object(meta));
-            queued += 1;
+            unfinished.count += 1;
+            unfinished.oldest = Some(
+                unfinished
+                    .oldest
+                    .map_or(object.date, |o| o.min(object.date)),
+            );
         }
     }
     for meta in discovery.outside_layout {
@@ -525,10 +542,10 @@ pub async fn queue_unfinished(
             .is_none()
         {
             scheduler.enqueue(Work::OutsideLayout(meta));
-            queued += 1;
+            unfinished.count += 1;
         }
     }
-    Ok(queued)
+    Ok(unfinished)
 }
 
 /// Resolves on SIGTERM or SIGINT.

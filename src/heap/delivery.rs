@@ -36,6 +36,7 @@ use crate::currents::event::CustomHttpEvent;
 use crate::deadletter::{DeadLetter, DeadLetterStore};
 use crate::rng::Rng;
 use crate::store::StoreError;
+use crate::telemetry::Metrics;
 
 /// Delivery settings; the command line documents each.
 #[derive(Debug, Clone)]
@@ -272,6 +273,7 @@ pub struct Delivery {
     stats: DeliveryStats,
     body_overhead: usize,
     blocked_since: Option<Instant>,
+    metrics: Arc<Metrics>,
 }
 
 enum Wake {
@@ -302,7 +304,14 @@ impl Delivery {
             to_park: Vec::new(),
             stats: DeliveryStats::default(),
             blocked_since: None,
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Reports to these metrics (by default, to a private instance nobody reads).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Delivers everything received until `input` closes. On a fatal error, the events not yet
@@ -364,6 +373,7 @@ impl Delivery {
 
     fn intake(&mut self, submission: Submission) {
         self.stats.of(&submission.event.event_type).read += 1;
+        self.metrics.events_read(&submission.event.event_type);
         match self.mapper.map(&submission.event) {
             Mapped::Track { event, adjustments } => {
                 self.stats.truncated_values += u64::from(adjustments.truncated);
@@ -392,6 +402,7 @@ impl Delivery {
                 self.stats
                     .of(&submission.event.event_type)
                     .skipped_no_identity += 1;
+                self.metrics.events_skipped(&submission.event.event_type);
                 submission.tracker.add(&submission.tracker.skipped);
             }
             Mapped::Unsendable(reason) => self.to_park.push(ToPark::submission(submission, reason)),
@@ -424,6 +435,7 @@ impl Delivery {
             (true, None) => {
                 self.blocked_since = Some(now);
                 self.stats.pacing_waits += 1;
+                self.metrics.pacing_wait();
             }
             (false, Some(since)) => {
                 self.stats.pacing_wait_time += now - since;
@@ -505,12 +517,14 @@ impl Delivery {
         let status = reply
             .status
             .map_or_else(|| "no response".to_string(), |s| s.to_string());
-        *self.stats.requests.entry(status).or_insert(0) += 1;
+        *self.stats.requests.entry(status.clone()).or_insert(0) += 1;
         self.stats.request_latencies.push(latency);
+        self.metrics.heap_request(&status, latency);
         match reply.answer {
             Answer::Accepted => {
                 for item in batch.items {
                     self.stats.of(&item.event_type).sent += 1;
+                    self.metrics.events_sent(&item.event_type);
                     item.tracker.add(&item.tracker.delivered);
                 }
             }
@@ -539,6 +553,7 @@ impl Delivery {
                     );
                     batch.attempt += 1;
                     self.stats.retries += 1;
+                    self.metrics.heap_retry();
                     self.retries.push((now + delay, batch));
                 }
             }
@@ -586,6 +601,7 @@ impl Delivery {
             };
             tracing::warn!(event_id = %event.id, object = %park.object, "parking event as a dead letter: {}", park.reason);
             self.stats.of(&park.event_type).parked += 1;
+            self.metrics.events_dead_lettered(&park.event_type);
             trackers.push(park.tracker);
             letters.push(DeadLetter::new(event, park.reason, &*park.object));
         }
