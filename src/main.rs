@@ -2,17 +2,32 @@ use std::io::{self, BufWriter, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use currents_heap::commands::worker::Exit;
 use currents_heap::commands::{
-    Cli, Command, LogFormat, MappingArgs, backfill, inspect, replay, run, status,
+    Cli, Command, LogFormat, MappingArgs, backfill, config, inspect, replay, run, status,
 };
 use currents_heap::heap::map::HeapMapper;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     // clap itself exits 2 on usage errors, as the exit-code contract wants.
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(path) = &cli.config {
+        let applied = config::load(path).and_then(|file| {
+            config::apply(&file, &mut cli.command, &matches)
+                .map_err(|e| format!("--config {}: {e}", path.display()))
+        });
+        if let Err(message) = applied {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    }
+    if cli.print_config {
+        print!("{}", config::render(&cli.command));
+        return ExitCode::SUCCESS;
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_writer(io::stderr)

@@ -1,6 +1,7 @@
 //! The command line: one module per command, each a function the binary and the tests share.
 
 pub mod backfill;
+pub mod config;
 pub mod inspect;
 pub mod replay;
 pub mod run;
@@ -20,6 +21,12 @@ pub struct Cli {
     /// Log lines on stderr: `human` (colours on a terminal) or `json` (one object per line).
     #[arg(long, global = true, env = "CURRENTS_HEAP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+    /// A TOML file with any of the options (flags and environment variables override it).
+    #[arg(long, global = true, env = "CURRENTS_HEAP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long, global = true)]
+    pub print_config: bool,
     #[command(subcommand)]
     pub command: Command,
 }

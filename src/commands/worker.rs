@@ -65,6 +65,9 @@ pub struct HeapArgs {
     /// The Heap environment (app) id. Required unless --dry-run. Never logged.
     #[arg(long, env = "HEAP_APP_ID", hide_env_values = true)]
     pub heap_app_id: Option<String>,
+    /// A file holding the Heap app id (e.g. a mounted Kubernetes secret).
+    #[arg(long, env = "HEAP_APP_ID_FILE")]
+    pub heap_app_id_file: Option<std::path::PathBuf>,
     /// Events per minute for the app over any sliding minute (Heap: 15,000); 0 disables.
     #[arg(long, env = "CURRENTS_HEAP_APP_RATE_LIMIT", default_value_t = 15_000)]
     pub app_rate_limit: u64,
@@ -132,6 +135,27 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     })
 }
 
+/// The Heap app id from `--heap-app-id`/`HEAP_APP_ID` or the file named by `--heap-app-id-file`.
+fn app_id(heap: &HeapArgs) -> Result<String, Exit> {
+    let from_file = match &heap.heap_app_id_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| Exit::Usage(format!("--heap-app-id-file {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    heap.heap_app_id
+        .clone()
+        .or(from_file)
+        .map(|id| id.trim().to_string())
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| {
+            Exit::Usage(
+                "the Heap app id is missing: set HEAP_APP_ID, --heap-app-id or --heap-app-id-file (or use --dry-run)".into(),
+            )
+        })
+}
+
 /// The opened stores and, unless dry-running, the delivery task.
 pub struct Worker {
     pub source: Arc<dyn ObjectStore>,
@@ -190,12 +214,7 @@ impl Worker {
                 metrics,
             });
         }
-        let app_id = args
-            .heap
-            .heap_app_id
-            .clone()
-            .filter(|id| !id.trim().is_empty())
-            .ok_or_else(|| Exit::Usage("the Heap app id is missing: set HEAP_APP_ID or --heap-app-id (or use --dry-run)".into()))?;
+        let app_id = app_id(&args.heap)?;
         let client = HeapClient::new(&args.heap.heap_url, args.heap.request_timeout)
             .map_err(|e| Exit::Usage(e.to_string()))?;
         let config = DeliveryConfig {
