@@ -140,14 +140,18 @@ impl Pipeline {
                     (tracker.delivered(), tracker.skipped(), tracker.parked());
             }
         }
+        self.record(&entry).await?;
+        Ok(finished(entry))
+    }
+
+    async fn record(&self, entry: &Entry) -> Result<(), LedgerWriteError> {
         self.ledger
-            .record(&entry)
+            .record(entry)
             .await
             .map_err(|source| LedgerWriteError {
-                key: object.key.clone(),
+                key: entry.key.clone(),
                 source,
-            })?;
-        Ok(finished(entry))
+            })
     }
 
     /// Records a key outside the Currents layout as failed, without reading it.
@@ -160,13 +164,7 @@ impl Pipeline {
             "the key is outside the Currents layout (no event_type= and date= segments)".into(),
         );
         if let Sink::Deliver(_) = self.sink {
-            self.ledger
-                .record(&entry)
-                .await
-                .map_err(|source| LedgerWriteError {
-                    key: object.key.clone(),
-                    source,
-                })?;
+            self.record(&entry).await?;
         }
         Ok(ObjectResult::Failed(entry))
     }

@@ -355,6 +355,16 @@ async fn dry_run_sends_and_records_nothing() {
     assert!(std::fs::read_dir(&setup.state.0).unwrap().next().is_none());
 }
 
+/// A stand-in that answers after 25 ms, so a run lasts long enough to interrupt.
+async fn slow_standin() -> Standin {
+    Standin::start(StandinConfig {
+        response_delay: Duration::from_millis(25),
+        ..StandinConfig::new(APP_ID)
+    })
+    .await
+    .unwrap()
+}
+
 /// A run slow enough to interrupt: small batches, one request at a time, slow answers.
 fn slow_args(extra: &[&'static str]) -> Vec<&'static str> {
     let mut args = vec![
@@ -374,12 +384,7 @@ fn slow_args(extra: &[&'static str]) -> Vec<&'static str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_several_points_loses_nothing_and_repeats_use_the_same_keys() {
-    let standin = Standin::start(StandinConfig {
-        response_delay: Duration::from_millis(25),
-        ..StandinConfig::new(APP_ID)
-    })
-    .await
-    .unwrap();
+    let standin = slow_standin().await;
     let setup = Setup::new();
     let total = all_sendable().len();
     let mut killed = 0;
@@ -415,12 +420,7 @@ async fn sigkill_at_several_points_loses_nothing_and_repeats_use_the_same_keys()
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_objects_in_flight_and_records_only_finished_ones() {
-    let standin = Standin::start(StandinConfig {
-        response_delay: Duration::from_millis(25),
-        ..StandinConfig::new(APP_ID)
-    })
-    .await
-    .unwrap();
+    let standin = slow_standin().await;
     let setup = Setup::new();
     let child = setup
         .command(

@@ -75,6 +75,19 @@ impl S3Store {
         }
     }
 
+    async fn get_object(
+        &self,
+        key: &str,
+    ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StoreError> {
+        self.client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+            .map_err(|e| self.error("get", key, &e))
+    }
+
     async fn list_page(
         &self,
         prefix: &str,
@@ -169,14 +182,7 @@ impl ObjectStore for S3Store {
 
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<u8>> {
         Box::pin(async move {
-            let output = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(self.full_key(key))
-                .send()
-                .await
-                .map_err(|e| self.error("get", key, &e))?;
+            let output = self.get_object(key).await?;
             let bytes = output.body.collect().await.map_err(|e| StoreError {
                 operation: "get",
                 location: format!("s3://{}/{}", self.bucket, self.full_key(key)),
@@ -189,14 +195,7 @@ impl ObjectStore for S3Store {
 
     fn open<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectReader> {
         Box::pin(async move {
-            let output = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(self.full_key(key))
-                .send()
-                .await
-                .map_err(|e| self.error("get", key, &e))?;
+            let output = self.get_object(key).await?;
             // Bytes arrive as the decoder asks for them: one block in memory, not the object.
             let reader = SyncIoBridge::new(output.body.into_async_read());
             Ok(Box::new(reader) as ObjectReader)
