@@ -9,7 +9,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use super::run::spawn_signal_handler;
-use super::worker::{Exit, Scheduler, Summary, Worker, WorkerArgs, conclude, queue_unfinished};
+use super::worker::{
+    Exit, Scheduler, Summary, Worker, WorkerArgs, conclude, print_delivery, queue_unfinished,
+};
 use crate::currents::key::DateHour;
 use crate::source::{Window, parse_date_arg};
 
@@ -81,7 +83,8 @@ pub async fn backfill(args: BackfillArgs) -> Exit {
     }
     progress.finish();
     drop(scheduler);
-    let (_, delivery) = worker.finish(&abandon).await;
+    let (stats, delivery) = worker.finish(&abandon).await;
+    print_delivery(&stats);
     summary.print(args.worker.dry_run);
     conclude(&summary, delivery)
 }

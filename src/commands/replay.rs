@@ -11,7 +11,7 @@ use std::sync::Arc;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::worker::{Exit, Worker, WorkerArgs};
+use super::worker::{Exit, Worker, WorkerArgs, print_delivery};
 use crate::deadletter::DeadLetterFilter;
 use crate::heap::delivery::{Submission, Tracker};
 use crate::heap::map::{HeapMapper, Mapped};
@@ -92,11 +92,12 @@ pub async fn replay(args: ReplayArgs) -> Exit {
         }
     }
     let dry_run = args.worker.dry_run;
-    let (_, delivery) = worker.finish(&CancellationToken::new()).await;
+    let (stats, delivery) = worker.finish(&CancellationToken::new()).await;
     println!("dead-letter objects: {}", files.len());
     for (what, n) in &counts {
         println!("events {what}: {n}");
     }
+    print_delivery(&stats);
     match (delivery, fatal) {
         (Err(e), _) => Exit::Fatal(e.to_string()),
         (Ok(()), Some(())) => Exit::Fatal("delivery stopped".into()),

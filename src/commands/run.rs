@@ -18,7 +18,7 @@ use crate::pipeline::ObjectResult;
 
 use super::worker::{
     Exit, Lookback, Scheduler, Summary, Worker, WorkerArgs, conclude, parse_duration,
-    queue_unfinished, shutdown_signal,
+    print_delivery, queue_unfinished, shutdown_signal,
 };
 
 #[derive(Debug, Clone, Args)]
@@ -138,7 +138,8 @@ pub async fn run(args: RunArgs) -> Exit {
         }
     }
     drop(scheduler);
-    let (_, delivery) = worker.finish(&abandon).await;
+    let (stats, delivery) = worker.finish(&abandon).await;
+    print_delivery(&stats);
     summary.print(args.worker.dry_run);
     conclude(&summary, delivery)
 }

@@ -29,6 +29,25 @@ pub async fn status(args: StatusArgs) -> Exit {
     }
 }
 
+/// Dead letters grouped by cause: numbers (attempts, seconds, lengths) are left out, so the
+/// same cause with different counts is one line. Each dead letter keeps its exact reason.
+fn reason_group(reason: &str) -> String {
+    let mut group = String::with_capacity(reason.len());
+    let mut in_number = false;
+    for c in reason.chars() {
+        if c.is_ascii_digit() {
+            if !in_number {
+                group.push('N');
+            }
+            in_number = true;
+        } else {
+            in_number = false;
+            group.push(c);
+        }
+    }
+    group
+}
+
 async fn report(args: &StatusArgs) -> Result<String, String> {
     let path_style = args.stores.s3_path_style;
     let source = args
@@ -108,7 +127,7 @@ async fn report(args: &StatusArgs) -> Result<String, String> {
             Ok(letters) => {
                 for letter in letters {
                     letters_total += 1;
-                    *reasons.entry(letter.reason).or_insert(0) += 1;
+                    *reasons.entry(reason_group(&letter.reason)).or_insert(0) += 1;
                 }
             }
             Err(e) => *reasons.entry(format!("(unreadable: {e})")).or_insert(0) += 1,
@@ -119,4 +138,21 @@ async fn report(args: &StatusArgs) -> Result<String, String> {
         out.push_str(&format!("  {n}: {reason}\n"));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reason_group;
+
+    #[test]
+    fn groups_reasons_without_their_numbers() {
+        assert_eq!(
+            reason_group("gave up after 4 attempts over 12s: Heap answered 503"),
+            reason_group("gave up after 2 attempts over 0s: Heap answered 503")
+        );
+        assert_eq!(
+            reason_group("identity is 300 characters"),
+            "identity is N characters"
+        );
+    }
 }

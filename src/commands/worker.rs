@@ -470,6 +470,30 @@ impl Summary {
     }
 }
 
+/// Prints what delivery did beyond the per-type counts (nothing in a dry run).
+pub fn print_delivery(stats: &DeliveryStats) {
+    if stats.requests.is_empty() {
+        return;
+    }
+    let mut statuses: Vec<String> = stats
+        .requests
+        .iter()
+        .map(|(s, n)| format!("{n}×{s}"))
+        .collect();
+    statuses.sort();
+    println!(
+        "heap: {} requests ({}), {} retries, {} bisections, {} rate-limit waits ({}s), {} values cut to 1023 characters, {} colliding custom properties dropped",
+        stats.requests.values().sum::<u64>(),
+        statuses.join(", "),
+        stats.retries,
+        stats.bisections,
+        stats.pacing_waits,
+        stats.pacing_wait_time.as_secs(),
+        stats.truncated_values,
+        stats.collisions_dropped
+    );
+}
+
 /// The final exit, given the summary and how delivery ended.
 pub fn conclude(summary: &Summary, delivery: Result<(), DeliveryError>) -> Exit {
     match delivery {
