@@ -14,8 +14,9 @@ const LATENCY_BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 
 #[derive(Default)]
 pub struct Metrics {
-    /// (metric, event type) → count, for the per-type event counters.
-    events: Mutex<BTreeMap<(&'static str, String), u64>>,
+    /// metric → event type → count, for the per-type event counters. Looked up by `&str`, so
+    /// counting an event allocates nothing once its type has been seen.
+    events: Mutex<BTreeMap<&'static str, BTreeMap<String, u64>>>,
     requests_by_status: Mutex<BTreeMap<String, u64>>,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
@@ -36,7 +37,13 @@ impl Metrics {
 
     fn event(&self, metric: &'static str, event_type: &str, n: u64) {
         let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        *events.entry((metric, event_type.to_string())).or_insert(0) += n;
+        let by_type = events.entry(metric).or_default();
+        match by_type.get_mut(event_type) {
+            Some(count) => *count += n,
+            None => {
+                by_type.insert(event_type.to_string(), n);
+            }
+        }
     }
 
     pub fn events_read(&self, event_type: &str) {
@@ -124,10 +131,8 @@ impl Metrics {
             ),
         ] {
             let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
-            for ((m, event_type), n) in &events {
-                if *m == metric {
-                    let _ = writeln!(out, "{metric}{{event_type=\"{}\"}} {n}", escape(event_type));
-                }
+            for (event_type, n) in events.get(metric).into_iter().flatten() {
+                let _ = writeln!(out, "{metric}{{event_type=\"{}\"}} {n}", escape(event_type));
             }
         }
         let _ = writeln!(

@@ -5,6 +5,7 @@
 //! stores. Error messages name the bucket and key and never include credentials.
 
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use tokio_util::io::SyncIoBridge;
@@ -60,13 +61,17 @@ impl S3Store {
         format!("{}{key}", self.prefix)
     }
 
-    fn error<E, R>(&self, operation: &'static str, key: &str, e: &SdkError<E, R>) -> StoreError
+    fn error<E>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        e: &SdkError<E, HttpResponse>,
+    ) -> StoreError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
     {
         let not_found = matches!(e.code(), Some("NoSuchKey" | "NotFound"))
-            || matches!(e, SdkError::ServiceError(s) if format!("{:?}", s.raw()).contains("status: 404"));
+            || e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
         StoreError {
             operation,
             location: format!("s3://{}/{}", self.bucket, self.full_key(key)),
