@@ -3,19 +3,22 @@
 //!
 //! Each `park` call writes new JSON-lines objects (one per event type and source hour) and
 //! never appends: object stores cannot append, and new objects need no coordination between
-//! writers. Keys: `dead-letters/event_type=<type>/date=<YYYY-MM-DD-HH>/<millis>-<pid>-<n>.jsonl`,
+//! writers. Keys: `dead-letters/event_type=<type>/date=<YYYY-MM-DD-HH>/<millis>-<random>.jsonl`,
 //! where the date is the source object's `date=` partition (`unknown` if it has none).
+//!
+//! The `<random>` part is 128 bits from the operating system's random source, drawn for every
+//! object. The process id cannot serve: in a container every process is PID 1, and a `run`
+//! Deployment and a `backfill` Job share one state location, so two writers parking in the
+//! same millisecond and hour would overwrite each other's dead letters.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::{iso8601_utc, unix_millis_now};
 use crate::currents::event::CustomHttpEvent;
 use crate::currents::key::CurrentsKey;
-use crate::heap::track::iso8601_utc;
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 
 pub const DEAD_LETTER_PREFIX: &str = "dead-letters/";
@@ -69,22 +72,32 @@ pub struct DeadLetterFilter {
 
 pub struct DeadLetterStore {
     store: Arc<dyn ObjectStore>,
+    /// Unix milliseconds for object keys; injected in tests to force same-millisecond writers.
+    clock: fn() -> i64,
 }
-
-static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
 impl DeadLetterStore {
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        DeadLetterStore { store }
+        DeadLetterStore {
+            store,
+            clock: unix_millis_now,
+        }
+    }
+
+    /// The same store with another clock for object keys (tests: two writers, one millisecond).
+    pub fn with_clock(store: Arc<dyn ObjectStore>, clock: fn() -> i64) -> Self {
+        DeadLetterStore { store, clock }
     }
 
     pub fn describe(&self) -> String {
         format!("{}/{}", self.store.describe(), DEAD_LETTER_PREFIX)
     }
 
-    /// Writes the letters durably; returns the keys written.
-    pub async fn park(&self, letters: Vec<DeadLetter>) -> Result<Vec<String>, StoreError> {
-        let mut groups: BTreeMap<(String, String), Vec<DeadLetter>> = BTreeMap::new();
+    /// Writes the letters durably, one new object per event type and hour; returns the keys
+    /// written. On an error some objects may have been written: the caller keeps every letter
+    /// unresolved and parks them all again, which only duplicates dead letters, never loses one.
+    pub async fn park(&self, letters: &[&DeadLetter]) -> Result<Vec<String>, StoreError> {
+        let mut groups: BTreeMap<(String, String), Vec<&DeadLetter>> = BTreeMap::new();
         for letter in letters {
             let date = CurrentsKey::parse(&letter.object)
                 .date
@@ -97,10 +110,9 @@ impl DeadLetterStore {
         let mut keys = Vec::with_capacity(groups.len());
         for ((event_type, date), letters) in groups {
             let key = format!(
-                "{DEAD_LETTER_PREFIX}event_type={event_type}/date={date}/{}-{}-{}.jsonl",
-                unix_millis_now(),
-                std::process::id(),
-                SEQUENCE.fetch_add(1, Ordering::Relaxed)
+                "{DEAD_LETTER_PREFIX}event_type={event_type}/date={date}/{:013}-{}.jsonl",
+                (self.clock)(),
+                random_name(&self.store, &event_type)?
             );
             self.store.put(&key, to_json_lines(&letters)).await?;
             keys.push(key);
@@ -146,7 +158,7 @@ impl DeadLetterStore {
     }
 }
 
-fn to_json_lines(letters: &[DeadLetter]) -> Vec<u8> {
+fn to_json_lines(letters: &[&DeadLetter]) -> Vec<u8> {
     let mut out = Vec::new();
     for letter in letters {
         // A DeadLetter holds only strings, integers and validated JSON: serializing cannot fail.
@@ -156,10 +168,19 @@ fn to_json_lines(letters: &[DeadLetter]) -> Vec<u8> {
     out
 }
 
-pub fn unix_millis_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+/// 128 random bits from the operating system, as 32 hex digits.
+fn random_name(store: &Arc<dyn ObjectStore>, event_type: &str) -> Result<String, StoreError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| StoreError {
+        operation: "name a dead-letter object in",
+        location: format!(
+            "{}/{DEAD_LETTER_PREFIX}event_type={event_type}/",
+            store.describe()
+        ),
+        reason: format!("the operating system's random source failed: {e}"),
+        not_found: false,
+    })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]
@@ -191,13 +212,13 @@ mod tests {
         let object =
             "currents/x/event_type=users.behaviors.CustomEvent/date=2026-11-27-13/1/z/f.avro";
         let keys = store
-            .park(vec![
-                DeadLetter::new(
+            .park(&[
+                &DeadLetter::new(
                     event("e1", "users.behaviors.CustomEvent"),
                     "Heap rejected it (400)",
                     object,
                 ),
-                DeadLetter::new(
+                &DeadLetter::new(
                     event("e2", "users.messages.email.Open"),
                     "retries exhausted",
                     "local.avro",

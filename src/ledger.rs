@@ -25,8 +25,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::deadletter::unix_millis_now;
-use crate::heap::track::iso8601_utc;
+use crate::clock::{iso8601_utc, unix_millis_now};
 use crate::source::CurrentsObject;
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 
@@ -167,9 +166,10 @@ impl Ledger {
         Ok(finished)
     }
 
-    /// Reads the entries of failed objects under a prefix, for `status`.
-    pub async fn failed_entries(&self, source_prefix: &str) -> Result<Vec<Entry>, StoreError> {
-        let mut entries = Vec::new();
+    /// Reads the entries of failed objects under a prefix, for `status`. A marker that does
+    /// not parse is reported with its key and the reason, never skipped silently.
+    pub async fn failed_entries(&self, source_prefix: &str) -> Result<FailedEntries, StoreError> {
+        let mut failed = FailedEntries::default();
         for meta in self
             .store
             .list(&format!("{LEDGER_PREFIX}{source_prefix}"))
@@ -177,13 +177,22 @@ impl Ledger {
         {
             if meta.key.ends_with(".failed") {
                 let bytes = self.store.get(&meta.key).await?;
-                if let Ok(entry) = serde_json::from_slice::<Entry>(&bytes) {
-                    entries.push(entry);
+                match serde_json::from_slice::<Entry>(&bytes) {
+                    Ok(entry) => failed.entries.push(entry),
+                    Err(e) => failed.unreadable.push((meta.key, e.to_string())),
                 }
             }
         }
-        Ok(entries)
+        Ok(failed)
     }
+}
+
+/// The failed objects under a prefix, and ledger markers that could not be read.
+#[derive(Debug, Default)]
+pub struct FailedEntries {
+    pub entries: Vec<Entry>,
+    /// (ledger key, why it does not parse).
+    pub unreadable: Vec<(String, String)>,
 }
 
 /// A key-safe version tag: the size, then the ETag's letters and digits.
@@ -240,8 +249,21 @@ mod tests {
             ),
             (1, 1)
         );
-        let entries = ledger.failed_entries("").await.unwrap();
-        assert_eq!(entries[0].reason.as_deref(), Some("the file is empty"));
+        let failed = ledger.failed_entries("").await.unwrap();
+        assert_eq!(
+            failed.entries[0].reason.as_deref(),
+            Some("the file is empty")
+        );
+        assert!(failed.unreadable.is_empty());
+        std::fs::write(
+            dir.join("ledger/c/event_type=T/date=2026-11-27-13/b.avro/0-f.failed"),
+            b"{not json",
+        )
+        .unwrap();
+        let failed = ledger.failed_entries("").await.unwrap();
+        assert_eq!(failed.entries.len(), 1);
+        assert_eq!(failed.unreadable.len(), 1, "{failed:?}");
+        assert!(failed.unreadable[0].0.ends_with("0-f.failed"));
         assert!(
             ledger
                 .finished("other/")

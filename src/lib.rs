@@ -10,6 +10,7 @@
 //! - [`currents`]: the object key layout, streaming Avro decoding, the Custom HTTP event shape.
 //! - [`commands`]: the command-line entry points (`inspect`).
 
+pub mod clock;
 pub mod commands;
 pub mod currents;
 pub mod deadletter;
@@ -22,3 +23,4 @@ pub mod source;
 pub mod standin;
 pub mod store;
 pub mod telemetry;
+pub mod worker;

@@ -61,6 +61,12 @@ fn main() -> ExitCode {
             tracing::error!("{message}");
             ExitCode::FAILURE
         }
+        Exit::Incomplete(message) => {
+            tracing::warn!(
+                "stopped before the work was done: {message}; run the same command again to resume"
+            );
+            ExitCode::from(4)
+        }
     }
 }
 

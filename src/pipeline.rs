@@ -4,8 +4,14 @@
 //! events go to the shared [`Delivery`](crate::heap::delivery::Delivery) through a bounded
 //! channel, so a slow Heap slows reading instead of filling memory. The object is recorded
 //! in the ledger only when every event it held has an outcome (see [`crate::ledger`]).
+//!
+//! A failed ledger write does not lose the object's progress: the write is tried again with
+//! backoff (0.5 s doubling to 30 s) while the object holds its slot, for as long as the state
+//! store is down, or up to `state_retry_max` in bounded runs. Given up, the object is left
+//! unrecorded ([`ObjectResult::Retry`]) and the next run reads it again.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +21,8 @@ use crate::currents::decode::{DecodeError, EventReader};
 use crate::heap::delivery::{Submission, Tracker};
 use crate::heap::map::{HeapMapper, Mapped};
 use crate::ledger::{Entry, Ledger, Outcome};
-use crate::store::{ObjectMeta, ObjectStore, StoreError};
+use crate::store::{ObjectMeta, ObjectStore};
+use crate::telemetry::Metrics;
 
 /// Where decoded events go.
 #[derive(Clone)]
@@ -32,24 +39,30 @@ pub enum ObjectResult {
     Done(Entry),
     /// The object is not readable Currents data; recorded failed (not in a dry run).
     Failed(Entry),
-    /// Reading failed for a reason that may pass (a network error): not recorded, so the next
-    /// poll tries again.
+    /// Reading the source or writing the state failed for a reason that may pass (a network
+    /// error, an outage): not recorded, so the next poll tries again.
     Retry { key: String, reason: String },
     /// Shutdown or a stopped delivery cut it short: not recorded.
     Abandoned { key: String },
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("cannot record {key} in the ledger: {source}")]
-pub struct LedgerWriteError {
-    key: String,
-    source: StoreError,
+impl ObjectResult {
+    pub fn key(&self) -> &str {
+        match self {
+            ObjectResult::Done(e) | ObjectResult::Failed(e) => &e.key,
+            ObjectResult::Retry { key, .. } | ObjectResult::Abandoned { key } => key,
+        }
+    }
 }
 
 pub struct Pipeline {
     pub source: Arc<dyn ObjectStore>,
     pub ledger: Arc<Ledger>,
     pub sink: Sink,
+    pub metrics: Arc<Metrics>,
+    /// How long a failing ledger write is retried before the object is left for the next
+    /// run; `None`: until the object is abandoned (a long-lived `run`).
+    pub state_retry_max: Option<Duration>,
 }
 
 /// What the decoding thread reports.
@@ -63,23 +76,19 @@ struct Decoded {
 
 impl Pipeline {
     /// Processes one object. `abandon` cuts it short (shutdown deadline, stopped delivery).
-    pub async fn process(
-        &self,
-        object: &ObjectMeta,
-        abandon: &CancellationToken,
-    ) -> Result<ObjectResult, LedgerWriteError> {
+    pub async fn process(&self, object: &ObjectMeta, abandon: &CancellationToken) -> ObjectResult {
         let reader = match self.source.open(&object.key).await {
             Ok(reader) => reader,
             Err(e) if e.not_found => {
-                return Ok(ObjectResult::Abandoned {
+                return ObjectResult::Abandoned {
                     key: object.key.clone(),
-                });
+                };
             }
             Err(e) => {
-                return Ok(ObjectResult::Retry {
+                return ObjectResult::Retry {
                     key: object.key.clone(),
-                    reason: e.to_string(),
-                });
+                    reason: format!("cannot read the source object: {e}"),
+                };
             }
         };
         let tracker = Arc::new(Tracker::default());
@@ -90,30 +99,33 @@ impl Pipeline {
                 tracker.clone(),
                 abandon.clone(),
             );
-            tokio::task::spawn_blocking(move || decode(reader, &key, &sink, &tracker, &abandon))
-                .await
-                .unwrap_or_else(|e| Decoded {
-                    events: 0,
-                    counts: (0, 0, 0),
-                    error: None,
-                    abandoned: {
-                        tracing::error!(object = %object.key, "decoding thread failed: {e}");
-                        true
-                    },
-                })
+            match tokio::task::spawn_blocking(move || {
+                decode(reader, &key, &sink, &tracker, &abandon)
+            })
+            .await
+            {
+                Ok(decoded) => decoded,
+                // The scheduler owns what a panic means (the object is given back): pass it on.
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => {
+                    return ObjectResult::Abandoned {
+                        key: object.key.clone(),
+                    };
+                }
+            }
         };
         if decoded.abandoned {
-            return Ok(ObjectResult::Abandoned {
+            return ObjectResult::Abandoned {
                 key: object.key.clone(),
-            });
+            };
         }
         if let Some(e) = &decoded.error
             && matches!(e.source, ContainerError::Io(_))
         {
-            return Ok(ObjectResult::Retry {
+            return ObjectResult::Retry {
                 key: object.key.clone(),
-                reason: e.to_string(),
-            });
+                reason: format!("cannot read the source object: {e}"),
+            };
         }
 
         let mut entry = Entry::new(
@@ -129,44 +141,77 @@ impl Pipeline {
         match &self.sink {
             Sink::DryRun(_) => {
                 (entry.delivered, entry.skipped, entry.parked) = decoded.counts;
-                return Ok(finished(entry));
+                return finished(entry);
             }
             Sink::Deliver(_) => {
                 tokio::select! {
                     _ = tracker.wait_resolved(decoded.events) => {}
-                    _ = abandon.cancelled() => return Ok(ObjectResult::Abandoned { key: object.key.clone() }),
+                    _ = abandon.cancelled() => return ObjectResult::Abandoned { key: object.key.clone() },
+                }
+                if tracker.unfinished() > 0 {
+                    return ObjectResult::Retry {
+                        key: object.key.clone(),
+                        reason: format!(
+                            "{} of its events could not be written as dead letters to the state",
+                            tracker.unfinished()
+                        ),
+                    };
                 }
                 (entry.delivered, entry.skipped, entry.parked) =
                     (tracker.delivered(), tracker.skipped(), tracker.parked());
             }
         }
-        self.record(&entry).await?;
-        Ok(finished(entry))
+        self.record(entry, abandon).await
     }
 
-    async fn record(&self, entry: &Entry) -> Result<(), LedgerWriteError> {
-        self.ledger
-            .record(entry)
-            .await
-            .map_err(|source| LedgerWriteError {
-                key: entry.key.clone(),
-                source,
-            })
+    /// Records the entry, trying again with backoff while the state store fails.
+    async fn record(&self, entry: Entry, abandon: &CancellationToken) -> ObjectResult {
+        let started = tokio::time::Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            let error = match self.ledger.record(&entry).await {
+                Ok(()) => {
+                    self.metrics.state_write_succeeded();
+                    return finished(entry);
+                }
+                Err(e) => e,
+            };
+            self.metrics.state_write_failed(&error.to_string());
+            attempt += 1;
+            let backoff = Duration::from_millis(500)
+                .saturating_mul(1 << attempt.min(6))
+                .min(Duration::from_secs(30));
+            if self
+                .state_retry_max
+                .is_some_and(|max| started.elapsed() + backoff > max)
+            {
+                return ObjectResult::Retry {
+                    key: entry.key,
+                    reason: format!("cannot record it in the state's ledger: {error}"),
+                };
+            }
+            tracing::warn!(object = %entry.key, "cannot record the object in the state's ledger, trying again in {backoff:?}: {error}");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = abandon.cancelled() => return ObjectResult::Abandoned { key: entry.key },
+            }
+        }
     }
 
     /// Records a key outside the Currents layout as failed, without reading it.
     pub async fn record_outside_layout(
         &self,
         object: &ObjectMeta,
-    ) -> Result<ObjectResult, LedgerWriteError> {
+        abandon: &CancellationToken,
+    ) -> ObjectResult {
         let mut entry = Entry::new(object, Outcome::Failed);
         entry.reason = Some(
             "the key is outside the Currents layout (no event_type= and date= segments)".into(),
         );
-        if let Sink::Deliver(_) = self.sink {
-            self.record(&entry).await?;
+        match self.sink {
+            Sink::Deliver(_) => self.record(entry, abandon).await,
+            Sink::DryRun(_) => ObjectResult::Failed(entry),
         }
-        Ok(ObjectResult::Failed(entry))
     }
 }
 

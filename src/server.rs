@@ -1,5 +1,5 @@
 //! `--listen`: `/metrics` (Prometheus text), `/healthz` (the process is alive) and `/readyz`
-//! (the last poll succeeded recently, so the source and the state were reachable).
+//! (the last poll succeeded recently and found the source's folders, and state writes work).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,25 +51,14 @@ fn route(path: &str, metrics: &Metrics, ready_within: Duration) -> Response<Full
             metrics.render(),
         ),
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" => {
-            let now = crate::deadletter::unix_millis_now() / 1000;
-            let last = metrics.last_poll_unix();
-            if last > 0 && now - last <= ready_within.as_secs() as i64 {
-                respond(StatusCode::OK, "text/plain", "ready\n".into())
-            } else if last == 0 {
-                respond(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "no successful poll yet\n".into(),
-                )
-            } else {
-                respond(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    format!("last successful poll was {}s ago\n", now - last),
-                )
-            }
-        }
+        "/readyz" => match metrics.not_ready(crate::clock::unix_secs_now(), ready_within) {
+            None => respond(StatusCode::OK, "text/plain", "ready\n".into()),
+            Some(reason) => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("{reason}\n"),
+            ),
+        },
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }

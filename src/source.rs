@@ -37,6 +37,9 @@ pub struct Discovery {
     pub objects: Vec<CurrentsObject>,
     /// `.avro` keys outside the Currents layout, to be reported and recorded as failed.
     pub outside_layout: Vec<ObjectMeta>,
+    /// `event_type=` folders found. None means the source is empty or not a Currents bucket
+    /// (a wrong prefix, a directory that moved): callers warn.
+    pub folders: usize,
 }
 
 /// How deep below the source prefix `event_type=` folders are searched for.
@@ -49,10 +52,18 @@ pub async fn discover(store: &dyn ObjectStore, window: &Window) -> Result<Discov
             for meta in store.list("").await? {
                 classify(meta, &mut discovery);
             }
+            discovery.folders = discovery
+                .objects
+                .iter()
+                .filter_map(|o| o.key.split_once("/date=").map(|(folder, _)| folder))
+                .collect::<BTreeSet<_>>()
+                .len();
         }
         Window::Hours { from, to } => {
             let hours = hours_between(*from, *to);
-            for folder in event_type_folders(store).await? {
+            let folders = event_type_folders(store).await?;
+            discovery.folders = folders.len();
+            for folder in folders {
                 for hour in &hours {
                     for meta in store.list(&format!("{folder}date={hour}/")).await? {
                         classify(meta, &mut discovery);

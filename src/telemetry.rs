@@ -28,11 +28,20 @@ pub struct Metrics {
     objects_pending: AtomicI64,
     lag_seconds: AtomicI64,
     last_poll_unix: AtomicI64,
+    /// `event_type=` folders the last poll found; -1 before the first poll.
+    source_folders: AtomicI64,
+    objects_panicked: AtomicU64,
+    state_write_failures: AtomicU64,
+    /// Since when (Unix seconds) state writes fail, and the last error; `None` while they work.
+    state_outage: Mutex<Option<(i64, String)>>,
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        Metrics::default()
+        Metrics {
+            source_folders: AtomicI64::new(-1),
+            ..Metrics::default()
+        }
     }
 
     fn event(&self, metric: &'static str, event_type: &str, n: u64) {
@@ -90,9 +99,53 @@ impl Metrics {
     pub fn object_failed(&self) {
         self.objects_failed.fetch_add(1, Ordering::Relaxed);
     }
+    pub fn object_panicked(&self) {
+        self.objects_panicked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A ledger or dead-letter write failed: readiness reports the outage until one succeeds.
+    pub fn state_write_failed(&self, error: &str) {
+        self.state_write_failures.fetch_add(1, Ordering::Relaxed);
+        let mut outage = self.state_outage.lock().unwrap_or_else(|p| p.into_inner());
+        let since = outage
+            .as_ref()
+            .map_or_else(crate::clock::unix_secs_now, |(since, _)| *since);
+        *outage = Some((since, error.to_string()));
+    }
+
+    pub fn state_write_succeeded(&self) {
+        *self.state_outage.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Why the worker is not ready, or `None` if it is: a poll succeeded within
+    /// `ready_within`, it found `event_type=` folders, and state writes are not failing.
+    pub fn not_ready(&self, now_unix: i64, ready_within: Duration) -> Option<String> {
+        if let Some((since, error)) = &*self.state_outage.lock().unwrap_or_else(|p| p.into_inner())
+        {
+            return Some(format!(
+                "state writes have failed for {}s: {error}",
+                now_unix - since
+            ));
+        }
+        let last = self.last_poll_unix();
+        if last == 0 {
+            return Some("no successful poll yet".into());
+        }
+        if now_unix - last > ready_within.as_secs() as i64 {
+            return Some(format!("last successful poll was {}s ago", now_unix - last));
+        }
+        if self.source_folders.load(Ordering::Relaxed) == 0 {
+            return Some(
+                "the source holds no event_type= folders: check --source / CURRENTS_HEAP_SOURCE"
+                    .into(),
+            );
+        }
+        None
+    }
 
     /// After a poll: objects waiting or in flight, and the age of the oldest pending hour.
-    pub fn poll_succeeded(&self, pending: u64, lag: Option<Duration>, at_unix: i64) {
+    pub fn poll_succeeded(&self, pending: u64, lag: Option<Duration>, folders: u64, at_unix: i64) {
+        self.source_folders.store(folders as i64, Ordering::Relaxed);
         self.objects_pending
             .store(pending as i64, Ordering::Relaxed);
         self.lag_seconds
@@ -176,7 +229,37 @@ impl Metrics {
             out,
             "currents_heap_heap_request_duration_seconds_count {count}"
         );
-        let scalars: [(&str, &str, &str, i64); 7] = [
+        let state_failing = i64::from(
+            self.state_outage
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some(),
+        );
+        let scalars: [(&str, &str, &str, i64); 11] = [
+            (
+                "currents_heap_objects_panicked_total",
+                "counter",
+                "Object tasks that panicked; each object is tried again at the next poll.",
+                self.objects_panicked.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "currents_heap_state_write_failures_total",
+                "counter",
+                "Ledger and dead-letter writes that failed (each is retried).",
+                self.state_write_failures.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "currents_heap_state_write_failing",
+                "gauge",
+                "1 while the last state write failed, else 0.",
+                state_failing,
+            ),
+            (
+                "currents_heap_source_event_type_folders",
+                "gauge",
+                "event_type= folders the last poll found in the source (-1: no poll yet).",
+                self.source_folders.load(Ordering::Relaxed),
+            ),
             (
                 "currents_heap_heap_retries_total",
                 "counter",
@@ -249,7 +332,7 @@ mod tests {
         metrics.events_sent("users.behaviors.CustomEvent");
         metrics.heap_request("200", Duration::from_millis(30));
         metrics.heap_request("429", Duration::from_secs(3));
-        metrics.poll_succeeded(4, Some(Duration::from_secs(7200)), 1_800_000_000);
+        metrics.poll_succeeded(4, Some(Duration::from_secs(7200)), 3, 1_800_000_000);
         let text = metrics.render();
         assert!(text.contains(
             "currents_heap_events_read_total{event_type=\"users.behaviors.CustomEvent\"} 2"

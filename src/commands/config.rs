@@ -12,10 +12,12 @@ use clap::ArgMatches;
 use clap::parser::ValueSource;
 use serde::Deserialize;
 
-use super::worker::{HeapArgs, Lookback, StoreArgs, WorkerArgs, parse_duration};
+use super::worker::{HeapArgs, StateArgs, StoreArgs, WorkerArgs};
 use super::{Command, MappingArgs};
+use crate::clock::parse_duration;
 use crate::heap::map::IdentitySource;
 use crate::store::Location;
+use crate::worker::Lookback;
 
 /// The file's keys: the long flag names, with `_` for `-`.
 #[derive(Debug, Default, Deserialize)]
@@ -99,8 +101,23 @@ pub fn apply(file: &FileConfig, command: &mut Command, matches: &ArgMatches) -> 
             }
             Ok(())
         }
-        Command::Backfill(args) => apply_worker(file, &mut args.worker, sub),
-        Command::Replay(args) => apply_worker(file, &mut args.worker, sub),
+        Command::Backfill(args) => {
+            apply_worker(file, &mut args.worker, sub)?;
+            if let (Some(v), true) = (&file.shutdown_timeout, unset(sub, "shutdown_timeout")) {
+                args.shutdown_timeout =
+                    parse_duration(v).map_err(|e| invalid("shutdown_timeout", e))?;
+            }
+            Ok(())
+        }
+        Command::Replay(args) => {
+            apply_state(file, &mut args.state, sub)?;
+            apply_heap(file, &mut args.heap, sub)?;
+            apply_mapping(file, &mut args.mapping, sub)?;
+            if let (Some(v), true) = (file.dry_run, unset(sub, "dry_run")) {
+                args.dry_run = v;
+            }
+            Ok(())
+        }
         Command::Status(args) => {
             apply_stores(file, &mut args.stores, sub)?;
             if let (Some(v), true) = (&file.lookback, unset(sub, "lookback")) {
@@ -115,11 +132,15 @@ fn apply_stores(file: &FileConfig, stores: &mut StoreArgs, m: &ArgMatches) -> Re
     if let (Some(v), true) = (&file.source, unset(m, "source")) {
         stores.source = v.parse::<Location>().map_err(|e| invalid("source", e))?;
     }
+    apply_state(file, &mut stores.state, m)
+}
+
+fn apply_state(file: &FileConfig, state: &mut StateArgs, m: &ArgMatches) -> Result<(), String> {
     if let (Some(v), true) = (&file.state, unset(m, "state")) {
-        stores.state = v.parse::<Location>().map_err(|e| invalid("state", e))?;
+        state.state = v.parse::<Location>().map_err(|e| invalid("state", e))?;
     }
     if let (Some(v), true) = (file.s3_path_style, unset(m, "s3_path_style")) {
-        stores.s3_path_style = v;
+        state.s3_path_style = v;
     }
     Ok(())
 }
@@ -221,77 +242,94 @@ fn apply_worker(file: &FileConfig, worker: &mut WorkerArgs, m: &ArgMatches) -> R
 /// The effective configuration as TOML, secrets redacted, for `--print-config`.
 pub fn render(command: &Command) -> String {
     let mut lines: Vec<String> = Vec::new();
-    let quote = |s: &str| quote(s);
-    let mut stores = |s: &StoreArgs, lines: &mut Vec<String>| {
-        lines.push(format!("source = {}", quote(&s.source.to_string())));
-        lines.push(format!("state = {}", quote(&s.state.to_string())));
-        lines.push(format!("s3_path_style = {}", s.s3_path_style));
-    };
-    let worker = |w: &WorkerArgs,
-                  lines: &mut Vec<String>,
-                  stores: &mut dyn FnMut(&StoreArgs, &mut Vec<String>)| {
-        stores(&w.stores, lines);
-        let h = &w.heap;
-        lines.push(format!("heap_url = {}", quote(&h.heap_url)));
-        lines.push(format!(
-            "# heap_app_id = {}",
-            if h.heap_app_id.is_some() || h.heap_app_id_file.is_some() {
-                "<redacted>"
-            } else {
-                "<unset>"
-            }
-        ));
-        if let Some(file) = &h.heap_app_id_file {
-            lines.push(format!(
-                "heap_app_id_file = {}",
-                quote(&file.display().to_string())
-            ));
-        }
-        lines.push(format!("app_rate_limit = {}", h.app_rate_limit));
-        lines.push(format!("identity_rate_limit = {}", h.identity_rate_limit));
-        lines.push(format!("max_batch_events = {}", h.max_batch_events));
-        lines.push(format!("max_body_bytes = {}", h.max_body_bytes));
-        lines.push(format!("heap_concurrency = {}", h.heap_concurrency));
-        lines.push(format!(
-            "retry_max_time = \"{}s\"",
-            h.retry_max_time.as_secs()
-        ));
-        lines.push(format!("max_pending_events = {}", h.max_pending_events));
-        lines.push(format!(
-            "request_timeout = \"{}s\"",
-            h.request_timeout.as_secs()
-        ));
-        lines.push(format!("object_concurrency = {}", w.object_concurrency));
-        lines.push(format!("dry_run = {}", w.dry_run));
-        mapping(&w.mapping, lines);
-    };
     match command {
         Command::Inspect { mapping: m, .. } => mapping(m, &mut lines),
         Command::Run(args) => {
-            worker(&args.worker, &mut lines, &mut stores);
+            worker(&args.worker, &mut lines);
+            lines.push(format!("poll_interval = {}", duration(args.poll_interval)));
+            lines.push(format!("lookback = {}", quote(&args.lookback.to_string())));
             lines.push(format!(
-                "poll_interval = \"{}s\"",
-                args.poll_interval.as_secs()
-            ));
-            lines.push(format!("lookback = {}", quote(&lookback(args.lookback))));
-            lines.push(format!(
-                "shutdown_timeout = \"{}s\"",
-                args.shutdown_timeout.as_secs()
+                "shutdown_timeout = {}",
+                duration(args.shutdown_timeout)
             ));
             if let Some(listen) = args.listen {
                 lines.push(format!("listen = {}", quote(&listen.to_string())));
             }
         }
-        Command::Backfill(args) => worker(&args.worker, &mut lines, &mut stores),
-        Command::Replay(args) => worker(&args.worker, &mut lines, &mut stores),
+        Command::Backfill(args) => {
+            worker(&args.worker, &mut lines);
+            lines.push(format!(
+                "shutdown_timeout = {}",
+                duration(args.shutdown_timeout)
+            ));
+        }
+        Command::Replay(args) => {
+            state(&args.state, &mut lines);
+            heap(&args.heap, &mut lines);
+            lines.push(format!("dry_run = {}", args.dry_run));
+            mapping(&args.mapping, &mut lines);
+        }
         Command::Status(args) => {
             stores(&args.stores, &mut lines);
-            lines.push(format!("lookback = {}", quote(&lookback(args.lookback))));
+            lines.push(format!("lookback = {}", quote(&args.lookback.to_string())));
         }
     }
     // Tables come last in TOML.
     lines.sort_by_key(|l| l.starts_with('['));
     lines.join("\n") + "\n"
+}
+
+fn stores(s: &StoreArgs, lines: &mut Vec<String>) {
+    lines.push(format!("source = {}", quote(&s.source.to_string())));
+    state(&s.state, lines);
+}
+
+fn state(s: &StateArgs, lines: &mut Vec<String>) {
+    lines.push(format!("state = {}", quote(&s.state.to_string())));
+    lines.push(format!("s3_path_style = {}", s.s3_path_style));
+}
+
+fn heap(h: &HeapArgs, lines: &mut Vec<String>) {
+    lines.push(format!("heap_url = {}", quote(&h.heap_url)));
+    lines.push(format!(
+        "# heap_app_id = {}",
+        if h.heap_app_id.is_some() || h.heap_app_id_file.is_some() {
+            "<redacted>"
+        } else {
+            "<unset>"
+        }
+    ));
+    if let Some(file) = &h.heap_app_id_file {
+        lines.push(format!(
+            "heap_app_id_file = {}",
+            quote(&file.display().to_string())
+        ));
+    }
+    lines.push(format!("app_rate_limit = {}", h.app_rate_limit));
+    lines.push(format!("identity_rate_limit = {}", h.identity_rate_limit));
+    lines.push(format!("max_batch_events = {}", h.max_batch_events));
+    lines.push(format!("max_body_bytes = {}", h.max_body_bytes));
+    lines.push(format!("heap_concurrency = {}", h.heap_concurrency));
+    lines.push(format!("retry_max_time = {}", duration(h.retry_max_time)));
+    lines.push(format!("max_pending_events = {}", h.max_pending_events));
+    lines.push(format!("request_timeout = {}", duration(h.request_timeout)));
+}
+
+fn worker(w: &WorkerArgs, lines: &mut Vec<String>) {
+    stores(&w.stores, lines);
+    heap(&w.heap, lines);
+    lines.push(format!("object_concurrency = {}", w.object_concurrency));
+    lines.push(format!("dry_run = {}", w.dry_run));
+    mapping(&w.mapping, lines);
+}
+
+/// A duration as `parse_duration` reads it back, exactly: `500ms` stays `500ms`.
+fn duration(d: std::time::Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("\"{}s\"", d.as_secs())
+    } else {
+        format!("\"{}ms\"", d.as_millis())
+    }
 }
 
 fn mapping(m: &MappingArgs, lines: &mut Vec<String>) {
@@ -317,11 +355,4 @@ fn mapping(m: &MappingArgs, lines: &mut Vec<String>) {
 /// A TOML basic string: JSON's escapes are a subset of TOML's.
 fn quote(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
-}
-
-fn lookback(l: Lookback) -> String {
-    match l {
-        Lookback::All => "all".into(),
-        Lookback::Hours(h) => format!("{h}h"),
-    }
 }

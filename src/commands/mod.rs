@@ -14,9 +14,18 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::heap::map::{IdentitySource, MappingConfig};
 
+/// The exit codes, in `--help` as in the README.
+const EXIT_CODES: &str = "Exit codes:
+  0  everything asked for is finished (a long-lived `run` stopped by SIGTERM/SIGINT also exits 0)
+  1  fatal: the ERROR line says what to fix (e.g. Heap answered 401/403/404)
+  2  usage or configuration error, reported before any work starts
+  3  finished, but events were parked as dead letters or objects failed (see `status`)
+  4  `run --once`, `backfill` or `replay` stopped before its work was done (a signal, store
+     errors, objects left to retry): it prints what remains; running it again resumes";
+
 /// Delivers Braze Currents events to Heap's server-side track API.
 #[derive(Debug, Parser)]
-#[command(name = "currents-heap", version, about)]
+#[command(name = "currents-heap", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
     /// Log lines on stderr: `human` (colours on a terminal) or `json` (one object per line).
     #[arg(long, global = true, env = "CURRENTS_HEAP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]

@@ -4,11 +4,12 @@ use std::collections::BTreeMap;
 
 use clap::Args;
 
-use super::worker::{Exit, Lookback, StoreArgs};
+use super::worker::{Exit, StoreArgs, open_stores};
 use crate::currents::key::DateHour;
 use crate::deadletter::{DeadLetterFilter, DeadLetterStore};
 use crate::ledger::{Ledger, Outcome};
 use crate::source::discover;
+use crate::worker::Lookback;
 
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
@@ -49,27 +50,19 @@ fn reason_group(reason: &str) -> String {
 }
 
 async fn report(args: &StatusArgs) -> Result<String, String> {
-    let path_style = args.stores.s3_path_style;
-    let source = args
-        .stores
-        .source
-        .open(path_style)
-        .await
-        .map_err(|e| e.to_string())?;
-    let state = args
-        .stores
-        .state
-        .open(path_style)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (source, state) = open_stores(&args.stores).await.map_err(|e| match e {
+        Exit::Usage(message) | Exit::Fatal(message) => message,
+        other => format!("{other:?}"),
+    })?;
     let ledger = Ledger::new(state.clone());
     let dead_letters = DeadLetterStore::new(state);
 
     let discovery = discover(&*source, &args.lookback.window())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("cannot list the source: {e}"))?;
     // Status is occasional: reading the whole ledger here is fine (run never does).
-    let finished = ledger.finished("").await.map_err(|e| e.to_string())?;
+    let state_error = |e: crate::store::StoreError| format!("cannot read the state: {e}");
+    let finished = ledger.finished("").await.map_err(state_error)?;
     let mut pending: BTreeMap<&str, u64> = BTreeMap::new();
     let mut oldest: Option<DateHour> = None;
     for object in discovery.objects.iter().filter(|o| !finished.contains(o)) {
@@ -109,19 +102,23 @@ async fn report(args: &StatusArgs) -> Result<String, String> {
         "objects failed: {}\n",
         finished.count(Outcome::Failed)
     ));
-    for entry in ledger.failed_entries("").await.map_err(|e| e.to_string())? {
+    let failed = ledger.failed_entries("").await.map_err(state_error)?;
+    for entry in failed.entries {
         out.push_str(&format!(
             "  {}: {}\n",
             entry.key,
             entry.reason.unwrap_or_default()
         ));
     }
+    for (key, reason) in failed.unreadable {
+        out.push_str(&format!("  (unreadable ledger entry {key}: {reason})\n"));
+    }
     let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
     let mut letters_total = 0;
     for file in dead_letters
         .list(&DeadLetterFilter::default())
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(state_error)?
     {
         match dead_letters.read(&file.key).await {
             Ok(letters) => {

@@ -6,6 +6,11 @@
 //! - **skipped** by policy: it has no identity under the configured identity fields;
 //! - **parked**: written as a dead letter, durably, before it is counted.
 //!
+//! A failed dead-letter write is not a fourth outcome at first: the letters stay queued and
+//! the write is tried again with backoff, for as long as the state store is down (a long-lived
+//! `run`), or up to `park_retry_max` (bounded runs). Only then are the events given back as
+//! **unfinished**: their objects are not recorded, so the next run reads them again.
+//!
 //! A configuration error from Heap (401, 403, 404, a redirect) stops delivery with the events
 //! still unresolved: nothing is parked, nothing is dropped, and a later run sends them again.
 //! Heap may receive an event more than once (a timeout after Heap stored it, a crash before
@@ -35,7 +40,6 @@ use super::track::{bulk_body, bulk_overhead};
 use crate::currents::event::CustomHttpEvent;
 use crate::deadletter::{DeadLetter, DeadLetterStore};
 use crate::rng::Rng;
-use crate::store::StoreError;
 use crate::telemetry::Metrics;
 
 /// Delivery settings; the command line documents each.
@@ -55,6 +59,9 @@ pub struct DeliveryConfig {
     pub max_pending: usize,
     /// Seed for retry jitter; `None` seeds from the clock.
     pub jitter_seed: Option<u64>,
+    /// How long failing dead-letter writes are retried before their events are given back
+    /// unfinished; `None`: until delivery ends (a long-lived `run` outlasts a store outage).
+    pub park_retry_max: Option<Duration>,
 }
 
 impl DeliveryConfig {
@@ -68,6 +75,7 @@ impl DeliveryConfig {
             retry: RetryPolicy::default(),
             max_pending: 5_000,
             jitter_seed: None,
+            park_retry_max: None,
         }
     }
 }
@@ -86,6 +94,8 @@ pub struct Tracker {
     delivered: AtomicU64,
     skipped: AtomicU64,
     parked: AtomicU64,
+    /// Events whose dead letters could not be written: their object must not be recorded.
+    unfinished: AtomicU64,
     changed: Notify,
 }
 
@@ -99,8 +109,11 @@ impl Tracker {
     pub fn parked(&self) -> u64 {
         self.parked.load(Ordering::Acquire)
     }
+    pub fn unfinished(&self) -> u64 {
+        self.unfinished.load(Ordering::Acquire)
+    }
     pub fn resolved(&self) -> u64 {
-        self.delivered() + self.skipped() + self.parked()
+        self.delivered() + self.skipped() + self.parked() + self.unfinished()
     }
 
     /// Waits until `total` events have ended one way or another.
@@ -135,7 +148,6 @@ pub struct DeliveryStats {
     pub per_type: HashMap<Arc<str>, TypeStats>,
     /// Requests by HTTP status (`"200"`, `"429"`, ...) or `"no response"`.
     pub requests: HashMap<String, u64>,
-    pub request_latencies: Vec<Duration>,
     pub retries: u64,
     pub bisections: u64,
     /// Times sending waited for rate-limit room, and how long in all.
@@ -170,8 +182,6 @@ impl DeliveryStats {
 pub enum DeliveryError {
     #[error("Heap refused the configuration, so delivery stopped: {0}")]
     Configuration(String),
-    #[error("cannot write dead letters, so delivery stopped: {0}")]
-    DeadLetters(#[from] StoreError),
     #[error("a request task failed: {0}")]
     Task(String),
 }
@@ -197,40 +207,39 @@ struct Item {
     tracker: Arc<Tracker>,
 }
 
-/// An event to park, as received or as kept while pending.
-enum Original {
-    Event(CustomHttpEvent),
-    Json(Box<[u8]>),
-}
-
+/// An event waiting for its dead letter to be written.
 struct ToPark {
-    original: Original,
+    letter: DeadLetter,
     event_type: Arc<str>,
-    object: Arc<str>,
     tracker: Arc<Tracker>,
-    reason: String,
 }
 
 impl ToPark {
     fn submission(submission: Submission, reason: String) -> Self {
         ToPark {
             event_type: submission.event.event_type.clone(),
-            original: Original::Event(submission.event),
-            object: submission.object,
+            letter: DeadLetter::new(submission.event, reason, &*submission.object),
             tracker: submission.tracker,
-            reason,
         }
     }
 
     fn item(item: Item, reason: String) -> Self {
+        // Written by `intake` from a CustomHttpEvent: it reads back.
+        let event: CustomHttpEvent =
+            serde_json::from_slice(&item.original).expect("queued events read back");
         ToPark {
-            original: Original::Json(item.original),
+            letter: DeadLetter::new(event, reason, &*item.object),
             event_type: item.event_type,
-            object: item.object,
             tracker: item.tracker,
-            reason,
         }
     }
+}
+
+/// Dead-letter writes that are failing: when to try again, and since when.
+struct ParkFailure {
+    since: Instant,
+    attempts: u32,
+    next_try: Instant,
 }
 
 struct Batch {
@@ -270,6 +279,7 @@ pub struct Delivery {
     retries: Vec<(Instant, Batch)>,
     in_flight: JoinSet<(Batch, Reply, Duration)>,
     to_park: Vec<ToPark>,
+    park_failure: Option<ParkFailure>,
     stats: DeliveryStats,
     body_overhead: usize,
     blocked_since: Option<Instant>,
@@ -302,6 +312,7 @@ impl Delivery {
             retries: Vec::new(),
             in_flight: JoinSet::new(),
             to_park: Vec::new(),
+            park_failure: None,
             stats: DeliveryStats::default(),
             blocked_since: None,
             metrics: Arc::new(Metrics::new()),
@@ -328,25 +339,26 @@ impl Delivery {
     async fn drive(&mut self, input: &mut mpsc::Receiver<Submission>) -> Result<(), DeliveryError> {
         let mut input_open = true;
         loop {
-            while input_open && self.pending.len() < self.config.max_pending {
+            while input_open && self.held() < self.config.max_pending {
                 match input.try_recv() {
                     Ok(submission) => self.intake(submission),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => input_open = false,
                 }
             }
-            self.flush_parked().await?;
+            self.flush_parked(Instant::now()).await;
             let now = Instant::now();
             self.dispatch(now);
             if !input_open
                 && self.pending.is_empty()
                 && self.retries.is_empty()
                 && self.in_flight.is_empty()
+                && self.to_park.is_empty()
             {
                 return Ok(());
             }
             let wake_at = self.next_timer(now);
-            let can_receive = input_open && self.pending.len() < self.config.max_pending;
+            let can_receive = input_open && self.held() < self.config.max_pending;
             let wake = tokio::select! {
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
                     let (batch, reply, latency) = joined.map_err(|e| DeliveryError::Task(e.to_string()))?;
@@ -369,6 +381,11 @@ impl Delivery {
                 Wake::Timer => {}
             }
         }
+    }
+
+    /// Events held in memory: waiting to be sent, or waiting for their dead letter.
+    fn held(&self) -> usize {
+        self.pending.len() + self.to_park.len()
     }
 
     fn intake(&mut self, submission: Submission) {
@@ -518,7 +535,6 @@ impl Delivery {
             .status
             .map_or_else(|| "no response".to_string(), |s| s.to_string());
         *self.stats.requests.entry(status.clone()).or_insert(0) += 1;
-        self.stats.request_latencies.push(latency);
         self.metrics.heap_request(&status, latency);
         match reply.answer {
             Answer::Accepted => {
@@ -583,33 +599,64 @@ impl Delivery {
         );
     }
 
-    /// Writes queued dead letters, then counts them as parked.
-    async fn flush_parked(&mut self) -> Result<(), DeliveryError> {
-        if self.to_park.is_empty() {
-            return Ok(());
+    /// Writes queued dead letters, then counts them as parked. A failed write keeps them
+    /// queued and tries again after a backoff (0.5 s doubling to 30 s); past
+    /// `park_retry_max`, the events are given back unfinished.
+    async fn flush_parked(&mut self, now: Instant) {
+        if self.to_park.is_empty() || self.park_failure.as_ref().is_some_and(|f| f.next_try > now) {
+            return;
         }
-        let parked = std::mem::take(&mut self.to_park);
-        let mut trackers = Vec::with_capacity(parked.len());
-        let mut letters = Vec::with_capacity(parked.len());
-        for park in parked {
-            let event = match park.original {
-                Original::Event(event) => event,
-                // Written by `intake` from a CustomHttpEvent moments ago: it reads back.
-                Original::Json(json) => {
-                    serde_json::from_slice(&json).expect("queued events read back")
+        let letters: Vec<&DeadLetter> = self.to_park.iter().map(|p| &p.letter).collect();
+        let written = self.dead_letters.park(&letters).await;
+        drop(letters);
+        match written {
+            Ok(_) => {
+                if self.park_failure.take().is_some() {
+                    tracing::info!("dead letters can be written again");
                 }
-            };
-            tracing::warn!(event_id = %event.id, object = %park.object, "parking event as a dead letter: {}", park.reason);
-            self.stats.of(&park.event_type).parked += 1;
-            self.metrics.events_dead_lettered(&park.event_type);
-            trackers.push(park.tracker);
-            letters.push(DeadLetter::new(event, park.reason, &*park.object));
+                self.metrics.state_write_succeeded();
+                for park in std::mem::take(&mut self.to_park) {
+                    tracing::warn!(event_id = %park.letter.event.id, object = %park.letter.object, "parked event as a dead letter: {}", park.letter.reason);
+                    self.stats.of(&park.event_type).parked += 1;
+                    self.metrics.events_dead_lettered(&park.event_type);
+                    park.tracker.add(&park.tracker.parked);
+                }
+            }
+            Err(e) => {
+                self.metrics.state_write_failed(&e.to_string());
+                let failure = self.park_failure.get_or_insert(ParkFailure {
+                    since: now,
+                    attempts: 0,
+                    next_try: now,
+                });
+                failure.attempts += 1;
+                let backoff = Duration::from_millis(500)
+                    .saturating_mul(1 << failure.attempts.min(6))
+                    .min(Duration::from_secs(30));
+                failure.next_try = now + backoff;
+                let failing_for = now - failure.since;
+                if self
+                    .config
+                    .park_retry_max
+                    .is_some_and(|max| failing_for >= max)
+                {
+                    tracing::error!(
+                        events = self.to_park.len(),
+                        "cannot write dead letters for {}s, giving up: their objects are left unrecorded for the next run: {e}",
+                        failing_for.as_secs()
+                    );
+                    for park in std::mem::take(&mut self.to_park) {
+                        park.tracker.add(&park.tracker.unfinished);
+                    }
+                    self.park_failure = None;
+                } else {
+                    tracing::warn!(
+                        events = self.to_park.len(),
+                        "cannot write dead letters, trying again in {backoff:?}: {e}"
+                    );
+                }
+            }
         }
-        self.dead_letters.park(letters).await?;
-        for tracker in trackers {
-            tracker.add(&tracker.parked);
-        }
-        Ok(())
     }
 
     /// The next time something may become sendable without a reply arriving.
@@ -623,6 +670,11 @@ impl Delivery {
         let pacing = (!self.pending.is_empty() || !self.retries.is_empty())
             .then(|| self.pacer.next_expiry(now))
             .flatten();
-        retry.into_iter().chain(pacing).min()
+        let park = self
+            .park_failure
+            .as_ref()
+            .filter(|_| !self.to_park.is_empty())
+            .map(|f| f.next_try);
+        retry.into_iter().chain(pacing).chain(park).min()
     }
 }

@@ -20,7 +20,8 @@ use std::str::FromStr;
 
 use serde_json::{Map, Number, Value as Json};
 
-use super::track::{TrackEvent, iso8601_utc};
+use super::track::TrackEvent;
+use crate::clock::iso8601_utc;
 use crate::currents::datum::Datum;
 use crate::currents::event::{CUSTOM_EVENT, CustomHttpEvent, Property};
 

@@ -1,0 +1,302 @@
+//! The engine and its one drive loop, shared by `run`, `run --once` and `backfill`.
+//!
+//! # Protocol
+//! 1. Poll: discover the plan's window, queue what the ledger has not finished. A long-lived
+//!    run polls every `poll_interval`; a bounded run polls once. A failed poll is logged and
+//!    retried at the next interval (long-lived), or ends a bounded run as incomplete.
+//! 2. Objects run through the pipeline, `object_concurrency` at a time. Each ends done,
+//!    failed, to retry, abandoned, or panicked; only done and failed are recorded.
+//! 3. Shutdown, when the future passed to [`Engine::drive`] resolves: no more polls, queued
+//!    objects are dropped (not started, so not recorded), objects in flight keep going and
+//!    delivery keeps sending their events. `shutdown_timeout` later, or when
+//!    [`Engine::abandon_token`] is cancelled, whatever is still in flight is abandoned.
+//! 4. If delivery stops on its own (a fatal answer from Heap), objects in flight are cut
+//!    short, nothing more is started, and the run ends fatal.
+//! 5. The input to delivery closes once every object has ended; delivery drains; the outcome
+//!    follows from the summary and how delivery ended (see [`super::summary`]).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use super::delivery_task::{DeliveryEnd, DeliveryTask};
+use super::discovery::queue_unfinished;
+use super::scheduler::{Ended, Scheduler};
+use super::settings::{Plan, Settings};
+use super::summary::{Outcome, Report, Summary};
+use crate::clock::unix_secs_now;
+use crate::deadletter::DeadLetterStore;
+use crate::heap::client::HeapClient;
+use crate::heap::delivery::{Delivery, DeliveryConfig};
+use crate::heap::map::HeapMapper;
+use crate::ledger::Ledger;
+use crate::pipeline::{ObjectResult, Pipeline, Sink};
+use crate::store::ObjectStore;
+use crate::telemetry::Metrics;
+
+/// Where mapped events go.
+pub enum Output {
+    /// Map and count; nothing is sent, parked or recorded.
+    DryRun(HeapMapper),
+    Heap(Box<HeapOutput>),
+}
+
+/// Delivery to Heap: the client, its limits and retries, and the mapping.
+pub struct HeapOutput {
+    pub client: HeapClient,
+    pub config: DeliveryConfig,
+    pub mapper: HeapMapper,
+}
+
+/// Called after every object with the summary so far and the objects found to do.
+pub type ProgressFn = Box<dyn FnMut(&Summary, u64) + Send>;
+
+pub struct Engine {
+    settings: Settings,
+    plan: Plan,
+    source: Arc<dyn ObjectStore>,
+    ledger: Arc<Ledger>,
+    pipeline: Arc<Pipeline>,
+    metrics: Arc<Metrics>,
+    delivery: Option<DeliveryTask>,
+    abandon: CancellationToken,
+    progress: Option<ProgressFn>,
+}
+
+/// Decoded events waiting for delivery: small, so a slow Heap slows decoding soon instead of
+/// filling memory.
+const DELIVERY_CHANNEL: usize = 256;
+
+impl Engine {
+    /// Builds the pipeline and, unless dry-running, starts the delivery task. `state` holds
+    /// the ledger and dead letters.
+    pub fn start(
+        settings: Settings,
+        plan: Plan,
+        source: Arc<dyn ObjectStore>,
+        state: Arc<dyn ObjectStore>,
+        output: Output,
+        metrics: Arc<Metrics>,
+    ) -> Engine {
+        let ledger = Arc::new(Ledger::new(state.clone()));
+        let state_retry_max = plan.is_bounded().then_some(settings.bounded_state_retry);
+        let (sink, delivery) = match output {
+            Output::DryRun(mapper) => (Sink::DryRun(Arc::new(mapper)), None),
+            Output::Heap(heap) => {
+                let HeapOutput {
+                    client,
+                    mut config,
+                    mapper,
+                } = *heap;
+                config.park_retry_max = state_retry_max;
+                let dead_letters = Arc::new(DeadLetterStore::new(state));
+                let delivery = Delivery::new(config, Arc::new(client), mapper, dead_letters)
+                    .with_metrics(metrics.clone());
+                let (task, tx) = DeliveryTask::spawn(delivery, DELIVERY_CHANNEL);
+                (Sink::Deliver(tx), Some(task))
+            }
+        };
+        let pipeline = Arc::new(Pipeline {
+            source: source.clone(),
+            ledger: ledger.clone(),
+            sink,
+            metrics: metrics.clone(),
+            state_retry_max,
+        });
+        Engine {
+            settings,
+            plan,
+            source,
+            ledger,
+            pipeline,
+            metrics,
+            delivery,
+            abandon: CancellationToken::new(),
+            progress: None,
+        }
+    }
+
+    pub fn with_progress(mut self, progress: ProgressFn) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Cancelling it abandons objects in flight at once (a second signal), instead of
+    /// waiting out the shutdown timeout.
+    pub fn abandon_token(&self) -> CancellationToken {
+        self.abandon.clone()
+    }
+
+    /// Runs the plan until it is done, `shutdown` resolves, or delivery stops fatally.
+    pub async fn drive(self, shutdown: impl Future<Output = ()>) -> Report {
+        let Engine {
+            settings,
+            plan,
+            source,
+            ledger,
+            pipeline,
+            metrics,
+            delivery,
+            abandon,
+            mut progress,
+        } = self;
+        let mut scheduler = Scheduler::new(
+            pipeline.clone(),
+            settings.object_concurrency,
+            abandon.clone(),
+        );
+        drop(pipeline);
+        let mut summary = Summary::default();
+        let mut shutdown = std::pin::pin!(shutdown);
+        // Set once shutdown begins: when objects still in flight are abandoned.
+        let mut deadline: Option<Instant> = None;
+        let mut next_poll = Some(Instant::now());
+        let mut poll_failure: Option<String> = None;
+        let mut delivery_stopped = false;
+        let mut found: u64 = 0;
+        let delivery_stopped_token = delivery.as_ref().map(DeliveryTask::stopped_token);
+        let delivery_ended = async {
+            match &delivery_stopped_token {
+                Some(token) => token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut delivery_ended = std::pin::pin!(delivery_ended);
+        loop {
+            let polling = deadline.is_none() && !delivery_stopped;
+            if polling && next_poll.is_some_and(|at| Instant::now() >= at) {
+                match queue_unfinished(&*source, &ledger, &plan.window(), &mut scheduler).await {
+                    Ok(unfinished) => {
+                        found += unfinished.count as u64;
+                        let now = unix_secs_now();
+                        let lag = unfinished.oldest.map(|hour| {
+                            Duration::from_secs(
+                                (now - hour.hours_since_epoch() * 3600).max(0) as u64
+                            )
+                        });
+                        metrics.poll_succeeded(
+                            unfinished.count as u64,
+                            lag,
+                            unfinished.folders as u64,
+                            now,
+                        );
+                        if unfinished.folders == 0 {
+                            tracing::warn!(
+                                "the source {} holds no event_type= folders: check --source (a wrong prefix, or a directory that moved?)",
+                                source.describe()
+                            );
+                        }
+                        tracing::info!(
+                            unfinished = unfinished.count,
+                            queued = scheduler.queued(),
+                            in_flight = scheduler.in_flight(),
+                            "polled {}",
+                            source.describe()
+                        );
+                    }
+                    Err(e) if plan.is_bounded() => {
+                        tracing::error!("{e}");
+                        poll_failure = Some(e.to_string());
+                    }
+                    Err(e) => tracing::error!("poll failed, trying again next interval: {e}"),
+                }
+                next_poll = match plan {
+                    Plan::Live { poll_interval, .. } => Some(Instant::now() + poll_interval),
+                    Plan::Once { .. } | Plan::Range { .. } => None,
+                };
+            }
+            let nothing_more = deadline.is_some() || delivery_stopped || next_poll.is_none();
+            if nothing_more && scheduler.is_idle() {
+                break;
+            }
+            tokio::select! {
+                Some(ended) = scheduler.next() => {
+                    match &ended {
+                        Ended::Object(ObjectResult::Done(_)) => metrics.object_done(),
+                        Ended::Object(ObjectResult::Failed(_)) => metrics.object_failed(),
+                        Ended::Panicked { key, message } => {
+                            metrics.object_panicked();
+                            tracing::error!(object = %key, "processing the object panicked; it will be tried again at the next poll: {message}");
+                        }
+                        Ended::Object(_) => {}
+                    }
+                    summary.add(&ended);
+                    if let Some(progress) = progress.as_mut() {
+                        progress(&summary, found);
+                    }
+                }
+                _ = sleep_until(next_poll.unwrap_or_else(Instant::now)), if polling && next_poll.is_some() => {}
+                _ = &mut shutdown, if deadline.is_none() => {
+                    deadline = Some(Instant::now() + settings.shutdown_timeout);
+                    summary.not_started(scheduler.clear_queue());
+                    tracing::info!(in_flight = scheduler.in_flight(), "stopping: finishing objects in flight (up to {:?})", settings.shutdown_timeout);
+                }
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && !abandon.is_cancelled() => {
+                    tracing::warn!(in_flight = scheduler.in_flight(), "shutdown timeout reached: abandoning objects in flight");
+                    abandon.cancel();
+                }
+                _ = &mut delivery_ended, if !delivery_stopped => {
+                    delivery_stopped = true;
+                    summary.not_started(scheduler.clear_queue());
+                    abandon.cancel();
+                }
+            }
+        }
+        // Every object has ended, so every sender is gone: delivery sees its input close.
+        drop(scheduler);
+        let end = match delivery {
+            Some(task) => task.finish(deadline, &abandon).await,
+            None => DeliveryEnd::default(),
+        };
+        let outcome = decide(&plan, &summary, &end, deadline.is_some(), poll_failure);
+        Report {
+            summary,
+            delivery: end.stats,
+            outcome,
+            dry_run: settings.dry_run,
+        }
+    }
+}
+
+/// The outcome, from the most serious to the least: fatal, incomplete, failures, finished.
+fn decide(
+    plan: &Plan,
+    summary: &Summary,
+    delivery: &DeliveryEnd,
+    stopped: bool,
+    poll_failure: Option<String>,
+) -> Outcome {
+    if let Err(e) = &delivery.result {
+        return Outcome::Fatal(e.clone());
+    }
+    if !plan.is_bounded() {
+        // Only a stop ends a long-lived run without a fatal error.
+        return Outcome::Finished;
+    }
+    let remaining = summary.remaining.len();
+    let reason = if let Some(failure) = poll_failure {
+        Some(failure)
+    } else if stopped {
+        Some(format!(
+            "stopped by a signal with {remaining} objects unfinished"
+        ))
+    } else if delivery.abandoned {
+        Some("delivery was abandoned with events unresolved".into())
+    } else if remaining > 0 {
+        Some(format!("{remaining} objects are left to retry"))
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Outcome::Incomplete { reason },
+        None if summary.has_failures() => Outcome::FinishedWithFailures,
+        None => Outcome::Finished,
+    }
+}

@@ -1,0 +1,27 @@
+//! The worker engine: what `run`, `run --once` and `backfill` share.
+//!
+//! ```text
+//! discovery ──► scheduler ──► pipeline, one object at a time ──► delivery task ──► Heap
+//! (source less ledger)  (bounded; panics give the key back)      ledger · dead letters
+//! ```
+//!
+//! - [`settings`]: the plan (which hours, once or polling) and the bounds of a run.
+//! - [`discovery`]: unfinished objects in the window, queued on the scheduler.
+//! - [`scheduler`]: objects in flight, a bounded number at a time.
+//! - [`delivery_task`]: delivery on its own task; how it ended is never lost.
+//! - [`engine`]: the one drive loop, with shutdown passed in as a future.
+//! - [`summary`]: the counts, what remains, and the outcome that is the exit code.
+//!
+//! Nothing here reads arguments or prints: `commands` builds an [`Engine`] and prints its
+//! [`Report`].
+
+pub mod delivery_task;
+pub mod discovery;
+pub mod engine;
+pub mod scheduler;
+pub mod settings;
+pub mod summary;
+
+pub use engine::{Engine, Output};
+pub use settings::{Lookback, Plan, Settings};
+pub use summary::{Outcome, Report, Summary};
