@@ -205,6 +205,45 @@ mod tests {
         }
     }
 
+    /// Two writers sharing a state location, as a `run` Deployment and a `backfill` Job do,
+    /// each PID 1 in its container, parking in the same millisecond and the same hour.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_in_the_same_millisecond_and_hour_never_overwrite_each_other() {
+        let dir =
+            std::env::temp_dir().join(format!("currents-heap-dl-race-{}", std::process::id()));
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&dir));
+        let object =
+            "currents/x/event_type=users.behaviors.CustomEvent/date=2026-11-27-13/1/z/f.avro";
+        let same_millisecond = || 1_764_248_400_000;
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let store = Arc::new(DeadLetterStore::with_clock(store.clone(), same_millisecond));
+                tokio::spawn(async move {
+                    for n in 0..50 {
+                        let letter = DeadLetter::new(
+                            event(&format!("w{w}-{n}"), "users.behaviors.CustomEvent"),
+                            "retries exhausted",
+                            object,
+                        );
+                        store.park(&[&letter]).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        let reader = DeadLetterStore::new(store);
+        let mut ids = std::collections::HashSet::new();
+        for file in reader.list(&DeadLetterFilter::default()).await.unwrap() {
+            for letter in reader.read(&file.key).await.unwrap() {
+                ids.insert(letter.event.id);
+            }
+        }
+        assert_eq!(ids.len(), 100, "every dead letter survives");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[tokio::test]
     async fn parks_reads_filters_and_removes() {
         let dir = std::env::temp_dir().join(format!("currents-heap-dl-{}", std::process::id()));

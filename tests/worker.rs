@@ -4,116 +4,13 @@
 
 mod support;
 
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::collections::HashSet;
 use std::time::Duration;
 
 use currents_heap::standin::{Standin, StandinConfig};
-use support::TempDir;
-use tokio::process::Command;
+use support::{Setup, all_sendable, fixtures, sendable_by_hour, stored_ids};
 
-const APP_ID: &str = "77";
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bucket")
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            std::fs::create_dir_all(&target).unwrap();
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
-/// Event ids a run should deliver, by `date=` hour, read from the fixtures' expected JSON:
-/// every event with a non-empty `external_user_id` (the default identity).
-fn sendable_by_hour() -> HashMap<String, HashSet<String>> {
-    let mut by_hour: HashMap<String, HashSet<String>> = HashMap::new();
-    let mut dirs = vec![fixtures()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "json") {
-                let hour = path.to_str().unwrap().split("date=").nth(1).unwrap()[..13].to_string();
-                for line in std::fs::read_to_string(&path).unwrap().lines() {
-                    let event: serde_json::Value = serde_json::from_str(line).unwrap();
-                    if event["user"]["external_user_id"]
-                        .as_str()
-                        .is_some_and(|s| !s.is_empty())
-                    {
-                        by_hour
-                            .entry(hour.clone())
-                            .or_default()
-                            .insert(event["id"].as_str().unwrap().to_string());
-                    }
-                }
-            }
-        }
-    }
-    by_hour
-}
-
-fn all_sendable() -> HashSet<String> {
-    sendable_by_hour().into_values().flatten().collect()
-}
-
-struct Setup {
-    source: TempDir,
-    state: TempDir,
-}
-
-impl Setup {
-    fn new() -> Self {
-        let source = TempDir::new("source");
-        copy_tree(&fixtures(), &source.0);
-        Setup {
-            source,
-            state: TempDir::new("state"),
-        }
-    }
-
-    fn command(&self, standin: &Standin, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_currents-heap"));
-        command.args(args);
-        // replay needs only the state: dead letters hold the events.
-        if args[0] != "replay" {
-            command.arg("--source").arg(&self.source.0);
-        }
-        command
-            .arg("--state")
-            .arg(&self.state.0)
-            .env("HEAP_API_URL", standin.url())
-            .env("HEAP_APP_ID", APP_ID)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        command
-    }
-
-    async fn run(&self, standin: &Standin, args: &[&str]) -> (i32, String, String) {
-        let output = self.command(standin, args).output().await.unwrap();
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    }
-}
-
-fn stored_ids(standin: &Standin) -> HashSet<String> {
-    standin.stored().into_keys().collect()
-}
+use support::APP_ID;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_once_delivers_every_event_once_and_a_second_run_sends_nothing() {

@@ -1,0 +1,371 @@
+//! The worker engine in process, on a paused clock: shutdown passed in as a future, the
+//! abandon-at-timeout path, a panicking object, state-store outages, and a source that is not
+//! there. The source and state are real local stores (wrapped to inject faults); Heap is the
+//! stand-in over real HTTP.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use currents_heap::heap::client::HeapClient;
+use currents_heap::heap::delivery::DeliveryConfig;
+use currents_heap::heap::map::{HeapMapper, MappingConfig};
+use currents_heap::ledger::{Ledger, Outcome as Recorded};
+use currents_heap::standin::{Standin, StandinConfig};
+use currents_heap::store::{LocalStore, ObjectStore};
+use currents_heap::telemetry::Metrics;
+use currents_heap::worker::engine::HeapOutput;
+use currents_heap::worker::{Engine, Lookback, Outcome, Output, Plan, Report, Settings};
+use support::faulty::{FaultyStore, Ops};
+use support::{TempDir, all_sendable, copy_tree, fixtures};
+use tokio::time::Instant;
+
+const APP_ID: &str = "91";
+const OBJECTS: usize = 19;
+
+fn settings() -> Settings {
+    Settings {
+        object_concurrency: 4,
+        shutdown_timeout: Duration::from_secs(30),
+        bounded_state_retry: Duration::from_secs(15 * 60),
+        dry_run: false,
+    }
+}
+
+fn heap(standin: &Standin, request_timeout: Duration) -> Output {
+    Output::Heap(Box::new(HeapOutput {
+        client: HeapClient::new(&standin.url(), request_timeout).unwrap(),
+        config: DeliveryConfig {
+            jitter_seed: Some(7),
+            ..DeliveryConfig::new(APP_ID)
+        },
+        mapper: HeapMapper::new(MappingConfig::default()),
+    }))
+}
+
+fn live() -> Plan {
+    Plan::Live {
+        lookback: Lookback::All,
+        poll_interval: Duration::from_secs(10),
+    }
+}
+
+/// A copy of the fixture bucket and an empty state directory.
+struct Dirs {
+    source: TempDir,
+    state: TempDir,
+}
+
+impl Dirs {
+    fn new() -> Self {
+        let source = TempDir::new("engine-source");
+        copy_tree(&fixtures(), &source.0);
+        Dirs {
+            source,
+            state: TempDir::new("engine-state"),
+        }
+    }
+
+    fn source(&self) -> Arc<dyn ObjectStore> {
+        Arc::new(LocalStore::new(&self.source.0))
+    }
+
+    fn state(&self) -> Arc<dyn ObjectStore> {
+        Arc::new(LocalStore::new(&self.state.0))
+    }
+
+    /// Objects the ledger records as done, read past any fault wrapper.
+    async fn recorded_done(&self) -> usize {
+        Ledger::new(self.state())
+            .finished("")
+            .await
+            .unwrap()
+            .count(Recorded::Done)
+    }
+}
+
+/// Polls a condition on the (paused) clock: virtual time, so no real waiting.
+async fn until<F: std::future::Future<Output = bool>>(mut condition: impl FnMut() -> F) {
+    for _ in 0..100_000 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the condition never held");
+}
+
+fn stored(standin: &Standin) -> HashSet<String> {
+    standin.stored().into_keys().collect()
+}
+
+/// Drives the engine; the shutdown future first waits for `condition`, and the test can
+/// check that the engine returned only after it was asked to stop.
+async fn drive_until<F: std::future::Future<Output = bool>>(
+    engine: Engine,
+    condition: impl FnMut() -> F,
+) -> Report {
+    let asked = Arc::new(AtomicBool::new(false));
+    let flag = asked.clone();
+    let report = engine
+        .drive(async move {
+            until(condition).await;
+            flag.store(true, Ordering::SeqCst);
+        })
+        .await;
+    assert!(
+        asked.load(Ordering::SeqCst),
+        "the engine returned before it was stopped: {:?}\n{}",
+        report.outcome,
+        report.render()
+    );
+    report
+}
+
+#[tokio::test(start_paused = true)]
+async fn objects_in_flight_at_the_shutdown_timeout_are_abandoned_and_never_recorded() {
+    // Heap stores the events but answers only after ten minutes: nothing can finish.
+    let standin = Standin::start(StandinConfig {
+        response_delay: Duration::from_secs(600),
+        ..StandinConfig::new(APP_ID)
+    })
+    .await
+    .unwrap();
+    for plan in [
+        live(),
+        Plan::Once {
+            lookback: Lookback::All,
+        },
+    ] {
+        let dirs = Dirs::new();
+        let engine = Engine::start(
+            settings(),
+            plan,
+            dirs.source(),
+            dirs.state(),
+            heap(&standin, Duration::from_secs(3600)),
+            Arc::new(Metrics::new()),
+        );
+        let started = Instant::now();
+        let report = engine
+            .drive(tokio::time::sleep(Duration::from_secs(5)))
+            .await;
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(35) && took < Duration::from_secs(36),
+            "stop at 5 s plus the 30 s shutdown timeout, then abandon: took {took:?}"
+        );
+        let summary = &report.summary;
+        assert_eq!(summary.objects_done, 0, "{}", report.render());
+        assert_eq!(
+            summary.objects_abandoned,
+            4,
+            "the four objects in flight: {}",
+            report.render()
+        );
+        assert_eq!(summary.objects_not_started, OBJECTS as u64 - 4);
+        assert_eq!(
+            dirs.recorded_done().await,
+            0,
+            "nothing abandoned is recorded"
+        );
+        match plan {
+            Plan::Live { .. } => assert_eq!(report.outcome, Outcome::Finished),
+            _ => {
+                assert!(
+                    matches!(&report.outcome, Outcome::Incomplete { reason } if reason.contains("stopped")),
+                    "{:?}",
+                    report.outcome
+                );
+                assert_eq!(report.outcome.exit_code(), 4);
+                assert!(report.render().contains("Run the same command again"));
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_object_is_given_back_and_retried_at_the_next_poll() {
+    let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let dirs = Dirs::new();
+    let source = Arc::new(FaultyStore::new(dirs.source()));
+    let victim = dirs
+        .source()
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.key.ends_with(".avro"))
+        .unwrap()
+        .key;
+    source.panic_once_on_open(&victim);
+    let metrics = Arc::new(Metrics::new());
+    let engine = Engine::start(
+        settings(),
+        live(),
+        source,
+        dirs.state(),
+        heap(&standin, Duration::from_secs(30)),
+        metrics.clone(),
+    );
+    let report = drive_until(engine, || async { dirs.recorded_done().await == OBJECTS }).await;
+    assert_eq!(report.summary.objects_panicked, 1, "{}", report.render());
+    assert_eq!(report.summary.objects_done, OBJECTS as u64);
+    assert!(
+        Ledger::new(dirs.state())
+            .finished("")
+            .await
+            .unwrap()
+            .outcome(
+                &victim,
+                std::fs::metadata(dirs.source.0.join(&victim))
+                    .unwrap()
+                    .len(),
+                &dirs
+                    .source()
+                    .list(&victim)
+                    .await
+                    .unwrap()
+                    .pop()
+                    .unwrap()
+                    .etag
+            )
+            == Some(Recorded::Done),
+        "the panicked object was processed at the next poll"
+    );
+    assert_eq!(stored(&standin), all_sendable());
+    assert!(
+        metrics
+            .render()
+            .contains("currents_heap_objects_panicked_total 1")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_twenty_second_state_outage_does_not_end_run_and_everything_is_recorded_after() {
+    for ops in [Ops::Writes, Ops::Reads] {
+        // Slow answers keep objects in flight when the outage begins.
+        let standin = Standin::start(StandinConfig {
+            response_delay: Duration::from_millis(300),
+            ..StandinConfig::new(APP_ID)
+        })
+        .await
+        .unwrap();
+        let dirs = Dirs::new();
+        let state = Arc::new(FaultyStore::new(dirs.state()));
+        let start = Instant::now();
+        // Writes fail once objects are in flight; reads fail from the first poll, the only
+        // time state is read (the ledger listing).
+        let from = match ops {
+            Ops::Writes => start + Duration::from_millis(1),
+            Ops::Reads => start,
+        };
+        state.outage(from, start + Duration::from_secs(20), ops);
+        let metrics = Arc::new(Metrics::new());
+        let mut settings = settings();
+        settings.object_concurrency = 8;
+        let engine = Engine::start(
+            settings,
+            live(),
+            dirs.source(),
+            state.clone(),
+            heap(&standin, Duration::from_secs(30)),
+            metrics.clone(),
+        );
+        let mut saw_outage = false;
+        let report = drive_until(engine, || {
+            let (dirs, metrics) = (&dirs, &metrics);
+            let not_ready = metrics.not_ready(
+                currents_heap::clock::unix_secs_now(),
+                Duration::from_secs(3600),
+            );
+            saw_outage |= not_ready
+                .as_deref()
+                .is_some_and(|r| r.contains("state writes have failed"));
+            async move { dirs.recorded_done().await == OBJECTS }
+        })
+        .await;
+        assert!(
+            state.failures.load(Ordering::Relaxed) > 0,
+            "{ops:?}: the outage hit"
+        );
+        assert!(
+            Instant::now() >= start + Duration::from_secs(20),
+            "recorded only once the store was back"
+        );
+        assert_eq!(report.outcome, Outcome::Finished, "{ops:?}");
+        assert_eq!(stored(&standin), all_sendable(), "{ops:?}");
+        assert_eq!(
+            dirs.recorded_done().await,
+            OBJECTS,
+            "{ops:?}: {}",
+            report.render()
+        );
+        if ops == Ops::Writes {
+            assert!(saw_outage, "/readyz reported the failing state writes");
+            assert_eq!(
+                standin.report().duplicates,
+                0,
+                "ledger writes were retried, not the objects"
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_or_empty_source_is_reported_not_taken_for_an_idle_one() {
+    let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let state = TempDir::new("engine-state");
+    let missing = state.0.join("no-such-bucket");
+    let engine = Engine::start(
+        settings(),
+        Plan::Once {
+            lookback: Lookback::Hours(72),
+        },
+        Arc::new(LocalStore::new(&missing)),
+        Arc::new(LocalStore::new(&state.0)),
+        heap(&standin, Duration::from_secs(30)),
+        Arc::new(Metrics::new()),
+    );
+    let report = engine.drive(std::future::pending()).await;
+    match &report.outcome {
+        Outcome::Incomplete { reason } => {
+            assert!(reason.contains("cannot list the source"), "{reason}");
+            assert!(reason.contains("no-such-bucket"), "{reason}");
+        }
+        other => panic!("a missing source directory is an error, not an idle poll: {other:?}"),
+    }
+
+    let empty = TempDir::new("engine-empty-source");
+    let metrics = Arc::new(Metrics::new());
+    let engine = Engine::start(
+        settings(),
+        live(),
+        Arc::new(LocalStore::new(&empty.0)),
+        Arc::new(LocalStore::new(&state.0)),
+        heap(&standin, Duration::from_secs(30)),
+        metrics.clone(),
+    );
+    let polled = metrics.clone();
+    let report = drive_until(engine, move || {
+        let polled = polled.clone();
+        async move { polled.last_poll_unix() > 0 }
+    })
+    .await;
+    assert_eq!(report.outcome, Outcome::Finished);
+    let reason = metrics
+        .not_ready(
+            currents_heap::clock::unix_secs_now(),
+            Duration::from_secs(3600),
+        )
+        .expect("an empty source is not ready");
+    assert!(reason.contains("no event_type= folders"), "{reason}");
+    assert!(
+        metrics
+            .render()
+            .contains("currents_heap_source_event_type_folders 0")
+    );
+}
