@@ -8,7 +8,9 @@
 //! A failed ledger write does not lose the object's progress: the write is tried again with
 //! backoff (0.5 s doubling to 30 s) while the object holds its slot, for as long as the state
 //! store is down, or up to `state_retry_max` in bounded runs. Given up, the object is left
-//! unrecorded ([`ObjectResult::Retry`]) and the next run reads it again.
+//! unrecorded ([`ObjectResult::Unrecorded`]) and the next run reads it again. The outage is
+//! timed from its first failure, across objects, so once the budget is spent the objects
+//! after it give up at their first failed write instead of each waiting it out again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +44,9 @@ pub enum ObjectResult {
     /// Reading the source or writing the state failed for a reason that may pass (a network
     /// error, an outage): not recorded, so the next poll tries again.
     Retry { key: String, reason: String },
+    /// Every event has an outcome, but the state could not record it (the ledger or dead
+    /// letters) within a bounded run's budget: not recorded, so the next run reads it again.
+    Unrecorded { key: String, reason: String },
     /// Shutdown or a stopped delivery cut it short: not recorded.
     Abandoned { key: String },
 }
@@ -50,7 +55,9 @@ impl ObjectResult {
     pub fn key(&self) -> &str {
         match self {
             ObjectResult::Done(e) | ObjectResult::Failed(e) => &e.key,
-            ObjectResult::Retry { key, .. } | ObjectResult::Abandoned { key } => key,
+            ObjectResult::Retry { key, .. }
+            | ObjectResult::Unrecorded { key, .. }
+            | ObjectResult::Abandoned { key } => key,
         }
     }
 }
@@ -63,6 +70,8 @@ pub struct Pipeline {
     /// How long a failing ledger write is retried before the object is left for the next
     /// run; `None`: until the object is abandoned (a long-lived `run`).
     pub state_retry_max: Option<Duration>,
+    /// When the current run of failed ledger writes began (any success resets it).
+    pub state_failing_since: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// What the decoding thread reports.
@@ -149,7 +158,7 @@ impl Pipeline {
                     _ = abandon.cancelled() => return ObjectResult::Abandoned { key: object.key.clone() },
                 }
                 if tracker.unfinished() > 0 {
-                    return ObjectResult::Retry {
+                    return ObjectResult::Unrecorded {
                         key: object.key.clone(),
                         reason: format!(
                             "{} of its events could not be written as dead letters to the state",
@@ -166,26 +175,28 @@ impl Pipeline {
 
     /// Records the entry, trying again with backoff while the state store fails.
     async fn record(&self, entry: Entry, abandon: &CancellationToken) -> ObjectResult {
-        let started = tokio::time::Instant::now();
         let mut attempt = 0u32;
         loop {
             let error = match self.ledger.record(&entry).await {
                 Ok(()) => {
+                    *self.failing_since() = None;
                     self.metrics.state_write_succeeded();
                     return finished(entry);
                 }
                 Err(e) => e,
             };
             self.metrics.state_write_failed(&error.to_string());
+            let now = tokio::time::Instant::now();
+            let failing_for = now - *self.failing_since().get_or_insert(now);
             attempt += 1;
             let backoff = Duration::from_millis(500)
                 .saturating_mul(1 << attempt.min(6))
                 .min(Duration::from_secs(30));
             if self
                 .state_retry_max
-                .is_some_and(|max| started.elapsed() + backoff > max)
+                .is_some_and(|max| failing_for + backoff > max)
             {
-                return ObjectResult::Retry {
+                return ObjectResult::Unrecorded {
                     key: entry.key,
                     reason: format!("cannot record it in the state's ledger: {error}"),
                 };
@@ -196,6 +207,12 @@ impl Pipeline {
                 _ = abandon.cancelled() => return ObjectResult::Abandoned { key: entry.key },
             }
         }
+    }
+
+    fn failing_since(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
+        self.state_failing_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records a key outside the Currents layout as failed, without reading it.

@@ -369,3 +369,91 @@ async fn a_missing_or_empty_source_is_reported_not_taken_for_an_idle_one() {
             .contains("currents_heap_source_event_type_folders 0")
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_bounded_run_gives_up_on_a_long_outage_with_exit_4_and_the_next_run_resumes() {
+    // One poisoned event, so a dead letter must be written as well as the ledger.
+    let poisoned = all_sendable().into_iter().min().unwrap();
+    let standin = Standin::start(StandinConfig {
+        poison_keys: HashSet::from([poisoned.clone()]),
+        ..StandinConfig::new(APP_ID)
+    })
+    .await
+    .unwrap();
+    let once = Plan::Once {
+        lookback: Lookback::All,
+    };
+    let mut settings = settings();
+    settings.bounded_state_retry = Duration::from_secs(60);
+
+    // The state refuses writes for an hour: longer than the run will wait.
+    let dirs = Dirs::new();
+    let state = Arc::new(FaultyStore::new(dirs.state()));
+    let start = Instant::now();
+    state.outage(start, start + Duration::from_secs(3600), Ops::Writes);
+    let report = Engine::start(
+        settings.clone(),
+        once,
+        dirs.source(),
+        state,
+        heap(&standin, Duration::from_secs(30)),
+        Arc::new(Metrics::new()),
+    )
+    .drive(std::future::pending())
+    .await;
+    assert_eq!(report.outcome.exit_code(), 4, "{}", report.render());
+    assert!(
+        start.elapsed() < Duration::from_secs(120),
+        "gave up after about --retry-max-time, not the outage: {:?}",
+        start.elapsed()
+    );
+    assert_eq!(dirs.recorded_done().await, 0);
+    let rendered = report.render();
+    assert!(
+        rendered.contains("cannot record it in the state's ledger")
+            && rendered.contains("could not be written as dead letters"),
+        "both the ledger and the dead-letter paths gave up: {rendered}"
+    );
+
+    // The source fails reads for an hour: every object is left to retry.
+    let source = Arc::new(FaultyStore::new(dirs.source()));
+    let start = Instant::now();
+    source.outage(start, start + Duration::from_secs(3600), Ops::Reads);
+    let report = Engine::start(
+        settings.clone(),
+        once,
+        source,
+        dirs.state(),
+        heap(&standin, Duration::from_secs(30)),
+        Arc::new(Metrics::new()),
+    )
+    .drive(std::future::pending())
+    .await;
+    assert!(
+        matches!(&report.outcome, Outcome::Incomplete { reason } if reason.contains("cannot list the source")),
+        "{:?}",
+        report.outcome
+    );
+
+    // Once the stores are back, the same run finishes: exit 3 for the one parked event.
+    let report = Engine::start(
+        settings,
+        once,
+        dirs.source(),
+        dirs.state(),
+        heap(&standin, Duration::from_secs(30)),
+        Arc::new(Metrics::new()),
+    )
+    .drive(std::future::pending())
+    .await;
+    assert_eq!(
+        report.outcome,
+        Outcome::FinishedWithFailures,
+        "{}",
+        report.render()
+    );
+    assert_eq!(dirs.recorded_done().await, OBJECTS);
+    let mut expected = all_sendable();
+    expected.remove(&poisoned);
+    assert_eq!(stored(&standin), expected);
+}

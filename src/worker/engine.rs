@@ -105,6 +105,7 @@ impl Engine {
             sink,
             metrics: metrics.clone(),
             state_retry_max,
+            state_failing_since: std::sync::Mutex::new(None),
         });
         Engine {
             settings,
@@ -224,6 +225,15 @@ impl Engine {
                         Ended::Panicked { key, message } => {
                             metrics.object_panicked();
                             tracing::error!(object = %key, "processing the object panicked; it will be tried again at the next poll: {message}");
+                        }
+                        Ended::Object(ObjectResult::Unrecorded { .. }) => {
+                            // A bounded run has spent its state budget: starting more objects
+                            // would only send events that cannot be recorded.
+                            let cleared = scheduler.clear_queue();
+                            if !cleared.is_empty() {
+                                tracing::warn!(objects = cleared.len(), "the state cannot be written: not starting the objects left");
+                            }
+                            summary.not_started(cleared);
                         }
                         Ended::Object(_) => {}
                     }

@@ -107,7 +107,7 @@ impl Summary {
                     *slot += n;
                 }
             }
-            ObjectResult::Retry { key, reason } => {
+            ObjectResult::Retry { key, reason } | ObjectResult::Unrecorded { key, reason } => {
                 self.objects_retry += 1;
                 tracing::warn!(object = %key, "the object will be tried again: {reason}");
                 self.remaining.push((key.clone(), reason.clone()));
