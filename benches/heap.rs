@@ -129,10 +129,10 @@ async fn deliver(events: &[CustomHttpEvent]) -> usize {
                 .await;
         }
     });
-    let (stats, result) = delivery.run(rx).await;
-    result.unwrap();
+    let metrics = delivery.metrics();
+    delivery.run(rx).await.unwrap();
     feeder.await.unwrap();
-    assert_eq!(stats.total().parked, 0);
+    assert_eq!(metrics.counts().total().parked, 0);
     assert_eq!(standin.stored().len() as u64, tracker.delivered());
     let _ = std::fs::remove_dir_all(&dir);
     EVENTS

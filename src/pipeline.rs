@@ -25,6 +25,9 @@ use crate::heap::map::{HeapMapper, Mapped};
 use crate::ledger::{Entry, Ledger, Outcome};
 use crate::store::{ObjectMeta, ObjectStore};
 use crate::telemetry::Metrics;
+use crate::telemetry::events::{
+    EventsParked, EventsRead, EventsSent, EventsSkipped, StateWriteFailed, StateWriteSucceeded,
+};
 
 /// Where decoded events go.
 #[derive(Clone)]
@@ -79,6 +82,9 @@ struct Decoded {
     events: u64,
     /// Dry run: events that would be sent / skipped / parked.
     counts: (u64, u64, u64),
+    /// Dry run: why events would be parked, with counts.
+    would_park: std::collections::BTreeMap<String, u64>,
+    event_type: Option<Arc<str>>,
     error: Option<DecodeError>,
     abandoned: bool,
 }
@@ -146,10 +152,11 @@ impl Pipeline {
             },
         );
         entry.events = decoded.events;
-        entry.reason = decoded.error.map(|e| e.source.to_string());
+        entry.reason = decoded.error.as_ref().map(|e| e.source.to_string());
         match &self.sink {
             Sink::DryRun(_) => {
                 (entry.delivered, entry.skipped, entry.parked) = decoded.counts;
+                self.count_dry_run(&decoded);
                 return finished(entry);
             }
             Sink::Deliver(_) => {
@@ -173,6 +180,43 @@ impl Pipeline {
         self.record(entry, abandon).await
     }
 
+    /// A dry run counts what delivery would have counted.
+    fn count_dry_run(&self, decoded: &Decoded) {
+        let Some(event_type) = decoded.event_type.as_deref() else {
+            return;
+        };
+        let (sent, skipped, parked) = decoded.counts;
+        EventsRead {
+            event_type,
+            count: decoded.events,
+        }
+        .emit(&self.metrics);
+        EventsSent {
+            event_type,
+            count: sent,
+        }
+        .emit(&self.metrics);
+        EventsSkipped {
+            event_type,
+            count: skipped,
+        }
+        .emit(&self.metrics);
+        if parked > 0 {
+            let reasons: Vec<(String, u64)> = decoded
+                .would_park
+                .iter()
+                .map(|(r, n)| (r.clone(), *n))
+                .collect();
+            EventsParked {
+                event_type,
+                count: parked,
+                reasons: &reasons,
+                dry_run: true,
+            }
+            .emit(&self.metrics);
+        }
+    }
+
     /// Records the entry, trying again with backoff while the state store fails.
     async fn record(&self, entry: Entry, abandon: &CancellationToken) -> ObjectResult {
         let mut attempt = 0u32;
@@ -180,12 +224,15 @@ impl Pipeline {
             let error = match self.ledger.record(&entry).await {
                 Ok(()) => {
                     *self.failing_since() = None;
-                    self.metrics.state_write_succeeded();
+                    StateWriteSucceeded.emit(&self.metrics);
                     return finished(entry);
                 }
                 Err(e) => e,
             };
-            self.metrics.state_write_failed(&error.to_string());
+            StateWriteFailed {
+                error: &error.to_string(),
+            }
+            .emit(&self.metrics);
             let now = tokio::time::Instant::now();
             let failing_for = now - *self.failing_since().get_or_insert(now);
             attempt += 1;
@@ -235,10 +282,7 @@ impl Pipeline {
 fn finished(entry: Entry) -> ObjectResult {
     match entry.outcome {
         Outcome::Done => ObjectResult::Done(entry),
-        Outcome::Failed => {
-            tracing::error!(object = %entry.key, "object failed: {}", entry.reason.as_deref().unwrap_or("unknown"));
-            ObjectResult::Failed(entry)
-        }
+        Outcome::Failed => ObjectResult::Failed(entry),
     }
 }
 
@@ -252,6 +296,8 @@ fn decode(
     let mut decoded = Decoded {
         events: 0,
         counts: (0, 0, 0),
+        would_park: std::collections::BTreeMap::new(),
+        event_type: None,
         error: None,
         abandoned: false,
     };
@@ -282,6 +328,9 @@ fn decode(
             }
         };
         decoded.events += 1;
+        if decoded.event_type.is_none() {
+            decoded.event_type = Some(event.event_type.clone());
+        }
         match sink {
             Sink::Deliver(tx) => {
                 let submission = Submission {
@@ -298,7 +347,8 @@ fn decode(
                 Mapped::Track { .. } => decoded.counts.0 += 1,
                 Mapped::NoIdentity => decoded.counts.1 += 1,
                 Mapped::Unsendable(reason) => {
-                    tracing::warn!(object = %key, event_id = %event.id, "would be parked: {reason}");
+                    tracing::debug!(object = %key, event_id = %event.id, "would be parked: {reason}");
+                    *decoded.would_park.entry(reason).or_insert(0) += 1;
                     decoded.counts.2 += 1;
                 }
             },

@@ -47,7 +47,7 @@ fn route(path: &str, metrics: &Metrics, ready_within: Duration) -> Response<Full
     match path {
         "/metrics" => respond(
             StatusCode::OK,
-            "text/plain; version=0.0.4",
+            crate::telemetry::CONTENT_TYPE,
             metrics.render(),
         ),
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use currents_heap::telemetry::Metrics;
+use currents_heap::telemetry::events::{EventsRead, HeapRequest};
 use serde::Deserialize;
 use serde_json::Value as Json;
 use support::TempDir;
@@ -173,11 +174,17 @@ fn the_dashboard_queries_only_exported_metrics() {
         serde_json::from_str(&std::fs::read_to_string(deploy("grafana-dashboard.json")).unwrap())
             .unwrap();
     let metrics = Metrics::new();
-    metrics.events_read("x");
-    metrics.events_sent("x");
-    metrics.events_skipped("x");
-    metrics.events_dead_lettered("x");
-    metrics.heap_request("200", std::time::Duration::from_millis(5));
+    // Families show their series only once a label value exists.
+    EventsRead {
+        event_type: "x",
+        count: 1,
+    }
+    .emit(&metrics);
+    HeapRequest {
+        status: Some(200),
+        latency: std::time::Duration::from_millis(5),
+    }
+    .emit(&metrics);
     let exported: BTreeSet<String> = metrics
         .render()
         .lines()

@@ -158,15 +158,15 @@ async fn objects_in_flight_at_the_shutdown_timeout_are_abandoned_and_never_recor
             took >= Duration::from_secs(35) && took < Duration::from_secs(36),
             "stop at 5 s plus the 30 s shutdown timeout, then abandon: took {took:?}"
         );
-        let summary = &report.summary;
-        assert_eq!(summary.objects_done, 0, "{}", report.render());
+        let counts = &report.counts;
+        assert_eq!(counts.objects_done, 0, "{}", report.render());
         assert_eq!(
-            summary.objects_abandoned,
+            counts.objects_abandoned,
             4,
             "the four objects in flight: {}",
             report.render()
         );
-        assert_eq!(summary.objects_not_started, OBJECTS as u64 - 4);
+        assert_eq!(report.summary.not_started_count(), OBJECTS - 4);
         assert_eq!(
             dirs.recorded_done().await,
             0,
@@ -212,8 +212,8 @@ async fn a_panicking_object_is_given_back_and_retried_at_the_next_poll() {
         metrics.clone(),
     );
     let report = drive_until(engine, || async { dirs.recorded_done().await == OBJECTS }).await;
-    assert_eq!(report.summary.objects_panicked, 1, "{}", report.render());
-    assert_eq!(report.summary.objects_done, OBJECTS as u64);
+    assert_eq!(report.counts.objects_panicked, 1, "{}", report.render());
+    assert_eq!(report.counts.objects_done, OBJECTS as u64);
     assert!(
         Ledger::new(dirs.state())
             .finished("")

@@ -10,14 +10,13 @@ use std::time::Duration;
 use currents_heap::currents::event::CustomHttpEvent;
 use currents_heap::deadletter::{DeadLetterFilter, DeadLetterStore};
 use currents_heap::heap::client::HeapClient;
-use currents_heap::heap::delivery::{
-    Delivery, DeliveryConfig, DeliveryError, DeliveryStats, Submission, Tracker,
-};
+use currents_heap::heap::delivery::{Delivery, DeliveryConfig, DeliveryError, Submission, Tracker};
 use currents_heap::heap::map::{HeapMapper, MappingConfig};
 use currents_heap::heap::pacer::RateLimits;
 use currents_heap::heap::retry::RetryPolicy;
 use currents_heap::standin::{Fault, Standin, StandinConfig, StoredEvent};
 use currents_heap::store::LocalStore;
+use currents_heap::telemetry::Counts;
 use support::{TempDir, custom_event};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -27,7 +26,7 @@ const OBJECT: &str =
     "currents/x/event_type=users.behaviors.CustomEvent/date=2026-11-27-13/1/z/f+0+0000000000.avro";
 
 struct Run {
-    stats: DeliveryStats,
+    stats: Counts,
     result: Result<(), DeliveryError>,
     tracker: Arc<Tracker>,
     dead_letters: DeadLetterStore,
@@ -73,7 +72,9 @@ async fn deliver(heap_url: &str, config: DeliveryConfig, events: Vec<CustomHttpE
         }
     });
     let start = Instant::now();
-    let (stats, result) = delivery.run(rx).await;
+    let metrics = delivery.metrics();
+    let result = delivery.run(rx).await;
+    let stats = metrics.counts();
     let elapsed = start.elapsed();
     feeder.await.unwrap();
     Run {
@@ -166,7 +167,7 @@ async fn under_twenty_percent_faults_every_event_arrives_exactly_once() {
     assert_eq!(run.tracker.delivered(), 6_000);
     assert!(run.stats.retries > 0);
     assert!(
-        run.stats.requests.get("no response").copied().unwrap_or(0) > 0,
+        run.stats.requests.get("none").copied().unwrap_or(0) > 0,
         "{:?}",
         run.stats.requests
     );
@@ -239,7 +240,7 @@ async fn the_pacer_never_trips_the_limits_and_keeps_up_with_them() {
         "throughput fell short: {:?}",
         run.elapsed
     );
-    assert!(run.stats.pacing_waits >= 2);
+    assert!(run.stats.rate_limit_waits >= 2);
 }
 
 #[tokio::test(start_paused = true)]

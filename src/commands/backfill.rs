@@ -11,7 +11,8 @@ use super::worker::{Exit, WorkerArgs, engine, shutdown_on_signals};
 use crate::clock::parse_duration;
 use crate::currents::key::DateHour;
 use crate::source::parse_date_arg;
-use crate::worker::{Plan, Summary};
+use crate::telemetry::Counts;
+use crate::worker::Plan;
 
 #[derive(Debug, Clone, Args)]
 pub struct BackfillArgs {
@@ -46,8 +47,8 @@ pub async fn backfill(args: BackfillArgs) -> Exit {
     tracing::info!("backfill {} to {}", args.from, args.to);
     let mut progress = Progress::new();
     let bar = progress.bar.clone();
-    let engine = engine.with_progress(Box::new(move |summary, found| {
-        progress.update(summary, found)
+    let engine = engine.with_progress(Box::new(move |counts, found| {
+        progress.update(counts, found)
     }));
     let shutdown = shutdown_on_signals(&engine);
     let report = engine.drive(shutdown).await;
@@ -82,13 +83,14 @@ impl Progress {
         }
     }
 
-    fn update(&mut self, summary: &Summary, total: u64) {
-        let done = summary.objects_ended();
+    fn update(&mut self, counts: &Counts, total: u64) {
+        let done = counts.objects_ended();
+        let events = counts.total().read;
         match &self.bar {
             Some(bar) => {
                 bar.set_length(total);
                 bar.set_position(done);
-                bar.set_message(format!("{} events", summary.events));
+                bar.set_message(format!("{events} events"));
             }
             None if self.last_log.elapsed() >= Duration::from_secs(10) || done == total => {
                 self.last_log = Instant::now();
@@ -98,8 +100,7 @@ impl Progress {
                         .mul_f64((total - done) as f64 / done as f64)
                 });
                 tracing::info!(
-                    "backfill: {done}/{total} objects, {} events, ETA {}",
-                    summary.events,
+                    "backfill: {done}/{total} objects, {events} events, ETA {}",
                     eta.map_or_else(|| "unknown".to_string(), |d| format!("{}s", d.as_secs()))
                 );
             }

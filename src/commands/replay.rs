@@ -83,6 +83,7 @@ pub async fn replay(args: ReplayArgs) -> Exit {
         Ok(files) => files,
         Err(e) => return Exit::Fatal(format!("cannot list dead letters in the state: {e}")),
     };
+    let metrics = Arc::new(Metrics::new());
     let (dry_run, delivery) = match output {
         Output::DryRun(mapper) => (Some(mapper), None),
         Output::Heap(heap) => {
@@ -92,7 +93,7 @@ pub async fn replay(args: ReplayArgs) -> Exit {
                 heap.mapper,
                 dead_letters.clone(),
             )
-            .with_metrics(Arc::new(Metrics::new()));
+            .with_metrics(metrics.clone());
             (None, Some(DeliveryTask::spawn(delivery, 256)))
         }
     };
@@ -179,9 +180,7 @@ pub async fn replay(args: ReplayArgs) -> Exit {
             counts.unreadable_objects
         );
     }
-    if let Some(end) = &end {
-        print!("{}", render_delivery(&end.stats));
-    }
+    print!("{}", render_delivery(&metrics.counts()));
     match end.map(|e| e.result) {
         Some(Err(e)) => Exit::Fatal(e),
         _ if fatal => Exit::Fatal("delivery stopped".into()),

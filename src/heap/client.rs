@@ -4,6 +4,8 @@
 //! are rate limiting or timeouts and retried, as are all 5xx; other 4xx reject the request's
 //! content; 401, 403 and 404 mean the URL or app id is wrong, and a redirect means the URL is.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
@@ -41,6 +43,19 @@ pub enum ClientError {
     BadUrl { url: String, reason: String },
     #[error("cannot build the HTTP client: {0}")]
     Build(String),
+}
+
+/// Sends one bulk body and says what the answer means. The seam between delivery's rules and
+/// HTTP: [`HeapClient`] in production, a scripted fake in unit tests.
+pub trait Transport: Send + Sync + 'static {
+    /// Never fails: every outcome, a transport error included, is a [`Reply`].
+    fn post(&self, body: Vec<u8>) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>>;
+}
+
+impl Transport for HeapClient {
+    fn post(&self, body: Vec<u8>) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>> {
+        Box::pin(HeapClient::post(self, body))
+    }
 }
 
 pub struct HeapClient {

@@ -12,12 +12,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-use crate::heap::delivery::{Delivery, DeliveryError, DeliveryStats, Submission};
+use crate::heap::delivery::{Delivery, DeliveryError, Submission};
 
-/// How delivery ended.
+/// How delivery ended. (What it did is in its metrics.)
 #[derive(Debug)]
 pub struct DeliveryEnd {
-    pub stats: DeliveryStats,
     /// `Err`: delivery stopped itself; the message says what to fix.
     pub result: Result<(), String>,
     /// It was aborted at a deadline with events still unresolved.
@@ -28,7 +27,6 @@ impl Default for DeliveryEnd {
     /// A dry run's end: nothing sent, nothing wrong.
     fn default() -> Self {
         DeliveryEnd {
-            stats: DeliveryStats::default(),
             result: Ok(()),
             abandoned: false,
         }
@@ -36,7 +34,7 @@ impl Default for DeliveryEnd {
 }
 
 pub struct DeliveryTask {
-    handle: JoinHandle<(DeliveryStats, Result<(), DeliveryError>)>,
+    handle: JoinHandle<Result<(), DeliveryError>>,
     stopped: CancellationToken,
 }
 
@@ -91,8 +89,7 @@ impl DeliveryTask {
             }
         };
         match joined {
-            Ok((stats, result)) => DeliveryEnd {
-                stats,
+            Ok(result) => DeliveryEnd {
                 result: result.map_err(|e| e.to_string()),
                 abandoned: false,
             },

@@ -35,7 +35,8 @@ use crate::heap::map::HeapMapper;
 use crate::ledger::Ledger;
 use crate::pipeline::{ObjectResult, Pipeline, Sink};
 use crate::store::ObjectStore;
-use crate::telemetry::Metrics;
+use crate::telemetry::events::{ObjectEnded, PollSucceeded};
+use crate::telemetry::{Counts, Metrics};
 
 /// Where mapped events go.
 pub enum Output {
@@ -52,7 +53,7 @@ pub struct HeapOutput {
 }
 
 /// Called after every object with the summary so far and the objects found to do.
-pub type ProgressFn = Box<dyn FnMut(&Summary, u64) + Send>;
+pub type ProgressFn = Box<dyn FnMut(&Counts, u64) + Send>;
 
 pub struct Engine {
     settings: Settings,
@@ -182,12 +183,13 @@ impl Engine {
                                 (now - hour.hours_since_epoch() * 3600).max(0) as u64
                             )
                         });
-                        metrics.poll_succeeded(
-                            unfinished.count as u64,
+                        PollSucceeded {
+                            pending: unfinished.count as u64,
                             lag,
-                            unfinished.folders as u64,
-                            now,
-                        );
+                            folders: unfinished.folders as u64,
+                            at_unix: now,
+                        }
+                        .emit(&metrics);
                         if unfinished.folders == 0 {
                             tracing::warn!(
                                 "the source {} holds no event_type= folders: check --source (a wrong prefix, or a directory that moved?)",
@@ -219,13 +221,8 @@ impl Engine {
             }
             tokio::select! {
                 Some(ended) = scheduler.next() => {
+                    emit_ended(&ended, &metrics);
                     match &ended {
-                        Ended::Object(ObjectResult::Done(_)) => metrics.object_done(),
-                        Ended::Object(ObjectResult::Failed(_)) => metrics.object_failed(),
-                        Ended::Panicked { key, message } => {
-                            metrics.object_panicked();
-                            tracing::error!(object = %key, "processing the object panicked; it will be tried again at the next poll: {message}");
-                        }
                         Ended::Object(ObjectResult::Unrecorded { .. }) => {
                             // A bounded run has spent its state budget: starting more objects
                             // would only send events that cannot be recorded.
@@ -235,11 +232,11 @@ impl Engine {
                             }
                             summary.not_started(cleared);
                         }
-                        Ended::Object(_) => {}
+                        Ended::Object(_) | Ended::Panicked { .. } => {}
                     }
                     summary.add(&ended);
                     if let Some(progress) = progress.as_mut() {
-                        progress(&summary, found);
+                        progress(&metrics.counts(), found);
                     }
                 }
                 _ = sleep_until(next_poll.unwrap_or_else(Instant::now)), if polling && next_poll.is_some() => {}
@@ -265,10 +262,18 @@ impl Engine {
             Some(task) => task.finish(deadline, &abandon).await,
             None => DeliveryEnd::default(),
         };
-        let outcome = decide(&plan, &summary, &end, deadline.is_some(), poll_failure);
+        let counts = metrics.counts();
+        let outcome = decide(
+            &plan,
+            &summary,
+            &counts,
+            &end,
+            deadline.is_some(),
+            poll_failure,
+        );
         Report {
             summary,
-            delivery: end.stats,
+            counts,
             outcome,
             dry_run: settings.dry_run,
         }
@@ -279,6 +284,7 @@ impl Engine {
 fn decide(
     plan: &Plan,
     summary: &Summary,
+    counts: &Counts,
     delivery: &DeliveryEnd,
     stopped: bool,
     poll_failure: Option<String>,
@@ -306,7 +312,26 @@ fn decide(
     };
     match reason {
         Some(reason) => Outcome::Incomplete { reason },
-        None if summary.has_failures() => Outcome::FinishedWithFailures,
+        None if counts.total().parked > 0 || counts.objects_failed > 0 => {
+            Outcome::FinishedWithFailures
+        }
         None => Outcome::Finished,
     }
+}
+
+/// Counts how an object ended (and logs it, where an operator should hear of it).
+fn emit_ended(ended: &Ended, metrics: &Metrics) {
+    let event = match ended {
+        Ended::Object(ObjectResult::Done(_)) => ObjectEnded::Done,
+        Ended::Object(ObjectResult::Failed(entry)) => ObjectEnded::Failed {
+            key: &entry.key,
+            reason: entry.reason.as_deref().unwrap_or("failed"),
+        },
+        Ended::Object(
+            ObjectResult::Retry { key, reason } | ObjectResult::Unrecorded { key, reason },
+        ) => ObjectEnded::Retried { key, reason },
+        Ended::Object(ObjectResult::Abandoned { .. }) => ObjectEnded::Abandoned,
+        Ended::Panicked { key, message } => ObjectEnded::Panicked { key, message },
+    };
+    event.emit(metrics);
 }

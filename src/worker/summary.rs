@@ -1,5 +1,6 @@
-//! How a run ended: per event type counts, what remains undone, and the outcome that decides
-//! the exit code.
+//! How a run ended: what failed, what remains undone, and the outcome that decides the exit
+//! code. The counts themselves are read from the metrics ([`crate::telemetry`]), where every
+//! outcome is counted once.
 //!
 //! # Exit codes
 //! | code | outcome | when |
@@ -15,12 +16,9 @@
 //! stop is how every rollout ends, parked events are already reported by `/metrics`, the logs
 //! and `status`, and an exit code of 3 would mark every rollout as a failed pod.
 
-use std::collections::BTreeMap;
-
 use super::scheduler::Ended;
-use crate::currents::key::CurrentsKey;
-use crate::heap::delivery::DeliveryStats;
 use crate::pipeline::ObjectResult;
+use crate::telemetry::Counts;
 
 /// How a run ended, and so its exit code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,100 +44,71 @@ impl Outcome {
     }
 }
 
-/// Per event type and overall counts for the closing report.
+/// Why an object is not finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unfinished {
+    /// Queued, but the run stopped before it started.
+    NotStarted,
+    /// Cut short in flight.
+    Abandoned,
+    /// A source or state error, or a panic: the reason.
+    Failed(String),
+}
+
+impl std::fmt::Display for Unfinished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unfinished::NotStarted => f.write_str("not started (stopped)"),
+            Unfinished::Abandoned => f.write_str("abandoned in flight (stopped)"),
+            Unfinished::Failed(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// What the counters do not hold: which objects failed and which remain, by key.
 #[derive(Debug, Default)]
 pub struct Summary {
-    pub objects_done: u64,
-    pub objects_failed: u64,
-    pub objects_retry: u64,
-    pub objects_abandoned: u64,
-    pub objects_panicked: u64,
-    /// Queued but never started, because the run stopped.
-    pub objects_not_started: u64,
-    pub events: u64,
-    pub delivered: u64,
-    pub skipped: u64,
-    pub parked: u64,
-    /// event type → [read, delivered, skipped, parked].
-    pub per_type: BTreeMap<String, [u64; 4]>,
+    /// `key: reason` of objects recorded failed.
     pub failures: Vec<String>,
-    /// Objects not finished, each with why: what a rerun will pick up.
-    pub remaining: Vec<(String, String)>,
+    /// Objects not finished: what a rerun will pick up.
+    pub remaining: Vec<(String, Unfinished)>,
 }
 
 impl Summary {
     pub fn add(&mut self, ended: &Ended) {
-        let result = match ended {
-            Ended::Object(result) => result,
-            Ended::Panicked { key, message } => {
-                self.objects_panicked += 1;
-                self.remaining
-                    .push((key.clone(), format!("its task panicked: {message}")));
-                return;
+        match ended {
+            Ended::Panicked { key, message } => self.remaining.push((
+                key.clone(),
+                Unfinished::Failed(format!("its task panicked: {message}")),
+            )),
+            Ended::Object(ObjectResult::Failed(entry)) => self.failures.push(format!(
+                "{}: {}",
+                entry.key,
+                entry.reason.as_deref().unwrap_or("failed")
+            )),
+            Ended::Object(
+                ObjectResult::Retry { key, reason } | ObjectResult::Unrecorded { key, reason },
+            ) => self
+                .remaining
+                .push((key.clone(), Unfinished::Failed(reason.clone()))),
+            Ended::Object(ObjectResult::Abandoned { key }) => {
+                self.remaining.push((key.clone(), Unfinished::Abandoned))
             }
-        };
-        match result {
-            ObjectResult::Done(entry) | ObjectResult::Failed(entry) => {
-                if matches!(result, ObjectResult::Done(_)) {
-                    self.objects_done += 1;
-                } else {
-                    self.objects_failed += 1;
-                    self.failures.push(format!(
-                        "{}: {}",
-                        entry.key,
-                        entry.reason.as_deref().unwrap_or("failed")
-                    ));
-                }
-                self.events += entry.events;
-                self.delivered += entry.delivered;
-                self.skipped += entry.skipped;
-                self.parked += entry.parked;
-                let event_type = CurrentsKey::parse(&entry.key)
-                    .event_type
-                    .unwrap_or("(outside the layout)");
-                let counts = self.per_type.entry(event_type.to_string()).or_default();
-                for (slot, n) in counts.iter_mut().zip([
-                    entry.events,
-                    entry.delivered,
-                    entry.skipped,
-                    entry.parked,
-                ]) {
-                    *slot += n;
-                }
-            }
-            ObjectResult::Retry { key, reason } | ObjectResult::Unrecorded { key, reason } => {
-                self.objects_retry += 1;
-                tracing::warn!(object = %key, "the object will be tried again: {reason}");
-                self.remaining.push((key.clone(), reason.clone()));
-            }
-            ObjectResult::Abandoned { key } => {
-                self.objects_abandoned += 1;
-                self.remaining
-                    .push((key.clone(), "abandoned in flight (stopped)".into()));
-            }
+            Ended::Object(ObjectResult::Done(_)) => {}
         }
     }
 
     /// Objects queued but not started because the run stopped.
     pub fn not_started(&mut self, keys: Vec<String>) {
-        self.objects_not_started += keys.len() as u64;
-        self.remaining.extend(
-            keys.into_iter()
-                .map(|k| (k, "not started (stopped)".to_string())),
-        );
+        self.remaining
+            .extend(keys.into_iter().map(|k| (k, Unfinished::NotStarted)));
     }
 
-    /// Objects that ended one way or another (for progress).
-    pub fn objects_ended(&self) -> u64 {
-        self.objects_done
-            + self.objects_failed
-            + self.objects_retry
-            + self.objects_abandoned
-            + self.objects_panicked
-    }
-
-    pub fn has_failures(&self) -> bool {
-        self.parked > 0 || self.objects_failed > 0
+    pub fn not_started_count(&self) -> usize {
+        self.remaining
+            .iter()
+            .filter(|(_, why)| *why == Unfinished::NotStarted)
+            .count()
     }
 }
 
@@ -147,7 +116,8 @@ impl Summary {
 #[derive(Debug)]
 pub struct Report {
     pub summary: Summary,
-    pub delivery: DeliveryStats,
+    /// The counters when the run ended.
+    pub counts: Counts,
     pub outcome: Outcome,
     pub dry_run: bool,
 }
@@ -158,7 +128,7 @@ const REMAINING_SHOWN: usize = 20;
 impl Report {
     /// The closing report, for stdout.
     pub fn render(&self) -> String {
-        let s = &self.summary;
+        let (s, c) = (&self.summary, &self.counts);
         let (sent, parked) = if self.dry_run {
             ("would be sent", "would be parked")
         } else {
@@ -166,23 +136,25 @@ impl Report {
         };
         let mut out = format!(
             "objects: {} done, {} failed, {} to retry, {} abandoned, {} panicked, {} not started\n",
-            s.objects_done,
-            s.objects_failed,
-            s.objects_retry,
-            s.objects_abandoned,
-            s.objects_panicked,
-            s.objects_not_started
+            c.objects_done,
+            c.objects_failed,
+            c.objects_retried,
+            c.objects_abandoned,
+            c.objects_panicked,
+            s.not_started_count()
         );
+        let total = c.total();
         out += &format!(
             "events: {} read, {} {sent}, {} skipped (no identity), {} {parked}\n",
-            s.events, s.delivered, s.skipped, s.parked
+            total.read, total.sent, total.skipped_no_identity, total.parked
         );
-        for (event_type, [read, delivered, skipped, parked_n]) in &s.per_type {
+        for (event_type, t) in &c.per_type {
             out += &format!(
-                "  {event_type}: {read} read, {delivered} {sent}, {skipped} skipped, {parked_n} {parked}\n"
+                "  {event_type}: {} read, {} {sent}, {} skipped, {} {parked}\n",
+                t.read, t.sent, t.skipped_no_identity, t.parked
             );
         }
-        out += &render_delivery(&self.delivery);
+        out += &render_delivery(c);
         for failure in &s.failures {
             out += &format!("failed: {failure}\n");
         }
@@ -203,26 +175,24 @@ impl Report {
     }
 }
 
-/// What delivery did beyond the per-type counts (nothing in a dry run).
-pub fn render_delivery(stats: &DeliveryStats) -> String {
-    if stats.requests.is_empty() {
+/// What delivery did beyond the per-type counts (nothing when nothing was sent).
+pub fn render_delivery(counts: &Counts) -> String {
+    if counts.requests.is_empty() {
         return String::new();
     }
-    let mut statuses: Vec<String> = stats
+    let statuses: Vec<String> = counts
         .requests
         .iter()
         .map(|(s, n)| format!("{n}×{s}"))
         .collect();
-    statuses.sort();
     format!(
-        "heap: {} requests ({}), {} retries, {} bisections, {} rate-limit waits ({}s), {} values cut to 1023 characters, {} colliding custom properties dropped\n",
-        stats.requests.values().sum::<u64>(),
+        "heap: {} requests ({}), {} retries, {} bisections, {} rate-limit waits, {} values cut to 1023 characters, {} colliding custom properties dropped\n",
+        counts.requests.values().sum::<u64>(),
         statuses.join(", "),
-        stats.retries,
-        stats.bisections,
-        stats.pacing_waits,
-        stats.pacing_wait_time.as_secs(),
-        stats.truncated_values,
-        stats.collisions_dropped
+        counts.retries,
+        counts.bisections,
+        counts.rate_limit_waits,
+        counts.values_truncated,
+        counts.collisions_dropped
     )
 }

@@ -1,0 +1,316 @@
+//! Batches: which pending events go into the next request, and when anything can go next.
+//!
+//! Pure: no I/O, no clock of its own; every decision takes `now`. A batch takes, in arrival
+//! order, the events whose identity and app still have room in the [`Pacer`]'s windows, up
+//! to `max_batch_events` and the body limit: a hot identity's excess stays pending while other
+//! identities' events keep flowing. A failed batch waits for its retry time and then goes
+//! through the pacer again, before any new events, so new events cannot starve it of room.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::outcome::Tracker;
+use crate::heap::pacer::{Pacer, RateLimits};
+
+/// An event mapped, serialized once, and waiting to be sent. The original is kept as Custom
+/// HTTP JSON, one allocation instead of dozens, in case it must be parked: thousands wait here.
+pub struct Item {
+    pub identity: Arc<str>,
+    pub json: Box<[u8]>,
+    pub original: Box<[u8]>,
+    pub event_type: Arc<str>,
+    pub object: Arc<str>,
+    pub tracker: Arc<Tracker>,
+}
+
+/// Events sent, or to be sent, in one request.
+pub struct Batch {
+    pub items: Vec<Item>,
+    /// Failed attempts so far.
+    pub attempt: u32,
+    pub first_try: Instant,
+}
+
+impl Batch {
+    pub fn new(items: Vec<Item>, now: Instant) -> Self {
+        Batch {
+            items,
+            attempt: 0,
+            first_try: now,
+        }
+    }
+
+    pub fn per_identity(&self) -> HashMap<Arc<str>, u64> {
+        let mut counts = HashMap::new();
+        for item in &self.items {
+            *counts.entry(item.identity.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+/// What can be sent now.
+pub enum Next {
+    Send(Batch),
+    /// Events wait for rate-limit room.
+    Blocked,
+    /// Nothing is waiting.
+    Idle,
+}
+
+pub struct Batcher {
+    pacer: Pacer,
+    pending: VecDeque<Item>,
+    /// Batches waiting for their retry time.
+    retries: Vec<(Instant, Batch)>,
+    max_batch_events: usize,
+    max_body_bytes: usize,
+    /// The bytes a request body adds around its events.
+    body_overhead: usize,
+}
+
+impl Batcher {
+    /// `max_batch_events` ≥ 1; `max_body_bytes` bounds every request body, `body_overhead`
+    /// included.
+    pub fn new(
+        limits: RateLimits,
+        max_batch_events: usize,
+        max_body_bytes: usize,
+        body_overhead: usize,
+    ) -> Self {
+        Batcher {
+            pacer: Pacer::new(limits),
+            pending: VecDeque::new(),
+            retries: Vec::new(),
+            max_batch_events: max_batch_events.max(1),
+            max_body_bytes,
+            body_overhead,
+        }
+    }
+
+    /// Whether a mapped event of `len` bytes can ever be sent under the body limit.
+    pub fn fits_alone(&self, len: usize) -> bool {
+        // Each event also takes one separating comma.
+        self.body_overhead + len < self.max_body_bytes
+    }
+
+    pub fn push(&mut self, item: Item) {
+        self.pending.push_back(item);
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Anything waiting: pending events or batches to retry.
+    pub fn has_work(&self) -> bool {
+        !self.pending.is_empty() || !self.retries.is_empty()
+    }
+
+    /// Sends `batch` again at `at`, through the pacer.
+    pub fn retry_at(&mut self, at: Instant, batch: Batch) {
+        self.retries.push((at, batch));
+    }
+
+    /// The next batch to send: a due retry first, then new events.
+    pub fn next(&mut self, now: Instant) -> Next {
+        if let Some(i) = self.retries.iter().position(|(due, _)| *due <= now) {
+            let per_identity = self.retries[i].1.per_identity();
+            if self.fits(&per_identity, now) {
+                let (_, batch) = self.retries.swap_remove(i);
+                return Next::Send(batch);
+            }
+            return Next::Blocked;
+        }
+        match self.compose(now) {
+            Some(batch) => Next::Send(batch),
+            None if self.pending.is_empty() => Next::Idle,
+            None => Next::Blocked,
+        }
+    }
+
+    /// A batch is on its way: its events take room in the windows until it is answered.
+    pub fn started(&mut self, batch: &Batch) {
+        self.pacer.start(&batch.per_identity());
+    }
+
+    /// A batch was answered at `now`: its events count from then on.
+    pub fn finished(&mut self, batch: &Batch, now: Instant) {
+        self.pacer.finish(&batch.per_identity(), now);
+    }
+
+    /// The next time something may become sendable without an answer arriving.
+    pub fn next_wake(&self, now: Instant) -> Option<Instant> {
+        let retry = self
+            .retries
+            .iter()
+            .map(|(due, _)| *due)
+            .filter(|due| *due > now)
+            .min();
+        let pacing = self
+            .has_work()
+            .then(|| self.pacer.next_expiry(now))
+            .flatten();
+        retry.into_iter().chain(pacing).min()
+    }
+
+    /// Bounds the pacer's memory: identities with nothing in their window are forgotten once
+    /// there are more than `limit` of them.
+    pub fn forget_idle_beyond(&mut self, limit: usize, now: Instant) {
+        if self.pacer.tracked_identities() > limit {
+            self.pacer.forget_idle(now);
+        }
+    }
+
+    fn fits(&mut self, per_identity: &HashMap<Arc<str>, u64>, now: Instant) -> bool {
+        let total: u64 = per_identity.values().sum();
+        self.pacer.app_room(now) >= total
+            && per_identity
+                .iter()
+                .all(|(id, n)| self.pacer.identity_room(id, now) >= *n)
+    }
+
+    /// Takes pending events in arrival order, skipping identities without room. The queue is
+    /// rotated in place (skipped events go to the back in order), so no batch allocates a copy.
+    fn compose(&mut self, now: Instant) -> Option<Batch> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let mut app_room = self.pacer.app_room(now).min(self.max_batch_events as u64);
+        let mut bytes = self.body_overhead;
+        let mut rooms: HashMap<Arc<str>, u64> = HashMap::new();
+        let mut selected = Vec::new();
+        let mut left = self.pending.len();
+        while left > 0 && app_room > 0 {
+            let Some(item) = self.pending.pop_front() else {
+                break;
+            };
+            left -= 1;
+            if bytes + item.json.len() + 1 > self.max_body_bytes {
+                self.pending.push_front(item);
+                left += 1;
+                break;
+            }
+            let room = match rooms.get_mut(&item.identity) {
+                Some(room) => room,
+                None => {
+                    let room = self.pacer.identity_room(&item.identity, now);
+                    rooms.entry(item.identity.clone()).or_insert(room)
+                }
+            };
+            if *room == 0 {
+                self.pending.push_back(item);
+                continue;
+            }
+            *room -= 1;
+            app_room -= 1;
+            bytes += item.json.len() + 1;
+            selected.push(item);
+        }
+        // Events not looked at go behind the skipped ones, keeping arrival order.
+        self.pending.rotate_left(left);
+        (!selected.is_empty()).then(|| Batch::new(selected, now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn item(identity: &str, bytes: usize) -> Item {
+        Item {
+            identity: Arc::from(identity),
+            json: vec![b'x'; bytes].into_boxed_slice(),
+            original: Box::new([]),
+            event_type: Arc::from("T"),
+            object: Arc::from("o"),
+            tracker: Arc::new(Tracker::default()),
+        }
+    }
+
+    fn limits(app: u64, identity: u64) -> RateLimits {
+        RateLimits {
+            app_events: app,
+            identity_events: identity,
+            window: Duration::from_secs(60),
+        }
+    }
+
+    fn identities(batch: &Batch) -> Vec<&str> {
+        batch.items.iter().map(|i| &*i.identity).collect()
+    }
+
+    #[test]
+    fn a_hot_identity_waits_while_others_go_in_arrival_order() {
+        let now = Instant::now();
+        let mut batcher = Batcher::new(limits(100, 2), 1000, 1 << 20, 10);
+        for id in ["a", "a", "a", "b", "a", "c"] {
+            batcher.push(item(id, 10));
+        }
+        let Next::Send(batch) = batcher.next(now) else {
+            panic!("room for a batch");
+        };
+        assert_eq!(identities(&batch), ["a", "a", "b", "c"]);
+        batcher.started(&batch);
+        batcher.finished(&batch, now);
+        assert_eq!(batcher.pending(), 2, "a's excess stays pending");
+        assert!(matches!(batcher.next(now), Next::Blocked));
+        let wake = batcher.next_wake(now).expect("the window frees room later");
+        assert_eq!(wake, now + Duration::from_secs(60));
+        let Next::Send(later) = batcher.next(wake) else {
+            panic!("room again once the window passed");
+        };
+        assert_eq!(identities(&later), ["a", "a"]);
+    }
+
+    #[test]
+    fn batches_stop_at_the_event_count_and_the_body_limit() {
+        let now = Instant::now();
+        let mut batcher = Batcher::new(limits(0, 0), 3, 10 + 4 * 101, 10);
+        for n in 0..10 {
+            batcher.push(item(&format!("u{n}"), 100));
+        }
+        let Next::Send(batch) = batcher.next(now) else {
+            panic!()
+        };
+        assert_eq!(batch.items.len(), 3, "max_batch_events");
+        let mut small = Batcher::new(limits(0, 0), 1000, 10 + 2 * 101, 10);
+        for n in 0..5 {
+            small.push(item(&format!("u{n}"), 100));
+        }
+        let Next::Send(batch) = small.next(now) else {
+            panic!()
+        };
+        assert_eq!(batch.items.len(), 2, "the body limit");
+        assert!(small.fits_alone(100) && !small.fits_alone(300));
+    }
+
+    #[test]
+    fn a_due_retry_goes_before_new_events_and_only_when_it_fits() {
+        let now = Instant::now();
+        let mut batcher = Batcher::new(limits(3, 0), 1000, 1 << 20, 10);
+        let retry = Batch::new(vec![item("r", 1), item("r", 1)], now);
+        batcher.retry_at(now + Duration::from_secs(5), retry);
+        batcher.push(item("n", 1));
+        let Next::Send(first) = batcher.next(now) else {
+            panic!()
+        };
+        assert_eq!(identities(&first), ["n"], "the retry is not due yet");
+        batcher.started(&first);
+        let due = now + Duration::from_secs(5);
+        let Next::Send(second) = batcher.next(due) else {
+            panic!()
+        };
+        assert_eq!(identities(&second), ["r", "r"]);
+        batcher.started(&second);
+        batcher.retry_at(due, Batch::new(vec![item("r", 1)], due));
+        assert!(
+            matches!(batcher.next(due), Next::Blocked),
+            "the app window is full: the due retry waits and blocks new events"
+        );
+    }
+}

@@ -1,0 +1,383 @@
+//! Delivery: Custom HTTP events in; paced, batched, retried bulk requests to Heap out.
+//!
+//! Where each event ends, and the guarantee that it ends in exactly one place, is owned by
+//! [`outcome`]. The parts:
+//! - [`batcher`]: pending events and pacer-aware batch composition (pure, takes `now`);
+//! - [`policy`]: Heap's answer → accept, retry at, bisect, park or fatal (pure);
+//! - [`parking`]: dead letters on their way to the state store, with their accounting;
+//! - this module: the thin async driver that maps events in, sends what the batcher offers
+//!   through a [`Transport`], and applies the policy to each answer.
+
+pub mod batcher;
+pub mod outcome;
+pub mod parking;
+pub mod policy;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep_until};
+
+pub use outcome::{Submission, Tracker};
+
+use self::batcher::{Batch, Batcher, Item, Next};
+use self::outcome::Resolution;
+use self::parking::{Parking, ToPark};
+use self::policy::{Action, Attempted, decide};
+use super::client::{Reply, Transport};
+use super::map::{HeapMapper, Mapped};
+use super::pacer::RateLimits;
+use super::retry::RetryPolicy;
+use super::track::{bulk_body, bulk_overhead};
+use crate::currents::event::CustomHttpEvent;
+use crate::deadletter::{DeadLetter, DeadLetterStore};
+use crate::rng::Rng;
+use crate::telemetry::Metrics;
+use crate::telemetry::events::{
+    BatchBisected, EventsRead, EventsSent, EventsSkipped, HeapRequest, HeapRetry, MappingAdjusted,
+    RateLimitWait,
+};
+
+/// Delivery settings; the command line documents each.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Heap's environment id; sent in every body, never logged.
+    pub app_id: String,
+    pub limits: RateLimits,
+    /// Events per bulk request (Heap allows at most 1000).
+    pub max_batch_events: usize,
+    /// Bytes per request body; an event that cannot fit alone is parked.
+    pub max_body_bytes: usize,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+    /// Mapped events held in memory waiting for room; intake pauses beyond this.
+    pub max_pending: usize,
+    /// Seed for retry jitter; `None` seeds from the clock.
+    pub jitter_seed: Option<u64>,
+    /// How long failing dead-letter writes are retried before their events are given back
+    /// unfinished; `None`: until delivery ends (a long-lived `run` outlasts a store outage).
+    pub park_retry_max: Option<Duration>,
+}
+
+impl DeliveryConfig {
+    pub fn new(app_id: impl Into<String>) -> Self {
+        DeliveryConfig {
+            app_id: app_id.into(),
+            limits: RateLimits::default(),
+            max_batch_events: 1000,
+            max_body_bytes: 1024 * 1024,
+            concurrency: 2,
+            retry: RetryPolicy::default(),
+            max_pending: 5_000,
+            jitter_seed: None,
+            park_retry_max: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("Heap refused the configuration, so delivery stopped: {0}")]
+    Configuration(String),
+    #[error("a request task failed: {0}")]
+    Task(String),
+}
+
+pub struct Delivery {
+    config: DeliveryConfig,
+    transport: Arc<dyn Transport>,
+    mapper: HeapMapper,
+    batcher: Batcher,
+    parking: Parking,
+    rng: Rng,
+    in_flight: JoinSet<(Batch, Reply, Duration)>,
+    /// Whether the last dispatch left events waiting for rate-limit room.
+    blocked: bool,
+    metrics: Arc<Metrics>,
+}
+
+enum Wake {
+    Replied(Batch, Reply, Duration),
+    Received(Option<Submission>),
+    Timer,
+}
+
+impl Delivery {
+    pub fn new(
+        config: DeliveryConfig,
+        transport: Arc<dyn Transport>,
+        mapper: HeapMapper,
+        dead_letters: Arc<DeadLetterStore>,
+    ) -> Self {
+        Delivery {
+            rng: config.jitter_seed.map_or_else(Rng::from_entropy, Rng::new),
+            batcher: Batcher::new(
+                config.limits,
+                config.max_batch_events,
+                config.max_body_bytes,
+                bulk_overhead(&config.app_id),
+            ),
+            parking: Parking::new(dead_letters, config.park_retry_max),
+            config,
+            transport,
+            mapper,
+            in_flight: JoinSet::new(),
+            blocked: false,
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    /// Reports to these metrics (by default, to a private instance).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics this delivery reports to.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Delivers everything received until `input` closes. On a fatal error, the events not yet
+    /// resolved stay unresolved (their trackers say so).
+    pub async fn run(mut self, mut input: mpsc::Receiver<Submission>) -> Result<(), DeliveryError> {
+        let result = self.drive(&mut input).await;
+        self.in_flight.abort_all();
+        result
+    }
+
+    async fn drive(&mut self, input: &mut mpsc::Receiver<Submission>) -> Result<(), DeliveryError> {
+        let mut input_open = true;
+        loop {
+            while input_open && self.held() < self.config.max_pending {
+                match input.try_recv() {
+                    Ok(submission) => self.intake(submission),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => input_open = false,
+                }
+            }
+            self.parking.flush(Instant::now(), &self.metrics).await;
+            let now = Instant::now();
+            self.dispatch(now);
+            if !input_open
+                && !self.batcher.has_work()
+                && self.in_flight.is_empty()
+                && self.parking.is_empty()
+            {
+                return Ok(());
+            }
+            let wake_at = self
+                .batcher
+                .next_wake(now)
+                .into_iter()
+                .chain(self.parking.next_try())
+                .min();
+            let can_receive = input_open && self.held() < self.config.max_pending;
+            let wake = tokio::select! {
+                Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
+                    let (batch, reply, latency) = joined.map_err(|e| DeliveryError::Task(e.to_string()))?;
+                    Wake::Replied(batch, reply, latency)
+                }
+                received = input.recv(), if can_receive => Wake::Received(received),
+                _ = sleep_until(wake_at.unwrap_or(now)), if wake_at.is_some() => Wake::Timer,
+                // Nothing to wait for but work left would be a bug in the pacer's bookkeeping:
+                // look again shortly rather than stall or panic.
+                else => {
+                    tracing::warn!(pending = self.batcher.pending(), "delivery found nothing to wait for; checking again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    Wake::Timer
+                }
+            };
+            match wake {
+                Wake::Replied(batch, reply, latency) => self.answered(batch, reply, latency)?,
+                Wake::Received(Some(submission)) => self.intake(submission),
+                Wake::Received(None) => input_open = false,
+                Wake::Timer => {}
+            }
+        }
+    }
+
+    /// Events held in memory: waiting to be sent, or waiting for their dead letter.
+    fn held(&self) -> usize {
+        self.batcher.pending() + self.parking.len()
+    }
+
+    fn intake(&mut self, submission: Submission) {
+        let event_type = submission.event.event_type.clone();
+        EventsRead {
+            event_type: &event_type,
+            count: 1,
+        }
+        .emit(&self.metrics);
+        match self.mapper.map(&submission.event) {
+            Mapped::Track { event, adjustments } => {
+                MappingAdjusted {
+                    truncated: u64::from(adjustments.truncated),
+                    collisions_dropped: u64::from(adjustments.collisions_dropped),
+                }
+                .emit(&self.metrics);
+                let json = serde_json::to_vec(&event).expect("track events serialize");
+                if !self.batcher.fits_alone(json.len()) {
+                    let reason = format!(
+                        "the mapped event is {} bytes, over the {}-byte request limit (--max-body-bytes)",
+                        json.len(),
+                        self.config.max_body_bytes
+                    );
+                    self.park(
+                        submission.event,
+                        reason,
+                        submission.object,
+                        submission.tracker,
+                    );
+                    return;
+                }
+                let original = serde_json::to_vec(&submission.event).expect("events serialize");
+                self.batcher.push(Item {
+                    identity: Arc::from(event.identity),
+                    json: json.into_boxed_slice(),
+                    original: original.into_boxed_slice(),
+                    event_type,
+                    object: submission.object,
+                    tracker: submission.tracker,
+                });
+            }
+            Mapped::NoIdentity => {
+                EventsSkipped {
+                    event_type: &event_type,
+                    count: 1,
+                }
+                .emit(&self.metrics);
+                submission.tracker.resolve(Resolution::Skipped);
+            }
+            Mapped::Unsendable(reason) => self.park(
+                submission.event,
+                reason,
+                submission.object,
+                submission.tracker,
+            ),
+        }
+    }
+
+    fn park(
+        &mut self,
+        event: CustomHttpEvent,
+        reason: String,
+        object: Arc<str>,
+        tracker: Arc<Tracker>,
+    ) {
+        self.parking.push(ToPark {
+            event_type: event.event_type.clone(),
+            letter: DeadLetter::new(event, reason, &*object),
+            tracker,
+        });
+    }
+
+    fn park_item(&mut self, item: Item, reason: String) {
+        // Written by `intake` from a CustomHttpEvent: it reads back.
+        let event: CustomHttpEvent =
+            serde_json::from_slice(&item.original).expect("queued events read back");
+        self.park(event, reason, item.object, item.tracker);
+    }
+
+    /// Sends what the pacer and the concurrency limit allow right now.
+    fn dispatch(&mut self, now: Instant) {
+        let mut blocked = false;
+        while self.in_flight.len() < self.config.concurrency {
+            match self.batcher.next(now) {
+                Next::Send(batch) => self.send(batch, now),
+                Next::Blocked => {
+                    blocked = true;
+                    break;
+                }
+                Next::Idle => break,
+            }
+        }
+        if blocked && !self.blocked {
+            RateLimitWait.emit(&self.metrics);
+        }
+        self.blocked = blocked;
+        self.batcher
+            .forget_idle_beyond(4 * self.config.max_pending.max(1), now);
+    }
+
+    fn send(&mut self, batch: Batch, now: Instant) {
+        self.batcher.started(&batch);
+        let body = bulk_body(&self.config.app_id, batch.items.iter().map(|i| &*i.json));
+        let transport = self.transport.clone();
+        self.in_flight.spawn(async move {
+            let reply = transport.post(body).await;
+            (batch, reply, now.elapsed())
+        });
+    }
+
+    fn answered(
+        &mut self,
+        mut batch: Batch,
+        reply: Reply,
+        latency: Duration,
+    ) -> Result<(), DeliveryError> {
+        let now = Instant::now();
+        self.batcher.finished(&batch, now);
+        HeapRequest {
+            status: reply.status,
+            latency,
+        }
+        .emit(&self.metrics);
+        let attempted = Attempted {
+            events: batch.items.len(),
+            attempt: batch.attempt,
+            first_try: batch.first_try,
+        };
+        match decide(
+            &reply.answer,
+            attempted,
+            now,
+            &self.config.retry,
+            &mut self.rng,
+        ) {
+            Action::Accept => {
+                for item in batch.items {
+                    EventsSent {
+                        event_type: &item.event_type,
+                        count: 1,
+                    }
+                    .emit(&self.metrics);
+                    item.tracker.resolve(Resolution::Accepted);
+                }
+            }
+            Action::RetryAt { at, reason } => {
+                batch.attempt += 1;
+                HeapRetry {
+                    events: batch.items.len(),
+                    attempt: batch.attempt,
+                    delay: at - now,
+                    reason: &reason,
+                }
+                .emit(&self.metrics);
+                self.batcher.retry_at(at, batch);
+            }
+            Action::Bisect => {
+                BatchBisected {
+                    events: batch.items.len(),
+                }
+                .emit(&self.metrics);
+                let second = batch.items.split_off(batch.items.len() / 2);
+                self.batcher.retry_at(now, Batch::new(batch.items, now));
+                self.batcher.retry_at(now, Batch::new(second, now));
+            }
+            Action::Park(reason) => {
+                for item in batch.items {
+                    self.park_item(item, reason.clone());
+                }
+            }
+            Action::Fatal(reason) => return Err(DeliveryError::Configuration(reason)),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,145 @@
+//! Dead letters on their way to the state store, and their accounting.
+//!
+//! An event counts as parked only after its dead letter was written. A failed write keeps the
+//! letters queued and tries again after a backoff (0.5 s doubling to 30 s), for as long as
+//! the store is down, or up to `retry_max` (bounded runs); past it, the events are given back
+//! unfinished (see [`super::outcome`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::outcome::{Resolution, Tracker};
+use crate::deadletter::{DeadLetter, DeadLetterStore};
+use crate::telemetry::Metrics;
+use crate::telemetry::events::{EventsParked, StateWriteFailed, StateWriteSucceeded};
+
+/// An event waiting for its dead letter to be written.
+pub struct ToPark {
+    pub letter: DeadLetter,
+    pub event_type: Arc<str>,
+    pub tracker: Arc<Tracker>,
+}
+
+/// Dead-letter writes that are failing: when to try again, and since when.
+struct Failing {
+    since: Instant,
+    attempts: u32,
+    next_try: Instant,
+}
+
+pub struct Parking {
+    store: Arc<DeadLetterStore>,
+    queue: Vec<ToPark>,
+    failing: Option<Failing>,
+    /// `None`: retry until delivery ends.
+    retry_max: Option<Duration>,
+}
+
+impl Parking {
+    pub fn new(store: Arc<DeadLetterStore>, retry_max: Option<Duration>) -> Self {
+        Parking {
+            store,
+            queue: Vec::new(),
+            failing: None,
+            retry_max,
+        }
+    }
+
+    pub fn push(&mut self, park: ToPark) {
+        self.queue.push(park);
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// When a failed write is tried again, if letters are waiting for it.
+    pub fn next_try(&self) -> Option<Instant> {
+        self.failing
+            .as_ref()
+            .filter(|_| !self.queue.is_empty())
+            .map(|f| f.next_try)
+    }
+
+    /// Writes the queued letters (one object per event type and hour), unless a failed write
+    /// is still backing off.
+    pub async fn flush(&mut self, now: Instant, metrics: &Metrics) {
+        if self.queue.is_empty() || self.failing.as_ref().is_some_and(|f| f.next_try > now) {
+            return;
+        }
+        let letters: Vec<&DeadLetter> = self.queue.iter().map(|p| &p.letter).collect();
+        let written = self.store.park(&letters).await;
+        drop(letters);
+        match written {
+            Ok(_) => {
+                if self.failing.take().is_some() {
+                    tracing::info!("dead letters can be written again");
+                }
+                StateWriteSucceeded.emit(metrics);
+                self.resolve_all(metrics);
+            }
+            Err(e) => {
+                let error = e.to_string();
+                StateWriteFailed { error: &error }.emit(metrics);
+                let failing = self.failing.get_or_insert(Failing {
+                    since: now,
+                    attempts: 0,
+                    next_try: now,
+                });
+                failing.attempts += 1;
+                let backoff = Duration::from_millis(500)
+                    .saturating_mul(1 << failing.attempts.min(6))
+                    .min(Duration::from_secs(30));
+                failing.next_try = now + backoff;
+                let failing_for = now - failing.since;
+                if self.retry_max.is_some_and(|max| failing_for >= max) {
+                    tracing::error!(
+                        events = self.queue.len(),
+                        "cannot write dead letters for {}s, giving up: their objects are left unrecorded for the next run: {error}",
+                        failing_for.as_secs()
+                    );
+                    for park in self.queue.drain(..) {
+                        park.tracker.resolve(Resolution::GivenBack);
+                    }
+                    self.failing = None;
+                } else {
+                    tracing::warn!(
+                        events = self.queue.len(),
+                        "cannot write dead letters, trying again in {backoff:?}: {error}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Counts the written letters as parked, with one log line per event type.
+    fn resolve_all(&mut self, metrics: &Metrics) {
+        let mut by_type: BTreeMap<Arc<str>, BTreeMap<String, u64>> = BTreeMap::new();
+        for park in self.queue.drain(..) {
+            tracing::debug!(event_id = %park.letter.event.id, object = %park.letter.object, "parked: {}", park.letter.reason);
+            *by_type
+                .entry(park.event_type.clone())
+                .or_default()
+                .entry(park.letter.reason.clone())
+                .or_insert(0) += 1;
+            park.tracker.resolve(Resolution::Parked);
+        }
+        for (event_type, reasons) in by_type {
+            let reasons: Vec<(String, u64)> = reasons.into_iter().collect();
+            EventsParked {
+                event_type: &event_type,
+                count: reasons.iter().map(|(_, n)| n).sum(),
+                reasons: &reasons,
+                dry_run: false,
+            }
+            .emit(metrics);
+        }
+    }
+}

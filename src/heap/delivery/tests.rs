@@ -1,0 +1,194 @@
+//! The driver's rules against a scripted transport: no server, a paused clock.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+
+use super::*;
+use crate::currents::datum::Datum;
+use crate::currents::event::{CUSTOM_EVENT, Property, User};
+use crate::heap::client::Answer;
+use crate::heap::map::MappingConfig;
+use crate::store::LocalStore;
+
+/// Answers each request with the first script entry, or by the body: a body holding a
+/// poisoned idempotency key is rejected (400), any other is accepted.
+struct Scripted {
+    script: Mutex<Vec<Reply>>,
+    poison: HashSet<String>,
+    requests: Mutex<Vec<Vec<String>>>,
+}
+
+impl Scripted {
+    fn new(script: Vec<Reply>, poison: &[&str]) -> Arc<Self> {
+        Arc::new(Scripted {
+            script: Mutex::new(script),
+            poison: poison.iter().map(|s| s.to_string()).collect(),
+            requests: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+impl Transport for Scripted {
+    fn post(&self, body: Vec<u8>) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>> {
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let keys: Vec<String> = body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["idempotency_key"].as_str().unwrap().to_string())
+            .collect();
+        let poisoned = keys.iter().any(|k| self.poison.contains(k));
+        self.requests.lock().unwrap().push(keys);
+        let mut script = self.script.lock().unwrap();
+        let reply = if !script.is_empty() {
+            script.remove(0)
+        } else if poisoned {
+            Reply {
+                status: Some(400),
+                answer: Answer::Rejected {
+                    reason: "Heap answered 400".into(),
+                },
+            }
+        } else {
+            Reply {
+                status: Some(200),
+                answer: Answer::Accepted,
+            }
+        };
+        Box::pin(async move { reply })
+    }
+}
+
+fn event(n: usize) -> CustomHttpEvent {
+    CustomHttpEvent {
+        event_type: Arc::from(CUSTOM_EVENT),
+        id: format!("e{n}"),
+        time: 1_764_248_400,
+        user: User {
+            external_user_id: Some(format!("user-{}", n % 5)),
+            ..User::default()
+        },
+        properties: vec![(
+            Arc::from("name"),
+            Property::Avro(Datum::String("Added To Cart".into())),
+        )],
+    }
+}
+
+struct Outcome {
+    tracker: Arc<Tracker>,
+    result: Result<(), DeliveryError>,
+    metrics: Arc<Metrics>,
+    _state: TempState,
+}
+
+struct TempState(std::path::PathBuf);
+
+impl Drop for TempState {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn deliver(transport: Arc<Scripted>, events: usize) -> Outcome {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "currents-heap-delivery-unit-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let dead_letters = Arc::new(DeadLetterStore::new(Arc::new(LocalStore::new(&dir))));
+    let config = DeliveryConfig {
+        jitter_seed: Some(3),
+        max_batch_events: 8,
+        ..DeliveryConfig::new("1")
+    };
+    let delivery = Delivery::new(
+        config,
+        transport,
+        HeapMapper::new(MappingConfig::default()),
+        dead_letters,
+    );
+    let metrics = delivery.metrics();
+    let tracker = Arc::new(Tracker::default());
+    let (tx, rx) = mpsc::channel(events.max(1));
+    for n in 0..events {
+        let submission = Submission {
+            event: event(n),
+            object: Arc::from("o/event_type=T/date=2026-11-27-13/x.avro"),
+            tracker: tracker.clone(),
+        };
+        assert!(tx.send(submission).await.is_ok());
+    }
+    drop(tx);
+    let result = delivery.run(rx).await;
+    Outcome {
+        tracker,
+        result,
+        metrics,
+        _state: TempState(dir),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejected_batch_is_bisected_until_only_the_poisoned_event_is_parked() {
+    let transport = Scripted::new(Vec::new(), &["e5"]);
+    let outcome = deliver(transport.clone(), 8).await;
+    assert!(outcome.result.is_ok());
+    assert_eq!(
+        (outcome.tracker.delivered(), outcome.tracker.parked()),
+        (7, 1)
+    );
+    let counts = outcome.metrics.counts();
+    assert_eq!(counts.bisections, 3, "8 → 4 → 2 → 1");
+    assert_eq!(counts.total().parked, 1);
+    let requests = transport.requests.lock().unwrap();
+    assert_eq!(requests.last().unwrap(), &["e5"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retryable_answer_sends_the_same_batch_again() {
+    let transport = Scripted::new(
+        vec![Reply {
+            status: Some(503),
+            answer: Answer::Retry {
+                reason: "Heap answered 503".into(),
+                retry_after: Some(Duration::from_secs(2)),
+            },
+        }],
+        &[],
+    );
+    let started = Instant::now();
+    let outcome = deliver(transport.clone(), 8).await;
+    assert!(outcome.result.is_ok());
+    assert_eq!(outcome.tracker.delivered(), 8);
+    assert!(started.elapsed() >= Duration::from_secs(2), "Retry-After");
+    let requests = transport.requests.lock().unwrap();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0], requests[1], "the same events, again");
+    let counts = outcome.metrics.counts();
+    assert_eq!(counts.retries, 1);
+    assert_eq!(counts.requests.get("503"), Some(&1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fatal_answer_stops_with_every_event_unresolved() {
+    let transport = Scripted::new(
+        vec![Reply {
+            status: Some(401),
+            answer: Answer::Fatal {
+                reason: "Heap answered 401: check HEAP_APP_ID".into(),
+            },
+        }],
+        &[],
+    );
+    let outcome = deliver(transport, 8).await;
+    assert!(matches!(&outcome.result, Err(DeliveryError::Configuration(r)) if r.contains("401")));
+    assert_eq!(
+        outcome.tracker.resolved(),
+        0,
+        "nothing parked, nothing dropped"
+    );
+}

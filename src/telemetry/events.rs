@@ -1,0 +1,259 @@
+//! One typed event per outcome. Each `emit` updates its metric and writes its log line, so
+//! the two cannot drift apart, and nothing else counts outcomes.
+//!
+//! Logging policy: what an operator must act on is `error`/`warn`, once per occurrence of the
+//! cause, never once per event. Parked events are logged once per dead-letter write, with
+//! the count and the reasons, not once per event: a two-minute outage used to write 16,000
+//! warning lines. Per-event detail is at `debug`.
+
+use std::time::Duration;
+
+use super::Metrics;
+
+/// Events decoded from a Currents object and handed to delivery (or counted, dry-run).
+pub struct EventsRead<'a> {
+    pub event_type: &'a str,
+    pub count: u64,
+}
+
+impl EventsRead<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.of_type(self.event_type).read.inc_by(self.count);
+    }
+}
+
+/// Events Heap accepted (a 2xx); in a dry run, events that would be sent.
+pub struct EventsSent<'a> {
+    pub event_type: &'a str,
+    pub count: u64,
+}
+
+impl EventsSent<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.of_type(self.event_type).sent.inc_by(self.count);
+    }
+}
+
+/// Events not sent by policy: none of the identity fields is set.
+pub struct EventsSkipped<'a> {
+    pub event_type: &'a str,
+    pub count: u64,
+}
+
+impl EventsSkipped<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.of_type(self.event_type).skipped.inc_by(self.count);
+    }
+}
+
+/// Events parked as dead letters by one write (in a dry run: that would be parked). `reasons`
+/// holds each distinct reason with its count.
+pub struct EventsParked<'a> {
+    pub event_type: &'a str,
+    pub count: u64,
+    pub reasons: &'a [(String, u64)],
+    pub dry_run: bool,
+}
+
+impl EventsParked<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.of_type(self.event_type).parked.inc_by(self.count);
+        let reasons: Vec<String> = self
+            .reasons
+            .iter()
+            .map(|(reason, n)| format!("{n}× {reason}"))
+            .collect();
+        let verb = if self.dry_run {
+            "would be parked"
+        } else {
+            "parked as dead letters"
+        };
+        tracing::warn!(
+            event_type = self.event_type,
+            events = self.count,
+            "{} events {verb}: {}",
+            self.count,
+            reasons.join("; ")
+        );
+    }
+}
+
+/// One request to Heap and its answer's status (`None`: no response came).
+pub struct HeapRequest {
+    pub status: Option<u16>,
+    pub latency: Duration,
+}
+
+impl HeapRequest {
+    pub fn emit(&self, metrics: &Metrics) {
+        let status = self
+            .status
+            .map_or_else(|| "none".to_string(), |s| s.to_string());
+        metrics.of_status(&status).inc();
+        metrics
+            .heap_request_duration
+            .observe(self.latency.as_secs_f64());
+    }
+}
+
+/// A batch that will be sent again after `delay`.
+pub struct HeapRetry<'a> {
+    pub events: usize,
+    pub attempt: u32,
+    pub delay: Duration,
+    pub reason: &'a str,
+}
+
+impl HeapRetry<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.heap_retries.inc();
+        tracing::debug!(
+            events = self.events,
+            attempt = self.attempt,
+            delay = ?self.delay,
+            "{}; retrying",
+            self.reason
+        );
+    }
+}
+
+/// A rejected batch split in halves to find the offending events.
+pub struct BatchBisected {
+    pub events: usize,
+}
+
+impl BatchBisected {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.heap_bisections.inc();
+        tracing::debug!(
+            events = self.events,
+            "Heap rejected a batch: splitting it in halves"
+        );
+    }
+}
+
+/// Sending began waiting for rate-limit room.
+pub struct RateLimitWait;
+
+impl RateLimitWait {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.rate_limit_waits.inc();
+    }
+}
+
+/// What mapping changed to fit Heap's contract, for one event.
+pub struct MappingAdjusted {
+    pub truncated: u64,
+    pub collisions_dropped: u64,
+}
+
+impl MappingAdjusted {
+    pub fn emit(&self, metrics: &Metrics) {
+        if self.truncated > 0 {
+            metrics.values_truncated.inc_by(self.truncated);
+        }
+        if self.collisions_dropped > 0 {
+            metrics.collisions_dropped.inc_by(self.collisions_dropped);
+        }
+    }
+}
+
+/// How an object ended.
+pub enum ObjectEnded<'a> {
+    Done,
+    /// Unreadable as Currents data: recorded failed.
+    Failed {
+        key: &'a str,
+        reason: &'a str,
+    },
+    /// A source or state error: left unrecorded, to be tried again.
+    Retried {
+        key: &'a str,
+        reason: &'a str,
+    },
+    Abandoned,
+    Panicked {
+        key: &'a str,
+        message: &'a str,
+    },
+}
+
+impl ObjectEnded<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        match self {
+            ObjectEnded::Done => {
+                metrics.objects_done.inc();
+            }
+            ObjectEnded::Failed { key, reason } => {
+                metrics.objects_failed.inc();
+                tracing::error!(object = %key, "object failed: {reason}");
+            }
+            ObjectEnded::Retried { key, reason } => {
+                metrics.objects_retried.inc();
+                tracing::warn!(object = %key, "the object will be tried again: {reason}");
+            }
+            ObjectEnded::Abandoned => {
+                metrics.objects_abandoned.inc();
+            }
+            ObjectEnded::Panicked { key, message } => {
+                metrics.objects_panicked.inc();
+                tracing::error!(object = %key, "processing the object panicked; it will be tried again at the next poll: {message}");
+            }
+        }
+    }
+}
+
+/// A poll that listed the source and the ledger.
+pub struct PollSucceeded {
+    /// Objects queued or in flight.
+    pub pending: u64,
+    /// Age of the oldest pending `date=` hour.
+    pub lag: Option<Duration>,
+    /// `event_type=` folders found in the source.
+    pub folders: u64,
+    pub at_unix: i64,
+}
+
+impl PollSucceeded {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.objects_pending.set(self.pending as i64);
+        metrics
+            .lag_seconds
+            .set(self.lag.map_or(0, |l| l.as_secs() as i64));
+        metrics.source_folders.set(self.folders as i64);
+        metrics.last_poll_unix.set(self.at_unix);
+    }
+}
+
+/// A ledger or dead-letter write failed; readiness reports the outage until one succeeds.
+pub struct StateWriteFailed<'a> {
+    pub error: &'a str,
+}
+
+impl StateWriteFailed<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.state_write_failures.inc();
+        metrics.state_write_failing.set(1);
+        let mut outage = metrics
+            .state_outage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let since = outage
+            .as_ref()
+            .map_or_else(crate::clock::unix_secs_now, |(since, _)| *since);
+        *outage = Some((since, self.error.to_string()));
+    }
+}
+
+/// A ledger or dead-letter write succeeded.
+pub struct StateWriteSucceeded;
+
+impl StateWriteSucceeded {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.state_write_failing.set(0);
+        *metrics
+            .state_outage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}

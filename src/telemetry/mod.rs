@@ -1,0 +1,426 @@
+//! Telemetry: every outcome is counted once, here, and read back from here by `/metrics`, the
+//! run report and the backfill progress.
+//!
+//! Code that observes an outcome emits a typed event from [`events`] (as Vector's
+//! `internal_events` do): the event updates its metric and writes its log line in one place.
+//! Metrics are kept in a `prometheus-client` registry (the Prometheus project's Rust client)
+//! and exposed in the OpenMetrics text format. [`Metrics::counts`] reads the same counters
+//! back for reports, so a report cannot disagree with `/metrics`.
+
+pub mod events;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Upper bounds (seconds) of the request latency histogram buckets.
+const LATENCY_BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The four per-event-type counters, cloned out of their families: a clone shares the value,
+/// so counting an event of a known type is a map lookup by `&str`, with no allocation.
+#[derive(Clone)]
+struct TypeCounters {
+    read: Counter,
+    sent: Counter,
+    skipped: Counter,
+    parked: Counter,
+}
+
+/// The registry and every metric in it. One per process (or per test).
+pub struct Metrics {
+    registry: Registry,
+    events_read: Family<Labels, Counter>,
+    events_sent: Family<Labels, Counter>,
+    events_skipped: Family<Labels, Counter>,
+    events_parked: Family<Labels, Counter>,
+    by_type: Mutex<HashMap<Arc<str>, TypeCounters>>,
+    heap_requests: Family<Labels, Counter>,
+    /// The status counters cloned out of `heap_requests`, to read them back by status.
+    statuses: Mutex<BTreeMap<String, Counter>>,
+    heap_request_duration: Histogram,
+    heap_retries: Counter,
+    heap_bisections: Counter,
+    rate_limit_waits: Counter,
+    values_truncated: Counter,
+    collisions_dropped: Counter,
+    objects_done: Counter,
+    objects_failed: Counter,
+    objects_retried: Counter,
+    objects_abandoned: Counter,
+    objects_panicked: Counter,
+    objects_pending: Gauge,
+    lag_seconds: Gauge,
+    last_poll_unix: Gauge,
+    source_folders: Gauge,
+    state_write_failures: Counter,
+    state_write_failing: Gauge,
+    /// Since when (Unix seconds) state writes fail, and the last error; `None` while they work.
+    state_outage: Mutex<Option<(i64, String)>>,
+}
+
+/// Counts per event type.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TypeCounts {
+    pub read: u64,
+    pub sent: u64,
+    pub skipped_no_identity: u64,
+    pub parked: u64,
+}
+
+/// The counters, read back for reports and tests.
+#[derive(Debug, Default, Clone)]
+pub struct Counts {
+    pub per_type: BTreeMap<String, TypeCounts>,
+    /// Requests to Heap by status: `"200"`, `"429"`, ..., or `"none"` (no response).
+    pub requests: BTreeMap<String, u64>,
+    pub retries: u64,
+    pub bisections: u64,
+    pub rate_limit_waits: u64,
+    pub values_truncated: u64,
+    pub collisions_dropped: u64,
+    pub objects_done: u64,
+    pub objects_failed: u64,
+    pub objects_retried: u64,
+    pub objects_abandoned: u64,
+    pub objects_panicked: u64,
+}
+
+impl Counts {
+    pub fn total(&self) -> TypeCounts {
+        self.per_type
+            .values()
+            .fold(TypeCounts::default(), |a, c| TypeCounts {
+                read: a.read + c.read,
+                sent: a.sent + c.sent,
+                skipped_no_identity: a.skipped_no_identity + c.skipped_no_identity,
+                parked: a.parked + c.parked,
+            })
+    }
+
+    /// Objects that ended one way or another.
+    pub fn objects_ended(&self) -> u64 {
+        self.objects_done
+            + self.objects_failed
+            + self.objects_retried
+            + self.objects_abandoned
+            + self.objects_panicked
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let mut counter = |name: &str, help: &str| {
+            let counter = Counter::default();
+            registry.register(name, help, counter.clone());
+            counter
+        };
+        let heap_retries = counter(
+            "currents_heap_heap_retries",
+            "Requests to Heap that will be retried",
+        );
+        let heap_bisections = counter(
+            "currents_heap_heap_bisections",
+            "Batches Heap rejected that were split in halves to find the offending events",
+        );
+        let rate_limit_waits = counter(
+            "currents_heap_rate_limit_waits",
+            "Times sending waited for rate-limit room",
+        );
+        let values_truncated = counter(
+            "currents_heap_values_truncated",
+            "Property values cut to Heap's 1023 characters",
+        );
+        let collisions_dropped = counter(
+            "currents_heap_custom_property_collisions",
+            "Custom properties dropped because their name collided twice",
+        );
+        let objects_done = counter(
+            "currents_heap_objects_done",
+            "Currents objects recorded done",
+        );
+        let objects_failed = counter(
+            "currents_heap_objects_failed",
+            "Currents objects recorded failed (unreadable)",
+        );
+        let objects_retried = counter(
+            "currents_heap_objects_retried",
+            "Currents objects left unrecorded after a source or state error, to be tried again",
+        );
+        let objects_abandoned = counter(
+            "currents_heap_objects_abandoned",
+            "Currents objects abandoned in flight at shutdown (not recorded)",
+        );
+        let objects_panicked = counter(
+            "currents_heap_objects_panicked",
+            "Object tasks that panicked; each object is tried again at the next poll",
+        );
+        let state_write_failures = counter(
+            "currents_heap_state_write_failures",
+            "Ledger and dead-letter writes that failed (each is retried)",
+        );
+        let mut gauge = |name: &str, help: &str| {
+            let gauge = Gauge::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        let objects_pending = gauge(
+            "currents_heap_objects_pending",
+            "Currents objects queued or in flight after the last poll",
+        );
+        let lag_seconds = gauge(
+            "currents_heap_lag_seconds",
+            "Age of the oldest pending date= hour at the last poll",
+        );
+        let last_poll_unix = gauge(
+            "currents_heap_last_successful_poll_timestamp_seconds",
+            "Unix time of the last successful poll",
+        );
+        let source_folders = gauge(
+            "currents_heap_source_event_type_folders",
+            "event_type= folders the last poll found in the source (-1: no poll yet)",
+        );
+        source_folders.set(-1);
+        let state_write_failing = gauge(
+            "currents_heap_state_write_failing",
+            "1 while the last state write failed, else 0",
+        );
+        let mut family = |name: &str, help: &str| {
+            let family = Family::<Labels, Counter>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let events_read = family(
+            "currents_heap_events_read",
+            "Currents events read, per event type",
+        );
+        let events_sent = family(
+            "currents_heap_events_sent",
+            "Events Heap accepted, per event type",
+        );
+        let events_skipped = family(
+            "currents_heap_events_skipped",
+            "Events not sent by policy (no identity), per event type",
+        );
+        let events_parked = family(
+            "currents_heap_events_dead_lettered",
+            "Events parked as dead letters, per event type",
+        );
+        let heap_requests = family(
+            "currents_heap_heap_requests",
+            "Requests to Heap by HTTP status (none: no response)",
+        );
+        let heap_request_duration = Histogram::new(LATENCY_BUCKETS);
+        registry.register(
+            "currents_heap_heap_request_duration_seconds",
+            "Latency of requests to Heap",
+            heap_request_duration.clone(),
+        );
+        Metrics {
+            registry,
+            events_read,
+            events_sent,
+            events_skipped,
+            events_parked,
+            by_type: Mutex::new(HashMap::new()),
+            heap_requests,
+            statuses: Mutex::new(BTreeMap::new()),
+            heap_request_duration,
+            heap_retries,
+            heap_bisections,
+            rate_limit_waits,
+            values_truncated,
+            collisions_dropped,
+            objects_done,
+            objects_failed,
+            objects_retried,
+            objects_abandoned,
+            objects_panicked,
+            objects_pending,
+            lag_seconds,
+            last_poll_unix,
+            source_folders,
+            state_write_failures,
+            state_write_failing,
+            state_outage: Mutex::new(None),
+        }
+    }
+
+    /// The per-type counters of `event_type`, created on first use.
+    fn of_type(&self, event_type: &str) -> TypeCounters {
+        let mut by_type = self.by_type.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(counters) = by_type.get(event_type) {
+            return counters.clone();
+        }
+        let labels = vec![("event_type", event_type.to_string())];
+        let counters = TypeCounters {
+            read: self.events_read.get_or_create_owned(&labels),
+            sent: self.events_sent.get_or_create_owned(&labels),
+            skipped: self.events_skipped.get_or_create_owned(&labels),
+            parked: self.events_parked.get_or_create_owned(&labels),
+        };
+        by_type.insert(Arc::from(event_type), counters.clone());
+        counters
+    }
+
+    /// The request counter of one status, created on first use.
+    fn of_status(&self, status: &str) -> Counter {
+        let mut statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(counter) = statuses.get(status) {
+            return counter.clone();
+        }
+        let counter = self
+            .heap_requests
+            .get_or_create_owned(&vec![("status", status.to_string())]);
+        statuses.insert(status.to_string(), counter.clone());
+        counter
+    }
+
+    pub fn last_poll_unix(&self) -> i64 {
+        self.last_poll_unix.get()
+    }
+
+    /// Why the worker is not ready, or `None` if it is: a poll succeeded within
+    /// `ready_within`, it found `event_type=` folders, and state writes are not failing.
+    pub fn not_ready(&self, now_unix: i64, ready_within: Duration) -> Option<String> {
+        if let Some((since, error)) = &*self.state_outage.lock().unwrap_or_else(|p| p.into_inner())
+        {
+            return Some(format!(
+                "state writes have failed for {}s: {error}",
+                now_unix - since
+            ));
+        }
+        let last = self.last_poll_unix();
+        if last == 0 {
+            return Some("no successful poll yet".into());
+        }
+        if now_unix - last > ready_within.as_secs() as i64 {
+            return Some(format!("last successful poll was {}s ago", now_unix - last));
+        }
+        if self.source_folders.get() == 0 {
+            return Some(
+                "the source holds no event_type= folders: check --source / CURRENTS_HEAP_SOURCE"
+                    .into(),
+            );
+        }
+        None
+    }
+
+    /// The counters as they are now.
+    pub fn counts(&self) -> Counts {
+        let by_type = self.by_type.lock().unwrap_or_else(|p| p.into_inner());
+        let per_type = by_type
+            .iter()
+            .map(|(event_type, c)| {
+                let counts = TypeCounts {
+                    read: c.read.get(),
+                    sent: c.sent.get(),
+                    skipped_no_identity: c.skipped.get(),
+                    parked: c.parked.get(),
+                };
+                (event_type.to_string(), counts)
+            })
+            .collect();
+        let requests = self
+            .statuses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(status, counter)| (status.clone(), counter.get()))
+            .collect();
+        Counts {
+            per_type,
+            requests,
+            retries: self.heap_retries.get(),
+            bisections: self.heap_bisections.get(),
+            rate_limit_waits: self.rate_limit_waits.get(),
+            values_truncated: self.values_truncated.get(),
+            collisions_dropped: self.collisions_dropped.get(),
+            objects_done: self.objects_done.get(),
+            objects_failed: self.objects_failed.get(),
+            objects_retried: self.objects_retried.get(),
+            objects_abandoned: self.objects_abandoned.get(),
+            objects_panicked: self.objects_panicked.get(),
+        }
+    }
+
+    /// The OpenMetrics text exposition, for `/metrics`.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail, and every metric here encodes.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::events::*;
+    use super::*;
+
+    #[test]
+    fn renders_counters_histogram_and_gauges_and_reads_them_back() {
+        let metrics = Metrics::new();
+        EventsRead {
+            event_type: "users.behaviors.CustomEvent",
+            count: 2,
+        }
+        .emit(&metrics);
+        EventsSent {
+            event_type: "users.behaviors.CustomEvent",
+            count: 1,
+        }
+        .emit(&metrics);
+        HeapRequest {
+            status: Some(200),
+            latency: Duration::from_millis(30),
+        }
+        .emit(&metrics);
+        HeapRequest {
+            status: None,
+            latency: Duration::from_secs(3),
+        }
+        .emit(&metrics);
+        PollSucceeded {
+            pending: 4,
+            lag: Some(Duration::from_secs(7200)),
+            folders: 3,
+            at_unix: 1_800_000_000,
+        }
+        .emit(&metrics);
+        let text = metrics.render();
+        for expected in [
+            "currents_heap_events_read_total{event_type=\"users.behaviors.CustomEvent\"} 2",
+            "currents_heap_heap_requests_total{status=\"none\"} 1",
+            "currents_heap_heap_requests_total{status=\"200\"} 1",
+            "currents_heap_heap_request_duration_seconds_bucket{le=\"0.05\"} 1",
+            "currents_heap_heap_request_duration_seconds_bucket{le=\"5.0\"} 2",
+            "currents_heap_heap_request_duration_seconds_count 2",
+            "currents_heap_objects_pending 4",
+            "currents_heap_lag_seconds 7200",
+        ] {
+            assert!(text.contains(expected), "no `{expected}` in\n{text}");
+        }
+        let counts = metrics.counts();
+        assert_eq!(counts.total().read, 2);
+        assert_eq!(counts.total().sent, 1);
+        assert_eq!(counts.requests.get("none"), Some(&1));
+    }
+}
