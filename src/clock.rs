@@ -65,32 +65,34 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
 /// refusing them keeps every later `Instant + Duration` far from overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(400 * 86_400);
 
-/// Parses `30s`, `15m`, `2h`, `500ms`, or plain seconds.
+/// Parses a duration as people write it, with humantime's units: `500ms`, `30s`, `15m`, `2h`,
+/// `1h 30m`, `7d`; a plain number is seconds.
 ///
 /// Errors name the text. Values over [`MAX_DURATION`] and arithmetic overflow are errors,
 /// never a wrapped-around number.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let invalid = || format!("`{text}` is not a duration like 500ms, 30s, 15m or 2h");
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| invalid())?;
-    let millis = match unit {
-        "ms" => Some(n),
-        "" | "s" => n.checked_mul(1000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        _ => return Err(invalid()),
+    let too_long = || {
+        format!(
+            "`{text}` is longer than the longest allowed duration, {} days",
+            MAX_DURATION.as_secs() / 86_400
+        )
     };
-    match millis.map(Duration::from_millis) {
-        Some(d) if d <= MAX_DURATION => Ok(d),
-        _ => Err(format!(
-            "`{text}` is longer than the longest allowed duration, {}h",
-            MAX_DURATION.as_secs() / 3600
-        )),
+    let duration = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        // Every digit string that does not fit a u64 is far over the bound.
+        text.parse()
+            .map(Duration::from_secs)
+            .map_err(|_| too_long())?
+    } else {
+        humantime::parse_duration(text).map_err(|e| match e {
+            humantime::DurationError::NumberOverflow => too_long(),
+            e => format!("`{text}` is not a duration like 500ms, 30s, 15m or 2h: {e}"),
+        })?
+    };
+    if duration > MAX_DURATION {
+        return Err(too_long());
     }
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -127,10 +129,16 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert_eq!(parse_duration("9600h"), Ok(MAX_DURATION));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5d").is_err());
+        assert_eq!(parse_duration(" 400days "), Ok(MAX_DURATION));
+        assert!(parse_duration("soon").unwrap_err().contains("`soon`"));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-5s").is_err());
         assert!(parse_duration("9601h").unwrap_err().contains("longest"));
+        assert!(parse_duration("401d").unwrap_err().contains("longest"));
         // 2^64 / 3.6e6 + 1 hours overflows u64 milliseconds: an error, not a wrap.
         assert!(parse_duration("5124095576031h").is_err());
         assert!(parse_duration("99999999999999999999999s").is_err());

@@ -3,52 +3,59 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
+use currents_heap::commands::config::{self, Config};
 use currents_heap::commands::worker::Exit;
-use currents_heap::commands::{
-    Cli, Command, LogFormat, MappingArgs, backfill, config, inspect, replay, run, status,
-};
+use currents_heap::commands::{Cli, Command, LogFormat, backfill, inspect, replay, run, status};
 use currents_heap::heap::map::HeapMapper;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     // clap itself exits 2 on usage errors, as the exit-code contract wants.
     let matches = Cli::command().get_matches();
-    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    if let Some(path) = &cli.config {
-        let applied = config::load(path).and_then(|file| {
-            config::apply(&file, &mut cli.command, &matches)
-                .map_err(|e| format!("--config {}: {e}", path.display()))
-        });
-        if let Err(message) = applied {
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if cli.command.is_none() && !cli.print_config {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingSubcommand,
+                "a command is required (or --print-config alone, for every option)",
+            )
+            .exit();
+    }
+    let resolved = match config::resolve(&cli, &matches) {
+        Ok(resolved) => resolved,
+        Err(message) => {
             eprintln!("error: {message}");
             return ExitCode::from(2);
         }
+    };
+    // After the configuration, so that the file's `log_format` applies.
+    init_logging(resolved.config.log_format);
+    for warning in &resolved.warnings {
+        tracing::warn!("{warning}");
     }
+    let config = resolved.config;
     if cli.print_config {
-        print!("{}", config::render(&cli.command));
-        return ExitCode::SUCCESS;
+        return match config::render(&config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot print the configuration: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_writer(io::stderr)
-        .with_env_filter(filter)
-        .with_target(false);
-    match cli.log_format {
-        LogFormat::Json => logs.json().init(),
-        LogFormat::Human => logs
-            .with_ansi(io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-            .init(),
-    }
-    let exit = match cli.command {
-        Command::Inspect {
-            paths,
-            heap,
-            mapping,
-        } => return inspect_command(&paths, heap, &mapping),
-        Command::Run(args) => runtime().block_on(run::run(args)),
-        Command::Backfill(args) => runtime().block_on(backfill::backfill(args)),
-        Command::Replay(args) => runtime().block_on(replay::replay(args)),
-        Command::Status(args) => runtime().block_on(status::status(args)),
+    let Some(command) = cli.command else {
+        // Refused above: without a command only --print-config runs.
+        return ExitCode::from(2);
+    };
+    let exit = match command {
+        Command::Inspect { paths, heap, .. } => return inspect_command(&paths, heap, &config),
+        Command::Run(args) => runtime().block_on(run::run(args, config)),
+        Command::Backfill(args) => runtime().block_on(backfill::backfill(args, config)),
+        Command::Replay(args) => runtime().block_on(replay::replay(args, config)),
+        Command::Status(_) => runtime().block_on(status::status(config)),
     };
     match exit {
         Exit::Success => ExitCode::SUCCESS,
@@ -70,6 +77,20 @@ fn main() -> ExitCode {
     }
 }
 
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_env_filter(filter)
+        .with_target(false);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Human => logs
+            .with_ansi(io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -77,9 +98,9 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("the async runtime starts")
 }
 
-fn inspect_command(paths: &[PathBuf], heap: bool, mapping: &MappingArgs) -> ExitCode {
+fn inspect_command(paths: &[PathBuf], heap: bool, config: &Config) -> ExitCode {
     let output = if heap {
-        inspect::Output::Heap(HeapMapper::new(mapping.config()))
+        inspect::Output::Heap(HeapMapper::new(config.mapping()))
     } else {
         inspect::Output::CustomHttp
     };

@@ -1,5 +1,8 @@
-//! A small seedable RNG: retry jitter in production (seeded from the clock), and
-//! reproducible synthetic data and fault injection in tests (seeded by the test).
+//! The seeded generator behind the synthetic fixtures and the stand-in's random faults.
+//!
+//! Kept (production jitter uses `fastrand`) because the committed fixtures are defined by
+//! this exact sequence: a test checks they equal the generator's output, so another
+//! generator would rewrite every fixture and its expected JSON for no gain.
 
 /// SplitMix64: tiny, seedable, and good enough for jitter and test data (not for secrets).
 #[derive(Debug, Clone)]
@@ -30,15 +33,6 @@ impl Rng {
     /// Uniform in `[0, 1)`.
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Seeded from the clock and process id, for production use.
-    pub fn from_entropy() -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        Rng::new(nanos ^ (u64::from(std::process::id()) << 32))
     }
 
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {

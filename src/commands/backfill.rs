@@ -6,30 +6,35 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
 
+use super::config::{Config, DEFAULTS, HumanDuration};
 use super::worker::{Exit, WorkerArgs, engine, shutdown_on_signals};
-use crate::clock::parse_duration;
 use crate::currents::key::DateHour;
 use crate::source::parse_date_arg;
 use crate::telemetry::Counts;
 use crate::worker::Plan;
 
-#[derive(Debug, Clone, Args)]
+/// `backfill`'s flags; it runs with the resolved [`Config`].
+#[derive(Debug, Clone, Args, Serialize)]
 pub struct BackfillArgs {
     #[command(flatten)]
-    pub worker: WorkerArgs,
+    #[serde(flatten)]
+    pub(super) worker: WorkerArgs,
     /// First `date=` hour, inclusive: YYYY-MM-DD or YYYY-MM-DDTHH.
     #[arg(long, value_parser = parse_date_arg)]
+    #[serde(skip)]
     pub from: DateHour,
     /// End of the range, exclusive: YYYY-MM-DD or YYYY-MM-DDTHH.
     #[arg(long, value_parser = parse_date_arg)]
+    #[serde(skip)]
     pub to: DateHour,
-    /// After a stop signal, how long objects in flight may take to finish.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    pub shutdown_timeout: Duration,
+    /// After a stop signal, how long objects in flight may take to finish, 1s to 1h.
+    #[arg(long, default_value_t = DEFAULTS.shutdown_timeout.clone())]
+    shutdown_timeout: HumanDuration,
 }
 
-pub async fn backfill(args: BackfillArgs) -> Exit {
+pub async fn backfill(args: BackfillArgs, config: Config) -> Exit {
     if args.from >= args.to {
         return Exit::Usage(format!(
             "--from {} must come before --to {} (which is exclusive)",
@@ -40,7 +45,7 @@ pub async fn backfill(args: BackfillArgs) -> Exit {
         from: args.from,
         to: args.to,
     };
-    let engine = match engine(&args.worker, plan, args.shutdown_timeout).await {
+    let engine = match engine(&config, plan).await {
         Ok(engine) => engine,
         Err(exit) => return exit,
     };

@@ -11,8 +11,10 @@ pub mod worker;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
 
-use crate::heap::map::{IdentitySource, MappingConfig};
+use crate::heap::map::IdentitySource;
+use config::{DEFAULT_IDENTITY, DEFAULTS};
 
 /// The exit codes, in `--help` as in the README.
 const EXIT_CODES: &str = "Exit codes:
@@ -23,24 +25,34 @@ const EXIT_CODES: &str = "Exit codes:
   4  `run --once`, `backfill` or `replay` stopped before its work was done (a signal, store
      errors, objects left to retry): it prints what remains; running it again resumes";
 
+// The clap structs here and in each command's module only read flags and environment
+// variables; a command runs with the resolved `config::Config`. Their option fields are
+// private so that nothing reads a clap default in place of the file's value.
+
 /// Delivers Braze Currents events to Heap's server-side track API.
-#[derive(Debug, Parser)]
+#[derive(Debug, Parser, Serialize)]
 #[command(name = "currents-heap", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
     /// Log lines on stderr: `human` (colours on a terminal) or `json` (one object per line).
-    #[arg(long, global = true, env = "CURRENTS_HEAP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
-    pub log_format: LogFormat,
-    /// A TOML file with any of the options (flags and environment variables override it).
+    #[arg(long, global = true, env = "CURRENTS_HEAP_LOG_FORMAT", value_enum, default_value_t = DEFAULTS.log_format)]
+    log_format: LogFormat,
+    /// A TOML file with any of the options but the Heap app id; flags and environment
+    /// variables override it. Keys are the long flag names with `_`.
     #[arg(long, global = true, env = "CURRENTS_HEAP_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Print the effective configuration (secrets redacted) and exit.
+    /// Print the effective configuration as TOML (secrets redacted) and exit; without a
+    /// command, every option as `run` would see it.
     #[arg(long, global = true)]
+    #[serde(skip)]
     pub print_config: bool,
     #[command(subcommand)]
-    pub command: Command,
+    #[serde(skip)]
+    pub command: Option<Command>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Human,
     Json,
@@ -74,7 +86,7 @@ pub enum Command {
 }
 
 /// How Currents events become Heap track events.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, Serialize)]
 pub struct MappingArgs {
     /// Braze fields to use as the Heap identity, tried in order (external_user_id, user_id).
     /// Events with none of them are not sent, and are counted per event type.
@@ -82,26 +94,18 @@ pub struct MappingArgs {
         long,
         env = "CURRENTS_HEAP_IDENTITY",
         value_delimiter = ',',
-        default_value = "external_user_id"
+        default_value = DEFAULT_IDENTITY
     )]
-    pub identity: Vec<IdentitySource>,
-    /// Prefix for every Heap event name, e.g. `braze-`.
-    #[arg(long, env = "CURRENTS_HEAP_EVENT_PREFIX", default_value = "")]
-    pub event_prefix: String,
+    #[serde(with = "config::identity_names")]
+    identity: Vec<IdentitySource>,
+    /// Prefix for every Heap event name, e.g. `braze-` (under 1024 characters).
+    #[arg(long, env = "CURRENTS_HEAP_EVENT_PREFIX", default_value_t = DEFAULTS.event_prefix.clone())]
+    event_prefix: String,
     /// Heap event name for an event type, as TYPE=NAME (repeatable), e.g.
-    /// `users.messages.email.Open=Email Opened`.
-    #[arg(long = "rename", value_name = "TYPE=NAME", value_parser = parse_rename)]
-    pub renames: Vec<(String, String)>,
-}
-
-impl MappingArgs {
-    pub fn config(&self) -> MappingConfig {
-        MappingConfig {
-            identity: self.identity.clone(),
-            event_prefix: self.event_prefix.clone(),
-            renames: self.renames.iter().cloned().collect(),
-        }
-    }
+    /// `users.messages.email.Open=Email Opened`. In the file: a `[rename]` table.
+    #[arg(long, value_name = "TYPE=NAME", value_parser = parse_rename)]
+    #[serde(serialize_with = "config::renames_as_table")]
+    rename: Vec<(String, String)>,
 }
 
 fn parse_rename(text: &str) -> Result<(String, String), String> {

@@ -11,10 +11,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use clap::Args;
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::MappingArgs;
-use super::worker::{Exit, HeapArgs, StateArgs, output};
+use super::config::Config;
+use super::worker::{Exit, HeapArgs, StateArgs, open_state, output};
 use crate::deadletter::{DeadLetterFilter, DeadLetterStore};
 use crate::heap::delivery::{Delivery, Submission, Tracker};
 use crate::heap::map::Mapped;
@@ -23,22 +25,29 @@ use crate::worker::Output;
 use crate::worker::delivery_task::DeliveryTask;
 use crate::worker::summary::render_delivery;
 
-#[derive(Debug, Clone, Args)]
+/// `replay`'s flags: only the state and Heap, since dead letters hold the events. It runs
+/// with the resolved [`Config`].
+#[derive(Debug, Clone, Args, Serialize)]
 pub struct ReplayArgs {
     #[command(flatten)]
-    pub state: StateArgs,
+    #[serde(flatten)]
+    state: StateArgs,
     #[command(flatten)]
-    pub heap: HeapArgs,
+    #[serde(flatten)]
+    pub(super) heap: HeapArgs,
     #[command(flatten)]
-    pub mapping: MappingArgs,
+    #[serde(flatten)]
+    mapping: MappingArgs,
     /// Map and count what would be re-sent; send nothing, delete nothing.
     #[arg(long)]
-    pub dry_run: bool,
+    dry_run: bool,
     /// Only dead letters of this event type, e.g. users.behaviors.CustomEvent.
     #[arg(long)]
+    #[serde(skip)]
     pub event_type: Option<String>,
     /// Only dead letters from this `date=` hour (YYYY-MM-DD-HH) or day (YYYY-MM-DD).
     #[arg(long, value_parser = parse_date_filter)]
+    #[serde(skip)]
     pub date: Option<String>,
 }
 
@@ -65,12 +74,12 @@ struct Counts {
     unreadable_objects: u64,
 }
 
-pub async fn replay(args: ReplayArgs) -> Exit {
-    let output = match output(&args.heap, &args.mapping, args.dry_run) {
+pub async fn replay(args: ReplayArgs, config: Config) -> Exit {
+    let output = match output(&config) {
         Ok(output) => output,
         Err(exit) => return exit,
     };
-    let state = match args.state.open().await {
+    let state = match open_state(&config).await {
         Ok(state) => state,
         Err(exit) => return exit,
     };
@@ -164,7 +173,7 @@ pub async fn replay(args: ReplayArgs) -> Exit {
     };
     println!("dead-letter objects: {}", files.len());
     println!("events replayed: {}", counts.replayed);
-    if args.dry_run {
+    if config.dry_run {
         for (what, n) in &would {
             println!("events {what}: {n}");
         }

@@ -4,53 +4,60 @@
 use std::time::Duration;
 
 use clap::Args;
+use serde::Serialize;
 
+use super::config::{Config, DEFAULTS, HumanDuration, as_text};
 use super::worker::{Exit, WorkerArgs, engine, shutdown_on_signals};
-use crate::clock::parse_duration;
 use crate::worker::{Lookback, Plan};
 
-#[derive(Debug, Clone, Args)]
+/// `run`'s flags; it runs with the resolved [`Config`].
+#[derive(Debug, Clone, Args, Serialize)]
 pub struct RunArgs {
     #[command(flatten)]
-    pub worker: WorkerArgs,
-    /// How often to look for new objects.
-    #[arg(long, env = "CURRENTS_HEAP_POLL_INTERVAL", default_value = "60s", value_parser = parse_duration)]
-    pub poll_interval: Duration,
+    #[serde(flatten)]
+    pub(super) worker: WorkerArgs,
+    /// How often to look for new objects, 1s to 24h.
+    #[arg(long, env = "CURRENTS_HEAP_POLL_INTERVAL", default_value_t = DEFAULTS.poll_interval.clone())]
+    poll_interval: HumanDuration,
     /// Process what is pending in the lookback window once, then exit (4 if work remains).
     #[arg(long)]
+    #[serde(skip)]
     pub once: bool,
-    /// Which `date=` hours to look at: e.g. 72h (at least 1h), or `all` (lists the whole source).
-    #[arg(long, env = "CURRENTS_HEAP_LOOKBACK", default_value = "72h")]
-    pub lookback: Lookback,
+    /// Which `date=` hours to look at: 1h to 400 days (e.g. 72h), or `all` (lists the whole
+    /// source).
+    #[arg(long, env = "CURRENTS_HEAP_LOOKBACK", default_value_t = DEFAULTS.lookback)]
+    #[serde(with = "as_text")]
+    lookback: Lookback,
     /// Serve /metrics, /healthz and /readyz on this address, e.g. 0.0.0.0:9090.
     #[arg(long, env = "CURRENTS_HEAP_LISTEN")]
-    pub listen: Option<std::net::SocketAddr>,
-    /// After a stop signal, how long objects in flight may take to finish.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    pub shutdown_timeout: Duration,
+    listen: Option<std::net::SocketAddr>,
+    /// After a stop signal, how long objects in flight may take to finish, 1s to 1h.
+    #[arg(long, default_value_t = DEFAULTS.shutdown_timeout.clone())]
+    shutdown_timeout: HumanDuration,
 }
 
-pub async fn run(args: RunArgs) -> Exit {
+pub async fn run(args: RunArgs, config: Config) -> Exit {
+    let poll_interval = config.poll_interval.get();
     let plan = if args.once {
         Plan::Once {
-            lookback: args.lookback,
+            lookback: config.lookback,
         }
     } else {
         Plan::Live {
-            lookback: args.lookback,
-            poll_interval: args.poll_interval,
+            lookback: config.lookback,
+            poll_interval,
         }
     };
-    let engine = match engine(&args.worker, plan, args.shutdown_timeout).await {
+    let engine = match engine(&config, plan).await {
         Ok(engine) => engine,
         Err(exit) => return exit,
     };
-    let _server = match args.listen {
+    let _server = match config.listen {
         // Ready while polls keep succeeding: allow two missed polls and a slow listing.
         Some(addr) => match crate::server::serve(
             addr,
             engine.metrics(),
-            args.poll_interval * 3 + Duration::from_secs(60),
+            poll_interval * 3 + Duration::from_secs(60),
         )
         .await
         {

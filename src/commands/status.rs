@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use clap::Args;
+use serde::Serialize;
 
+use super::config::{Config, DEFAULTS, as_text};
 use super::worker::{Exit, StoreArgs, open_stores};
 use crate::currents::key::DateHour;
 use crate::deadletter::{DeadLetterFilter, DeadLetterStore};
@@ -11,17 +13,20 @@ use crate::ledger::{Ledger, Outcome};
 use crate::source::discover;
 use crate::worker::Lookback;
 
-#[derive(Debug, Clone, Args)]
+/// `status`'s flags: the stores and the lookback. It runs with the resolved [`Config`].
+#[derive(Debug, Clone, Args, Serialize)]
 pub struct StatusArgs {
     #[command(flatten)]
-    pub stores: StoreArgs,
-    /// Which `date=` hours count as pending: e.g. 72h, or `all`.
-    #[arg(long, env = "CURRENTS_HEAP_LOOKBACK", default_value = "72h")]
-    pub lookback: Lookback,
+    #[serde(flatten)]
+    stores: StoreArgs,
+    /// Which `date=` hours count as pending: 1h to 400 days (e.g. 72h), or `all`.
+    #[arg(long, env = "CURRENTS_HEAP_LOOKBACK", default_value_t = DEFAULTS.lookback)]
+    #[serde(with = "as_text")]
+    lookback: Lookback,
 }
 
-pub async fn status(args: StatusArgs) -> Exit {
-    match report(&args).await {
+pub async fn status(config: Config) -> Exit {
+    match report(&config).await {
         Ok(text) => {
             print!("{text}");
             Exit::Success
@@ -49,15 +54,15 @@ fn reason_group(reason: &str) -> String {
     group
 }
 
-async fn report(args: &StatusArgs) -> Result<String, String> {
-    let (source, state) = open_stores(&args.stores).await.map_err(|e| match e {
+async fn report(config: &Config) -> Result<String, String> {
+    let (source, state) = open_stores(config).await.map_err(|e| match e {
         Exit::Usage(message) | Exit::Fatal(message) => message,
         other => format!("{other:?}"),
     })?;
     let ledger = Ledger::new(state.clone());
     let dead_letters = DeadLetterStore::new(state);
 
-    let discovery = discover(&*source, &args.lookback.window())
+    let discovery = discover(&*source, &config.lookback.window())
         .await
         .map_err(|e| format!("cannot list the source: {e}"))?;
     // Status is occasional: reading the whole ledger here is fine (run never does).

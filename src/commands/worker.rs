@@ -1,12 +1,15 @@
-//! The options `run`, `backfill` and `replay` share, and building the engine from them.
+//! The options `run`, `backfill` and `replay` share, and building the engine from the
+//! resolved configuration: the one place where it becomes `worker::Settings` and
+//! `DeliveryConfig`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use serde::Serialize;
 
 use super::MappingArgs;
-use crate::clock::parse_duration;
+use super::config::{Config, DEFAULTS, HumanDuration, as_text};
 use crate::heap::client::HeapClient;
 use crate::heap::delivery::DeliveryConfig;
 use crate::heap::map::HeapMapper;
@@ -32,116 +35,112 @@ pub enum Exit {
     Incomplete(String),
 }
 
+// Each option's help states its range: `Config::validate` enforces it for flags, environment
+// variables and the file alike (a unit test checks that the help and the bounds agree).
+
 /// Where Currents objects and state live.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, Serialize)]
 pub struct StoreArgs {
     /// Currents objects: `s3://bucket/prefix`, or a local directory in the same layout.
-    #[arg(long, env = "CURRENTS_HEAP_SOURCE", default_value = "fixtures/bucket")]
-    pub source: Location,
+    #[arg(long, env = "CURRENTS_HEAP_SOURCE", default_value_t = DEFAULTS.source.clone())]
+    #[serde(with = "as_text")]
+    source: Location,
     #[command(flatten)]
-    pub state: StateArgs,
+    #[serde(flatten)]
+    state: StateArgs,
 }
 
 /// Where the ledger and dead letters live (all `replay` needs besides Heap).
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, Serialize)]
 pub struct StateArgs {
     /// The ledger and dead letters: `s3://bucket/prefix`, or a local directory.
-    #[arg(
-        long,
-        env = "CURRENTS_HEAP_STATE",
-        default_value = "currents-heap-state"
-    )]
-    pub state: Location,
+    #[arg(long, env = "CURRENTS_HEAP_STATE", default_value_t = DEFAULTS.state.clone())]
+    #[serde(with = "as_text")]
+    state: Location,
     /// Path-style S3 addressing, for S3-compatible stores (MinIO, ...).
     #[arg(long, env = "CURRENTS_HEAP_S3_PATH_STYLE")]
-    pub s3_path_style: bool,
-}
-
-impl StateArgs {
-    pub async fn open(&self) -> Result<Arc<dyn ObjectStore>, Exit> {
-        self.state
-            .open(self.s3_path_style)
-            .await
-            .map_err(|e| Exit::Usage(format!("--state: {e}")))
-    }
+    s3_path_style: bool,
 }
 
 /// Heap's endpoint, limits and retry behaviour.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, Serialize)]
 pub struct HeapArgs {
     /// Heap's API base URL; EU data centre: https://c.eu.heap-api.com.
-    #[arg(
-        long,
-        env = "HEAP_API_URL",
-        default_value = "https://heapanalytics.com"
-    )]
-    pub heap_url: String,
-    /// The Heap environment (app) id. Required unless --dry-run. Never logged.
+    #[arg(long, env = "HEAP_API_URL", default_value_t = DEFAULTS.heap_url.clone())]
+    heap_url: String,
+    /// The Heap environment (app) id. Required unless --dry-run. Never logged, never read
+    /// from the config file.
     #[arg(long, env = "HEAP_APP_ID", hide_env_values = true)]
-    pub heap_app_id: Option<String>,
+    #[serde(skip)]
+    pub(super) heap_app_id: Option<String>,
     /// A file holding the Heap app id (e.g. a mounted Kubernetes secret).
     #[arg(long, env = "HEAP_APP_ID_FILE")]
-    pub heap_app_id_file: Option<std::path::PathBuf>,
-    /// Events per minute for the app over any sliding minute (Heap: 15,000); 0 disables.
-    #[arg(long, env = "CURRENTS_HEAP_APP_RATE_LIMIT", default_value_t = 15_000)]
-    pub app_rate_limit: u64,
-    /// Events per minute per identity over any sliding minute (Heap: 1,000); 0 disables.
-    #[arg(
-        long,
-        env = "CURRENTS_HEAP_IDENTITY_RATE_LIMIT",
-        default_value_t = 1_000
-    )]
-    pub identity_rate_limit: u64,
-    /// Events per bulk request (Heap allows 1 to 1000).
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1000))]
-    pub max_batch_events: u64,
-    /// Bytes per request body; an event that cannot fit alone is parked.
-    #[arg(long, default_value_t = 1024 * 1024)]
-    pub max_body_bytes: usize,
-    /// Requests to Heap in flight at once.
-    #[arg(long, env = "CURRENTS_HEAP_HEAP_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
-    pub heap_concurrency: u64,
-    /// How long a failing batch is retried before its events are parked (e.g. 15m).
-    #[arg(long, env = "CURRENTS_HEAP_RETRY_MAX_TIME", default_value = "15m", value_parser = parse_duration)]
-    pub retry_max_time: Duration,
-    /// Mapped events held in memory waiting for rate-limit room. More lets one hot identity's
-    /// backlog wait without holding up others for longer; fewer uses less memory.
-    #[arg(long, env = "CURRENTS_HEAP_MAX_PENDING", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1000..))]
-    pub max_pending_events: u64,
-    /// Timeout of one request to Heap.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    pub request_timeout: Duration,
+    heap_app_id_file: Option<std::path::PathBuf>,
+    /// Events per minute for the app over any sliding minute (Heap: 15,000), 0 to 1,000,000;
+    /// 0 disables the limit.
+    #[arg(long, env = "CURRENTS_HEAP_APP_RATE_LIMIT", default_value_t = DEFAULTS.app_rate_limit)]
+    app_rate_limit: u64,
+    /// Events per minute per identity over any sliding minute (Heap: 1,000), 0 to 1,000,000;
+    /// 0 disables the limit.
+    #[arg(long, env = "CURRENTS_HEAP_IDENTITY_RATE_LIMIT", default_value_t = DEFAULTS.identity_rate_limit)]
+    identity_rate_limit: u64,
+    /// Events per bulk request, 1 to 1,000 (Heap's limit).
+    #[arg(long, default_value_t = DEFAULTS.max_batch_events)]
+    max_batch_events: u64,
+    /// Bytes per request body, 16,384 to 16,777,216 (16 KiB to 16 MiB); an event that cannot
+    /// fit alone is parked.
+    #[arg(long, default_value_t = DEFAULTS.max_body_bytes)]
+    max_body_bytes: u64,
+    /// Requests to Heap in flight at once, 1 to 64.
+    #[arg(long, env = "CURRENTS_HEAP_HEAP_CONCURRENCY", default_value_t = DEFAULTS.heap_concurrency)]
+    heap_concurrency: u64,
+    /// How long a failing batch is retried before its events are parked, 1s to 24h (e.g.
+    /// 15m, 1h 30m); `run --once` and `backfill` also give up on a failing state store after it.
+    #[arg(long, env = "CURRENTS_HEAP_RETRY_MAX_TIME", default_value_t = DEFAULTS.retry_max_time.clone())]
+    retry_max_time: HumanDuration,
+    /// Mapped events held in memory waiting for rate-limit room, 1,000 to 1,000,000. More
+    /// lets one hot identity's backlog wait without holding up others for longer; fewer uses
+    /// less memory.
+    #[arg(long, env = "CURRENTS_HEAP_MAX_PENDING", default_value_t = DEFAULTS.max_pending_events)]
+    max_pending_events: u64,
+    /// Timeout of one request to Heap, 1s to 10m.
+    #[arg(long, default_value_t = DEFAULTS.request_timeout.clone())]
+    request_timeout: HumanDuration,
 }
 
 /// Options every delivering command takes.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, Serialize)]
 pub struct WorkerArgs {
     #[command(flatten)]
-    pub stores: StoreArgs,
+    #[serde(flatten)]
+    stores: StoreArgs,
     #[command(flatten)]
-    pub heap: HeapArgs,
+    #[serde(flatten)]
+    pub(super) heap: HeapArgs,
     #[command(flatten)]
-    pub mapping: MappingArgs,
+    #[serde(flatten)]
+    mapping: MappingArgs,
     /// Decode, map and count, but send nothing and record nothing.
     #[arg(long)]
-    pub dry_run: bool,
-    /// Currents objects processed at once.
-    #[arg(long, env = "CURRENTS_HEAP_OBJECT_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
-    pub object_concurrency: u64,
+    dry_run: bool,
+    /// Currents objects processed at once, 1 to 256.
+    #[arg(long, env = "CURRENTS_HEAP_OBJECT_CONCURRENCY", default_value_t = DEFAULTS.object_concurrency)]
+    object_concurrency: u64,
 }
 
-/// The Heap app id from `--heap-app-id`/`HEAP_APP_ID` or the file named by `--heap-app-id-file`.
-fn app_id(heap: &HeapArgs) -> Result<String, Exit> {
-    let from_file = match &heap.heap_app_id_file {
+/// The Heap app id from `--heap-app-id`/`HEAP_APP_ID` or the file named by `heap_app_id_file`.
+fn app_id(config: &Config) -> Result<String, Exit> {
+    if let Some(id) = &config.heap_app_id {
+        return Ok(id.expose().to_string());
+    }
+    let from_file = match &config.heap_app_id_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
                 .map_err(|e| Exit::Usage(format!("--heap-app-id-file {}: {e}", path.display())))?,
         ),
         None => None,
     };
-    heap.heap_app_id
-        .clone()
-        .or(from_file)
+    from_file
         .map(|id| id.trim().to_string())
         .filter(|id| !id.is_empty())
         .ok_or_else(|| {
@@ -151,63 +150,69 @@ fn app_id(heap: &HeapArgs) -> Result<String, Exit> {
         })
 }
 
+/// Opens the state store, named in its error.
+pub async fn open_state(config: &Config) -> Result<Arc<dyn ObjectStore>, Exit> {
+    config
+        .state
+        .open(config.s3_path_style)
+        .await
+        .map_err(|e| Exit::Usage(format!("--state: {e}")))
+}
+
 /// Opens the source and the state, each named in its error.
 pub async fn open_stores(
-    stores: &StoreArgs,
+    config: &Config,
 ) -> Result<(Arc<dyn ObjectStore>, Arc<dyn ObjectStore>), Exit> {
-    let source = stores
+    let source = config
         .source
-        .open(stores.state.s3_path_style)
+        .open(config.s3_path_style)
         .await
         .map_err(|e| Exit::Usage(format!("--source: {e}")))?;
-    Ok((source, stores.state.open().await?))
+    Ok((source, open_state(config).await?))
 }
 
 /// Where events go: nowhere in a dry run, else Heap with the configured limits.
-pub fn output(heap: &HeapArgs, mapping: &MappingArgs, dry_run: bool) -> Result<Output, Exit> {
-    let mapper = HeapMapper::new(mapping.config());
-    if dry_run {
+pub fn output(config: &Config) -> Result<Output, Exit> {
+    let mapper = HeapMapper::new(config.mapping());
+    if config.dry_run {
         return Ok(Output::DryRun(mapper));
     }
-    let app_id = app_id(heap)?;
-    let client = HeapClient::new(&heap.heap_url, heap.request_timeout)
+    let app_id = app_id(config)?;
+    let client = HeapClient::new(&config.heap_url, config.request_timeout.get())
         .map_err(|e| Exit::Usage(e.to_string()))?;
-    let config = DeliveryConfig {
+    // `Config::validate` bounds every number far below `usize::MAX`.
+    let delivery = DeliveryConfig {
         limits: RateLimits {
-            app_events: heap.app_rate_limit,
-            identity_events: heap.identity_rate_limit,
+            app_events: config.app_rate_limit,
+            identity_events: config.identity_rate_limit,
             window: Duration::from_secs(60),
         },
-        max_batch_events: heap.max_batch_events as usize,
-        max_body_bytes: heap.max_body_bytes,
-        concurrency: heap.heap_concurrency as usize,
-        max_pending: heap.max_pending_events as usize,
+        max_batch_events: config.max_batch_events as usize,
+        max_body_bytes: config.max_body_bytes as usize,
+        concurrency: config.heap_concurrency as usize,
+        max_pending: config.max_pending_events as usize,
         retry: RetryPolicy {
-            max_elapsed: heap.retry_max_time,
+            max_elapsed: config.retry_max_time.get(),
             ..RetryPolicy::default()
         },
         ..DeliveryConfig::new(app_id)
     };
     Ok(Output::Heap(Box::new(HeapOutput {
         client,
-        config,
+        config: delivery,
         mapper,
     })))
 }
 
 /// Builds the engine for `run` or `backfill`.
-pub async fn engine(
-    args: &WorkerArgs,
-    plan: Plan,
-    shutdown_timeout: Duration,
-) -> Result<Engine, Exit> {
-    let output = output(&args.heap, &args.mapping, args.dry_run)?;
-    let (source, state) = open_stores(&args.stores).await?;
+pub async fn engine(config: &Config, plan: Plan) -> Result<Engine, Exit> {
+    let output = output(config)?;
+    let (source, state) = open_stores(config).await?;
     let settings = Settings {
-        object_concurrency: args.object_concurrency as usize,
-        shutdown_timeout,
-        bounded_state_retry: args.heap.retry_max_time,
-        dry_run: args.dry_run,
+        object_concurrency: config.object_concurrency as usize,
+        shutdown_timeout: config.shutdown_timeout.get(),
+        bounded_state_retry: config.retry_max_time.get(),
+        dry_run: config.dry_run,
     };
     Ok(Engine::start(
         settings,

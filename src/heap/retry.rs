@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::rng::Rng;
+use fastrand::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -36,7 +36,7 @@ impl RetryPolicy {
             .initial
             .saturating_mul(1u32 << attempt.min(20))
             .min(self.max_delay);
-        let jittered = ceiling.mul_f64(rng.unit());
+        let jittered = ceiling.mul_f64(rng.f64());
         jittered.max(retry_after.unwrap_or_default())
     }
 }
@@ -52,7 +52,7 @@ mod tests {
             max_delay: Duration::from_secs(8),
             max_elapsed: Duration::from_secs(60),
         };
-        let mut rng = Rng::new(7);
+        let mut rng = Rng::with_seed(7);
         for attempt in 0..10 {
             let ceiling = Duration::from_secs(1 << attempt.min(3));
             let delays: Vec<Duration> = (0..200)
@@ -74,7 +74,7 @@ mod tests {
         let policy = RetryPolicy::default();
         let run = |seed| {
             (0..8)
-                .map(|a| policy.delay(a, None, &mut Rng::new(seed)))
+                .map(|a| policy.delay(a, None, &mut Rng::with_seed(seed)))
                 .collect::<Vec<_>>()
         };
         assert_eq!(run(3), run(3));

@@ -33,12 +33,12 @@ use super::retry::RetryPolicy;
 use super::track::{bulk_body, bulk_overhead};
 use crate::currents::event::CustomHttpEvent;
 use crate::deadletter::{DeadLetter, DeadLetterStore};
-use crate::rng::Rng;
 use crate::telemetry::Metrics;
 use crate::telemetry::events::{
     BatchBisected, EventsRead, EventsSent, EventsSkipped, HeapRequest, HeapRetry, MappingAdjusted,
     RateLimitWait,
 };
+use fastrand::Rng;
 
 /// Delivery settings; the command line documents each.
 #[derive(Debug, Clone)]
@@ -55,7 +55,7 @@ pub struct DeliveryConfig {
     pub retry: RetryPolicy,
     /// Mapped events held in memory waiting for room; intake pauses beyond this.
     pub max_pending: usize,
-    /// Seed for retry jitter; `None` seeds from the clock.
+    /// Seed for retry jitter (fastrand); `None` seeds from the OS.
     pub jitter_seed: Option<u64>,
     /// How long failing dead-letter writes are retried before their events are given back
     /// unfinished; `None`: until delivery ends (a long-lived `run` outlasts a store outage).
@@ -113,7 +113,7 @@ impl Delivery {
         dead_letters: Arc<DeadLetterStore>,
     ) -> Self {
         Delivery {
-            rng: config.jitter_seed.map_or_else(Rng::from_entropy, Rng::new),
+            rng: config.jitter_seed.map_or_else(Rng::new, Rng::with_seed),
             batcher: Batcher::new(
                 config.limits,
                 config.max_batch_events,

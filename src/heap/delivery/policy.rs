@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::heap::client::Answer;
 use crate::heap::retry::RetryPolicy;
-use crate::rng::Rng;
+use fastrand::Rng;
 
 /// What to do with a batch after Heap's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +100,7 @@ mod tests {
     fn retries_honour_retry_after_and_give_up_at_the_budget() {
         let now = Instant::now();
         let policy = RetryPolicy::default();
-        let mut rng = Rng::new(1);
+        let mut rng = Rng::with_seed(1);
         match decide(&retry(Some(7)), batch(10, 0, now), now, &policy, &mut rng) {
             Action::RetryAt { at, .. } => assert!(at >= now + Duration::from_secs(7)),
             other => panic!("{other:?}"),
@@ -118,7 +118,7 @@ mod tests {
     #[test]
     fn rejections_bisect_until_one_event_is_left_and_config_errors_stop() {
         let now = Instant::now();
-        let (policy, mut rng) = (RetryPolicy::default(), Rng::new(1));
+        let (policy, mut rng) = (RetryPolicy::default(), Rng::with_seed(1));
         let rejected = Answer::Rejected {
             reason: "Heap answered 400".into(),
         };
