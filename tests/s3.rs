@@ -1,20 +1,25 @@
-//! S3 over real HTTP with SigV4: an in-process s3s-fs server. One conformance suite runs
-//! against both stores; then discovery over the real key layout, and the worker binary with
-//! its source, ledger and dead letters all in S3.
+//! S3 over real HTTP with SigV4. One conformance suite runs against the local store, moto (a
+//! real S3 server, see `support::moto`) and, for the keys it can hold, the in-process s3s-fs;
+//! then, on s3s-fs, discovery over the real key layout and the worker binary with its
+//! source, ledger and dead letters all in S3; on moto, the source key with an empty segment
+//! that a Braze prefix ending in `/` produces.
 
 mod support;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use currents_heap::currents::decode::EventReader;
 use currents_heap::currents::key::DateHour;
 use currents_heap::source::{Window, discover};
 use currents_heap::standin::{Standin, StandinConfig};
 use currents_heap::store::{LocalStore, ObjectStore, S3Store};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::TempDir;
+use support::moto::{self, Moto};
 use tokio::process::Command;
 
 const ACCESS_KEY: &str = "AKIDTESTCURRENTSHEAP";
@@ -63,7 +68,7 @@ async fn start_s3() -> S3Server {
     }
 }
 
-/// The same behaviour from every store.
+/// The same behaviour from every store, for keys every store can hold (s3s-fs included).
 async fn conformance(store: &dyn ObjectStore) {
     store.put("a/b/one.txt", b"1".to_vec()).await.unwrap();
     store.put("a/b/two.txt", b"22".to_vec()).await.unwrap();
@@ -82,15 +87,7 @@ async fn conformance(store: &dyn ObjectStore) {
     );
     assert_eq!(store.list_folders("").await.unwrap(), ["a/"]);
     assert_eq!(store.list_folders("a/").await.unwrap(), ["a/b/", "a/c/"]);
-    let mut reader = store.open("a/c/three.txt").await.unwrap();
-    let read = tokio::task::spawn_blocking(move || {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut reader, &mut text).unwrap();
-        text
-    })
-    .await
-    .unwrap();
-    assert_eq!(read, "333");
+    assert_eq!(read_all(store, "a/c/three.txt").await, b"333");
     store
         .put("a/b/one.txt", b"replaced".to_vec())
         .await
@@ -98,16 +95,216 @@ async fn conformance(store: &dyn ObjectStore) {
     assert_eq!(store.get("a/b/one.txt").await.unwrap(), b"replaced");
     store.delete("a/b/one.txt").await.unwrap();
     store.delete("a/b/one.txt").await.unwrap();
+    store.delete("never/was.txt").await.unwrap();
     let missing = store.get("a/b/one.txt").await.unwrap_err();
     assert!(missing.not_found, "{missing}");
     assert!(missing.to_string().contains("a/b/one.txt"), "{missing}");
     assert!(!missing.to_string().contains(SECRET_KEY));
+    assert!(!missing.to_string().contains(moto::SECRET_KEY));
+    let missing = store.open("a/b/one.txt").await.err().unwrap();
+    assert!(missing.not_found, "{missing}");
+    assert!(missing.to_string().contains("a/b/one.txt"), "{missing}");
+}
+
+async fn read_all(store: &dyn ObjectStore, key: &str) -> Vec<u8> {
+    let mut reader = store.open(key).await.unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut bytes).unwrap();
+        bytes
+    })
+    .await
+    .unwrap()
+}
+
+/// Keys S3 takes and a path would not: empty, `.` and `..` segments, a segment longer than
+/// a file name, a key near S3's 1,024-byte limit, and names with `%`, `+`, `=`, spaces and
+/// non-ASCII. No key is a folder of another: a directory cannot also be a file.
+fn awkward_keys() -> Vec<String> {
+    let mut keys: Vec<String> = [
+        "a//b",
+        "/lead",
+        "/",
+        "trail/",
+        "a/./b",
+        "a/../b",
+        "../up",
+        "./here",
+        "dots/.",
+        "dots/..",
+        "dots/...",
+        "dots/.hidden",
+        "unicode/Grüße/日本語/🎉 party.avro",
+        "spaces/with space/ leading and trailing ",
+        "plus/a+b+0+0000000000.avro",
+        "eq/event_type=users.behaviors.CustomEvent/date=2026-11-27-12/x=y",
+        "pct/100%",
+        "pct/a.b",
+        "pct/a%2Eb",
+        "pct/a%2eb",
+        "pct/%",
+        "pct/%25",
+        "pct/%00",
+        "pct/%+",
+        "pct/x%+/y",
+        "pct/%tmp.1-1",
+    ]
+    .map(String::from)
+    .to_vec();
+    keys.push(format!("long/{}/tail.avro", "segment-".repeat(40)));
+    let deep = format!(
+        "deep/{}/{}/{}",
+        "x".repeat(300),
+        "é".repeat(150),
+        "y".repeat(200)
+    );
+    keys.push(format!("{deep}/{}", "z".repeat(1000 - deep.len() - 1)));
+    keys
+}
+
+/// The folders S3 reports for `prefix` with the delimiter `/`.
+fn folders_of(keys: &[String], prefix: &str) -> Vec<String> {
+    let folders: BTreeSet<String> = keys
+        .iter()
+        .filter_map(|key| key.strip_prefix(prefix))
+        .filter_map(|rest| {
+            rest.find('/')
+                .map(|end| format!("{prefix}{}", &rest[..=end]))
+        })
+        .collect();
+    folders.into_iter().collect()
+}
+
+async fn listed_keys(store: &dyn ObjectStore, prefix: &str) -> Vec<String> {
+    let listed = store.list(prefix).await.unwrap();
+    listed.into_iter().map(|m| m.key).collect()
+}
+
+/// Every operation round-trips the exact keys, and listings agree with S3's rules at every
+/// folder of every key.
+async fn awkward_conformance(store: &dyn ObjectStore) {
+    let mut keys = awkward_keys();
+    assert_eq!(keys.last().unwrap().len(), 1000);
+    for key in &keys {
+        store
+            .put(key, key.as_bytes().to_vec())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    keys.sort();
+    let listed = store.list("").await.unwrap();
+    assert_eq!(
+        listed.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(),
+        keys,
+        "every key, exactly, in key order"
+    );
+    assert!(listed.iter().all(|m| m.size == m.key.len() as u64));
+    for key in &keys {
+        assert_eq!(
+            store.get(key).await.unwrap_or_else(|e| panic!("{e}")),
+            key.as_bytes()
+        );
+    }
+    let longest = keys.iter().max_by_key(|k| k.len()).unwrap();
+    assert_eq!(read_all(store, longest).await, longest.as_bytes());
+
+    let mut prefixes: BTreeSet<String> = BTreeSet::from([String::new()]);
+    for key in &keys {
+        prefixes.extend(key.match_indices('/').map(|(i, _)| key[..=i].to_string()));
+    }
+    for prefix in &prefixes {
+        assert_eq!(
+            store.list_folders(prefix).await.unwrap(),
+            folders_of(&keys, prefix),
+            "folders of {prefix:?}"
+        );
+    }
+    for prefix in prefixes
+        .iter()
+        .map(String::as_str)
+        .chain(["/l", "a/.", "pct/%", "pct/a%2"])
+    {
+        let expected: Vec<String> = keys
+            .iter()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        assert_eq!(
+            listed_keys(store, prefix).await,
+            expected,
+            "keys under {prefix:?}"
+        );
+    }
+
+    for key in &keys {
+        store.delete(key).await.unwrap();
+        let missing = store.get(key).await.unwrap_err();
+        assert!(missing.not_found, "{missing}");
+        assert!(missing.to_string().contains(key.as_str()), "{missing}");
+    }
+    assert!(store.list("").await.unwrap().is_empty());
+    assert!(
+        store.list_folders("").await.unwrap().is_empty(),
+        "a folder lives only as long as a key below it"
+    );
+}
+
+/// 1,100 keys in 1,100 folders: S3 answers at most 1,000 per page, for either listing.
+async fn many_keys_conformance(store: Arc<dyn ObjectStore>) {
+    const N: usize = 1100;
+    // Written out of order, so a listing cannot pass by echoing the order of writes.
+    let folders: Vec<String> = (0..N)
+        .map(|i| format!("many/{:04}/", i * 7919 % N))
+        .collect();
+    let mut writers = tokio::task::JoinSet::new();
+    for chunk in folders.chunks(N / 10) {
+        let (store, chunk) = (store.clone(), chunk.to_vec());
+        writers.spawn(async move {
+            for folder in chunk {
+                store
+                    .put(&format!("{folder}k"), b"k".to_vec())
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.unwrap();
+    }
+    let mut folders = folders;
+    folders.sort();
+    let keys: Vec<String> = folders.iter().map(|f| format!("{f}k")).collect();
+    assert_eq!(listed_keys(&*store, "many/").await, keys);
+    assert_eq!(store.list_folders("many/").await.unwrap(), folders);
+    assert_eq!(listed_keys(&*store, "many/10").await, keys[1000..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_and_s3_stores_behave_alike() {
-    let dir = TempDir::new("conformance");
-    conformance(&LocalStore::new(&dir.0)).await;
+async fn the_local_store_passes_the_whole_suite() {
+    let scratch = TempDir::new("conformance");
+    let root = scratch.0.join("root");
+    conformance(&LocalStore::new(root.join("basic"))).await;
+    awkward_conformance(&LocalStore::new(root.join("awkward"))).await;
+    many_keys_conformance(Arc::new(LocalStore::new(root.join("many")))).await;
+    let beside_root: Vec<_> = std::fs::read_dir(&scratch.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        beside_root,
+        ["root"],
+        "`..` segments must not leave the root"
+    );
+    let mut in_root: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    in_root.sort();
+    assert_eq!(in_root, ["awkward", "basic", "many"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3s_fs_passes_the_suite_for_the_keys_it_can_hold() {
     let s3 = start_s3().await;
     conformance(&S3Store::from_client(
         s3.client.clone(),
@@ -115,6 +312,18 @@ async fn local_and_s3_stores_behave_alike() {
         "some/prefix",
     ))
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moto_passes_the_whole_suite() {
+    let moto = Moto::start().await;
+    for bucket in ["basic", "awkward", "awkward-prefixed", "many"] {
+        moto.create_bucket(bucket).await;
+    }
+    conformance(&moto.store("basic", "some/prefix")).await;
+    awkward_conformance(&moto.store("awkward", "")).await;
+    awkward_conformance(&moto.store("awkward-prefixed", "some/prefix")).await;
+    many_keys_conformance(Arc::new(moto.store("many", ""))).await;
 }
 
 /// Uploads the fixture bucket to `src` under the prefix `c/`.
@@ -359,4 +568,110 @@ async fn the_worker_keeps_its_ledger_and_dead_letters_in_s3() {
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert_eq!(heap.stored().into_keys().collect::<Vec<_>>(), [late]);
     assert!(state.list("dead-letters/").await.unwrap().is_empty());
+}
+
+/// The ids of the events in a Currents object that Heap should receive: those with an
+/// `external_user_id` (the default identity).
+fn sendable_ids(bytes: &[u8], key: &str) -> HashSet<String> {
+    let mut reader = EventReader::open(std::io::Cursor::new(bytes), key).unwrap();
+    let mut ids = HashSet::new();
+    while let Some((event, _)) = reader.next_event().unwrap() {
+        if event.user.external_user_id.is_some_and(|id| !id.is_empty()) {
+            ids.insert(event.id);
+        }
+    }
+    ids
+}
+
+/// `run --once` over an S3 source on moto, with a local state.
+fn moto_run(moto: &Moto, heap: &Standin, source: &str, state: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_currents-heap"));
+    command
+        .args(["run", "--once", "--lookback", "all", "--s3-path-style"])
+        .args(["--source", source])
+        .arg("--state")
+        .arg(state)
+        .env("AWS_ACCESS_KEY_ID", moto::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", moto::SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", &moto.endpoint)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env_remove("AWS_PROFILE")
+        .env("HEAP_API_URL", heap.url())
+        .env("HEAP_APP_ID", APP_ID)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// The shared case `double-slash-key`: a Braze prefix set with a trailing `/` writes keys
+/// with an empty segment (`exports//currents/...`), which the local state's ledger must
+/// store as `ledger//currents/...`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_key_with_an_empty_segment_is_delivered_and_recorded() {
+    const INTEGRATION: &str = "dataexport.prod-03.S3.integration.5f0c2a9e8b7d6c5b4a392817";
+    let layout = format!(
+        "currents/{INTEGRATION}/event_type=users.behaviors.CustomEvent/date=2026-11-27-12/101/us-east-1/{INTEGRATION}"
+    );
+    let objects = [
+        ("a.avro", format!("exports/{layout}+0+0000000000.avro")),
+        ("b.avro", format!("exports//{layout}+0+0000000100.avro")),
+    ];
+    let moto = Moto::start().await;
+    moto.create_bucket("currents-source").await;
+    let bucket = moto.store("currents-source", "");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cases/double-slash-key");
+    let mut expected = HashSet::new();
+    for (file, key) in &objects {
+        let bytes = std::fs::read(data.join(file)).unwrap();
+        let ids = sendable_ids(&bytes, key);
+        assert!(!ids.is_empty(), "{file} has no event with an identity");
+        expected.extend(ids);
+        bucket.put(key, bytes).await.unwrap();
+    }
+    let state = TempDir::new("double-slash-state");
+    let heap = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+
+    let (code, stdout, stderr) = output(moto_run(
+        &moto,
+        &heap,
+        "s3://currents-source/exports",
+        &state.0,
+    ))
+    .await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let stored: HashSet<String> = heap.stored().into_keys().collect();
+    assert_eq!(stored, expected, "{stdout}\n{stderr}");
+    assert!(!stderr.contains(moto::SECRET_KEY));
+    let ledger = LocalStore::new(&state.0).list("ledger/").await.unwrap();
+    let done: Vec<&str> = ledger
+        .iter()
+        .map(|m| m.key.as_str())
+        .filter(|k| k.ends_with(".done"))
+        .collect();
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert!(
+        done.iter().any(|k| k.starts_with("ledger//currents/")),
+        "{done:?}"
+    );
+
+    let requests = heap.report().requests;
+    let (code, stdout, stderr) = output(moto_run(
+        &moto,
+        &heap,
+        "s3://currents-source/exports",
+        &state.0,
+    ))
+    .await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(
+        heap.report().requests,
+        requests,
+        "a second run sends nothing: {stdout}"
+    );
 }

@@ -1,6 +1,44 @@
 //! A local directory as an object store: the embedded default source and state location.
+//!
+//! # Keys on disk
+//! Every key that is legal in S3 can be stored, including empty segments (`a//b`, `/lead`,
+//! `trail/`), `.` and `..` segments and segments longer than a file name may be: the state
+//! keeps `ledger/<source key>/...`, and a Braze prefix set with a trailing `/` gives source
+//! keys with an empty segment. Each `/`-separated segment of a key becomes one file-system
+//! name, or several nested ones when it is too long, by a reversible encoding. Ordinary names
+//! (Braze's `...+0+0000000000.avro`, a hand-made local bucket) map to themselves.
+//!
+//! `%` is the escape character. Decoding a name recognises exactly:
+//! - `%25` → `%`, `%2E` → `.`, `%00` → NUL, anywhere in a name;
+//! - a name that is exactly `%` → the empty segment;
+//! - a directory name ending in `%+` → the segment continues in the next name below it.
+//!
+//! Every other `%` is itself. Encoding a segment:
+//! - the empty segment → `%`; `.` → `%2E`; `..` → `%2E%2E`;
+//! - NUL → `%00`;
+//! - a `%` becomes `%25` only where decoding would otherwise misread it: before `25`, `2E`,
+//!   `2e` or `00`, before a `+` that ends the name, when it is the whole name, and at the
+//!   start of a name before `tmp.` (the prefix of temporary files, see below). `2e` is
+//!   escaped although decoding does not recognise it, so that on a case-insensitive file
+//!   system a segment `%2e` cannot land on the file of a `.` segment (`%2E`);
+//! - a segment whose encoding is longer than 255 bytes is cut at character boundaries into
+//!   pieces, each encoded on its own; every piece but the last gets the suffix `%+` and
+//!   becomes a directory, and the encoded piece plus suffix stays within 255 bytes.
+//!
+//! So every name is non-empty, at most 255 bytes, never `.` or `..`, and holds no `/` or NUL:
+//! no key reaches outside the root. Decoding is not onto: `a%2Eb` decodes to `a.b`, whose
+//! name is `a.b`. A listing therefore reports a name only if it is exactly what its decoded
+//! key encodes to; any other name (only a hand-made one can be like that) is skipped with a
+//! warning, so a listing never repeats a key nor reports one that cannot be read.
+//!
+//! Temporary files of unfinished writes are named `%tmp.<pid>-<n>`, which no key encodes
+//! to, and listings skip them.
+//!
+//! One limit remains from the file system: a key cannot be both an object and a prefix of
+//! other keys (`a` and `a/b`), since a name is either a file or a directory.
 
-use std::io;
+use std::fs::{self, File};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,27 +52,274 @@ pub struct LocalStore {
 /// Distinguishes temporary files of concurrent writers within this process.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// The longest file name most Linux and macOS file systems accept, in bytes.
+const NAME_MAX: usize = 255;
+/// Ends a directory name that holds a piece of a segment too long for one name.
+const CONTINUES: &str = "%+";
+/// Starts the name of a temporary file; no key encodes to such a name.
+const TEMP_PREFIX: &str = "%tmp.";
+/// How often `put` starts over when a concurrent `delete` removed the directory it had just
+/// created (see `delete_sync`); more than two in a row means something else is wrong.
+const PUT_ATTEMPTS: usize = 3;
+
+/// The file-system names for one key segment: one, or a chain of `%+` directories and a
+/// last name when the segment is too long for one name.
+fn encode_segment(segment: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = segment;
+    loop {
+        let whole = encode_piece(rest);
+        if whole.len() <= NAME_MAX {
+            names.push(whole);
+            return names;
+        }
+        // Budget each character at its escaped size, so the piece fits whatever escaping its
+        // own end needs; pieces a few bytes short of the limit cost nothing.
+        let mut cut = 0;
+        let mut budget = NAME_MAX - CONTINUES.len();
+        for (i, c) in rest.char_indices() {
+            let cost = match c {
+                '\0' | '%' => 3,
+                c => c.len_utf8(),
+            };
+            if cost > budget {
+                break;
+            }
+            budget -= cost;
+            cut = i + c.len_utf8();
+        }
+        names.push(encode_piece(&rest[..cut]) + CONTINUES);
+        rest = &rest[cut..];
+    }
+}
+
+fn encode_piece(piece: &str) -> String {
+    match piece {
+        "" => return "%".into(),
+        "." => return "%2E".into(),
+        ".." => return "%2E%2E".into(),
+        _ => {}
+    }
+    let mut out = String::with_capacity(piece.len());
+    for (i, c) in piece.char_indices() {
+        match c {
+            '\0' => out.push_str("%00"),
+            '%' if percent_needs_escape(piece, i) => out.push_str("%25"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether the `%` at byte `i` of `piece`, left as it is, would decode as something else.
+/// The characters that follow it are never changed by encoding, so looking at the raw text
+/// is looking at the encoded one.
+fn percent_needs_escape(piece: &str, i: usize) -> bool {
+    let after = &piece[i + 1..];
+    ["25", "2E", "2e", "00"]
+        .iter()
+        .any(|s| after.starts_with(s))
+        || after == "+"
+        || piece == "%"
+        || (i == 0 && after.starts_with(&TEMP_PREFIX[1..]))
+}
+
+fn decode_piece(name: &str) -> String {
+    if name == "%" {
+        return String::new();
+    }
+    let mut out = String::with_capacity(name.len());
+    let mut rest = name;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let (decoded, len) = if after.starts_with("25") {
+            ('%', 3)
+        } else if after.starts_with("2E") {
+            ('.', 3)
+        } else if after.starts_with("00") {
+            ('\0', 3)
+        } else {
+            ('%', 1)
+        };
+        out.push(decoded);
+        rest = &rest[i + len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Where a walk is in the key space: the complete segments above (each followed by `/`),
+/// and the pieces so far of a segment that continues below.
+#[derive(Debug, Clone, Default)]
+struct KeyPath {
+    base: String,
+    partial: String,
+    pieces: Vec<String>,
+}
+
+/// What one name in a directory stands for.
+#[derive(Debug)]
+enum Step {
+    /// A `%+` directory: the segment goes on below it.
+    Continues(KeyPath),
+    /// A whole segment, ending this key (for a file) or starting a folder (for a directory):
+    /// the key up to and including it.
+    Segment(String),
+    /// Not a name this store writes.
+    Foreign,
+}
+
+impl KeyPath {
+    fn folder(key: String) -> Self {
+        KeyPath {
+            base: key + "/",
+            ..KeyPath::default()
+        }
+    }
+
+    /// Every key below this point starts with this.
+    fn key_prefix(&self) -> String {
+        format!("{}{}", self.base, self.partial)
+    }
+
+    fn step(&self, name: &str, is_dir: bool) -> Step {
+        if is_dir && let Some(piece) = name.strip_suffix(CONTINUES) {
+            let mut pieces = self.pieces.clone();
+            pieces.push(name.to_string());
+            return Step::Continues(KeyPath {
+                base: self.base.clone(),
+                partial: self.partial.clone() + &decode_piece(piece),
+                pieces,
+            });
+        }
+        let segment = self.partial.clone() + &decode_piece(name);
+        let canonical = encode_segment(&segment);
+        let same = canonical.len() == self.pieces.len() + 1
+            && canonical.iter().zip(&self.pieces).all(|(a, b)| a == b)
+            && canonical.last().is_some_and(|last| last == name);
+        if same {
+            Step::Segment(format!("{}{segment}", self.base))
+        } else {
+            Step::Foreign
+        }
+    }
+}
+
+/// Whether keys below `key_prefix` can start with `prefix`.
+fn may_match(key_prefix: &str, prefix: &str) -> bool {
+    key_prefix.starts_with(prefix) || prefix.starts_with(key_prefix)
+}
+
+/// A directory entry, with symbolic links to files followed.
+enum Kind {
+    File(fs::Metadata),
+    Dir,
+    Skip,
+}
+
+fn kind(entry: &fs::DirEntry, path: &Path) -> io::Result<Kind> {
+    let file_type = entry.file_type()?;
+    if file_type.is_dir() {
+        return Ok(Kind::Dir);
+    }
+    // `fs::metadata` follows a link, so a linked file lists with the size it reads with.
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if file_type.is_symlink() {
+                tracing::warn!(path = %path.display(), "skipped a dangling symbolic link");
+            }
+            return Ok(Kind::Skip);
+        }
+        Err(e) => return Err(e),
+    };
+    if meta.is_file() {
+        Ok(Kind::File(meta))
+    } else {
+        if meta.is_dir() {
+            // A linked directory could lead back up the tree and make a walk endless.
+            tracing::warn!(path = %path.display(), "skipped a symbolic link to a directory");
+        }
+        Ok(Kind::Skip)
+    }
+}
+
+fn utf8_name(entry: &fs::DirEntry) -> Option<String> {
+    let name = entry.file_name().into_string().ok();
+    if name.is_none() {
+        tracing::warn!(path = %entry.path().display(), "skipped a name that is not UTF-8");
+    }
+    name
+}
+
+fn foreign(path: &Path) {
+    tracing::warn!(
+        path = %path.display(),
+        "skipped a name that the local store never writes for any key (see the encoding \
+         in store/local.rs; e.g. a `%25` that does not need escaping)"
+    );
+}
+
+/// Whether an error on a read path means "no such key": S3 answers NoSuchKey for a key that
+/// is a folder here or that runs through an object.
+fn is_missing(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory | io::ErrorKind::IsADirectory
+    )
+}
+
+/// Makes a directory's entries durable: a renamed or created name survives a crash.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    File::open(dir)?.sync_all()
+}
+
+/// `create_dir_all` that also makes each new directory durable in its parent.
+fn create_dirs(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut current = dir;
+    while !current.as_os_str().is_empty() {
+        match fs::metadata(current) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(current),
+            Err(e) => return Err(e),
+        }
+        match current.parent() {
+            Some(parent) => current = parent,
+            None => break,
+        }
+    }
+    for dir in missing.into_iter().rev() {
+        match fs::create_dir(dir) {
+            Ok(()) => sync_dir(dir.parent().unwrap_or(Path::new("")))?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 impl LocalStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         LocalStore { root: root.into() }
     }
 
-    fn path(&self, operation: &'static str, key: &str) -> Result<PathBuf, StoreError> {
-        let bad = key.is_empty()
-            || key.starts_with('/')
-            || key
-                .split('/')
-                .any(|s| s.is_empty() || s == "." || s == "..");
-        if bad {
-            return Err(self.error(operation, key, "not a valid relative key".into()));
-        }
-        Ok(self.root.join(key))
+    /// `root/key`, for messages: the key exactly as given, not its encoded path.
+    fn location(&self, key: &str) -> String {
+        let root = self.root.display().to_string();
+        format!("{}/{key}", root.trim_end_matches('/'))
     }
 
     fn error(&self, operation: &'static str, key: &str, reason: String) -> StoreError {
         StoreError {
             operation,
-            location: self.root.join(key).display().to_string(),
+            location: self.location(key),
             reason,
             not_found: false,
         }
@@ -47,46 +332,103 @@ impl LocalStore {
         }
     }
 
+    fn read_error(&self, operation: &'static str, key: &str, e: io::Error) -> StoreError {
+        StoreError {
+            not_found: is_missing(&e),
+            ..self.error(operation, key, e.to_string())
+        }
+    }
+
+    /// The path of the folder `dir` (a key without its trailing `/`; empty is the one empty
+    /// segment, not the root).
+    fn folder_path(&self, dir: &str) -> PathBuf {
+        let mut path = self.root.clone();
+        for segment in dir.split('/') {
+            path.extend(encode_segment(segment));
+        }
+        path
+    }
+
+    fn path(&self, operation: &'static str, key: &str) -> Result<PathBuf, StoreError> {
+        if key.is_empty() {
+            return Err(self.error(
+                operation,
+                key,
+                "the empty key names the store's root, not an object".into(),
+            ));
+        }
+        Ok(self.folder_path(key))
+    }
+
+    /// Where a listing of `prefix` starts: the deepest folder the prefix names whole.
+    fn start(&self, prefix: &str) -> (PathBuf, KeyPath) {
+        match prefix.rsplit_once('/') {
+            None => (self.root.clone(), KeyPath::default()),
+            Some((dir, _)) => (self.folder_path(dir), KeyPath::folder(dir.to_string())),
+        }
+    }
+
+    /// Reads a directory of a walk; `None` when it does not exist (any more).
+    fn read_dir(&self, dir: &Path, prefix: &str) -> Result<Option<fs::ReadDir>, StoreError> {
+        match fs::read_dir(dir) {
+            Ok(entries) => Ok(Some(entries)),
+            // A moved-away source must not look like an empty one.
+            Err(e) if dir == self.root && e.kind() == io::ErrorKind::NotFound => Err(StoreError {
+                not_found: true,
+                ..self.error("list", prefix, "the directory does not exist".into())
+            }),
+            // The state creates folders lazily (`ledger/` may not exist yet), and a walk can
+            // race a delete that removes emptied folders.
+            Err(e) if is_missing(&e) && dir != self.root => Ok(None),
+            Err(e) => Err(self.io_error("list", prefix, e)),
+        }
+    }
+
     fn list_sync(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        // Walk only the deepest directory the prefix names, then filter by the full prefix.
-        let dir_part = prefix.rsplit_once('/').map_or("", |(dir, _)| dir);
-        let start = if dir_part.is_empty() {
-            self.root.clone()
-        } else {
-            self.path("list", dir_part)?
-        };
         let mut found = Vec::new();
-        let mut dirs = vec![start];
-        while let Some(dir) = dirs.pop() {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(self.io_error("list", prefix, e)),
-            };
-            for entry in entries {
+        let mut dirs = vec![self.start(prefix)];
+        while let Some((dir, at)) = dirs.pop() {
+            let entries = self.read_dir(&dir, prefix)?;
+            for entry in entries.into_iter().flatten() {
                 let entry = entry.map_err(|e| self.io_error("list", prefix, e))?;
                 let path = entry.path();
-                let meta = entry
-                    .metadata()
-                    .map_err(|e| self.io_error("list", prefix, e))?;
-                if meta.is_dir() {
-                    dirs.push(path);
-                    continue;
-                }
-                let Some(key) = relative_key(&self.root, &path) else {
+                let Some(name) = utf8_name(&entry) else {
                     continue;
                 };
-                if key.starts_with(prefix) && !is_temporary(&key) {
-                    let modified = meta
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map_or(0, |d| d.as_nanos());
-                    found.push(ObjectMeta {
-                        etag: format!("{}-{modified}", meta.len()),
-                        size: meta.len(),
-                        key,
-                    });
+                let kind = kind(&entry, &path).map_err(|e| self.io_error("list", prefix, e))?;
+                match kind {
+                    Kind::Skip => {}
+                    // Foreign too, but an unfinished write is no reason for a warning.
+                    Kind::File(_) if name.starts_with(TEMP_PREFIX) => {}
+                    Kind::File(meta) => match at.step(&name, false) {
+                        Step::Segment(key) if key.starts_with(prefix) => {
+                            let modified = meta
+                                .modified()
+                                .ok()
+                                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                                .map_or(0, |d| d.as_nanos());
+                            found.push(ObjectMeta {
+                                etag: format!("{}-{modified}", meta.len()),
+                                size: meta.len(),
+                                key,
+                            });
+                        }
+                        Step::Segment(_) | Step::Continues(_) => {}
+                        Step::Foreign => foreign(&path),
+                    },
+                    Kind::Dir => {
+                        let below = match at.step(&name, true) {
+                            Step::Continues(below) => below,
+                            Step::Segment(key) => KeyPath::folder(key),
+                            Step::Foreign => {
+                                foreign(&path);
+                                continue;
+                            }
+                        };
+                        if may_match(&below.key_prefix(), prefix) {
+                            dirs.push((path, below));
+                        }
+                    }
                 }
             }
         }
@@ -94,47 +436,115 @@ impl LocalStore {
         Ok(found)
     }
 
+    fn list_folders_sync(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut folders = Vec::new();
+        // Only `%+` directories are descended into: they continue a segment of this level.
+        let mut dirs = vec![self.start(prefix)];
+        while let Some((dir, at)) = dirs.pop() {
+            let entries = self.read_dir(&dir, prefix)?;
+            for entry in entries.into_iter().flatten() {
+                let entry = entry.map_err(|e| self.io_error("list", prefix, e))?;
+                let path = entry.path();
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let Some(name) = utf8_name(&entry) else {
+                    continue;
+                };
+                match at.step(&name, true) {
+                    Step::Continues(below) => {
+                        if may_match(&below.key_prefix(), prefix) {
+                            dirs.push((path, below));
+                        }
+                    }
+                    Step::Segment(key) => {
+                        let folder = key + "/";
+                        if folder.starts_with(prefix) {
+                            folders.push(folder);
+                        }
+                    }
+                    Step::Foreign => foreign(&path),
+                }
+            }
+        }
+        folders.sort();
+        Ok(folders)
+    }
+
+    fn open_sync(&self, key: &str) -> Result<ObjectReader, StoreError> {
+        let path = self.path("get", key)?;
+        let file = File::open(&path).map_err(|e| self.read_error("get", key, e))?;
+        // Opening a directory succeeds; it is a folder of other keys, not this one.
+        let meta = file
+            .metadata()
+            .map_err(|e| self.read_error("get", key, e))?;
+        if meta.is_dir() {
+            return Err(self.read_error("get", key, io::ErrorKind::IsADirectory.into()));
+        }
+        Ok(Box::new(file))
+    }
+
     fn put_sync(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let path = self.path("put", key)?;
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| self.io_error("put", key, e))?;
-        }
-        // Write aside, fsync, then rename: readers never see a half-written object.
-        let temp = path.with_file_name(format!(
-            ".{}.{}-{}.tmp",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("object"),
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let write = || -> io::Result<()> {
-            use std::io::Write;
-            let mut file = std::fs::File::create(&temp)?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&temp, &path)
+        let Some(parent) = path.parent() else {
+            return Err(self.error("put", key, "the key has no parent directory".into()));
         };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&temp);
-            self.io_error("put", key, e)
-        })
+        let mut attempt = 1;
+        loop {
+            match write_atomically(parent, &path, bytes) {
+                // A concurrent delete removed the folder between its creation and the write.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < PUT_ATTEMPTS => {
+                    attempt += 1;
+                }
+                result => return result.map_err(|e| self.io_error("put", key, e)),
+            }
+        }
+    }
+
+    fn delete_sync(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path("delete", key)?;
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if is_missing(&e) => return Ok(()),
+            Err(e) => return Err(self.io_error("delete", key, e)),
+        }
+        // S3 has no folders, only keys with a common prefix: once the last key under a folder
+        // is gone, `list_folders` must stop naming it. Removing a folder that is not empty
+        // fails, which ends the climb.
+        let mut dir = path.parent();
+        while let Some(current) = dir {
+            if current == self.root || !current.starts_with(&self.root) {
+                break;
+            }
+            if fs::remove_dir(current).is_err() {
+                break;
+            }
+            dir = current.parent();
+        }
+        Ok(())
     }
 }
 
-fn relative_key(root: &Path, path: &Path) -> Option<String> {
-    let relative = path.strip_prefix(root).ok()?;
-    let parts: Option<Vec<&str>> = relative
-        .components()
-        .map(|c| c.as_os_str().to_str())
-        .collect();
-    Some(parts?.join("/"))
-}
-
-fn is_temporary(key: &str) -> bool {
-    key.rsplit('/')
-        .next()
-        .is_some_and(|name| name.starts_with('.') && name.ends_with(".tmp"))
+/// Writes aside, fsyncs, renames over the target and fsyncs the directory: readers see the
+/// old or the new content, and a finished put survives a crash.
+fn write_atomically(parent: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    create_dirs(parent)?;
+    let temp = parent.join(format!(
+        "{TEMP_PREFIX}{}-{}",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let write = || -> io::Result<()> {
+        let mut file = File::create_new(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&temp, path)
+    };
+    if let Err(e) = write() {
+        let _ = fs::remove_file(&temp);
+        return Err(e);
+    }
+    sync_dir(parent)
 }
 
 /// Runs file-system work off the async threads: an fsync or a deep walk must not stall them.
@@ -155,44 +565,22 @@ impl ObjectStore for LocalStore {
     }
 
     fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<ObjectMeta>> {
-        let (store, owned_prefix) = (self.clone(), prefix.to_string());
+        let (store, owned) = (self.clone(), prefix.to_string());
         Box::pin(blocking(self, "list", prefix, move || {
-            store.list_sync(&owned_prefix)
+            store.list_sync(&owned)
         }))
     }
 
     fn list_folders<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
-        Box::pin(async move {
-            let dir = if prefix.is_empty() {
-                self.root.clone()
-            } else {
-                self.path("list", prefix.trim_end_matches('/'))?
-            };
-            let mut folders = Vec::new();
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(folders),
-                Err(e) => return Err(self.io_error("list", prefix, e)),
-            };
-            for entry in entries {
-                let entry = entry.map_err(|e| self.io_error("list", prefix, e))?;
-                if entry.file_type().is_ok_and(|t| t.is_dir())
-                    && let Some(name) = entry.file_name().to_str()
-                {
-                    folders.push(format!("{prefix}{name}/"));
-                }
-            }
-            folders.sort();
-            Ok(folders)
-        })
+        let (store, owned) = (self.clone(), prefix.to_string());
+        Box::pin(blocking(self, "list", prefix, move || {
+            store.list_folders_sync(&owned)
+        }))
     }
 
     fn open<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectReader> {
-        Box::pin(async move {
-            let path = self.path("get", key)?;
-            let file = std::fs::File::open(&path).map_err(|e| self.io_error("get", key, e))?;
-            Ok(Box::new(file) as ObjectReader)
-        })
+        let (store, owned) = (self.clone(), key.to_string());
+        Box::pin(blocking(self, "get", key, move || store.open_sync(&owned)))
     }
 
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<u8>> {
@@ -200,26 +588,464 @@ impl ObjectStore for LocalStore {
             let path = self.path("get", key)?;
             tokio::fs::read(&path)
                 .await
-                .map_err(|e| self.io_error("get", key, e))
+                .map_err(|e| self.read_error("get", key, e))
         })
     }
 
     fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> StoreFuture<'a, ()> {
-        let (store, owned_key) = (self.clone(), key.to_string());
+        let (store, owned) = (self.clone(), key.to_string());
         Box::pin(blocking(self, "put", key, move || {
-            store.put_sync(&owned_key, &bytes)
+            store.put_sync(&owned, &bytes)
         }))
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            let path = self.path("delete", key)?;
-            match tokio::fs::remove_file(&path).await {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    Err(self.io_error("delete", key, e))
-                }
-                _ => Ok(()),
+        let (store, owned) = (self.clone(), key.to_string());
+        Box::pin(blocking(self, "delete", key, move || {
+            store.delete_sync(&owned)
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The names a key is stored under, in path order.
+    fn encode_key(key: &str) -> Vec<String> {
+        key.split('/').flat_map(encode_segment).collect()
+    }
+
+    /// The key that the names of a stored file stand for, read the way a listing reads them.
+    fn decode_names(names: &[String]) -> Option<String> {
+        let mut at = KeyPath::default();
+        for (i, name) in names.iter().enumerate() {
+            let is_dir = i + 1 < names.len();
+            match at.step(name, is_dir) {
+                Step::Continues(below) => at = below,
+                Step::Segment(key) if is_dir => at = KeyPath::folder(key),
+                Step::Segment(key) => return Some(key),
+                Step::Foreign => return None,
             }
+        }
+        None
+    }
+
+    fn assert_valid_name(name: &str) {
+        assert!(!name.is_empty() && name != "." && name != "..", "{name:?}");
+        assert!(name.len() <= NAME_MAX, "{} bytes: {name:?}", name.len());
+        assert!(!name.contains(['/', '\0']), "{name:?}");
+        assert!(!name.starts_with(TEMP_PREFIX), "{name:?}");
+    }
+
+    /// Characters that exercise every rule: escape sequences, the suffix, the temp prefix,
+    /// multi-byte characters at cut points.
+    fn tricky_char() -> impl Strategy<Value = char> {
+        prop_oneof![
+            4 => Just('%'),
+            2 => Just('2'),
+            1 => Just('5'),
+            1 => Just('E'),
+            1 => Just('e'),
+            2 => Just('0'),
+            1 => Just('+'),
+            2 => Just('.'),
+            1 => Just('t'),
+            1 => Just('m'),
+            1 => Just('p'),
+            1 => Just('\0'),
+            1 => Just('€'),
+            1 => Just('𝄞'),
+            2 => any::<char>().prop_filter("no separator", |c| *c != '/'),
+        ]
+    }
+
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            1 => Just(String::new()),
+            1 => Just(".".to_string()),
+            1 => Just("..".to_string()),
+            1 => Just("%".to_string()),
+            1 => Just("%tmp.1-2".to_string()),
+            6 => proptest::collection::vec(tricky_char(), 1..12)
+                .prop_map(|c| c.into_iter().collect()),
+            2 => long_segment(TRICKY),
+            1 => long_segment(ORDINARY),
+        ]
+    }
+
+    /// Pieces of long segments: escapes and near-escapes...
+    const TRICKY: &[&str] = &[
+        "%", "%25", "%2E", "%2e", "%00", "%+", "\0", "€", "𝄞", ".", "+0+", "tmp.", "event",
+    ];
+    /// ...and text that needs no escaping, which fills a name to the last byte.
+    const ORDINARY: &[&str] = &["a", "€", "𝄞", "+0+", "event", "0000000000"];
+
+    /// 300 to about 1,000 bytes drawn from a seed: proptest building a thousand-element
+    /// vector per case made the test take seconds, and shrinking such a segment piece by
+    /// piece would not make a failure clearer than its seed does.
+    fn long_segment(pieces: &'static [&'static str]) -> impl Strategy<Value = String> {
+        (any::<u64>(), 300..=1000usize).prop_map(move |(seed, len)| {
+            let mut rng = crate::rng::Rng::new(seed);
+            let mut segment = String::new();
+            while segment.len() < len {
+                segment.push_str(pieces[rng.below(pieces.len() as u64) as usize]);
+            }
+            segment
         })
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        proptest::collection::vec(segment(), 1..6)
+            .prop_map(|segments| segments.join("/"))
+            .prop_filter("the empty key is the root", |k| !k.is_empty())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn every_key_encodes_to_valid_names_and_decodes_back(key in key()) {
+            let names = encode_key(&key);
+            for name in &names {
+                assert_valid_name(name);
+            }
+            prop_assert_eq!(decode_names(&names), Some(key));
+        }
+
+        #[test]
+        fn ordinary_segments_are_their_own_names(
+            segment in "[^%/\u{0}]{1,80}".prop_filter("not a dot segment", |s| s != "." && s != "..")
+        ) {
+            prop_assert_eq!(encode_segment(&segment), vec![segment.clone()]);
+        }
+    }
+
+    #[test]
+    fn the_documented_rules() {
+        let cases = [
+            ("", "%"),
+            (".", "%2E"),
+            ("..", "%2E%2E"),
+            ("...", "..."),
+            (".hidden", ".hidden"),
+            ("%", "%25"),
+            ("100%", "100%"),
+            ("%x", "%x"),
+            ("a%2Eb", "a%252Eb"),
+            ("a%2eb", "a%252eb"),
+            ("%25", "%2525"),
+            ("%00", "%2500"),
+            ("nul\0", "nul%00"),
+            ("a%+", "a%25+"),
+            ("a%+b", "a%+b"),
+            ("%tmp.1", "%25tmp.1"),
+            ("x%tmp.1", "x%tmp.1"),
+            (
+                "5f0c2a9e8b7d6c5b4a392817+0+0000000000.avro",
+                "5f0c2a9e8b7d6c5b4a392817+0+0000000000.avro",
+            ),
+            (
+                "event_type=users.behaviors.CustomEvent",
+                "event_type=users.behaviors.CustomEvent",
+            ),
+        ];
+        for (segment, name) in cases {
+            assert_eq!(encode_segment(segment), [name], "{segment:?}");
+            assert_eq!(decode_piece(name), segment, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn a_long_segment_becomes_a_chain_of_names_that_fill_the_limit() {
+        let segment = "€".repeat(400);
+        let names = encode_segment(&segment);
+        assert_eq!(names.len(), 5, "{names:?}");
+        for name in &names {
+            assert_valid_name(name);
+        }
+        for name in &names[..4] {
+            assert!(name.ends_with(CONTINUES));
+            assert!(name.len() > NAME_MAX - 4, "{}", name.len());
+        }
+        assert_eq!(names.concat().replace(CONTINUES, ""), segment);
+    }
+
+    #[test]
+    fn names_no_key_encodes_to_are_not_read_as_keys() {
+        // Each would repeat or shadow a key that encodes differently.
+        for names in [
+            vec!["a%2Eb"],
+            vec!["%25x"],
+            vec!["x%2e"],
+            vec!["%2E%+", "b"],
+            vec!["short%+", "tail"],
+            vec!["a%+"],
+        ] {
+            let names: Vec<String> = names.into_iter().map(String::from).collect();
+            assert_eq!(decode_names(&names), None, "{names:?}");
+        }
+    }
+
+    /// A directory of its own under the system temp dir, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(label: &str) -> Self {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "currents-heap-local-{label}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Every file below `dir`, relative to it.
+    fn files_below(dir: &Path) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        let mut dirs = vec![dir.to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for entry in fs::read_dir(d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    files.push(path.strip_prefix(dir).unwrap().to_path_buf());
+                }
+            }
+        }
+        files.sort();
+        files
+    }
+
+    #[tokio::test]
+    async fn dot_segments_stay_inside_the_root() {
+        let scratch = Scratch::new("dots");
+        let root = scratch.0.join("root");
+        let store = LocalStore::new(&root);
+        let keys = [
+            "d/..",
+            "../escaped",
+            "a/../b",
+            "a/./b",
+            "./c",
+            "../../etc/passwd",
+        ];
+        for key in keys {
+            store.put(key, key.as_bytes().to_vec()).await.unwrap();
+        }
+        let outside: Vec<_> = files_below(&scratch.0)
+            .into_iter()
+            .filter(|f| !f.starts_with("root"))
+            .collect();
+        assert!(outside.is_empty(), "written outside the root: {outside:?}");
+        let listed: Vec<String> = store
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        let mut expected: Vec<&str> = keys.to_vec();
+        expected.sort();
+        assert_eq!(listed, expected);
+        for key in keys {
+            assert_eq!(store.get(key).await.unwrap(), key.as_bytes());
+        }
+        assert_eq!(
+            store.list_folders("").await.unwrap(),
+            ["../", "./", "a/", "d/"]
+        );
+        assert_eq!(store.list_folders("a/").await.unwrap(), ["a/../", "a/./"]);
+    }
+
+    #[tokio::test]
+    async fn a_missing_root_is_an_error_but_a_missing_folder_is_empty() {
+        let scratch = Scratch::new("missing");
+        let store = LocalStore::new(scratch.0.join("moved-away"));
+        for error in [
+            store.list("").await.unwrap_err(),
+            store.list("currents").await.unwrap_err(),
+            store.list_folders("").await.unwrap_err(),
+        ] {
+            assert!(error.not_found, "{error}");
+            assert!(error.to_string().contains("does not exist"), "{error}");
+            assert!(error.to_string().contains("moved-away"), "{error}");
+        }
+        assert!(store.list("ledger/").await.unwrap().is_empty());
+        assert!(store.list_folders("ledger/").await.unwrap().is_empty());
+        store.put("ledger/x", b"1".to_vec()).await.unwrap();
+        assert!(store.list("dead-letters/").await.unwrap().is_empty());
+        assert_eq!(store.list("").await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn temporary_files_are_skipped_but_keys_that_look_like_old_ones_are_not() {
+        let scratch = Scratch::new("temp");
+        let store = LocalStore::new(&scratch.0);
+        store.put("a/.b.123-4.tmp", b"1".to_vec()).await.unwrap();
+        fs::write(scratch.0.join("a/%tmp.99-1"), b"half").unwrap();
+        let listed: Vec<String> = store
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        assert_eq!(listed, ["a/.b.123-4.tmp"]);
+        store.put("%tmp.1-1", b"2".to_vec()).await.unwrap();
+        assert!(scratch.0.join("%25tmp.1-1").is_file());
+        assert_eq!(store.list("%").await.unwrap()[0].key, "%tmp.1-1");
+    }
+
+    #[tokio::test]
+    async fn hand_made_names_are_read_as_themselves_and_foreign_ones_skipped() {
+        let scratch = Scratch::new("hand-made");
+        let dir = scratch.0.join("currents/event_type=T/date=2026-11-27-13");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("i+0+0000000000.avro"), b"avro").unwrap();
+        fs::write(dir.join("100% sure.txt"), b"x").unwrap();
+        fs::write(dir.join("a.b"), b"kept").unwrap();
+        fs::write(dir.join("a%2Eb"), b"would shadow a.b").unwrap();
+        let store = LocalStore::new(&scratch.0);
+        let listed: Vec<String> = store
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        let base = "currents/event_type=T/date=2026-11-27-13/";
+        assert_eq!(
+            listed,
+            [
+                format!("{base}100% sure.txt"),
+                format!("{base}a.b"),
+                format!("{base}i+0+0000000000.avro")
+            ]
+        );
+        for key in &listed {
+            store.get(key).await.unwrap();
+        }
+        assert_eq!(store.get(&format!("{base}a.b")).await.unwrap(), b"kept");
+    }
+
+    #[tokio::test]
+    async fn long_segments_that_share_their_first_piece_list_apart() {
+        let scratch = Scratch::new("long");
+        let store = LocalStore::new(&scratch.0);
+        let long = "a".repeat(300);
+        let keys = [
+            format!("p/{long}1/x"),
+            format!("p/{long}2/x"),
+            format!("p/{long}2/y"),
+            format!("p/{long}"),
+        ];
+        for key in &keys {
+            store.put(key, b"1".to_vec()).await.unwrap();
+        }
+        assert_eq!(
+            store.list_folders("p/").await.unwrap(),
+            [format!("p/{long}1/"), format!("p/{long}2/")]
+        );
+        let mut sorted = keys.to_vec();
+        sorted.sort();
+        // Prefixes that end inside the first piece, inside the second, and at its end.
+        for prefix in [
+            &format!("p/{}", "a".repeat(260))[..],
+            &format!("p/{long}")[..],
+            &keys[1][..],
+        ] {
+            let listed: Vec<String> = store
+                .list(prefix)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.key)
+                .collect();
+            let expected: Vec<String> = sorted
+                .iter()
+                .filter(|k| k.starts_with(prefix))
+                .cloned()
+                .collect();
+            assert_eq!(listed, expected, "{prefix}");
+        }
+        assert_eq!(
+            store.list_folders(&format!("p/{long}2/")).await.unwrap(),
+            Vec::<String>::new()
+        );
+    }
+
+    #[tokio::test]
+    async fn deleting_the_last_key_of_a_folder_removes_the_folder_but_never_the_root() {
+        let scratch = Scratch::new("prune");
+        let store = LocalStore::new(&scratch.0);
+        store.put("a/b/c/one", b"1".to_vec()).await.unwrap();
+        store.put("a/two", b"2".to_vec()).await.unwrap();
+        store.delete("a/b/c/one").await.unwrap();
+        assert!(store.list_folders("a/").await.unwrap().is_empty());
+        assert_eq!(store.list_folders("").await.unwrap(), ["a/"]);
+        store.delete("a/two").await.unwrap();
+        assert!(store.list_folders("").await.unwrap().is_empty());
+        assert!(scratch.0.is_dir());
+        assert!(store.list("").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_empty_key_and_folders_are_not_objects() {
+        let scratch = Scratch::new("not-objects");
+        let store = LocalStore::new(&scratch.0);
+        let error = store.put("", b"x".to_vec()).await.unwrap_err();
+        assert!(error.to_string().contains("empty key"), "{error}");
+        assert!(error.location.ends_with('/'), "{error}");
+        store.put("a/b", b"1".to_vec()).await.unwrap();
+        for key in ["a", "a/b/c"] {
+            let error = store.get(key).await.unwrap_err();
+            assert!(error.not_found, "{error}");
+            let error = store.open(key).await.err().unwrap();
+            assert!(error.not_found, "{error}");
+            assert!(error.location.ends_with(key), "{error}");
+            store.delete(key).await.unwrap();
+        }
+        assert_eq!(store.get("a/b").await.unwrap(), b"1");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn awkward_keys_round_trip_through_the_file_system(
+            keys in proptest::collection::btree_set(key(), 1..6)
+        ) {
+            let scratch = Scratch::new("prop");
+            let store = LocalStore::new(&scratch.0);
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let mut stored = Vec::new();
+                for key in &keys {
+                    // A key that is also a prefix of another cannot be a file here.
+                    if store.put(key, key.as_bytes().to_vec()).await.is_ok() {
+                        stored.push(key.clone());
+                    }
+                }
+                let listed: Vec<String> =
+                    store.list("").await.unwrap().into_iter().map(|m| m.key).collect();
+                assert_eq!(listed, stored);
+                for key in &stored {
+                    assert_eq!(&store.get(key).await.unwrap(), key.as_bytes());
+                }
+            });
+        }
     }
 }

@@ -3,6 +3,10 @@
 //! S3 and S3-compatible stores beside it.
 //!
 //! Keys are `/`-separated and relative to the store's root (a directory or `bucket/prefix`).
+//! Every store takes every key S3 takes, with S3's meaning: segments may be empty
+//! (`exports//currents/...`, which a Braze prefix ending in `/` produces), and `.` and `..`
+//! are plain names, never steps up or across. The local store maps keys to file names by a
+//! reversible encoding, described in [`local`]. The empty key is not an object.
 
 pub mod local;
 pub mod location;
