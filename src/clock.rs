@@ -1,10 +1,12 @@
 //! Wall-clock time, the calendar, and durations as people write them.
 //!
 //! One small module, so that the ledger, dead letters, the Heap mapping and the engine need
-//! not import each other for a timestamp. Calendar math is the proleptic Gregorian calendar
-//! (H. Hinnant's `days_from_civil` algorithms); all times are UTC.
+//! not import each other for a timestamp. The calendar is the `time` crate's (proleptic
+//! Gregorian, years -9999 to 9999); all times are UTC.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use time::{Date, Month, OffsetDateTime};
 
 /// Milliseconds since the Unix epoch, from the system clock (0 if the clock is before 1970).
 pub fn unix_millis_now() -> i64 {
@@ -20,46 +22,44 @@ pub fn unix_secs_now() -> i64 {
 
 /// Formats Unix milliseconds as ISO 8601 in UTC, as Heap's examples write it
 /// (`2017-03-10T22:21:56+00:00`), with milliseconds only when they are non-zero.
-pub fn iso8601_utc(unix_millis: i64) -> String {
-    let secs = unix_millis.div_euclid(1000);
-    let millis = unix_millis.rem_euclid(1000);
-    let (days, secs_of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (year, month, day) = civil_from_days(days);
-    let (h, m, s) = (
-        secs_of_day / 3600,
-        secs_of_day % 3600 / 60,
-        secs_of_day % 60,
-    );
-    if millis == 0 {
-        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}+00:00")
+///
+/// `None` outside the years -9999 to 9999, which the four-digit form cannot write.
+pub fn iso8601_utc(unix_millis: i64) -> Option<String> {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_millis) * 1_000_000).ok()?;
+    let (year, month, day) = (t.year(), u8::from(t.month()), t.day());
+    let (h, m, s, millis) = (t.hour(), t.minute(), t.second(), t.millisecond());
+    let sign = if year < 0 { "-" } else { "" };
+    let year = year.unsigned_abs();
+    Some(if millis == 0 {
+        format!("{sign}{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}+00:00")
     } else {
-        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{millis:03}+00:00")
-    }
+        format!("{sign}{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{millis:03}+00:00")
+    })
 }
 
-/// Days since 1970-01-01 for a proleptic Gregorian date.
-pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+/// Now, as [`iso8601_utc`] writes it (for records: ledger entries, dead letters).
+pub fn now_iso8601() -> String {
+    iso8601_utc(unix_millis_now()).unwrap_or_else(|| format!("@{}ms", unix_millis_now()))
 }
 
-/// The inverse of [`days_from_civil`]: (year, month, day).
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
+/// Days since 1970-01-01 of a calendar date; `None` for a date that does not exist.
+pub fn days_from_civil(year: i32, month: u8, day: u8) -> Option<i64> {
+    let month = Month::try_from(month).ok()?;
+    let date = Date::from_calendar_date(year, month, day).ok()?;
+    Some(i64::from(date.to_julian_day() - UNIX_EPOCH_JULIAN_DAY))
 }
+
+/// The calendar date `days` after 1970-01-01, saturating at the years -9999 and 9999.
+pub fn civil_from_days(days: i64) -> (i32, u8, u8) {
+    let julian = i32::try_from(days.saturating_add(i64::from(UNIX_EPOCH_JULIAN_DAY)))
+        .unwrap_or(if days < 0 { i32::MIN } else { i32::MAX });
+    let date =
+        Date::from_julian_day(julian).unwrap_or(if days < 0 { Date::MIN } else { Date::MAX });
+    (date.year(), u8::from(date.month()), date.day())
+}
+
+/// The Julian day number of 1970-01-01.
+const UNIX_EPOCH_JULIAN_DAY: i32 = 2_440_588;
 
 /// The longest duration any option takes: 400 days. Longer values are typing mistakes, and
 /// refusing them keeps every later `Instant + Duration` far from overflow.
@@ -101,25 +101,26 @@ mod tests {
 
     #[test]
     fn formats_heap_timestamps() {
-        assert_eq!(iso8601_utc(0), "1970-01-01T00:00:00+00:00");
-        assert_eq!(iso8601_utc(1_489_184_516_000), "2017-03-10T22:21:56+00:00");
-        assert_eq!(
-            iso8601_utc(1_709_210_096_789),
-            "2024-02-29T12:34:56.789+00:00"
-        );
-        assert_eq!(iso8601_utc(-1), "1969-12-31T23:59:59.999+00:00");
-        assert_eq!(
-            iso8601_utc(253_402_300_799_000),
-            "9999-12-31T23:59:59+00:00"
-        );
+        let f = |ms| iso8601_utc(ms).unwrap();
+        assert_eq!(f(0), "1970-01-01T00:00:00+00:00");
+        assert_eq!(f(1_489_184_516_000), "2017-03-10T22:21:56+00:00");
+        assert_eq!(f(1_709_210_096_789), "2024-02-29T12:34:56.789+00:00");
+        assert_eq!(f(-1), "1969-12-31T23:59:59.999+00:00");
+        assert_eq!(f(253_402_300_799_000), "9999-12-31T23:59:59+00:00");
+        assert_eq!(iso8601_utc(253_402_300_800_000), None, "year 10000");
+        assert_eq!(iso8601_utc(i64::MAX), None);
+        assert_eq!(iso8601_utc(i64::MIN), None);
     }
 
     #[test]
     fn calendar_round_trips() {
         for days in [-719_468, -1, 0, 1, 11_016, 19_782, 2_932_896] {
             let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
+            assert_eq!(days_from_civil(y, m, d), Some(days));
         }
+        assert_eq!(days_from_civil(2024, 2, 30), None);
+        assert_eq!(days_from_civil(2023, 2, 29), None);
+        assert_eq!(civil_from_days(i64::MAX), (9999, 12, 31));
     }
 
     #[test]

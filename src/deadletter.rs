@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::{iso8601_utc, unix_millis_now};
+use crate::clock::{now_iso8601, unix_millis_now};
 use crate::currents::event::CustomHttpEvent;
 use crate::currents::key::CurrentsKey;
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
@@ -45,7 +45,7 @@ impl DeadLetter {
             event,
             reason: reason.into(),
             object: object.into(),
-            parked_at: iso8601_utc(unix_millis_now()),
+            parked_at: now_iso8601(),
         }
     }
 }

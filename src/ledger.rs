@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::{iso8601_utc, unix_millis_now};
+use crate::clock::now_iso8601;
 use crate::source::CurrentsObject;
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 
@@ -76,7 +76,7 @@ impl Entry {
             skipped: 0,
             parked: 0,
             reason: None,
-            finished_at: iso8601_utc(unix_millis_now()),
+            finished_at: now_iso8601(),
         }
     }
 }

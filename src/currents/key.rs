@@ -67,34 +67,26 @@ impl DateHour {
             day: day as u8,
             hour: hour as u8,
         };
-        let days_in_month = match date.month {
-            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-            4 | 6 | 9 | 11 => 30,
-            2 if is_leap(date.year) => 29,
-            2 => 28,
-            _ => return None,
-        };
-        (date.day >= 1 && date.day <= days_in_month && date.hour < 24).then_some(date)
+        let exists = days_from_civil(i32::from(year), date.month, date.day).is_some();
+        (exists && date.hour < 24).then_some(date)
     }
 }
 
 impl DateHour {
     /// Hours since 1970-01-01T00 UTC, for hour arithmetic.
     pub fn hours_since_epoch(self) -> i64 {
-        days_from_civil(
-            i64::from(self.year),
-            u32::from(self.month),
-            u32::from(self.day),
-        ) * 24
+        // Only `parse` and `from_hours_since_epoch` make a DateHour, so the date exists.
+        days_from_civil(i32::from(self.year), self.month, self.day).unwrap_or_default() * 24
             + i64::from(self.hour)
     }
 
+    /// The hour `hours` after 1970-01-01T00, saturating at the years 0 and 9999.
     pub fn from_hours_since_epoch(hours: i64) -> Self {
         let (year, month, day) = civil_from_days(hours.div_euclid(24));
         DateHour {
-            year: year as u16,
-            month: month as u8,
-            day: day as u8,
+            year: year.clamp(0, 9999) as u16,
+            month,
+            day,
             hour: hours.rem_euclid(24) as u8,
         }
     }
@@ -103,10 +95,6 @@ impl DateHour {
     pub fn now() -> Self {
         DateHour::from_hours_since_epoch(crate::clock::unix_secs_now().div_euclid(3600))
     }
-}
-
-fn is_leap(year: u16) -> bool {
-    year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400))
 }
 
 impl fmt::Display for DateHour {

@@ -119,6 +119,11 @@ impl HeapMapper {
             .property("time_ms")
             .and_then(integer)
             .unwrap_or(event.time.saturating_mul(1000));
+        let Some(timestamp) = iso8601_utc(millis) else {
+            return Mapped::Unsendable(format!(
+                "the event time ({millis} ms since 1970) is outside the years -9999 to 9999 that a timestamp can hold"
+            ));
+        };
 
         let mut flat = Flattener::default();
         let context = [
@@ -163,7 +168,7 @@ impl HeapMapper {
             event: TrackEvent {
                 identity: identity.to_string(),
                 event: event_name,
-                timestamp: iso8601_utc(millis),
+                timestamp,
                 idempotency_key: event.id.clone(),
                 properties: flat.out,
             },
