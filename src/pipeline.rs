@@ -77,6 +77,9 @@ pub struct Pipeline {
     pub state_failing_since: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
+/// Decoding warnings logged per object; the rest are counted in one line.
+const WARNINGS_SHOWN: u64 = 3;
+
 /// What the decoding thread reports.
 struct Decoded {
     events: u64,
@@ -85,6 +88,8 @@ struct Decoded {
     /// Dry run: why events would be parked, with counts.
     would_park: std::collections::BTreeMap<String, u64>,
     event_type: Option<Arc<str>>,
+    /// Events that came with a decoding warning (e.g. properties that are not valid JSON).
+    warnings: u64,
     error: Option<DecodeError>,
     abandoned: bool,
 }
@@ -129,6 +134,13 @@ impl Pipeline {
                 }
             }
         };
+        if decoded.warnings > WARNINGS_SHOWN {
+            tracing::warn!(
+                object = %object.key,
+                "{} more events of this object had warnings like the ones above",
+                decoded.warnings - WARNINGS_SHOWN
+            );
+        }
         if decoded.abandoned {
             return ObjectResult::Abandoned {
                 key: object.key.clone(),
@@ -298,6 +310,7 @@ fn decode(
         counts: (0, 0, 0),
         would_park: std::collections::BTreeMap::new(),
         event_type: None,
+        warnings: 0,
         error: None,
         abandoned: false,
     };
@@ -317,7 +330,12 @@ fn decode(
         let event = match events.next_event() {
             Ok(Some((event, warning))) => {
                 if let Some(warning) = warning {
-                    tracing::warn!(object = %key, "{warning}");
+                    decoded.warnings += 1;
+                    // The first few name their events; the rest are counted once, at the end,
+                    // so one bad object cannot flood the log.
+                    if decoded.warnings <= WARNINGS_SHOWN {
+                        tracing::warn!(object = %key, "{warning}");
+                    }
                 }
                 event
             }

@@ -1,0 +1,33 @@
+//! The bounds [`Config::validate`](super::Config::validate) enforces, whatever the source;
+//! `--help`, the README and `deploy/config.example.toml` state them (a test checks `--help`
+//! and the example).
+
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+/// Events per sliding minute; 0 disables the limit. Heap's own limits are far below the top.
+pub const RATE_LIMIT: RangeInclusive<u64> = 0..=1_000_000;
+/// Heap takes 1 to 1000 events per bulk request.
+pub const MAX_BATCH_EVENTS: RangeInclusive<u64> = 1..=1000;
+/// Below 16 KiB ordinary events (mostly short Braze fields, a few hundred bytes to a few
+/// KiB mapped) would start to be parked as too large to send alone; at 0 every one was.
+/// Heap documents no body limit: 16 MiB is far above a full batch of ordinary events and
+/// keeps one request's memory bounded.
+pub const MAX_BODY_BYTES: RangeInclusive<u64> = 16 * 1024..=16 * 1024 * 1024;
+pub const HEAP_CONCURRENCY: RangeInclusive<u64> = 1..=64;
+/// At least a full batch, so that pending room never keeps batches short; every pending
+/// event is held in memory, hence the top.
+pub const MAX_PENDING_EVENTS: RangeInclusive<u64> = 1000..=1_000_000;
+pub const OBJECT_CONCURRENCY: RangeInclusive<u64> = 1..=256;
+/// Also how long bounded runs retry a failing state store.
+pub const RETRY_MAX_TIME: RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
+/// Under a second, Heap may store a batch and still be reported as not answering.
+pub const REQUEST_TIMEOUT: RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(600);
+/// Under a second, `run` would list the source in a busy loop.
+pub const POLL_INTERVAL: RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
+/// Kubernetes' grace period must outlast it; an hour is already generous.
+pub const SHUTDOWN_TIMEOUT: RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);

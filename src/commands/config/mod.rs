@@ -1,0 +1,207 @@
+//! The configuration: one model, [`Config`], for flags, environment variables and the
+//! `--config FILE` (`CURRENTS_HEAP_CONFIG`) TOML file.
+//!
+//! Each file key is the long flag name with `_` (`--poll-interval` is `poll_interval`,
+//! `--rename A=B` is a `[rename]` table); `deploy/config.example.toml` documents every key.
+//! [`resolve`] lays the sources over the defaults, lowest first: the file, then environment
+//! variables, then flags. Only what clap was actually given counts: clap's defaults exist for
+//! `--help` and come from [`DEFAULTS`]. [`Config::validate`] then checks the result once, so a
+//! bound is the same whether a value came from a flag, a variable or the file, and an error
+//! names the flag, variable or file key it came from.
+//!
+//! Secrets are never read from the file and never printed: the Heap app id comes only from
+//! `HEAP_APP_ID`/`--heap-app-id` or the file named by `heap_app_id_file`; AWS credentials come
+//! from the AWS chain.
+
+pub mod limits;
+mod render;
+mod resolve;
+mod validate;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+pub use render::render;
+pub use resolve::{Resolved, from_file, resolve};
+pub use validate::{Invalid, ranges};
+pub use values::{HumanDuration, Secret, as_text, identity_names, renames_as_table};
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::LazyLock;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::LogFormat;
+use crate::heap::map::{IdentitySource, MappingConfig};
+use crate::store::Location;
+use crate::worker::Lookback;
+
+/// Every option with its default. Field names are the file keys and clap's argument ids.
+///
+/// `Default` is the one place defaults are written: clap shows them in `--help` through
+/// [`DEFAULTS`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where Braze Currents writes: `s3://bucket/prefix`, or a local directory in the same
+    /// layout. Default `fixtures/bucket`.
+    #[serde(with = "as_text")]
+    pub source: Location,
+    /// Where the ledger and dead letters live: `s3://bucket/prefix`, or a local directory.
+    /// Default `currents-heap-state`.
+    #[serde(with = "as_text")]
+    pub state: Location,
+    /// Path-style S3 addressing, for S3-compatible stores (MinIO, ...). Default false.
+    pub s3_path_style: bool,
+    /// Heap's API base URL: http:// or https:// with a host. Default
+    /// `https://heapanalytics.com`; EU data centre: `https://c.eu.heap-api.com`.
+    pub heap_url: String,
+    /// The Heap app (environment) id: only from `--heap-app-id`/`HEAP_APP_ID`, never from
+    /// the file, never printed. Required unless `dry_run` or `heap_app_id_file`.
+    #[serde(skip)]
+    pub heap_app_id: Option<Secret>,
+    /// A file holding the Heap app id, e.g. a mounted Kubernetes secret; read when delivery
+    /// starts. Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heap_app_id_file: Option<PathBuf>,
+    /// Events per sliding minute for the app, 0 to 1,000,000; 0 disables the limit.
+    /// Default 15,000 (Heap's limit).
+    pub app_rate_limit: u64,
+    /// Events per sliding minute per identity, 0 to 1,000,000; 0 disables the limit.
+    /// Default 1,000 (Heap's limit).
+    pub identity_rate_limit: u64,
+    /// Events per bulk request, 1 to 1,000. Default 1,000.
+    pub max_batch_events: u64,
+    /// Bytes per request body, 16,384 to 16,777,216 (16 KiB to 16 MiB); an event that
+    /// cannot fit alone is parked. Default 1,048,576 (1 MiB).
+    pub max_body_bytes: u64,
+    /// Requests to Heap in flight at once, 1 to 64. Default 2.
+    pub heap_concurrency: u64,
+    /// How long a failing batch is retried before its events are parked, 1s to 24h; bounded
+    /// runs also give up on a failing state store after it. Default 15m.
+    pub retry_max_time: HumanDuration,
+    /// Mapped events held in memory waiting for rate-limit room, 1,000 to 1,000,000.
+    /// Default 5,000.
+    pub max_pending_events: u64,
+    /// Timeout of one request to Heap, 1s to 10m. Default 30s.
+    pub request_timeout: HumanDuration,
+    /// Braze fields tried in order as the Heap identity (`external_user_id`, `user_id`); at
+    /// least one. Default `["external_user_id"]`.
+    #[serde(with = "identity_names")]
+    pub identity: Vec<IdentitySource>,
+    /// Prefix for every Heap event name, e.g. `braze-`; under 1024 characters. Default empty.
+    pub event_prefix: String,
+    /// Currents objects processed at once, 1 to 256. Default 4.
+    pub object_concurrency: u64,
+    /// Decode, map and count, but send nothing and record nothing. Default false.
+    pub dry_run: bool,
+    /// `run`: how often to list the source for new objects, 1s to 24h. Default 60s.
+    pub poll_interval: HumanDuration,
+    /// `run` and `status`: which `date=` hours to look at, 1h to 400 days, or `all` (lists the
+    /// whole source). Default 72h.
+    #[serde(with = "as_text")]
+    pub lookback: Lookback,
+    /// `run` and `backfill`: after a stop signal, how long objects in flight may take to
+    /// finish, 1s to 1h. Default 30s.
+    pub shutdown_timeout: HumanDuration,
+    /// `run`: serve /metrics, /healthz and /readyz on this address, e.g. `0.0.0.0:9090`.
+    /// Default none (off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Log lines on stderr: `human` (colours on a terminal) or `json`. Default `human`.
+    pub log_format: LogFormat,
+    /// Event type → Heap event name, replacing the default name (`--rename TYPE=NAME`).
+    /// Default empty.
+    pub rename: BTreeMap<String, String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            source: Location::Local(PathBuf::from("fixtures/bucket")),
+            state: Location::Local(PathBuf::from("currents-heap-state")),
+            s3_path_style: false,
+            heap_url: "https://heapanalytics.com".into(),
+            heap_app_id: None,
+            heap_app_id_file: None,
+            app_rate_limit: 15_000,
+            identity_rate_limit: 1_000,
+            max_batch_events: 1000,
+            max_body_bytes: 1024 * 1024,
+            heap_concurrency: 2,
+            retry_max_time: HumanDuration::minutes(15),
+            max_pending_events: 5_000,
+            request_timeout: HumanDuration::seconds(30),
+            identity: vec![IdentitySource::ExternalUserId],
+            event_prefix: String::new(),
+            object_concurrency: 4,
+            dry_run: false,
+            poll_interval: HumanDuration::seconds(60),
+            lookback: Lookback::Hours(72),
+            shutdown_timeout: HumanDuration::seconds(30),
+            listen: None,
+            log_format: LogFormat::Human,
+            rename: BTreeMap::new(),
+        }
+    }
+}
+
+/// The defaults, for clap's `default_value_t` (so `--help` shows them).
+pub static DEFAULTS: LazyLock<Config> = LazyLock::new(Config::default);
+
+/// `--identity`'s default as clap reads it (a unit test checks it against [`Config::default`]).
+pub const DEFAULT_IDENTITY: &str = "external_user_id";
+
+impl Config {
+    /// How Currents events become Heap track events.
+    pub fn mapping(&self) -> MappingConfig {
+        MappingConfig {
+            identity: self.identity.clone(),
+            event_prefix: self.event_prefix.clone(),
+            renames: self
+                .rename
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// The file keys, in the struct's order: serde's own list, so it cannot drift.
+pub fn keys() -> &'static [&'static str] {
+    use serde::de::value::Error;
+
+    /// Answers serde's request for a struct by remembering its field names.
+    struct Fields(&'static [&'static str]);
+
+    impl<'de> Deserializer<'de> for &mut Fields {
+        type Error = Error;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Error> {
+            Err(serde::de::Error::custom("only the field names are wanted"))
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Error> {
+            self.0 = fields;
+            Err(serde::de::Error::custom("only the field names are wanted"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+
+    static KEYS: LazyLock<&'static [&'static str]> = LazyLock::new(|| {
+        let mut fields = Fields(&[]);
+        let _ = Config::deserialize(&mut fields);
+        fields.0
+    });
+    &KEYS
+}

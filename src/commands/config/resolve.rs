@@ -1,0 +1,253 @@
+//! Laying the sources over the defaults: the `--config` file, then environment variables,
+//! then flags. Each value keeps its origin, so that an error names the flag, variable or file
+//! key the user has to fix.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use serde::Serialize;
+use serde_json::{Map, Value as Json};
+
+use super::{Config, Secret, keys};
+use crate::commands::run::RunArgs;
+use crate::commands::{Cli, Command};
+
+/// Where a value came from, to name it in an error.
+#[derive(Debug, Clone)]
+enum Origin {
+    File(PathBuf),
+    Env(String),
+    Flag(String),
+}
+
+impl Origin {
+    fn name(&self, key: &str) -> String {
+        match self {
+            Origin::File(path) => format!("--config {}: config key `{key}`", path.display()),
+            Origin::Env(var) => format!("environment variable {var}"),
+            Origin::Flag(flag) => flag.clone(),
+        }
+    }
+}
+
+/// Each key that was set, with its value and where it came from; later layers replace
+/// earlier ones.
+type Layers = BTreeMap<String, (Json, Origin)>;
+
+/// The effective configuration, and warnings to log once logging is set up.
+#[derive(Debug)]
+pub struct Resolved {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+/// Builds the effective configuration from the defaults, the `--config` file, environment
+/// variables and flags, and validates it. Without a command (`currents-heap --print-config`)
+/// the environment is read as `run` would read it, since `run` takes every option.
+pub fn resolve(cli: &Cli, matches: &ArgMatches) -> Result<Resolved, String> {
+    let mut layers = Layers::new();
+    let mut warnings = Vec::new();
+    if let Some(path) = &cli.config {
+        read_file(path, &mut layers, &mut warnings)?;
+    }
+    let top = Cli::command();
+    given(cli, matches, &top, &mut layers)?;
+    let app_id = match (&cli.command, matches.subcommand()) {
+        (Some(command), Some((name, sub))) => {
+            let definition = top
+                .find_subcommand(name)
+                .ok_or_else(|| format!("no command `{name}`"))?;
+            command_given(command, sub, definition, &mut layers)?
+        }
+        _ => {
+            let definition = top
+                .find_subcommand("run")
+                .ok_or("no command `run`")?
+                .clone();
+            let env_only = definition
+                .clone()
+                .try_get_matches_from(["run"])
+                .map_err(|e| {
+                    let message = e.to_string();
+                    let message = message.trim_start_matches("error: ").trim_end();
+                    message.lines().next().unwrap_or_default().to_string()
+                })?;
+            let run = RunArgs::from_arg_matches(&env_only).map_err(|e| e.to_string())?;
+            given(&run, &env_only, &definition, &mut layers)?;
+            run.worker.heap.heap_app_id
+        }
+    };
+
+    let mut config = settle(&layers)?;
+    config.heap_app_id = app_id
+        .map(|id| id.trim().to_string())
+        .filter(|id| !id.is_empty())
+        .map(Secret);
+    Ok(Resolved { config, warnings })
+}
+
+/// The defaults with `layers` laid over them, validated; errors name where the value came from.
+fn settle(layers: &Layers) -> Result<Config, String> {
+    for (key, (value, origin)) in layers {
+        if !keys().contains(&key.as_str()) {
+            let prefix = match origin {
+                Origin::File(path) => format!("--config {}", path.display()),
+                other => other.name(key),
+            };
+            return Err(format!(
+                "{prefix}: unknown field `{key}`{}; the keys are the long flag names with `_`, as in deploy/config.example.toml",
+                suggestion(key)
+            ));
+        }
+        // One key at a time, so that a type error names its key.
+        let single = Json::Object(Map::from_iter([(key.clone(), value.clone())]));
+        if let Err(e) = serde_json::from_value::<Config>(single) {
+            return Err(format!("{}: {e}", origin.name(key)));
+        }
+    }
+    let all = layers
+        .iter()
+        .map(|(key, (value, _))| (key.clone(), value.clone()))
+        .collect();
+    let config: Config =
+        serde_json::from_value(Json::Object(all)).map_err(|e| format!("configuration: {e}"))?;
+    config.validate().map_err(|invalid| {
+        let name = match layers.get(invalid.key) {
+            Some((_, origin)) => origin.name(invalid.key),
+            None => format!("the default of `{}`", invalid.key),
+        };
+        format!("{name}: {}", invalid.reason)
+    })?;
+    Ok(config)
+}
+
+/// Lays what clap was given for a command over `layers`; returns the Heap app id, if given.
+fn command_given(
+    command: &Command,
+    matches: &ArgMatches,
+    definition: &clap::Command,
+    layers: &mut Layers,
+) -> Result<Option<String>, String> {
+    match command {
+        Command::Inspect { mapping, .. } => given(mapping, matches, definition, layers)?,
+        Command::Run(args) => given(args, matches, definition, layers)?,
+        Command::Backfill(args) => given(args, matches, definition, layers)?,
+        Command::Replay(args) => given(args, matches, definition, layers)?,
+        Command::Status(args) => given(args, matches, definition, layers)?,
+    }
+    Ok(match command {
+        Command::Run(args) => args.worker.heap.heap_app_id.clone(),
+        Command::Backfill(args) => args.worker.heap.heap_app_id.clone(),
+        Command::Replay(args) => args.heap.heap_app_id.clone(),
+        Command::Inspect { .. } | Command::Status(_) => None,
+    })
+}
+
+/// Lays over `layers` each of `args`' values that came from a flag or the environment, not
+/// from clap's default.
+fn given(
+    args: &impl Serialize,
+    matches: &ArgMatches,
+    definition: &clap::Command,
+    layers: &mut Layers,
+) -> Result<(), String> {
+    let values = match serde_json::to_value(args) {
+        Ok(Json::Object(values)) => values,
+        Ok(_) => return Ok(()),
+        Err(e) => return Err(format!("a flag or environment variable: {e}")),
+    };
+    for (key, value) in values {
+        let origin = match matches.value_source(&key) {
+            Some(ValueSource::CommandLine) => Origin::Flag(format!("--{}", key.replace('_', "-"))),
+            Some(ValueSource::EnvVariable) => Origin::Env(
+                definition
+                    .get_arguments()
+                    .find(|a| a.get_id() == key.as_str())
+                    .and_then(|a| a.get_env())
+                    .map_or_else(|| key.to_uppercase(), |v| v.to_string_lossy().into_owned()),
+            ),
+            _ => continue,
+        };
+        layers.insert(key, (value, origin));
+    }
+    Ok(())
+}
+
+/// Reads the `--config` file into `layers`. Errors name the file and give the line, but never
+/// quote it: a mistyped line could hold a secret.
+fn read_file(path: &Path, layers: &mut Layers, warnings: &mut Vec<String>) -> Result<(), String> {
+    let name = format!("--config {}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map(|span| {
+            let end = span.start.min(text.len());
+            text.as_bytes()[..end]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1
+        });
+        match line {
+            Some(line) => format!("{name}: line {line}: {}", e.message().trim_end()),
+            None => format!("{name}: {}", e.message().trim_end()),
+        }
+    })?;
+    if table.contains_key("heap_app_id") {
+        return Err(format!(
+            "{name}: heap_app_id is a secret and is not read from this file; set HEAP_APP_ID, --heap-app-id or heap_app_id_file"
+        ));
+    }
+    // The table was `[renames]` before its key followed the flag (`--rename`).
+    if let Some(old) = table.remove("renames") {
+        if table.contains_key("rename") {
+            return Err(format!(
+                "{name}: both [rename] and [renames]; [renames] is the old name of [rename]: merge them into [rename]"
+            ));
+        }
+        warnings.push(format!(
+            "{name}: [renames] is deprecated; call the table [rename], after the --rename flag"
+        ));
+        table.insert("rename".into(), old);
+    }
+    for (key, value) in table {
+        let value = serde_json::to_value(&value).map_err(|e| format!("{name}: `{key}`: {e}"))?;
+        layers.insert(key, (value, Origin::File(path.to_path_buf())));
+    }
+    Ok(())
+}
+
+/// ` (did you mean `poll_interval`?)` for a key one or two edits from a real one.
+pub(super) fn suggestion(key: &str) -> String {
+    keys()
+        .iter()
+        .map(|k| (edit_distance(key, k), k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map_or_else(String::new, |(_, k)| format!(" (did you mean `{k}`?)"))
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(above + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// What `--config FILE` alone yields: the defaults with the file laid over them, validated.
+pub fn from_file(path: &Path) -> Result<Config, String> {
+    let mut layers = Layers::new();
+    read_file(path, &mut layers, &mut Vec::new())?;
+    settle(&layers)
+}

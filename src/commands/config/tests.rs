@@ -1,0 +1,239 @@
+//! Unit tests of the configuration: the defaults clap shows, precedence, error wording and
+//! the `--print-config` round trip, all without the machine's environment.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use serde_json::Value as Json;
+
+use super::resolve::suggestion;
+use super::validate::{short, thousands};
+use super::*;
+use crate::commands::{Cli, Command, LogFormat};
+use crate::heap::map::IdentitySource;
+use crate::worker::Lookback;
+
+/// The command line with no environment, so the machine's variables do not leak in.
+fn cli_without_env() -> clap::Command {
+    Cli::command()
+        .mut_args(|a| a.env(None))
+        .mut_subcommands(|s| s.mut_args(|a| a.env(None)))
+}
+
+fn parse(args: &[&str]) -> (Cli, ArgMatches) {
+    let matches = cli_without_env()
+        .try_get_matches_from(args)
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    (Cli::from_arg_matches(&matches).unwrap(), matches)
+}
+
+const COMMANDS: [&[&str]; 5] = [
+    &["currents-heap", "inspect", "x.avro"],
+    &["currents-heap", "run"],
+    &[
+        "currents-heap",
+        "backfill",
+        "--from",
+        "2026-11-01",
+        "--to",
+        "2026-11-02",
+    ],
+    &["currents-heap", "replay"],
+    &["currents-heap", "status"],
+];
+
+#[test]
+fn the_defaults_are_valid_and_clap_shows_the_same_ones() {
+    DEFAULTS.validate().unwrap();
+    let defaults = serde_json::to_value(&*DEFAULTS).unwrap();
+    for args in COMMANDS {
+        let (cli, matches) = parse(args);
+        let shown = match cli.command.as_ref().unwrap() {
+            Command::Inspect { mapping, .. } => serde_json::to_value(mapping),
+            Command::Run(a) => serde_json::to_value(a),
+            Command::Backfill(a) => serde_json::to_value(a),
+            Command::Replay(a) => serde_json::to_value(a),
+            Command::Status(a) => serde_json::to_value(a),
+        }
+        .unwrap();
+        let Json::Object(shown) = shown else {
+            panic!("{shown}")
+        };
+        assert!(!shown.is_empty());
+        for (key, value) in shown {
+            assert!(keys().contains(&key.as_str()), "{key} is not a file key");
+            if value.is_null() {
+                assert!(defaults.get(&key).is_none(), "{args:?} {key}");
+            } else {
+                assert_eq!(Some(&value), defaults.get(&key), "{args:?} {key}");
+            }
+        }
+        assert_eq!(
+            serde_json::to_value(&cli).unwrap()["log_format"],
+            defaults["log_format"]
+        );
+        let resolved = resolve(&cli, &matches).unwrap();
+        assert_eq!(resolved.config, *DEFAULTS, "{args:?}");
+    }
+    assert_eq!(defaults["identity"], serde_json::json!([DEFAULT_IDENTITY]));
+}
+
+#[test]
+fn help_states_every_range() {
+    let mut command = Cli::command();
+    command.build();
+    for (key, range) in ranges() {
+        let mut found = 0;
+        for sub in command.get_subcommands() {
+            for arg in sub.get_arguments().filter(|a| a.get_id() == key) {
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                assert!(help.contains(&range), "--{key}: `{help}` lacks `{range}`");
+                found += 1;
+            }
+        }
+        assert!(found > 0, "{key} is no flag");
+    }
+}
+
+#[test]
+fn flags_override_only_what_they_were_given() {
+    let (cli, matches) = parse(&[
+        "currents-heap",
+        "run",
+        "--poll-interval",
+        "1h 30m",
+        "--rename",
+        "a=b",
+        "--identity",
+        "user_id,external_user_id",
+    ]);
+    let config = resolve(&cli, &matches).unwrap().config;
+    assert_eq!(config.poll_interval.to_string(), "1h 30m");
+    assert_eq!(config.poll_interval.get(), Duration::from_secs(5400));
+    assert_eq!(config.rename["a"], "b");
+    assert_eq!(
+        config.identity,
+        [IdentitySource::UserId, IdentitySource::ExternalUserId]
+    );
+    assert_eq!(
+        Config {
+            poll_interval: DEFAULTS.poll_interval.clone(),
+            rename: BTreeMap::new(),
+            identity: DEFAULTS.identity.clone(),
+            ..config
+        },
+        *DEFAULTS
+    );
+}
+
+#[test]
+fn errors_name_the_flag_and_the_bound() {
+    for (args, expected) in [
+        (
+            &["x", "run", "--heap-concurrency", "65"][..],
+            "--heap-concurrency: must be 1 to 64, not 65",
+        ),
+        (
+            &["x", "run", "--max-body-bytes", "100"],
+            "--max-body-bytes: must be 16,384 to 16,777,216, not 100",
+        ),
+        (
+            &["x", "run", "--request-timeout", "500ms"],
+            "--request-timeout: must be 1s to 10m, not 500ms",
+        ),
+        (
+            &["x", "replay", "--identity-rate-limit", "1000001"],
+            "--identity-rate-limit: must be 0 to 1,000,000, not 1,000,001",
+        ),
+        (&["x", "run", "--heap-url", "nope"], "--heap-url: `nope`"),
+        (&["x", "run", "--rename", "a= "], "`a= ` is not TYPE=NAME"),
+    ] {
+        let error = match cli_without_env().try_get_matches_from(args) {
+            Ok(matches) => {
+                let cli = Cli::from_arg_matches(&matches).unwrap();
+                resolve(&cli, &matches).unwrap_err()
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(error.contains(expected), "{args:?}: {error}");
+    }
+}
+
+#[test]
+fn what_is_printed_reads_back_the_same() {
+    let config = Config {
+        heap_app_id: Some(Secret("app-id-4f9c2e".into())),
+        heap_app_id_file: Some("/run/secrets/heap app id".into()),
+        source: "s3://bucket/a/b".parse().unwrap(),
+        retry_max_time: "1h 30m".parse().unwrap(),
+        request_timeout: "2500ms".parse().unwrap(),
+        lookback: Lookback::All,
+        listen: Some("[::1]:9090".parse().unwrap()),
+        event_prefix: "a \"quoted\"\\ \u{7f}\n\tprefix ✓".into(),
+        identity: vec![IdentitySource::UserId, IdentitySource::ExternalUserId],
+        rename: BTreeMap::from([
+            ("users.behaviors.CustomEvent".into(), "Custom".into()),
+            ("with \"quotes\" = and ]".into(), "x".into()),
+        ]),
+        log_format: LogFormat::Json,
+        dry_run: true,
+        ..Config::default()
+    };
+    config.validate().unwrap();
+    let printed = render(&config).unwrap();
+    assert!(!printed.contains("app-id-4f9c2e"), "{printed}");
+    assert!(printed.contains("# heap_app_id = <redacted>"));
+    assert!(
+        printed.contains("request_timeout = \"2500ms\""),
+        "{printed}"
+    );
+    assert!(printed.contains("retry_max_time = \"1h 30m\""), "{printed}");
+    let dir = std::env::temp_dir().join(format!("currents-heap-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("printed.toml");
+    std::fs::write(&path, &printed).unwrap();
+    let read = from_file(&path);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        read.unwrap(),
+        Config {
+            heap_app_id: None,
+            ..config
+        }
+    );
+    let defaults = render(&DEFAULTS).unwrap();
+    for key in keys() {
+        assert!(
+            defaults.lines().any(|l| l.starts_with(&format!("{key} = "))
+                || l == format!("[{key}]")
+                || l == format!("# {key} is unset")),
+            "{key}: {defaults}"
+        );
+    }
+}
+
+#[test]
+fn keys_are_the_fields() {
+    assert_eq!(keys().len(), 23);
+    assert!(keys().contains(&"rename") && keys().contains(&"log_format"));
+    assert!(!keys().contains(&"heap_app_id"));
+    assert_eq!(
+        suggestion("pol_interval"),
+        " (did you mean `poll_interval`?)"
+    );
+    assert_eq!(suggestion("renames"), " (did you mean `rename`?)");
+    assert_eq!(suggestion("something"), "");
+    assert_eq!(thousands(1_000_000), "1,000,000");
+    assert_eq!(thousands(999), "999");
+    assert_eq!(short(Duration::from_secs(86_400)), "24h");
+}
+
+#[test]
+fn secrets_stay_out_of_debug() {
+    let config = Config {
+        heap_app_id: Some(Secret("app-id-4f9c2e".into())),
+        ..Config::default()
+    };
+    assert!(!format!("{config:?}").contains("app-id-4f9c2e"));
+}

@@ -1,0 +1,137 @@
+//! The value types and serde adapters behind [`Config`](super::Config)'s fields, shared with
+//! the clap structs so that a value reads and prints the same in a flag, a variable and the
+//! file.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A duration kept as it was written (`500ms`, `15m`, `1h 30m`), so that `--print-config`
+/// prints exactly what was given and it reads back the same. Parsed by
+/// [`crate::clock::parse_duration`] (humantime's units, at most 400 days).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HumanDuration {
+    duration: Duration,
+    text: String,
+}
+
+impl HumanDuration {
+    pub fn get(&self) -> Duration {
+        self.duration
+    }
+
+    pub(super) fn seconds(n: u64) -> Self {
+        HumanDuration {
+            duration: Duration::from_secs(n),
+            text: format!("{n}s"),
+        }
+    }
+
+    pub(super) fn minutes(n: u64) -> Self {
+        HumanDuration {
+            duration: Duration::from_secs(n * 60),
+            text: format!("{n}m"),
+        }
+    }
+}
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        Ok(HumanDuration {
+            duration: crate::clock::parse_duration(text)?,
+            text: text.trim().to_string(),
+        })
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        as_text::deserialize(d)
+    }
+}
+
+/// A value that is never shown: `Debug` prints `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub(super) String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Serde through `Display` and `FromStr`: locations, lookbacks and durations are strings in
+/// the file exactly as on the command line.
+pub mod as_text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    pub fn serialize<T: Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(value)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr<Err: Display>,
+        D: Deserializer<'de>,
+    {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(de::Error::custom)
+    }
+}
+
+/// `identity` as the Braze field names.
+pub mod identity_names {
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    use crate::heap::map::IdentitySource;
+
+    pub fn name(source: &IdentitySource) -> &'static str {
+        match source {
+            IdentitySource::ExternalUserId => "external_user_id",
+            IdentitySource::UserId => "user_id",
+        }
+    }
+
+    pub fn serialize<S: Serializer>(sources: &[IdentitySource], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(sources.iter().map(name))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IdentitySource>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| s.parse().map_err(de::Error::custom))
+            .collect()
+    }
+}
+
+/// `--rename` pairs as the `[rename]` table.
+pub fn renames_as_table<S: Serializer>(
+    pairs: &[(String, String)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(pairs.iter().map(|(k, v)| (k, v)))
+}
