@@ -11,10 +11,10 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use apache_avro::{Codec, DeflateSettings};
 use currents_heap::currents::container::ContainerReader;
 use currents_heap::currents::decode::EventReader;
-use currents_heap::currents::synth::{SynthOptions, synthesize};
+use currents_heap_testkit::apache_avro::{Codec, DeflateSettings};
+use currents_heap_testkit::synth::{SynthOptions, synthesize};
 
 const EVENTS: usize = 100_000;
 const OBJECT: &str = "event_type=users.behaviors.CustomEvent/date=2026-11-27-13/x.avro";
@@ -82,7 +82,7 @@ fn main() {
         });
         let reference = measure(runs, || {
             let mut n = 0;
-            for value in apache_avro::Reader::new(&avro[..]).unwrap() {
+            for value in currents_heap_testkit::apache_avro::Reader::new(&avro[..]).unwrap() {
                 black_box(value.unwrap());
                 n += 1;
             }

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 
 use currents_heap::currents::decode::EventReader;
 use currents_heap::currents::event::CustomHttpEvent;
-use currents_heap::currents::synth::{SynthOptions, synthesize};
 use currents_heap::deadletter::DeadLetterStore;
 use currents_heap::heap::client::HeapClient;
 use currents_heap::heap::delivery::{Delivery, DeliveryConfig, Submission, Tracker};
 use currents_heap::heap::map::{HeapMapper, Mapped, MappingConfig};
 use currents_heap::heap::pacer::RateLimits;
-use currents_heap::standin::{Standin, StandinConfig};
 use currents_heap::store::LocalStore;
+use currents_heap_testkit::standin::{Standin, StandinConfig};
+use currents_heap_testkit::synth::{SynthOptions, synthesize};
 
 const EVENTS: usize = 100_000;
 

@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use apache_avro::{Codec, DeflateSettings};
-use currents_heap::currents::fixtures::LAYOUT;
 use currents_heap::currents::key::{DateHour, KeyLayout};
-use currents_heap::currents::synth::{SynthOptions, synthesize};
 use currents_heap::heap::pacer::RateLimits;
-use currents_heap::standin::{Standin, StandinConfig};
+use currents_heap_testkit::apache_avro::{Codec, DeflateSettings};
+use currents_heap_testkit::fixtures::LAYOUT;
+use currents_heap_testkit::standin::{Standin, StandinConfig};
+use currents_heap_testkit::synth::{SynthOptions, synthesize};
 
 const OBJECTS: usize = 8;
 const EVENTS: usize = 100_000;

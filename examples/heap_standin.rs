@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use currents_heap::heap::pacer::RateLimits;
-use currents_heap::standin::{Standin, StandinConfig};
+use currents_heap_testkit::standin::{Standin, StandinConfig};
 
 #[tokio::main]
 async fn main() {

@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use apache_avro::{Codec, DeflateSettings};
-use currents_heap::currents::fixtures::LAYOUT;
 use currents_heap::currents::key::{DateHour, KeyLayout};
-use currents_heap::currents::synth::{SynthOptions, synthesize};
+use currents_heap_testkit::apache_avro::{Codec, DeflateSettings};
+use currents_heap_testkit::fixtures::LAYOUT;
+use currents_heap_testkit::synth::{SynthOptions, synthesize};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -3,34 +3,64 @@
 //! before the error is one the file really holds.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use apache_avro::{Codec, DeflateSettings, ZstandardSettings};
+use currents_heap::currents::container::MAX_BLOCK_BYTES;
 use currents_heap::currents::decode::EventReader;
-use currents_heap::currents::synth::{SynthOptions, synthesize};
+use currents_heap_testkit::apache_avro::{Codec, DeflateSettings, ZstandardSettings};
+use currents_heap_testkit::synth::{SynthOptions, synthesize};
 use proptest::prelude::*;
 use serde_json::Value as Json;
 
-/// Counts live heap bytes so tests can bound what corrupt input makes the decoder allocate.
+/// Counts live heap bytes so tests can bound what corrupt input makes the decoder allocate:
+/// over the whole process, and per thread (a decode runs on the test's thread, and tests run
+/// in parallel, so only the per-thread count can be pinned to one decode).
 struct CountingAllocator;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 
+thread_local! {
+    // Const-initialised and without destructors: safe to touch from inside the allocator.
+    static THREAD_LIVE: Cell<isize> = const { Cell::new(0) };
+    static THREAD_PEAK: Cell<isize> = const { Cell::new(0) };
+}
+
+fn thread_count(delta: isize) {
+    let _ = THREAD_LIVE.try_with(|live| {
+        let now = live.get() + delta;
+        live.set(now);
+        let _ = THREAD_PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+    });
+}
+
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
         PEAK.fetch_max(live, Ordering::Relaxed);
+        thread_count(layout.size() as isize);
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        thread_count(-(layout.size() as isize));
         unsafe { System.dealloc(ptr, layout) }
     }
 }
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// Runs `f` and returns its result and the most heap it held live at once on this thread,
+/// above what was live when it began.
+fn peak_of<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let base = THREAD_LIVE.with(Cell::get);
+    THREAD_PEAK.with(|peak| peak.set(base));
+    let result = f();
+    let peak = THREAD_PEAK.with(Cell::get) - base;
+    (result, peak.max(0) as usize)
+}
 
 /// Peak live heap over the whole test binary (tests run in parallel, so this bounds them all).
 const PEAK_LIMIT: usize = 128 * 1024 * 1024;
@@ -398,15 +428,189 @@ fn each_kind_of_damage_is_named() {
     }
 }
 
+// ---- Claims beyond the limit: refused without allocating what they claim. ----
+
+/// 1 GiB: 64 times [`MAX_BLOCK_BYTES`], so a decoder that trusted a claim (allocated for it
+/// up front, or read or inflated until the claim was met) would hold far more than any bound
+/// below, and than the whole binary's `PEAK_LIMIT`.
+const CLAIM: i64 = 1 << 30;
+
+/// What a refused claim may cost: the 64 KiB read buffer, the header, one small block.
+const SMALL: usize = 1024 * 1024;
+
+/// A decompressor that stops at the limit may have grown its output to the limit and, while
+/// growing, held the old buffer beside one twice its size (3 × the limit), besides the
+/// compressed block and its own buffers. The bombs below inflate to 4 times this.
+const AT_THE_LIMIT: usize = 4 * MAX_BLOCK_BYTES;
+
+fn unsigned_varint(mut n: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out
+}
+
+/// A raw deflate stream (no zlib wrapper, as Avro writes it) that inflates to `len` zero
+/// bytes: one fixed-Huffman block of a literal and then matches of 258 at distance 1, about
+/// 13 bits per 258 bytes, written without ever holding the inflated bytes.
+fn deflate_bomb(len: usize) -> Vec<u8> {
+    struct Bits {
+        out: Vec<u8>,
+        acc: u64,
+        n: u32,
+    }
+    impl Bits {
+        /// Header fields: least significant bit first.
+        fn put(&mut self, value: u64, bits: u32) {
+            self.acc |= value << self.n;
+            self.n += bits;
+            while self.n >= 8 {
+                self.out.push(self.acc as u8);
+                self.acc >>= 8;
+                self.n -= 8;
+            }
+        }
+        /// Huffman codes: most significant bit first.
+        fn code(&mut self, code: u64, bits: u32) {
+            let reversed = (0..bits).fold(0, |r, i| (r << 1) | ((code >> i) & 1));
+            self.put(reversed, bits);
+        }
+    }
+    let mut bits = Bits {
+        out: Vec::new(),
+        acc: 0,
+        n: 0,
+    };
+    bits.put(1, 1); // BFINAL
+    bits.put(1, 2); // BTYPE 01: fixed Huffman codes
+    bits.code(0x30, 8); // literal 0
+    for _ in 0..(len - 1) / 258 {
+        bits.code(0xC5, 8); // length symbol 285: 258 bytes
+        bits.code(0, 5); // distance code 0: distance 1
+    }
+    bits.code(0, 7); // end of block
+    bits.put(0, 7); // flush
+    bits.out
+}
+
+/// A zstd frame of RLE blocks that decompresses to `blocks` × 128 KiB zero bytes and declares
+/// no content size, so only a decoder that bounds its output while streaming can refuse it.
+fn zstd_bomb(blocks: usize) -> Vec<u8> {
+    let mut frame = vec![0x28, 0xB5, 0x2F, 0xFD]; // magic
+    frame.push(0x00); // no content size, no checksum, no dictionary, not single-segment
+    frame.push(7 << 3); // window 2^(10+7) = 128 KiB
+    for i in 0..blocks {
+        let last = u32::from(i + 1 == blocks);
+        let header = last | (1 << 1) | ((128 * 1024) << 3); // RLE, 128 KiB
+        frame.extend(&header.to_le_bytes()[..3]);
+        frame.push(0);
+    }
+    frame
+}
+
+/// A snappy block (Avro's framing: raw snappy, then a big-endian CRC32 of the output) whose
+/// preamble claims `claim` bytes but which holds one literal byte.
+fn snappy_claim(claim: u64) -> Vec<u8> {
+    let mut data = unsigned_varint(claim);
+    data.extend([0x00, b'a']); // a literal of length 1
+    data.extend([0, 0, 0, 0]);
+    data
+}
+
+fn with_codec(codec: &[u8], count: i64, data: &[u8]) -> Vec<u8> {
+    [
+        header(&[
+            ("avro.schema", TINY_SCHEMA.as_bytes()),
+            ("avro.codec", codec),
+        ]),
+        block(count, data),
+    ]
+    .concat()
+}
+
 #[test]
-fn peak_memory_stayed_bounded() {
-    // Runs alongside the property tests; a decoder that trusted a length would blow this.
+fn claims_far_beyond_the_limit_are_refused_without_allocating_them() {
+    let good_header = header(&[("avro.schema", TINY_SCHEMA.as_bytes())]);
     let s = sample(Codec::Null, 9);
-    let mut bytes = s.avro[..s.boundaries[0]].to_vec();
-    bytes.extend(varint(1));
-    bytes.extend(varint(16 * 1024 * 1024));
-    bytes.extend(&s.avro[s.boundaries[0] + 2..]);
-    let _ = decode(&bytes);
+    // The sample's blocks, after a block header that claims 1 GiB: a decoder that took the
+    // claim would read every byte that follows as one block, or allocate for all of it.
+    let block_claim = {
+        let mut bytes = s.avro[..s.boundaries[0]].to_vec();
+        bytes.extend(varint(1));
+        bytes.extend(varint(CLAIM));
+        bytes.extend(&s.avro[s.boundaries[0]..]);
+        bytes
+    };
+    let limit = format!("over the {MAX_BLOCK_BYTES}-byte limit");
+    let cases: Vec<(&str, Vec<u8>, String, usize)> = vec![
+        (
+            "block size",
+            block_claim,
+            format!("it declares {CLAIM} bytes, {limit}"),
+            SMALL,
+        ),
+        (
+            "metadata length",
+            [
+                b"Obj\x01".to_vec(),
+                varint(1),
+                avro_string(b"avro.schema"),
+                varint(CLAIM),
+                vec![b'{'; 4096],
+            ]
+            .concat(),
+            format!("has an impossible length {CLAIM}"),
+            SMALL,
+        ),
+        (
+            "record count",
+            [good_header, block(CLAIM, &record("a", 1))].concat(),
+            format!("declares {CLAIM} records but holds only"),
+            SMALL,
+        ),
+        (
+            "snappy length",
+            with_codec(b"snappy", 1, &snappy_claim(CLAIM as u64)),
+            "could not be decompressed (snappy)".into(),
+            SMALL,
+        ),
+        (
+            "deflate output",
+            with_codec(b"deflate", 1, &deflate_bomb(CLAIM as usize / 4)),
+            "could not be decompressed (deflate)".into(),
+            AT_THE_LIMIT,
+        ),
+        (
+            "zstandard output",
+            with_codec(
+                b"zstandard",
+                1,
+                &zstd_bomb(CLAIM as usize / 4 / (128 * 1024)),
+            ),
+            "could not be decompressed (zstandard)".into(),
+            AT_THE_LIMIT,
+        ),
+    ];
+    for (name, bytes, reason, bound) in cases {
+        assert!(
+            bytes.len() < 4 * SMALL,
+            "{name}: the input is small next to the claim"
+        );
+        let ((events, error), peak) = peak_of(|| decode(&bytes));
+        assert!(
+            peak <= bound,
+            "{name}: decoding held {peak} bytes at once, over the bound of {bound}"
+        );
+        let error = error.unwrap_or_else(|| panic!("{name}: accepted ({} events)", events.len()));
+        assert_named(&error);
+        assert!(
+            error.contains(&reason),
+            "{name}: `{error}` does not say `{reason}`"
+        );
+    }
     assert!(
         PEAK.load(Ordering::Relaxed) < PEAK_LIMIT,
         "peak {}",

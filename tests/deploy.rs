@@ -221,3 +221,39 @@ fn the_image_runs_as_non_root_on_a_minimal_base() {
     assert!(final_stage.contains("USER nonroot"));
     assert!(dockerfile.contains("--locked"));
 }
+
+#[test]
+fn the_image_build_resolves_the_workspace_and_builds_only_the_production_crate() {
+    let dockerfile = std::fs::read_to_string(deploy("Dockerfile")).unwrap();
+    let build_stage = dockerfile.rsplit("\nFROM ").nth(1).unwrap();
+    let manifest: toml::Table = toml::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap(),
+    )
+    .unwrap();
+    // Cargo reads every member's manifest to resolve the workspace, even to build one crate.
+    for member in manifest["workspace"]["members"].as_array().unwrap() {
+        let member = member.as_str().unwrap();
+        let wanted = match member {
+            "." => "Cargo.toml".to_string(),
+            other => format!("{other}/Cargo.toml"),
+        };
+        assert!(
+            build_stage
+                .lines()
+                .any(|l| l.starts_with("COPY ") && l.split_whitespace().any(|w| w == wanted)),
+            "the build stage does not copy {wanted}"
+        );
+    }
+    let builds: Vec<&str> = build_stage
+        .split("&&")
+        .flat_map(|part| part.split('\n'))
+        .filter(|part| part.contains("cargo build"))
+        .collect();
+    assert!(!builds.is_empty());
+    for build in builds {
+        assert!(
+            build.contains("--locked") && build.contains("-p currents-heap"),
+            "builds the production crate alone, from the lock file: {build}"
+        );
+    }
+}

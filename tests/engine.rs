@@ -1,7 +1,8 @@
 //! The worker engine in process, on a paused clock: shutdown passed in as a future, the
-//! abandon-at-timeout path, a panicking object, state-store outages, and a source that is not
-//! there. The source and state are real local stores (wrapped to inject faults); Heap is the
-//! stand-in over real HTTP.
+//! abandon-at-timeout path, a panicking object, state-store outages, single failed ledger and
+//! dead-letter writes, a source stream cut mid-object, and a source that is not there. The
+//! source and state are real local stores (wrapped by the testkit's `FaultyStore` to inject
+//! faults); Heap is the stand-in over real HTTP.
 
 mod support;
 
@@ -10,16 +11,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use currents_heap::deadletter::{DeadLetterFilter, DeadLetterStore};
 use currents_heap::heap::client::HeapClient;
 use currents_heap::heap::delivery::DeliveryConfig;
 use currents_heap::heap::map::{HeapMapper, MappingConfig};
 use currents_heap::ledger::{Ledger, Outcome as Recorded};
-use currents_heap::standin::{Standin, StandinConfig};
 use currents_heap::store::{LocalStore, ObjectStore};
 use currents_heap::telemetry::Metrics;
 use currents_heap::worker::engine::HeapOutput;
 use currents_heap::worker::{Engine, Lookback, Outcome, Output, Plan, Report, Settings};
-use support::faulty::{FaultyStore, Ops};
+use currents_heap_testkit::apache_avro::Codec;
+use currents_heap_testkit::fixtures::fixture_specs;
+use currents_heap_testkit::standin::{Standin, StandinConfig};
+use currents_heap_testkit::store::{FaultyStore, Keys, Ops};
 use support::{TempDir, all_sendable, copy_tree, fixtures};
 use tokio::time::Instant;
 
@@ -288,10 +292,7 @@ async fn a_twenty_second_state_outage_does_not_end_run_and_everything_is_recorde
             async move { dirs.recorded_done().await == OBJECTS }
         })
         .await;
-        assert!(
-            state.failures.load(Ordering::Relaxed) > 0,
-            "{ops:?}: the outage hit"
-        );
+        assert!(state.failures() > 0, "{ops:?}: the outage hit");
         assert!(
             Instant::now() >= start + Duration::from_secs(20),
             "recorded only once the store was back"
@@ -456,4 +457,250 @@ async fn a_bounded_run_gives_up_on_a_long_outage_with_exit_4_and_the_next_run_re
     let mut expected = all_sendable();
     expected.remove(&poisoned);
     assert_eq!(stored(&standin), expected);
+}
+
+fn once() -> Plan {
+    Plan::Once {
+        lookback: Lookback::All,
+    }
+}
+
+/// Ids of the events in one fixture object a run should deliver (a non-empty
+/// `external_user_id`, the default identity), from the expected JSON beside it.
+fn sendable_in(dirs: &Dirs, key: &str) -> HashSet<String> {
+    let json = dirs.source.0.join(key).with_extension("json");
+    std::fs::read_to_string(json)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|e| {
+            e["user"]["external_user_id"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+        })
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_error_mid_object_leaves_it_to_retry_and_the_next_run_delivers_every_event_once() {
+    let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let dirs = Dirs::new();
+    // The deflate fixture: 40 events in small blocks, so a cut halfway through its bytes
+    // falls after whole blocks whose events are already on their way to Heap.
+    let victim = fixture_specs()
+        .into_iter()
+        .find(|s| matches!(s.options.codec, Codec::Deflate(_)))
+        .unwrap()
+        .key();
+    let victim_events = sendable_in(&dirs, &victim);
+    let size = std::fs::metadata(dirs.source.0.join(&victim))
+        .unwrap()
+        .len();
+    let source = Arc::new(FaultyStore::new(dirs.source()));
+    // What an S3 GetObject body does when the connection drops: bytes, then an I/O error.
+    source.cut_next_open(Keys::exact(&victim), size / 2);
+
+    let report = Engine::start(
+        settings(),
+        once(),
+        source.clone(),
+        dirs.state(),
+        heap(&standin, Duration::from_secs(30)),
+        Arc::new(Metrics::new()),
+    )
+    .drive(std::future::pending())
+    .await;
+    let rendered = report.render();
+    assert_eq!(source.failures(), 1, "{:?}", source.injected());
+    assert!(
+        matches!(&report.outcome, Outcome::Incomplete { reason } if reason.contains("1 objects are left to retry")),
+        "{:?}\n{rendered}",
+        report.outcome
+    );
+    assert_eq!(report.outcome.exit_code(), 4);
+    assert_eq!(report.counts.objects_retried, 1, "{rendered}");
+    assert_eq!(report.counts.objects_done, OBJECTS as u64 - 1, "{rendered}");
+    assert_eq!(
+        report.counts.objects_failed, 0,
+        "a read error is not damage: {rendered}"
+    );
+    assert!(
+        rendered.contains(&format!(
+            "remaining: {victim}: cannot read the source object"
+        )) && rendered.contains("connection reset"),
+        "the report names the object and the read error: {rendered}"
+    );
+    let finished = Ledger::new(dirs.state()).finished("").await.unwrap();
+    assert_eq!(finished.count(Recorded::Done), OBJECTS - 1);
+    assert_eq!(finished.count(Recorded::Failed), 0);
+    assert_eq!(
+        finished.outcome(
+            &victim,
+            size,
+            &dirs.source().list(&victim).await.unwrap()[0].etag
+        ),
+        None,
+        "the cut object is not recorded"
+    );
+    let first = stored(&standin);
+    let others: HashSet<String> = all_sendable().difference(&victim_events).cloned().collect();
+    assert!(
+        first.is_superset(&others),
+        "every other object was delivered"
+    );
+    let accepted_early: HashSet<String> = first.intersection(&victim_events).cloned().collect();
+    assert!(
+        !accepted_early.is_empty() && accepted_early.len() < victim_events.len(),
+        "the cut fell mid-object, after some of its {} events were delivered: {}",
+        victim_events.len(),
+        accepted_early.len()
+    );
+    assert_eq!(standin.report().duplicates, 0);
+
+    // The next run reads the object again from its start; Heap ignores the repeats.
+    let report = Engine::start(
+        settings(),
+        once(),
+        dirs.source(),
+        dirs.state(),
+        heap(&standin, Duration::from_secs(30)),
+        Arc::new(Metrics::new()),
+    )
+    .drive(std::future::pending())
+    .await;
+    assert_eq!(report.outcome, Outcome::Finished, "{}", report.render());
+    assert_eq!(
+        report.counts.objects_done, 1,
+        "only the cut object was left"
+    );
+    assert_eq!(dirs.recorded_done().await, OBJECTS);
+    assert_eq!(stored(&standin), all_sendable(), "no event is lost");
+    let heap_saw = standin.report();
+    assert_eq!(
+        heap_saw.duplicates,
+        accepted_early.len() as u64,
+        "sent twice: exactly the events Heap accepted before the cut"
+    );
+    assert_eq!(heap_saw.duplicate_mismatches, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_ledger_write_is_retried_and_the_object_recorded_without_resending() {
+    let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let dirs = Dirs::new();
+    let state = Arc::new(FaultyStore::new(dirs.state()));
+    state.fail_nth(Ops::Writes, Keys::prefix("ledger/"), 3);
+    let metrics = Arc::new(Metrics::new());
+    let start = Instant::now();
+    let report = Engine::start(
+        settings(),
+        once(),
+        dirs.source(),
+        state.clone(),
+        heap(&standin, Duration::from_secs(30)),
+        metrics.clone(),
+    )
+    .drive(std::future::pending())
+    .await;
+    let injected = state.injected();
+    assert_eq!(injected.len(), 1, "{injected:?}");
+    assert!(injected[0].starts_with("put ") && injected[0].contains("/ledger/"));
+    assert_eq!(report.outcome, Outcome::Finished, "{}", report.render());
+    assert_eq!(report.counts.objects_done, OBJECTS as u64);
+    assert_eq!(
+        report.counts.objects_retried, 0,
+        "the write was retried, not the object"
+    );
+    assert_eq!(
+        dirs.recorded_done().await,
+        OBJECTS,
+        "the failed write's object too"
+    );
+    assert_eq!(
+        state.calls(Ops::Writes),
+        OBJECTS as u64,
+        "one put per object"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "tried again after its backoff"
+    );
+    assert_eq!(stored(&standin), all_sendable());
+    assert_eq!(standin.report().duplicates, 0, "nothing was sent twice");
+    let page = metrics.render();
+    assert!(
+        page.contains("currents_heap_state_write_failures_total 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("currents_heap_state_write_failing 0"),
+        "{page}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_dead_letter_write_is_retried_and_the_event_parked_once() {
+    let poisoned = all_sendable().into_iter().min().unwrap();
+    let standin = Standin::start(StandinConfig {
+        poison_keys: HashSet::from([poisoned.clone()]),
+        ..StandinConfig::new(APP_ID)
+    })
+    .await
+    .unwrap();
+    let dirs = Dirs::new();
+    let state = Arc::new(FaultyStore::new(dirs.state()));
+    state.fail_nth(Ops::Writes, Keys::prefix("dead-letters/"), 1);
+    let metrics = Arc::new(Metrics::new());
+    let report = Engine::start(
+        settings(),
+        once(),
+        dirs.source(),
+        state.clone(),
+        heap(&standin, Duration::from_secs(30)),
+        metrics.clone(),
+    )
+    .drive(std::future::pending())
+    .await;
+    let injected = state.injected();
+    assert_eq!(injected.len(), 1, "{injected:?}");
+    assert!(injected[0].starts_with("put ") && injected[0].contains("/dead-letters/"));
+    assert_eq!(
+        report.outcome,
+        Outcome::FinishedWithFailures,
+        "exit 3 for the parked event: {}",
+        report.render()
+    );
+    assert_eq!(report.counts.total().parked, 1);
+    assert_eq!(report.counts.objects_retried, 0, "{}", report.render());
+    assert_eq!(
+        dirs.recorded_done().await,
+        OBJECTS,
+        "its object is recorded"
+    );
+    let dead_letters = DeadLetterStore::new(dirs.state());
+    let objects = dead_letters
+        .list(&DeadLetterFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        objects.len(),
+        1,
+        "one dead-letter object, written once: {objects:?}"
+    );
+    let letters = dead_letters.read(&objects[0].key).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].event.id, poisoned);
+    let mut expected = all_sendable();
+    expected.remove(&poisoned);
+    assert_eq!(stored(&standin), expected);
+    let page = metrics.render();
+    assert!(
+        page.contains("currents_heap_state_write_failures_total 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("currents_heap_state_write_failing 0"),
+        "{page}"
+    );
 }

@@ -6,7 +6,7 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use currents_heap::standin::{Standin, StandinConfig};
+use currents_heap_testkit::standin::{Standin, StandinConfig};
 use support::{APP_ID, Setup, all_sendable, stored_ids};
 
 #[cfg(unix)]

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use currents_heap::commands::inspect::{Output, inspect};
-use currents_heap::currents::fixtures::{FIXTURE_ROOT, fixture_specs};
+use currents_heap_testkit::fixtures::{FIXTURE_ROOT, fixture_specs, same_container};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -34,42 +34,10 @@ fn committed_fixtures_are_what_the_generator_makes() {
     }
 }
 
-/// apache-avro writes the header's metadata from a HashMap, so entry order varies between
-/// runs: compare the header by content and everything after it (the blocks) byte for byte.
 fn assert_same_container(committed: &[u8], generated: &[u8], path: &Path) {
-    let header_end = |bytes: &[u8]| {
-        let generated_marker = &generated[generated.len() - 16..];
-        bytes
-            .windows(16)
-            .position(|w| w == generated_marker)
-            .map(|p| p + 16)
-            .unwrap_or_else(|| {
-                panic!(
-                    "{}: sync marker differs from the generator's",
-                    path.display()
-                )
-            })
-    };
-    let (c, g) = (header_end(committed), header_end(generated));
-    assert_eq!(c, g, "{}: header length", path.display());
-    assert!(
-        committed[c..] == generated[g..],
-        "{}: blocks differ from the generator's",
-        path.display()
-    );
-    let header = |bytes: &[u8]| {
-        let reader = apache_avro::Reader::new(bytes).unwrap();
-        (
-            reader.writer_schema().canonical_form(),
-            format!("{:?}", reader.user_metadata()),
-        )
-    };
-    assert_eq!(
-        header(committed),
-        header(generated),
-        "{}: header",
-        path.display()
-    );
+    if let Err(difference) = same_container(committed, generated) {
+        panic!("{}: {difference}", path.display());
+    }
 }
 
 #[test]

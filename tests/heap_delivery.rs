@@ -14,9 +14,9 @@ use currents_heap::heap::delivery::{Delivery, DeliveryConfig, DeliveryError, Sub
 use currents_heap::heap::map::{HeapMapper, MappingConfig};
 use currents_heap::heap::pacer::RateLimits;
 use currents_heap::heap::retry::RetryPolicy;
-use currents_heap::standin::{Fault, Standin, StandinConfig, StoredEvent};
 use currents_heap::store::LocalStore;
 use currents_heap::telemetry::Counts;
+use currents_heap_testkit::standin::{Fault, Standin, StandinConfig, StoredEvent};
 use support::{TempDir, custom_event};
 use tokio::sync::mpsc;
 use tokio::time::Instant;

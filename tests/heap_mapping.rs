@@ -9,7 +9,7 @@ use std::sync::Arc;
 use currents_heap::commands::inspect::{Output, inspect};
 use currents_heap::currents::event::Property;
 use currents_heap::heap::map::{HeapMapper, IdentitySource, Mapped, MappingConfig};
-use currents_heap::standin::check_event;
+use currents_heap_testkit::standin::check_event;
 use proptest::prelude::*;
 use serde_json::Value as Json;
 

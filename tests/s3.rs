@@ -15,8 +15,8 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use currents_heap::currents::decode::EventReader;
 use currents_heap::currents::key::DateHour;
 use currents_heap::source::{Window, discover};
-use currents_heap::standin::{Standin, StandinConfig};
 use currents_heap::store::{LocalStore, ObjectStore, S3Store};
+use currents_heap_testkit::standin::{Standin, StandinConfig};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::TempDir;
 use support::moto::{self, Moto};
@@ -470,7 +470,7 @@ async fn the_worker_keeps_its_ledger_and_dead_letters_in_s3() {
             .unwrap()
             .to_string()
     };
-    let in_hour: usize = currents_heap::currents::fixtures::fixture_specs()
+    let in_hour: usize = currents_heap_testkit::fixtures::fixture_specs()
         .iter()
         .filter(|spec| spec.date == "2026-11-27-13")
         .map(|spec| spec.options.events)

@@ -7,7 +7,7 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use currents_heap::standin::{Standin, StandinConfig};
+use currents_heap_testkit::standin::{Standin, StandinConfig};
 use support::{Setup, all_sendable, fixtures, sendable_by_hour, stored_ids};
 
 use support::APP_ID;

@@ -9,10 +9,7 @@
 //! bytes could hold. Anything else is a [`ContainerError`] naming the block and the reason.
 
 use std::io::{self, BufRead, BufReader, Read};
-use std::str::FromStr;
-use std::sync::{Arc, Once};
-
-use apache_avro::Codec;
+use std::sync::Arc;
 
 use super::datum::{Cursor, Datum, DatumError};
 use super::schema::{RecordShape, SchemaError, compile_event_schema};
@@ -80,12 +77,6 @@ pub struct ContainerReader<R> {
 impl<R: Read> ContainerReader<R> {
     /// Reads and checks the header: magic, metadata, writer schema, codec and sync marker.
     pub fn open(input: R) -> Result<Self, ContainerError> {
-        static BOUND_DECOMPRESSION: Once = Once::new();
-        // apache-avro bounds decompressed output by a process-wide budget, set once.
-        BOUND_DECOMPRESSION.call_once(|| {
-            apache_avro::util::max_allocation_bytes(MAX_BLOCK_BYTES);
-        });
-
         let mut reader = HeaderReader {
             input: BufReader::with_capacity(64 * 1024, input),
             offset: 0,
@@ -113,13 +104,13 @@ impl<R: Read> ContainerReader<R> {
         let schema = compile_event_schema(&schema_text)?;
         let codec = match codec_name.as_deref() {
             None | Some(b"null") => Codec::Null,
+            Some(b"deflate") => Codec::Deflate,
+            Some(b"snappy") => Codec::Snappy,
+            Some(b"zstandard") => Codec::Zstandard,
             Some(name) => {
-                let name = String::from_utf8_lossy(name).into_owned();
-                match name.as_str() {
-                    "deflate" | "snappy" | "zstandard" => Codec::from_str(&name)
-                        .map_err(|_| ContainerError::UnsupportedCodec(name.clone()))?,
-                    _ => return Err(ContainerError::UnsupportedCodec(name)),
-                }
+                return Err(ContainerError::UnsupportedCodec(
+                    String::from_utf8_lossy(name).into_owned(),
+                ));
             }
         };
         let mut sync = [0u8; 16];
@@ -146,7 +137,7 @@ impl<R: Read> ContainerReader<R> {
     }
 
     pub fn codec_name(&self) -> &'static str {
-        self.codec.into()
+        self.codec.name()
     }
 
     /// The next record's field values in writer order, or `None` at the end of the file.
@@ -245,10 +236,10 @@ impl<R: Read> ContainerReader<R> {
 
         self.codec
             .decompress(&mut self.block)
-            .map_err(|e| ContainerError::Decompress {
+            .map_err(|reason| ContainerError::Decompress {
                 block: block_no,
-                codec: self.codec.into(),
-                reason: e.to_string(),
+                codec: self.codec.name(),
+                reason,
             })?;
         // Every Currents record holds at least its `id` string, so at least one byte.
         let min_record_len = self.schema_min_record_len();
@@ -306,6 +297,86 @@ impl<R: Read> Iterator for ContainerReader<R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         self.next_record().transpose()
+    }
+}
+
+/// The block codecs of Avro container files that Braze writes or may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Codec {
+    Null,
+    Deflate,
+    Snappy,
+    Zstandard,
+}
+
+impl Codec {
+    fn name(self) -> &'static str {
+        match self {
+            Codec::Null => "null",
+            Codec::Deflate => "deflate",
+            Codec::Snappy => "snappy",
+            Codec::Zstandard => "zstandard",
+        }
+    }
+
+    /// Replaces a block's bytes by their decompressed form, refusing to produce (or to
+    /// allocate for) more than [`MAX_BLOCK_BYTES`].
+    fn decompress(self, block: &mut Vec<u8>) -> Result<(), String> {
+        let over = || format!("it decompresses to more than {MAX_BLOCK_BYTES} bytes");
+        *block = match self {
+            Codec::Null => return Ok(()),
+            // Raw deflate (RFC 1951), no zlib wrapper.
+            Codec::Deflate => {
+                use miniz_oxide::inflate::{TINFLStatus, decompress_to_vec_with_limit};
+                decompress_to_vec_with_limit(block, MAX_BLOCK_BYTES).map_err(|e| {
+                    match e.status {
+                        TINFLStatus::HasMoreOutput => over(),
+                        status => format!("invalid deflate data ({status:?})"),
+                    }
+                })?
+            }
+            // Raw snappy, then a big-endian CRC32 of the decompressed bytes.
+            Codec::Snappy => {
+                let data_end = block
+                    .len()
+                    .checked_sub(4)
+                    .ok_or("the block is shorter than its checksum")?;
+                let len =
+                    snap::raw::decompress_len(&block[..data_end]).map_err(|e| e.to_string())?;
+                if len > MAX_BLOCK_BYTES {
+                    return Err(format!(
+                        "it declares {len} decompressed bytes, over the {MAX_BLOCK_BYTES}-byte limit"
+                    ));
+                }
+                let mut out = vec![0; len];
+                snap::raw::Decoder::new()
+                    .decompress(&block[..data_end], &mut out)
+                    .map_err(|e| e.to_string())?;
+                let mut checksum = [0u8; 4];
+                checksum.copy_from_slice(&block[data_end..]);
+                let (expected, actual) = (u32::from_be_bytes(checksum), crc32fast::hash(&out));
+                if expected != actual {
+                    return Err(format!(
+                        "CRC32 {actual:08x} of the data does not match the block's {expected:08x}"
+                    ));
+                }
+                out
+            }
+            // One byte past the limit tells an output that exactly fills it from a bomb.
+            Codec::Zstandard => {
+                let mut out = Vec::new();
+                zstd::stream::read::Decoder::with_buffer(&block[..])
+                    .map_err(|e| e.to_string())?
+                    .take(MAX_BLOCK_BYTES as u64 + 1)
+                    .read_to_end(&mut out)
+                    .map_err(|e| e.to_string())?;
+                if out.len() > MAX_BLOCK_BYTES {
+                    return Err(over());
+                }
+                out
+            }
+        };
+        Ok(())
     }
 }
 

@@ -6,14 +6,13 @@
 //! - [`schema`] and [`datum`]: decoding driven by each file's embedded writer schema.
 //! - [`event`]: the Custom HTTP connector event shape and the mapping into it.
 //! - [`decode`]: all of the above for one object: bytes in, events out.
-//! - [`synth`]: seeded synthetic Currents files for fixtures, tests and benchmarks;
-//!   [`fixtures`]: the committed set made from them.
+//!
+//! Synthetic Currents files and the committed fixture set live in the testkit
+//! (`currents-heap-testkit`), outside the production crate.
 
 pub mod container;
 pub mod datum;
 pub mod decode;
 pub mod event;
-pub mod fixtures;
 pub mod key;
 pub mod schema;
-pub mod synth;

@@ -1,7 +1,6 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-pub mod faulty;
 pub mod moto;
 
 use std::collections::{HashMap, HashSet};
@@ -13,7 +12,7 @@ use std::process::Stdio;
 
 use currents_heap::currents::datum::Datum;
 use currents_heap::currents::event::{CUSTOM_EVENT, CustomHttpEvent, Property, User};
-use currents_heap::standin::Standin;
+use currents_heap_testkit::standin::Standin;
 use tokio::process::Command;
 
 /// A fresh, empty directory under the system temp dir, removed when dropped.

@@ -31,8 +31,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::heap::pacer::RateLimits;
 use crate::rng::Rng;
+use currents_heap::heap::pacer::RateLimits;
 
 /// One injected fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

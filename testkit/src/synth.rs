@@ -14,8 +14,8 @@ use apache_avro::types::Value;
 use apache_avro::{Codec, Writer};
 use serde_json::{Map, Value as Json, json};
 
-use super::event::{CUSTOM_EVENT, PURCHASE};
 use crate::rng::Rng;
+use currents_heap::currents::event::{CUSTOM_EVENT, PURCHASE};
 
 /// What to generate.
 #[derive(Debug, Clone)]

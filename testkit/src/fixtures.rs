@@ -1,15 +1,18 @@
 //! The committed fixture set: which synthetic files live under `fixtures/bucket/`, and how
 //! each is made. `examples/gen_fixtures.rs` writes them; `tests/fixtures.rs` checks that the
 //! committed files are exactly what this produces and that they decode to their `.json`.
+//!
+//! Paths here are relative to the currents-heap package root (the workspace root), where
+//! `fixtures/` and `schemas/` live.
 
 use apache_avro::Codec;
 use apache_avro::DeflateSettings;
 use apache_avro::ZstandardSettings;
 
-use super::key::{DateHour, KeyLayout};
-use super::synth::{SynthFile, SynthOptions, synthesize};
+use crate::synth::{SynthFile, SynthOptions, synthesize};
+use currents_heap::currents::key::{DateHour, KeyLayout};
 
-/// Where fixtures live, relative to the crate root: a local "bucket" holding the `currents`
+/// Where fixtures live, relative to the package root: a local "bucket" holding the `currents`
 /// prefix in Braze's key layout, usable as a local source.
 pub const FIXTURE_ROOT: &str = "fixtures/bucket";
 
@@ -25,7 +28,7 @@ pub const LAYOUT: KeyLayout<'static> = KeyLayout {
 
 /// One fixture file.
 pub struct FixtureSpec {
-    /// The `.avsc` file, relative to the crate root.
+    /// The `.avsc` file, relative to the package root.
     pub schema_path: String,
     pub event_type: String,
     pub date: &'static str,
@@ -45,7 +48,7 @@ impl FixtureSpec {
         .object_key(&self.event_type, date, 0, self.offset)
     }
 
-    /// Generates the file from the schema at `crate_root/schema_path`.
+    /// Generates the file from the schema at `crate_root/schema_path` (the package root).
     pub fn generate(&self, crate_root: &std::path::Path) -> Result<SynthFile, String> {
         let path = crate_root.join(&self.schema_path);
         let schema =
@@ -155,3 +158,42 @@ pub const BEHAVIOR_TYPES: [&str; 13] = [
     "users.behaviors.subscription.GlobalStateChange",
     "users.behaviors.subscriptiongroup.StateChange",
 ];
+
+/// Whether two container files hold the same thing: the same blocks byte for byte, and
+/// headers with the same writer schema and metadata. apache-avro writes the header's metadata
+/// from a HashMap, so its entry order (and so the header's bytes) varies between runs of the
+/// generator; everything after the header does not. `Err` says what differs.
+pub fn same_container(committed: &[u8], generated: &[u8]) -> Result<(), String> {
+    if generated.len() < 16 {
+        return Err("the generated file is too short to hold a sync marker".into());
+    }
+    let marker = &generated[generated.len() - 16..];
+    let header_end = |bytes: &[u8]| {
+        bytes
+            .windows(16)
+            .position(|w| w == marker)
+            .map(|p| p + 16)
+            .ok_or("sync marker differs from the generator's")
+    };
+    let (c, g) = (header_end(committed)?, header_end(generated)?);
+    if c != g {
+        return Err(format!("header length {c}, the generator's {g}"));
+    }
+    if committed[c..] != generated[g..] {
+        return Err("blocks differ from the generator's".into());
+    }
+    let header = |bytes: &[u8]| {
+        apache_avro::Reader::new(bytes)
+            .map(|reader| {
+                (
+                    reader.writer_schema().canonical_form(),
+                    format!("{:?}", reader.user_metadata()),
+                )
+            })
+            .map_err(|e| format!("header: {e}"))
+    };
+    if header(committed)? != header(generated)? {
+        return Err("header differs from the generator's".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,521 @@
+//! Store wrappers for tests, in the manner of object_store's `throttle.rs`: each wraps any
+//! [`ObjectStore`] and passes every call through to it, after injecting a fault or a delay.
+//!
+//! - [`FaultyStore`] fails the n-th read or write (of any key, or of keys under a prefix),
+//!   fails reads or writes over a window of time (an outage), cuts the stream an `open`
+//!   returns after n bytes (a connection reset mid-object, the way an S3 GetObject body fails),
+//!   and panics once on opening a key.
+//! - [`SlowStore`] waits before every call.
+//!
+//! Time is tokio's, so a paused test clock drives the outages and the delays.
+
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use currents_heap::store::{ObjectMeta, ObjectReader, ObjectStore, StoreError, StoreFuture};
+use tokio::time::Instant;
+
+/// Which calls a fault or a delay applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ops {
+    /// list, list_folders, get, open
+    Reads,
+    /// put, delete
+    Writes,
+}
+
+impl Ops {
+    fn of(operation: &str) -> Ops {
+        match operation {
+            "put" | "delete" => Ops::Writes,
+            _ => Ops::Reads,
+        }
+    }
+}
+
+/// Which keys a fault applies to (for a listing, the prefix listed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Keys {
+    Any,
+    /// Keys starting with this, e.g. `ledger/` or `dead-letters/`.
+    Prefix(String),
+    Exact(String),
+}
+
+impl Keys {
+    pub fn prefix(prefix: impl Into<String>) -> Keys {
+        Keys::Prefix(prefix.into())
+    }
+
+    pub fn exact(key: impl Into<String>) -> Keys {
+        Keys::Exact(key.into())
+    }
+
+    fn matches(&self, key: &str) -> bool {
+        match self {
+            Keys::Any => true,
+            Keys::Prefix(prefix) => key.starts_with(prefix.as_str()),
+            Keys::Exact(exact) => key == exact,
+        }
+    }
+}
+
+/// One call of a kind to fail, counted from when it was asked for.
+struct Nth {
+    ops: Ops,
+    keys: Keys,
+    n: u64,
+    seen: u64,
+}
+
+/// The next `open` of a matching key streams this many bytes, then fails.
+struct Cut {
+    keys: Keys,
+    after: u64,
+}
+
+#[derive(Default)]
+struct Faults {
+    outage: Option<(Instant, Instant, Ops)>,
+    nth: Vec<Nth>,
+    cuts: Vec<Cut>,
+    panic_on_open: Option<String>,
+}
+
+/// A store whose calls fail when told to. Every injected failure is an error the real stores
+/// return for a passing cause (a 503, a reset connection), never "not found".
+pub struct FaultyStore {
+    inner: Arc<dyn ObjectStore>,
+    faults: Mutex<Faults>,
+    /// `operation location: reason` of every failure injected, in order.
+    injected: Arc<Mutex<Vec<String>>>,
+    /// Calls passed through, by kind.
+    reads: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        FaultyStore {
+            inner,
+            faults: Mutex::new(Faults::default()),
+            injected: Arc::new(Mutex::new(Vec::new())),
+            reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+        }
+    }
+
+    /// Fails `ops` from `from` until `until` (tokio time).
+    pub fn outage(&self, from: Instant, until: Instant, ops: Ops) {
+        self.faults().outage = Some((from, until, ops));
+    }
+
+    /// Fails the `n`-th call (1-based, counted from now) of `ops` on a key matching `keys`;
+    /// the calls before and after it pass. Several can be asked for at once.
+    pub fn fail_nth(&self, ops: Ops, keys: Keys, n: u64) {
+        assert!(n >= 1, "calls are counted from 1");
+        self.faults().nth.push(Nth {
+            ops,
+            keys,
+            n,
+            seen: 0,
+        });
+    }
+
+    /// The next `open` of a key matching `keys` returns a reader that yields the object's
+    /// first `after` bytes and then fails with an I/O error (connection reset), as the body of
+    /// an S3 GetObject does when the connection drops mid-object. Later opens read it whole.
+    pub fn cut_next_open(&self, keys: Keys, after: u64) {
+        self.faults().cuts.push(Cut { keys, after });
+    }
+
+    /// The next `open` of `key` panics; later ones work.
+    pub fn panic_once_on_open(&self, key: &str) {
+        self.faults().panic_on_open = Some(key.to_string());
+    }
+
+    /// How many failures were injected (a cut counts when its reader fails).
+    pub fn failures(&self) -> u64 {
+        lock(&self.injected).len() as u64
+    }
+
+    /// Every failure injected, as `operation location: reason`, in order.
+    pub fn injected(&self) -> Vec<String> {
+        lock(&self.injected).clone()
+    }
+
+    /// Calls of `ops` passed through to the inner store so far.
+    pub fn calls(&self, ops: Ops) -> u64 {
+        match ops {
+            Ops::Reads => self.reads.load(Ordering::Relaxed),
+            Ops::Writes => self.writes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn faults(&self) -> MutexGuard<'_, Faults> {
+        lock(&self.faults)
+    }
+
+    fn error(&self, operation: &'static str, key: &str, reason: String) -> StoreError {
+        let error = StoreError {
+            operation,
+            location: format!("{}/{key}", self.inner.describe()),
+            reason,
+            not_found: false,
+        };
+        lock(&self.injected).push(error.to_string());
+        error
+    }
+
+    /// Whether this call fails; counts it toward every `fail_nth` it matches.
+    fn check(&self, operation: &'static str, key: &str) -> Result<(), StoreError> {
+        let ops = Ops::of(operation);
+        let now = Instant::now();
+        let failure = {
+            let mut faults = self.faults();
+            let in_outage = matches!(faults.outage, Some((from, until, failing))
+                if failing == ops && now >= from && now < until);
+            let mut nth_hit = None;
+            faults.nth.retain_mut(|nth| {
+                if nth.ops != ops || !nth.keys.matches(key) {
+                    return true;
+                }
+                nth.seen += 1;
+                if nth.seen == nth.n {
+                    nth_hit = Some(nth.n);
+                    return false;
+                }
+                true
+            });
+            if in_outage {
+                Some("injected outage: 503 Service Unavailable".to_string())
+            } else {
+                nth_hit.map(|n| format!("injected failure of call {n}: 503 Service Unavailable"))
+            }
+        };
+        match failure {
+            Some(reason) => Err(self.error(operation, key, reason)),
+            None => {
+                match ops {
+                    Ops::Reads => &self.reads,
+                    Ops::Writes => &self.writes,
+                }
+                .fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ObjectStore for FaultyStore {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<ObjectMeta>> {
+        Box::pin(async move {
+            self.check("list", prefix)?;
+            self.inner.list(prefix).await
+        })
+    }
+
+    fn list_folders<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            self.check("list", prefix)?;
+            self.inner.list_folders(prefix).await
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<u8>> {
+        Box::pin(async move {
+            self.check("get", key)?;
+            self.inner.get(key).await
+        })
+    }
+
+    fn open<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectReader> {
+        Box::pin(async move {
+            let (panic_now, cut) = {
+                let mut faults = self.faults();
+                let panic_now = faults.panic_on_open.as_deref() == Some(key);
+                if panic_now {
+                    faults.panic_on_open = None;
+                }
+                let cut = faults
+                    .cuts
+                    .iter()
+                    .position(|c| c.keys.matches(key))
+                    .map(|i| faults.cuts.remove(i).after);
+                (panic_now, cut)
+            };
+            assert!(!panic_now, "injected panic while opening {key}");
+            self.check("get", key)?;
+            let reader = self.inner.open(key).await?;
+            Ok(match cut {
+                Some(after) => Box::new(CutReader {
+                    inner: reader,
+                    left: after,
+                    after,
+                    location: format!("{}/{key}", self.inner.describe()),
+                    injected: self.injected.clone(),
+                    reported: false,
+                }) as ObjectReader,
+                None => reader,
+            })
+        })
+    }
+
+    fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.check("put", key)?;
+            self.inner.put(key, bytes).await
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.check("delete", key)?;
+            self.inner.delete(key).await
+        })
+    }
+}
+
+/// Yields `after` bytes of the object, then fails every read, as a reset connection does.
+struct CutReader {
+    inner: ObjectReader,
+    left: u64,
+    after: u64,
+    location: String,
+    injected: Arc<Mutex<Vec<String>>>,
+    reported: bool,
+}
+
+impl Read for CutReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let reason = format!(
+                "injected: connection reset by peer after {} bytes of the body",
+                self.after
+            );
+            if !self.reported {
+                self.reported = true;
+                lock(&self.injected).push(format!("get {}: {reason}", self.location));
+            }
+            return Err(io::Error::new(io::ErrorKind::ConnectionReset, reason));
+        }
+        let most = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..most])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// A store that waits (tokio time) before passing each call on: reads (list, get, open) and
+/// writes (put, delete) each by their own delay.
+pub struct SlowStore {
+    inner: Arc<dyn ObjectStore>,
+    reads: Duration,
+    writes: Duration,
+}
+
+impl SlowStore {
+    /// The same delay before every call.
+    pub fn new(inner: Arc<dyn ObjectStore>, delay: Duration) -> Self {
+        SlowStore::with_delays(inner, delay, delay)
+    }
+
+    pub fn with_delays(inner: Arc<dyn ObjectStore>, reads: Duration, writes: Duration) -> Self {
+        SlowStore {
+            inner,
+            reads,
+            writes,
+        }
+    }
+
+    async fn wait(&self, ops: Ops) {
+        let delay = match ops {
+            Ops::Reads => self.reads,
+            Ops::Writes => self.writes,
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+impl ObjectStore for SlowStore {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<ObjectMeta>> {
+        Box::pin(async move {
+            self.wait(Ops::Reads).await;
+            self.inner.list(prefix).await
+        })
+    }
+
+    fn list_folders<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            self.wait(Ops::Reads).await;
+            self.inner.list_folders(prefix).await
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<u8>> {
+        Box::pin(async move {
+            self.wait(Ops::Reads).await;
+            self.inner.get(key).await
+        })
+    }
+
+    fn open<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectReader> {
+        Box::pin(async move {
+            self.wait(Ops::Reads).await;
+            self.inner.open(key).await
+        })
+    }
+
+    fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.wait(Ops::Writes).await;
+            self.inner.put(key, bytes).await
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.wait(Ops::Writes).await;
+            self.inner.delete(key).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use currents_heap::store::LocalStore;
+
+    struct Dir(std::path::PathBuf);
+
+    impl Dir {
+        fn new(label: &str) -> Dir {
+            let dir = std::env::temp_dir().join(format!(
+                "currents-heap-testkit-{label}-{}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Dir(dir)
+        }
+
+        fn store(&self) -> Arc<dyn ObjectStore> {
+            Arc::new(LocalStore::new(&self.0))
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn fails_exactly_the_nth_matching_call() {
+        let dir = Dir::new("nth");
+        let store = FaultyStore::new(dir.store());
+        store.fail_nth(Ops::Writes, Keys::prefix("ledger/"), 2);
+        store.put("other/a", b"x".to_vec()).await.unwrap();
+        store.put("ledger/a", b"x".to_vec()).await.unwrap();
+        let error = store.put("ledger/b", b"x".to_vec()).await.unwrap_err();
+        assert!(!error.not_found);
+        assert!(error.to_string().contains("ledger/b"), "{error}");
+        store.put("ledger/b", b"x".to_vec()).await.unwrap();
+        store.get("ledger/b").await.unwrap();
+        assert_eq!(store.failures(), 1);
+        assert_eq!(store.calls(Ops::Writes), 3);
+        assert_eq!(store.calls(Ops::Reads), 1);
+        assert!(store.injected()[0].starts_with("put "));
+    }
+
+    #[tokio::test]
+    async fn a_cut_stream_yields_its_bytes_then_fails_once_per_request() {
+        let dir = Dir::new("cut");
+        let store = FaultyStore::new(dir.store());
+        let body: Vec<u8> = (0..100u8).collect();
+        store.put("obj", body.clone()).await.unwrap();
+        store.cut_next_open(Keys::exact("obj"), 40);
+        let mut reader = store.open("obj").await.unwrap();
+        let mut got = Vec::new();
+        let error = tokio::task::spawn_blocking(move || {
+            let e = reader.read_to_end(&mut got).unwrap_err();
+            (got, e)
+        })
+        .await
+        .unwrap();
+        assert_eq!(error.0, body[..40]);
+        assert_eq!(error.1.kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(store.failures(), 1);
+        // The next request reads the whole object.
+        let mut reader = store.open("obj").await.unwrap();
+        let whole = tokio::task::spawn_blocking(move || {
+            let mut all = Vec::new();
+            reader.read_to_end(&mut all).map(|_| all)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(whole, body);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_fails_only_its_kind_and_only_in_its_window() {
+        let dir = Dir::new("outage");
+        let store = FaultyStore::new(dir.store());
+        let start = Instant::now();
+        store.outage(
+            start + Duration::from_secs(1),
+            start + Duration::from_secs(2),
+            Ops::Writes,
+        );
+        store.put("a", vec![1]).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(store.put("a", vec![2]).await.is_err());
+        assert_eq!(store.get("a").await.unwrap(), vec![1]);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        store.put("a", vec![3]).await.unwrap();
+        assert_eq!(store.failures(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_store_waits_before_each_call() {
+        let dir = Dir::new("slow");
+        let store = SlowStore::with_delays(
+            dir.store(),
+            Duration::from_millis(200),
+            Duration::from_secs(3),
+        );
+        let start = Instant::now();
+        store.put("a", vec![1]).await.unwrap();
+        let took = start.elapsed();
+        assert!(took >= Duration::from_secs(3), "{took:?}");
+        store.get("a").await.unwrap();
+        store.list("").await.unwrap();
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(3400) && took < Duration::from_millis(3500),
+            "{took:?}"
+        );
+    }
+}
