@@ -100,8 +100,9 @@ impl Pipeline {
         let reader = match self.source.open(&object.key).await {
             Ok(reader) => reader,
             Err(e) if e.not_found => {
-                return ObjectResult::Abandoned {
+                return ObjectResult::Retry {
                     key: object.key.clone(),
+                    reason: format!("the object disappeared after it was listed: {e}"),
                 };
             }
             Err(e) => {

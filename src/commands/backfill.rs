@@ -14,8 +14,13 @@ use crate::currents::key::DateHour;
 use crate::source::parse_date_arg;
 use crate::telemetry::Counts;
 use crate::worker::Plan;
+use tokio_util::sync::CancellationToken;
 
 /// `backfill`'s flags; it runs with the resolved [`Config`].
+/// The longest range one backfill takes: discovery lists every hour of the range per
+/// event type before sending, so a typo like `--to 9999-12-31` must not start that.
+const MAX_RANGE_HOURS: i64 = 400 * 24;
+
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct BackfillArgs {
     #[command(flatten)]
@@ -41,12 +46,22 @@ pub async fn backfill(args: BackfillArgs, config: Config) -> Exit {
             args.from, args.to
         ));
     }
+    let hours = args.to.hours_since_epoch() - args.from.hours_since_epoch();
+    if hours > MAX_RANGE_HOURS {
+        return Exit::Usage(format!(
+            "--from {} --to {} spans {hours} hours; a backfill takes at most {MAX_RANGE_HOURS} (400 days): split the range",
+            args.from, args.to
+        ));
+    }
     let plan = Plan::Range {
         from: args.from,
         to: args.to,
     };
+    // Signals are handled from here on: starting the engine can take a while (credentials).
+    let abandon = CancellationToken::new();
+    let shutdown = shutdown_on_signals(abandon.clone());
     let engine = match engine(&config, plan).await {
-        Ok(engine) => engine,
+        Ok(engine) => engine.with_abandon(abandon),
         Err(exit) => return exit,
     };
     tracing::info!("backfill {} to {}", args.from, args.to);
@@ -55,7 +70,6 @@ pub async fn backfill(args: BackfillArgs, config: Config) -> Exit {
     let engine = engine.with_progress(Box::new(move |counts, found| {
         progress.update(counts, found)
     }));
-    let shutdown = shutdown_on_signals(&engine);
     let report = engine.drive(shutdown).await;
     if let Some(bar) = bar {
         bar.finish();

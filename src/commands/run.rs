@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::config::{Config, DEFAULTS, HumanDuration, as_text};
 use super::worker::{Exit, WorkerArgs, engine, shutdown_on_signals};
 use crate::worker::{Lookback, Plan};
+use tokio_util::sync::CancellationToken;
 
 /// `run`'s flags; it runs with the resolved [`Config`].
 #[derive(Debug, Clone, Args, Serialize)]
@@ -48,8 +49,11 @@ pub async fn run(args: RunArgs, config: Config) -> Exit {
             poll_interval,
         }
     };
+    // Signals are handled from here on: starting the engine can take a while (credentials).
+    let abandon = CancellationToken::new();
+    let shutdown = shutdown_on_signals(abandon.clone());
     let engine = match engine(&config, plan).await {
-        Ok(engine) => engine,
+        Ok(engine) => engine.with_abandon(abandon),
         Err(exit) => return exit,
     };
     let _server = match config.listen {
@@ -69,7 +73,6 @@ pub async fn run(args: RunArgs, config: Config) -> Exit {
         },
         None => None,
     };
-    let shutdown = shutdown_on_signals(&engine);
     let report = engine.drive(shutdown).await;
     print!("{}", report.render());
     report.outcome.into()

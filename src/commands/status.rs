@@ -55,7 +55,7 @@ fn reason_group(reason: &str) -> String {
 }
 
 async fn report(config: &Config) -> Result<String, String> {
-    let (source, state) = open_stores(config).await.map_err(|e| match e {
+    let (source, state) = open_stores(config, false).await.map_err(|e| match e {
         Exit::Usage(message) | Exit::Fatal(message) => message,
         other => format!("{other:?}"),
     })?;

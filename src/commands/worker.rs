@@ -15,7 +15,7 @@ use crate::heap::delivery::DeliveryConfig;
 use crate::heap::map::HeapMapper;
 use crate::heap::pacer::RateLimits;
 use crate::heap::retry::RetryPolicy;
-use crate::store::{Location, ObjectStore};
+use crate::store::{LocalStore, Location, ObjectStore};
 use crate::telemetry::Metrics;
 use crate::worker::engine::HeapOutput;
 use crate::worker::{Engine, Outcome, Output, Plan, Settings};
@@ -151,7 +151,21 @@ fn app_id(config: &Config) -> Result<String, Exit> {
 }
 
 /// Opens the state store, named in its error.
-pub async fn open_state(config: &Config) -> Result<Arc<dyn ObjectStore>, Exit> {
+pub async fn open_state(config: &Config, create: bool) -> Result<Arc<dyn ObjectStore>, Exit> {
+    if let Location::Local(path) = &config.state {
+        // A local state must exist once the worker runs, so that one deleted or replaced
+        // mid-run is an error and not an empty ledger; a dry run or `status` creates nothing.
+        if create {
+            std::fs::create_dir_all(path).map_err(|e| {
+                Exit::Usage(format!(
+                    "--state {}: cannot create the directory: {e}",
+                    path.display()
+                ))
+            })?;
+        } else if !path.exists() {
+            return Ok(Arc::new(LocalStore::lazy(path)));
+        }
+    }
     config
         .state
         .open(config.s3_path_style)
@@ -159,16 +173,26 @@ pub async fn open_state(config: &Config) -> Result<Arc<dyn ObjectStore>, Exit> {
         .map_err(|e| Exit::Usage(format!("--state: {e}")))
 }
 
-/// Opens the source and the state, each named in its error.
+/// Opens the source and the state, each named in its error. `create`: make a local state
+/// directory that does not exist yet.
 pub async fn open_stores(
     config: &Config,
+    create: bool,
 ) -> Result<(Arc<dyn ObjectStore>, Arc<dyn ObjectStore>), Exit> {
+    if let Location::Local(path) = &config.source
+        && !path.is_dir()
+    {
+        return Err(Exit::Usage(format!(
+            "--source {}: no such directory (a local source is a directory laid out like a Currents bucket)",
+            path.display()
+        )));
+    }
     let source = config
         .source
         .open(config.s3_path_style)
         .await
         .map_err(|e| Exit::Usage(format!("--source: {e}")))?;
-    Ok((source, open_state(config).await?))
+    Ok((source, open_state(config, create).await?))
 }
 
 /// Where events go: nowhere in a dry run, else Heap with the configured limits.
@@ -207,7 +231,7 @@ pub fn output(config: &Config) -> Result<Output, Exit> {
 /// Builds the engine for `run` or `backfill`.
 pub async fn engine(config: &Config, plan: Plan) -> Result<Engine, Exit> {
     let output = output(config)?;
-    let (source, state) = open_stores(config).await?;
+    let (source, state) = open_stores(config, !config.dry_run).await?;
     let settings = Settings {
         object_concurrency: config.object_concurrency as usize,
         shutdown_timeout: config.shutdown_timeout.get(),
@@ -225,14 +249,17 @@ pub async fn engine(config: &Config, plan: Plan) -> Result<Engine, Exit> {
 }
 
 /// The shutdown future for [`Engine::drive`]: the first SIGTERM/SIGINT stops the engine, and a
-/// second one abandons objects in flight at once.
-pub fn shutdown_on_signals(engine: &Engine) -> impl std::future::Future<Output = ()> + use<> {
-    let abandon = engine.abandon_token();
+/// second one abandons objects in flight at once. The handlers are installed now, before the
+/// first poll, so a signal during a long first listing is not the default (killing) action.
+pub fn shutdown_on_signals(
+    abandon: tokio_util::sync::CancellationToken,
+) -> impl std::future::Future<Output = ()> + use<> {
+    let mut signals = Signals::install();
     async move {
-        shutdown_signal().await;
+        signals.next().await;
         tokio::spawn(async move {
-            shutdown_signal().await;
-            tracing::warn!("second signal: abandoning objects in flight");
+            signals.next().await;
+            tracing::warn!("second signal: abandoning work in flight");
             abandon.cancel();
         });
     }
@@ -249,25 +276,42 @@ impl From<Outcome> for Exit {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// SIGTERM and SIGINT, listened to from the moment of [`Signals::install`].
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = signal(SignalKind::terminate())
+                .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)))
+                .map_err(|e| tracing::warn!("cannot listen for SIGTERM/SIGINT: {e}"))
+                .ok();
+            Signals { streams }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// The next SIGTERM or SIGINT (never, if the handlers could not be installed).
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        match &mut self.streams {
+            Some((term, interrupt)) => {
                 tokio::select! {
                     _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+                    _ = interrupt.recv() => {}
                 }
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            None => std::future::pending().await,
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

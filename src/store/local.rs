@@ -36,6 +36,12 @@
 //!
 //! One limit remains from the file system: a key cannot be both an object and a prefix of
 //! other keys (`a` and `a/b`), since a name is either a file or a directory.
+//!
+//! # A missing root
+//! The root must exist for any listing: a source directory that moved away, or a state
+//! directory deleted or replaced by a file mid-run, must not read as an empty bucket or an
+//! empty ledger (which would send everything again). The state's root is created when the
+//! worker starts; [`LocalStore::lazy`] is for a state that a dry run must not create.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -47,6 +53,8 @@ use super::{ObjectMeta, ObjectReader, ObjectStore, StoreError, StoreFuture};
 #[derive(Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    /// Whether a root that does not exist lists as empty instead of failing.
+    missing_root_is_empty: bool,
 }
 
 /// Distinguishes temporary files of concurrent writers within this process.
@@ -306,8 +314,20 @@ fn create_dirs(dir: &Path) -> io::Result<()> {
 }
 
 impl LocalStore {
+    /// A store whose root must exist for listings (see the module doc).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalStore { root: root.into() }
+        LocalStore {
+            root: root.into(),
+            missing_root_is_empty: false,
+        }
+    }
+
+    /// A store whose root may not exist yet: until something is written, it lists as empty.
+    pub fn lazy(root: impl Into<PathBuf>) -> Self {
+        LocalStore {
+            missing_root_is_empty: true,
+            ..LocalStore::new(root)
+        }
     }
 
     /// `root/key`, for messages: the key exactly as given, not its encoded path.
@@ -372,14 +392,31 @@ impl LocalStore {
     fn read_dir(&self, dir: &Path, prefix: &str) -> Result<Option<fs::ReadDir>, StoreError> {
         match fs::read_dir(dir) {
             Ok(entries) => Ok(Some(entries)),
-            // A moved-away source must not look like an empty one.
-            Err(e) if dir == self.root && e.kind() == io::ErrorKind::NotFound => Err(StoreError {
-                not_found: true,
-                ..self.error("list", prefix, "the directory does not exist".into())
-            }),
-            // The state creates folders lazily (`ledger/` may not exist yet), and a walk can
-            // race a delete that removes emptied folders.
-            Err(e) if is_missing(&e) && dir != self.root => Ok(None),
+            Err(e) if is_missing(&e) => {
+                // A moved-away source, or a state deleted mid-run, must not look empty.
+                match fs::metadata(&self.root) {
+                    Ok(root) if root.is_dir() => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && self.missing_root_is_empty => {
+                        return Ok(None);
+                    }
+                    Ok(_) => {
+                        return Err(self.error(
+                            "list",
+                            prefix,
+                            "the root is not a directory".into(),
+                        ));
+                    }
+                    Err(_) => {
+                        return Err(StoreError {
+                            not_found: true,
+                            ..self.error("list", prefix, "the directory does not exist".into())
+                        });
+                    }
+                }
+                // Folders are created lazily (`ledger/` may not exist yet), and a walk can
+                // race a delete that removes emptied folders.
+                Ok(None)
+            }
             Err(e) => Err(self.io_error("list", prefix, e)),
         }
     }
@@ -687,10 +724,10 @@ mod tests {
     /// piece would not make a failure clearer than its seed does.
     fn long_segment(pieces: &'static [&'static str]) -> impl Strategy<Value = String> {
         (any::<u64>(), 300..=1000usize).prop_map(move |(seed, len)| {
-            let mut rng = crate::rng::Rng::new(seed);
+            let mut rng = fastrand::Rng::with_seed(seed);
             let mut segment = String::new();
             while segment.len() < len {
-                segment.push_str(pieces[rng.below(pieces.len() as u64) as usize]);
+                segment.push_str(pieces[rng.usize(..pieces.len())]);
             }
             segment
         })
@@ -883,11 +920,20 @@ mod tests {
             assert!(error.to_string().contains("does not exist"), "{error}");
             assert!(error.to_string().contains("moved-away"), "{error}");
         }
-        assert!(store.list("ledger/").await.unwrap().is_empty());
-        assert!(store.list_folders("ledger/").await.unwrap().is_empty());
-        store.put("ledger/x", b"1".to_vec()).await.unwrap();
+        // A state deleted mid-run is not an empty ledger.
+        let ledger = store.list("ledger/").await.unwrap_err();
+        assert!(ledger.to_string().contains("does not exist"), "{ledger}");
+        assert!(store.list_folders("ledger/").await.is_err());
+        let lazy = LocalStore::lazy(scratch.0.join("moved-away"));
+        assert!(lazy.list("ledger/").await.unwrap().is_empty());
+        lazy.put("ledger/x", b"1".to_vec()).await.unwrap();
         assert!(store.list("dead-letters/").await.unwrap().is_empty());
         assert_eq!(store.list("").await.unwrap().len(), 1);
+        // A root replaced by a file is an error too, not an empty listing.
+        fs::remove_dir_all(scratch.0.join("moved-away")).unwrap();
+        fs::write(scratch.0.join("moved-away"), b"x").unwrap();
+        let file = store.list("ledger/").await.unwrap_err();
+        assert!(file.to_string().contains("not a directory"), "{file}");
     }
 
     #[tokio::test]

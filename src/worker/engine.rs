@@ -130,6 +130,13 @@ impl Engine {
         self.metrics.clone()
     }
 
+    /// Uses `abandon` (e.g. created before the engine, with the signal handlers) as the
+    /// token that abandons objects in flight.
+    pub fn with_abandon(mut self, abandon: CancellationToken) -> Self {
+        self.abandon = abandon;
+        self
+    }
+
     /// Cancelling it abandons objects in flight at once (a second signal), instead of
     /// waiting out the shutdown timeout.
     pub fn abandon_token(&self) -> CancellationToken {
@@ -171,10 +178,27 @@ impl Engine {
             }
         };
         let mut delivery_ended = std::pin::pin!(delivery_ended);
+        tracing::info!(source = %source.describe(), state = %ledger.describe(), "started: {plan}");
         loop {
             let polling = deadline.is_none() && !delivery_stopped;
             if polling && next_poll.is_some_and(|at| Instant::now() >= at) {
-                match queue_unfinished(&*source, &ledger, &plan.window(), &mut scheduler).await {
+                // A first listing of a large window can take minutes: a stop must not wait.
+                let window = plan.window();
+                let polled = tokio::select! {
+                    polled = queue_unfinished(&*source, &ledger, &window, &mut scheduler) => Some(polled),
+                    _ = &mut shutdown => None,
+                };
+                let Some(polled) = polled else {
+                    deadline = Some(Instant::now() + settings.shutdown_timeout);
+                    summary.not_started(scheduler.clear_queue());
+                    tracing::info!(
+                        in_flight = scheduler.in_flight(),
+                        "stopping during a poll: finishing objects in flight (up to {:?})",
+                        settings.shutdown_timeout
+                    );
+                    continue;
+                };
+                match polled {
                     Ok(unfinished) => {
                         found += unfinished.count as u64;
                         let now = unix_secs_now();

@@ -10,14 +10,16 @@
 //! - [`scheduler`]: objects in flight, a bounded number at a time.
 //! - [`delivery_task`]: delivery on its own task; how it ended is never lost.
 //! - [`engine`]: the one drive loop, with shutdown passed in as a future.
-//! - [`summary`]: the counts, what remains, and the outcome that is the exit code.
+//! - [`summary`]: what failed, what remains, and the outcome that is the exit code.
+//! - [`replay`]: dead letters re-sent through the same delivery.
 //!
-//! Nothing here reads arguments or prints: `commands` builds an [`Engine`] and prints its
-//! [`Report`].
+//! Nothing here reads arguments or prints: `commands` builds an [`Engine`] (or calls
+//! [`replay::replay`]) and prints its report.
 
 pub mod delivery_task;
 pub mod discovery;
 pub mod engine;
+pub mod replay;
 pub mod scheduler;
 pub mod settings;
 pub mod summary;

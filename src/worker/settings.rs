@@ -37,6 +37,22 @@ pub enum Plan {
     Range { from: DateHour, to: DateHour },
 }
 
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Plan::Live {
+                lookback,
+                poll_interval,
+            } => write!(
+                f,
+                "polling every {poll_interval:?} over a lookback of {lookback}"
+            ),
+            Plan::Once { lookback } => write!(f, "one pass over a lookback of {lookback}"),
+            Plan::Range { from, to } => write!(f, "backfill of date={from} up to date={to}"),
+        }
+    }
+}
+
 impl Plan {
     /// A bounded plan ends by itself, and its exit code is its result.
     pub fn is_bounded(&self) -> bool {
