@@ -51,6 +51,8 @@ async fn a_state_deleted_mid_run_fails_the_poll_instead_of_sending_everything_ag
     let scratch = TempDir::new("vanish-state");
     let state_dir = scratch.0.join("state");
     std::fs::create_dir_all(&state_dir).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let readiness = metrics.clone();
     let engine = Engine::start(
         settings(),
         Plan::Live {
@@ -60,7 +62,7 @@ async fn a_state_deleted_mid_run_fails_the_poll_instead_of_sending_everything_ag
         Arc::new(LocalStore::new(&source.0)),
         Arc::new(LocalStore::new(&state_dir)),
         heap(&standin),
-        Arc::new(Metrics::new()),
+        metrics.clone(),
     );
     let total = all_sendable().len();
     let watched = state_dir.clone();
@@ -79,6 +81,16 @@ async fn a_state_deleted_mid_run_fails_the_poll_instead_of_sending_everything_ag
                 "polls over a deleted state sent objects again"
             );
             assert!(!watched.exists(), "nothing recreated the deleted state");
+            let not_ready = readiness
+                .not_ready(
+                    currents_heap::clock::unix_secs_now(),
+                    Duration::from_secs(3600),
+                )
+                .unwrap_or_default();
+            assert!(
+                not_ready.contains("the last poll failed") && not_ready.contains("state"),
+                "/readyz says so at once: {not_ready:?}"
+            );
             std::fs::write(&watched, b"not a directory").unwrap();
             tokio::time::sleep(Duration::from_secs(25)).await;
         })

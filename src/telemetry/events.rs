@@ -222,6 +222,26 @@ impl PollSucceeded {
             .set(self.lag.map_or(0, |l| l.as_secs() as i64));
         metrics.source_folders.set(self.folders as i64);
         metrics.last_poll_unix.set(self.at_unix);
+        *metrics
+            .poll_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// A poll that could not list the source or read the ledger: readiness says so at once,
+/// instead of after the last success grows stale.
+pub struct PollFailed<'a> {
+    pub error: &'a str,
+}
+
+impl PollFailed<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.poll_failures.inc();
+        *metrics
+            .poll_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(self.error.to_string());
     }
 }
 

@@ -64,6 +64,9 @@ pub struct Metrics {
     state_write_failing: Gauge,
     /// Since when (Unix seconds) state writes fail, and the last error; `None` while they work.
     state_outage: Mutex<Option<(i64, String)>>,
+    poll_failures: Counter,
+    /// Why the last poll failed; `None` after a poll succeeds.
+    poll_failure: Mutex<Option<String>>,
 }
 
 /// Counts per event type.
@@ -173,6 +176,10 @@ impl Metrics {
             "currents_heap_state_write_failures",
             "Ledger and dead-letter writes that failed (each is retried)",
         );
+        let poll_failures = counter(
+            "currents_heap_poll_failures",
+            "Polls that could not list the source or read the ledger",
+        );
         let mut gauge = |name: &str, help: &str| {
             let gauge = Gauge::default();
             registry.register(name, help, gauge.clone());
@@ -257,6 +264,8 @@ impl Metrics {
             state_write_failures,
             state_write_failing,
             state_outage: Mutex::new(None),
+            poll_failures,
+            poll_failure: Mutex::new(None),
         }
     }
 
@@ -294,7 +303,7 @@ impl Metrics {
         self.last_poll_unix.get()
     }
 
-    /// Why the worker is not ready, or `None` if it is: a poll succeeded within
+    /// Why the worker is not ready, or `None` if it is: the last poll succeeded, within
     /// `ready_within`, it found `event_type=` folders, and state writes are not failing.
     pub fn not_ready(&self, now_unix: i64, ready_within: Duration) -> Option<String> {
         if let Some((since, error)) = &*self.state_outage.lock().unwrap_or_else(|p| p.into_inner())
@@ -303,6 +312,9 @@ impl Metrics {
                 "state writes have failed for {}s: {error}",
                 now_unix - since
             ));
+        }
+        if let Some(error) = &*self.poll_failure.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Some(format!("the last poll failed: {error}"));
         }
         let last = self.last_poll_unix();
         if last == 0 {
@@ -418,6 +430,29 @@ mod tests {
         ] {
             assert!(text.contains(expected), "no `{expected}` in\n{text}");
         }
+        assert_eq!(
+            metrics.not_ready(1_800_000_010, Duration::from_secs(60)),
+            None
+        );
+        PollFailed {
+            error: "cannot list the source: list /gone/: the directory does not exist",
+        }
+        .emit(&metrics);
+        let reason = metrics
+            .not_ready(1_800_000_010, Duration::from_secs(60))
+            .expect("a failed poll is not ready at once");
+        assert!(reason.contains("does not exist"), "{reason}");
+        PollSucceeded {
+            pending: 0,
+            lag: None,
+            folders: 3,
+            at_unix: 1_800_000_020,
+        }
+        .emit(&metrics);
+        assert_eq!(
+            metrics.not_ready(1_800_000_030, Duration::from_secs(60)),
+            None
+        );
         let counts = metrics.counts();
         assert_eq!(counts.total().read, 2);
         assert_eq!(counts.total().sent, 1);

@@ -35,7 +35,7 @@ use crate::heap::map::HeapMapper;
 use crate::ledger::Ledger;
 use crate::pipeline::{ObjectResult, Pipeline, Sink};
 use crate::store::ObjectStore;
-use crate::telemetry::events::{ObjectEnded, PollSucceeded};
+use crate::telemetry::events::{ObjectEnded, PollFailed, PollSucceeded};
 use crate::telemetry::{Counts, Metrics};
 
 /// Where mapped events go.
@@ -229,10 +229,20 @@ impl Engine {
                         );
                     }
                     Err(e) if plan.is_bounded() => {
+                        PollFailed {
+                            error: &e.to_string(),
+                        }
+                        .emit(&metrics);
                         tracing::error!("{e}");
                         poll_failure = Some(e.to_string());
                     }
-                    Err(e) => tracing::error!("poll failed, trying again next interval: {e}"),
+                    Err(e) => {
+                        PollFailed {
+                            error: &e.to_string(),
+                        }
+                        .emit(&metrics);
+                        tracing::error!("poll failed, trying again next interval: {e}");
+                    }
                 }
                 next_poll = match plan {
                     Plan::Live { poll_interval, .. } => Some(Instant::now() + poll_interval),
