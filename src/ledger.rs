@@ -103,6 +103,21 @@ impl Finished {
         self.versions.values().filter(|o| **o == outcome).count()
     }
 
+    /// Whether some version of `key` is recorded done: an older failed version of it was
+    /// replaced by a good upload.
+    pub fn has_done_version(&self, key: &str) -> bool {
+        self.versions
+            .iter()
+            .any(|((k, _), o)| k == key && *o == Outcome::Done)
+    }
+
+    /// Failed versions of objects that no done version has replaced.
+    pub fn count_failed_unreplaced(&self) -> usize {
+        self.failed_keys()
+            .filter(|key| !self.has_done_version(key))
+            .count()
+    }
+
     /// Failed object keys.
     pub fn failed_keys(&self) -> impl Iterator<Item = &str> {
         self.versions
@@ -255,6 +270,25 @@ mod tests {
             Some("the file is empty")
         );
         assert!(failed.unreadable.is_empty());
+        assert_eq!(finished.count_failed_unreplaced(), 1);
+        // The failed object is uploaded again, readable this time.
+        ledger
+            .record(&Entry::new(
+                &ObjectMeta {
+                    size: 7,
+                    ..bad.clone()
+                },
+                Outcome::Done,
+            ))
+            .await
+            .unwrap();
+        let finished = ledger.finished("c/event_type=T/").await.unwrap();
+        assert!(finished.has_done_version(&bad.key));
+        assert_eq!(
+            finished.count_failed_unreplaced(),
+            0,
+            "a failure replaced by a good version is no longer a failure"
+        );
         std::fs::write(
             dir.join("ledger/c/event_type=T/date=2026-11-27-13/b.avro/0-f.failed"),
             b"{not json",

@@ -102,6 +102,21 @@ async fn bad_objects_are_recorded_as_failed_and_do_not_block_the_rest() {
         .run(&standin, &["run", "--once", "--lookback", "all"])
         .await;
     assert_eq!(code, 0, "{stdout}");
+
+    // Braze (or the operator) uploads the empty object again, readable this time: a new
+    // version, delivered, and no longer reported as failed.
+    std::fs::write(hour.join("empty+0+0000009998.avro"), &bytes).unwrap();
+    let (code, stdout, _) = setup
+        .run(&standin, &["run", "--once", "--lookback", "all"])
+        .await;
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("objects: 1 done"), "{stdout}");
+    let (_, status, _) = setup.run(&standin, &["status", "--lookback", "all"]).await;
+    assert!(
+        status.contains("objects failed: 2 (1 more failed versions were since replaced"),
+        "{status}"
+    );
+    assert!(!status.contains("the file is empty"), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

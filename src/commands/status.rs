@@ -103,12 +103,23 @@ async fn report(config: &Config) -> Result<String, String> {
         "objects done: {}\n",
         finished.count(Outcome::Done)
     ));
+    // A failed version that a good upload replaced is history, not a current failure.
+    let replaced = finished.count(Outcome::Failed) - finished.count_failed_unreplaced();
     out.push_str(&format!(
-        "objects failed: {}\n",
-        finished.count(Outcome::Failed)
+        "objects failed: {}{}\n",
+        finished.count_failed_unreplaced(),
+        if replaced > 0 {
+            format!(" ({replaced} more failed versions were since replaced by a good upload)")
+        } else {
+            String::new()
+        }
     ));
     let failed = ledger.failed_entries("").await.map_err(state_error)?;
-    for entry in failed.entries {
+    for entry in failed
+        .entries
+        .into_iter()
+        .filter(|e| !finished.has_done_version(&e.key))
+    {
         out.push_str(&format!(
             "  {}: {}\n",
             entry.key,
