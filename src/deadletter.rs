@@ -62,6 +62,22 @@ pub enum DeadLetterError {
     },
 }
 
+/// A dead-letter object, read leniently.
+#[derive(Debug, Default)]
+pub struct ReadLetters {
+    pub letters: Vec<DeadLetter>,
+    pub unreadable: Vec<UnreadableLine>,
+}
+
+/// A line of a dead-letter object that is not a dead letter.
+#[derive(Debug, Clone)]
+pub struct UnreadableLine {
+    /// 1-based.
+    pub line: usize,
+    pub text: String,
+    pub reason: String,
+}
+
 /// Which dead letters to select.
 #[derive(Debug, Clone, Default)]
 pub struct DeadLetterFilter {
@@ -137,20 +153,49 @@ impl DeadLetterStore {
         Ok(objects)
     }
 
+    /// Every dead letter in the object; the first line that does not parse is an error.
     pub async fn read(&self, key: &str) -> Result<Vec<DeadLetter>, DeadLetterError> {
+        let read = self.read_lenient(key).await?;
+        match read.unreadable.into_iter().next() {
+            Some(bad) => Err(DeadLetterError::Corrupt {
+                key: key.to_string(),
+                line: bad.line,
+                reason: bad.reason,
+            }),
+            None => Ok(read.letters),
+        }
+    }
+
+    /// The dead letters that parse, and the lines that do not (with their text, so that they
+    /// can be kept for a person to look at): one damaged line must not strand the others.
+    pub async fn read_lenient(&self, key: &str) -> Result<ReadLetters, StoreError> {
         let bytes = self.store.get(key).await?;
         let text = String::from_utf8_lossy(&bytes);
-        text.lines()
-            .enumerate()
-            .filter(|(_, line)| !line.trim().is_empty())
-            .map(|(i, line)| {
-                serde_json::from_str(line).map_err(|e| DeadLetterError::Corrupt {
-                    key: key.to_string(),
+        let mut read = ReadLetters::default();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str(line) {
+                Ok(letter) => read.letters.push(letter),
+                Err(e) => read.unreadable.push(UnreadableLine {
                     line: i + 1,
+                    text: line.to_string(),
                     reason: e.to_string(),
-                })
-            })
-            .collect()
+                }),
+            }
+        }
+        Ok(read)
+    }
+
+    /// Replaces the object with just these lines (after the readable ones were replayed).
+    pub async fn keep_only(&self, key: &str, lines: &[UnreadableLine]) -> Result<(), StoreError> {
+        let mut body = Vec::new();
+        for line in lines {
+            body.extend_from_slice(line.text.as_bytes());
+            body.push(b'\n');
+        }
+        self.store.put(key, body).await
     }
 
     pub async fn remove(&self, key: &str) -> Result<(), StoreError> {

@@ -312,3 +312,41 @@ async fn configuration_mistakes_exit_2_not_4() {
     }
     assert_eq!(standin.report().requests, 0, "no work was started");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_damaged_line_in_a_dead_letter_object_does_not_strand_the_others() {
+    let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let dir = TempDir::new("replay-damaged");
+    let local: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&dir.0));
+    parked(&local, 3).await;
+    let store = DeadLetterStore::new(local.clone());
+    let key = store.list(&DeadLetterFilter::default()).await.unwrap()[0]
+        .key
+        .clone();
+    let mut body = local.get(&key).await.unwrap();
+    body.extend_from_slice(b"{\"event\": truncated by hand\n");
+    local.put(&key, body).await.unwrap();
+
+    let report = replay(
+        local.clone(),
+        heap(&standin),
+        &DeadLetterFilter::default(),
+        &settings(),
+        std::future::pending(),
+        &Default::default(),
+    )
+    .await;
+    assert_eq!(report.delivered, 3, "{}", report.render());
+    assert_eq!(report.unreadable_lines, 1);
+    assert_eq!(
+        report.outcome(),
+        Outcome::FinishedWithFailures,
+        "exit 3: something needs a person"
+    );
+    assert_eq!(standin.stored().len(), 3);
+    let kept = String::from_utf8(local.get(&key).await.unwrap()).unwrap();
+    assert_eq!(
+        kept, "{\"event\": truncated by hand\n",
+        "only the damaged line is kept, for a person to read"
+    );
+}

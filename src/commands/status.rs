@@ -136,11 +136,18 @@ async fn report(config: &Config) -> Result<String, String> {
         .await
         .map_err(state_error)?
     {
-        match dead_letters.read(&file.key).await {
-            Ok(letters) => {
-                for letter in letters {
+        match dead_letters.read_lenient(&file.key).await {
+            Ok(read) => {
+                for letter in read.letters {
                     letters_total += 1;
                     *reasons.entry(reason_group(&letter.reason)).or_insert(0) += 1;
+                }
+                for bad in read.unreadable {
+                    let what = format!(
+                        "(unreadable line {} of {}: {})",
+                        bad.line, file.key, bad.reason
+                    );
+                    *reasons.entry(what).or_insert(0) += 1;
                 }
             }
             Err(e) => *reasons.entry(format!("(unreadable: {e})")).or_insert(0) += 1,

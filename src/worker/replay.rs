@@ -37,6 +37,8 @@ pub struct ReplayReport {
     /// Dead-letter objects not replayed because the replay was stopped.
     pub left_objects: usize,
     pub unreadable_objects: u64,
+    /// Lines of dead-letter objects that are not dead letters (kept in place).
+    pub unreadable_lines: u64,
     /// Dry run: what would happen, by outcome.
     pub would: BTreeMap<&'static str, u64>,
     pub dry_run: bool,
@@ -63,6 +65,12 @@ impl ReplayReport {
             out += &format!(
                 "events delivered: {}\nevents skipped (no identity): {}\nevents parked again: {}\nevents left in place: {}\n",
                 self.delivered, self.skipped, self.parked_again, self.left
+            );
+        }
+        if self.unreadable_lines > 0 {
+            out += &format!(
+                "unreadable dead-letter lines (kept in place): {}\n",
+                self.unreadable_lines
             );
         }
         if self.unreadable_objects > 0 {
@@ -127,14 +135,18 @@ pub async fn replay(
             report.left_objects = files.len() - done;
             break;
         }
-        let letters = match dead_letters.read(&file.key).await {
-            Ok(letters) => letters,
+        let (letters, unreadable) = match dead_letters.read_lenient(&file.key).await {
+            Ok(read) => (read.letters, read.unreadable),
             Err(e) => {
                 tracing::error!("skipping unreadable dead-letter object: {e}");
                 report.unreadable_objects += 1;
                 continue;
             }
         };
+        for bad in &unreadable {
+            tracing::error!(object = %file.key, line = bad.line, "a line is not a dead letter; it is kept in place: {}", bad.reason);
+        }
+        report.unreadable_lines += unreadable.len() as u64;
         let total = letters.len() as u64;
         report.replayed += total;
         if let Some(mapper) = &dry_run {
@@ -182,7 +194,13 @@ pub async fn replay(
             tracing::warn!(object = %file.key, "kept: {} events could not be parked again", tracker.unfinished());
             continue;
         }
-        if let Err(e) = dead_letters.remove(&file.key).await {
+        // Lines that are not dead letters stay where they were, alone, for a person to read.
+        let cleared = if unreadable.is_empty() {
+            dead_letters.remove(&file.key).await
+        } else {
+            dead_letters.keep_only(&file.key, &unreadable).await
+        };
+        if let Err(e) = cleared {
             report.outcome = Some(Outcome::Fatal(format!(
                 "replayed {} but cannot remove it from the state: {e}",
                 file.key
@@ -214,7 +232,10 @@ pub async fn replay(
                     report.left
                 ),
             },
-            _ if report.parked_again > 0 || report.unreadable_objects > 0 => {
+            _ if report.parked_again > 0
+                || report.unreadable_objects > 0
+                || report.unreadable_lines > 0 =>
+            {
                 Outcome::FinishedWithFailures
             }
             _ if report
