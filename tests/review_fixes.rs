@@ -235,12 +235,19 @@ async fn a_signal_during_the_first_listing_is_a_clean_stop() {
                 .unwrap()
                 .success()
         );
-        tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+        let mut rest = Vec::new();
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            rest.push(line);
+        }
         let status = child.wait().await.unwrap();
         assert_eq!(
             status.code(),
             Some(expected),
             "{args:?}: a stop during the first poll exits like any stop, not by the signal"
+        );
+        assert!(
+            rest.iter().any(|l| l.contains("stopping during a poll")),
+            "{args:?}: the signal landed in the listing and cut it short: {rest:#?}"
         );
     }
 }

@@ -18,7 +18,9 @@ pub struct EventsRead<'a> {
 
 impl EventsRead<'_> {
     pub fn emit(&self, metrics: &Metrics) {
-        metrics.of_type(self.event_type).read.inc_by(self.count);
+        metrics.with_type(self.event_type, |c| {
+            c.read.inc_by(self.count);
+        });
     }
 }
 
@@ -30,7 +32,9 @@ pub struct EventsSent<'a> {
 
 impl EventsSent<'_> {
     pub fn emit(&self, metrics: &Metrics) {
-        metrics.of_type(self.event_type).sent.inc_by(self.count);
+        metrics.with_type(self.event_type, |c| {
+            c.sent.inc_by(self.count);
+        });
     }
 }
 
@@ -42,7 +46,9 @@ pub struct EventsSkipped<'a> {
 
 impl EventsSkipped<'_> {
     pub fn emit(&self, metrics: &Metrics) {
-        metrics.of_type(self.event_type).skipped.inc_by(self.count);
+        metrics.with_type(self.event_type, |c| {
+            c.skipped.inc_by(self.count);
+        });
     }
 }
 
@@ -57,7 +63,9 @@ pub struct EventsParked<'a> {
 
 impl EventsParked<'_> {
     pub fn emit(&self, metrics: &Metrics) {
-        metrics.of_type(self.event_type).parked.inc_by(self.count);
+        metrics.with_type(self.event_type, |c| {
+            c.parked.inc_by(self.count);
+        });
         let reasons: Vec<String> = self
             .reasons
             .iter()

@@ -24,8 +24,8 @@ const LATENCY_BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 
 type Labels = Vec<(&'static str, String)>;
 
-/// The four per-event-type counters, cloned out of their families: a clone shares the value,
-/// so counting an event of a known type is a map lookup by `&str`, with no allocation.
+/// The four per-event-type counters, cloned once out of their families (a clone shares the
+/// value), so that counting an event of a known type is a map lookup by `&str`.
 #[derive(Clone)]
 struct TypeCounters {
     read: Counter,
@@ -269,11 +269,12 @@ impl Metrics {
         }
     }
 
-    /// The per-type counters of `event_type`, created on first use.
-    fn of_type(&self, event_type: &str) -> TypeCounters {
+    /// Runs `count` on the per-type counters of `event_type`, created on first use. Once a
+    /// type is known this is one lock and one lookup by `&str`: no allocation, no clone.
+    fn with_type(&self, event_type: &str, count: impl FnOnce(&TypeCounters)) {
         let mut by_type = self.by_type.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(counters) = by_type.get(event_type) {
-            return counters.clone();
+            return count(counters);
         }
         let labels = vec![("event_type", event_type.to_string())];
         let counters = TypeCounters {
@@ -282,8 +283,8 @@ impl Metrics {
             skipped: self.events_skipped.get_or_create_owned(&labels),
             parked: self.events_parked.get_or_create_owned(&labels),
         };
-        by_type.insert(Arc::from(event_type), counters.clone());
-        counters
+        count(&counters);
+        by_type.insert(Arc::from(event_type), counters);
     }
 
     /// The request counter of one status, created on first use.

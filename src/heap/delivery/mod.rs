@@ -339,13 +339,30 @@ impl Delivery {
             &mut self.rng,
         ) {
             Action::Accept => {
+                // Counted per run of one event type (a batch is mostly one object's events),
+                // not per event.
+                let mut run: Option<(Arc<str>, u64)> = None;
                 for item in batch.items {
+                    item.tracker.resolve(Resolution::Accepted);
+                    match &mut run {
+                        Some((event_type, n)) if *event_type == item.event_type => *n += 1,
+                        _ => {
+                            if let Some((event_type, count)) = run.replace((item.event_type, 1)) {
+                                EventsSent {
+                                    event_type: &event_type,
+                                    count,
+                                }
+                                .emit(&self.metrics);
+                            }
+                        }
+                    }
+                }
+                if let Some((event_type, count)) = run {
                     EventsSent {
-                        event_type: &item.event_type,
-                        count: 1,
+                        event_type: &event_type,
+                        count,
                     }
                     .emit(&self.metrics);
-                    item.tracker.resolve(Resolution::Accepted);
                 }
             }
             Action::RetryAt { at, reason } => {
