@@ -12,10 +12,12 @@
 //! # Layout and cost
 //! One small object per finished Currents object and version:
 //! `ledger/<object key>/<size>-<etag>.done` (or `.failed`), holding the counts as JSON.
-//! Marking an object costs one PUT, whatever the history. Checking which objects of an hour
-//! are finished costs one listing of that hour's ledger prefix, with no reads: the version
-//! and the outcome are in the key. A re-uploaded object (new ETag or size) is a new version
-//! and is processed again.
+//! Marking an object costs one PUT, whatever the history. Checking which objects of an
+//! `event_type=` folder are finished over a range of `date=` hours costs one ranged listing
+//! ([`Ledger::finished_in_hours`], a request per 1,000 markers in the range), with no reads:
+//! the version and the outcome are in the key, and ledger keys sort like the source keys
+//! they mirror. A re-uploaded object (new ETag or size) is a new version and is processed
+//! again.
 //!
 //! One worker per source and state location: the ledger takes no leases, because conditional
 //! writes are not reliably atomic on every S3-compatible store.
@@ -26,7 +28,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now_iso8601;
-use crate::source::CurrentsObject;
+use crate::currents::key::DateHour;
+use crate::source::{CurrentsObject, hour_bound};
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 
 pub const LEDGER_PREFIX: &str = "ledger/";
@@ -103,6 +106,51 @@ impl Finished {
         self.versions.values().filter(|o| **o == outcome).count()
     }
 
+    /// Versions held, done and failed.
+    pub fn len(&self) -> usize {
+        self.versions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty()
+    }
+
+    /// Adds what was just recorded, without reading the ledger again.
+    pub fn insert(&mut self, entry: &Entry) {
+        self.versions.insert(
+            (entry.key.clone(), version(entry.size, &entry.etag)),
+            entry.outcome,
+        );
+    }
+
+    /// Adds everything `other` holds.
+    pub fn extend(&mut self, other: Finished) {
+        self.versions.extend(other.versions);
+    }
+
+    /// Keeps only the versions of objects whose key `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.versions.retain(|(key, _), _| keep(key));
+    }
+
+    /// Adds the version a ledger marker key (`ledger/<object key>/<version>.<outcome>`) names;
+    /// anything else under `ledger/` is not a marker and is skipped.
+    fn insert_marker(&mut self, ledger_key: &str) {
+        let Some(rest) = ledger_key.strip_prefix(LEDGER_PREFIX) else {
+            return;
+        };
+        let Some((object_key, marker)) = rest.rsplit_once('/') else {
+            return;
+        };
+        let (version, outcome) = match marker.rsplit_once('.') {
+            Some((v, "done")) => (v, Outcome::Done),
+            Some((v, "failed")) => (v, Outcome::Failed),
+            _ => return,
+        };
+        self.versions
+            .insert((object_key.to_string(), version.to_string()), outcome);
+    }
+
     /// Whether some version of `key` is recorded done: an older failed version of it was
     /// replaced by a good upload.
     pub fn has_done_version(&self, key: &str) -> bool {
@@ -116,6 +164,14 @@ impl Finished {
         self.failed_keys()
             .filter(|key| !self.has_done_version(key))
             .count()
+    }
+
+    /// Object keys with a version recorded done.
+    pub fn done_keys(&self) -> impl Iterator<Item = &str> {
+        self.versions
+            .iter()
+            .filter(|(_, o)| **o == Outcome::Done)
+            .map(|((key, _), _)| key.as_str())
     }
 
     /// Failed object keys.
@@ -155,7 +211,8 @@ impl Ledger {
         self.store.put(&key, body).await
     }
 
-    /// The finished versions of every object whose key starts with `source_prefix`.
+    /// The finished versions of every object whose key starts with `source_prefix`: a
+    /// listing of all of them, so its cost grows with the history.
     pub async fn finished(&self, source_prefix: &str) -> Result<Finished, StoreError> {
         let mut finished = Finished::default();
         for meta in self
@@ -163,22 +220,74 @@ impl Ledger {
             .list(&format!("{LEDGER_PREFIX}{source_prefix}"))
             .await?
         {
-            let Some(rest) = meta.key.strip_prefix(LEDGER_PREFIX) else {
-                continue;
-            };
-            let Some((object_key, marker)) = rest.rsplit_once('/') else {
-                continue;
-            };
-            let outcome = match marker.rsplit_once('.') {
-                Some((v, "done")) => (v, Outcome::Done),
-                Some((v, "failed")) => (v, Outcome::Failed),
-                _ => continue,
-            };
-            finished
-                .versions
-                .insert((object_key.to_string(), outcome.0.to_string()), outcome.1);
+            finished.insert_marker(&meta.key);
         }
         Ok(finished)
+    }
+
+    /// The finished versions of the objects of one `event_type=` folder (a source key
+    /// prefix ending in `/`) in the `date=` hours `from` (inclusive) to `to` (exclusive):
+    /// one ranged listing, so its cost follows the range, not the history.
+    pub async fn finished_in_hours(
+        &self,
+        folder: &str,
+        from: DateHour,
+        to: DateHour,
+    ) -> Result<Finished, StoreError> {
+        let mut finished = Finished::default();
+        for meta in self.markers_in_hours(folder, from, to).await? {
+            finished.insert_marker(&meta.key);
+        }
+        Ok(finished)
+    }
+
+    /// What `status` shows of one `event_type=` folder's hours `from` to `to`: the finished
+    /// versions, and the entries of the failed ones (read one by one). One ranged listing.
+    pub async fn read_hours(
+        &self,
+        folder: &str,
+        from: DateHour,
+        to: DateHour,
+    ) -> Result<(Finished, FailedEntries), StoreError> {
+        let markers = self.markers_in_hours(folder, from, to).await?;
+        self.read_markers(markers).await
+    }
+
+    /// [`Ledger::read_hours`] over the whole ledger: one listing of all of it.
+    pub async fn read_all(&self) -> Result<(Finished, FailedEntries), StoreError> {
+        let markers = self.store.list(LEDGER_PREFIX).await?;
+        self.read_markers(markers).await
+    }
+
+    async fn markers_in_hours(
+        &self,
+        folder: &str,
+        from: DateHour,
+        to: DateHour,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        let prefix = format!("{LEDGER_PREFIX}{folder}");
+        self.store
+            .list_range(
+                &prefix,
+                &hour_bound(&prefix, from),
+                Some(&hour_bound(&prefix, to)),
+            )
+            .await
+    }
+
+    async fn read_markers(
+        &self,
+        markers: Vec<ObjectMeta>,
+    ) -> Result<(Finished, FailedEntries), StoreError> {
+        let mut finished = Finished::default();
+        let mut failed = FailedEntries::default();
+        for meta in markers {
+            finished.insert_marker(&meta.key);
+            if meta.key.ends_with(".failed") {
+                failed.read(&*self.store, meta.key).await?;
+            }
+        }
+        Ok((finished, failed))
     }
 
     /// Reads the entries of failed objects under a prefix, for `status`. A marker that does
@@ -191,14 +300,26 @@ impl Ledger {
             .await?
         {
             if meta.key.ends_with(".failed") {
-                let bytes = self.store.get(&meta.key).await?;
-                match serde_json::from_slice::<Entry>(&bytes) {
-                    Ok(entry) => failed.entries.push(entry),
-                    Err(e) => failed.unreadable.push((meta.key, e.to_string())),
-                }
+                failed.read(&*self.store, meta.key).await?;
             }
         }
         Ok(failed)
+    }
+}
+
+impl FailedEntries {
+    /// Reads the entry of one `.failed` marker: one GET.
+    async fn read(
+        &mut self,
+        store: &dyn ObjectStore,
+        ledger_key: String,
+    ) -> Result<(), StoreError> {
+        let bytes = store.get(&ledger_key).await?;
+        match serde_json::from_slice::<Entry>(&bytes) {
+            Ok(entry) => self.entries.push(entry),
+            Err(e) => self.unreadable.push((ledger_key, e.to_string())),
+        }
+        Ok(())
     }
 }
 
@@ -306,6 +427,53 @@ mod tests {
                 .count(Outcome::Done)
                 == 0
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn reads_one_folder_over_a_range_of_hours() {
+        let dir =
+            std::env::temp_dir().join(format!("currents-heap-ledger-hours-{}", std::process::id()));
+        let ledger = Ledger::new(Arc::new(LocalStore::new(&dir)));
+        let folder = "c/event_type=T/";
+        let hour = |n: i64| DateHour::from_hours_since_epoch(500_000 + n);
+        let meta = |folder: &str, n: i64| ObjectMeta {
+            key: format!("{folder}date={}/a.avro", hour(n)),
+            size: 1,
+            etag: "e".into(),
+        };
+        for n in -1..=2 {
+            ledger
+                .record(&Entry::new(&meta(folder, n), Outcome::Done))
+                .await
+                .unwrap();
+        }
+        let mut failed = Entry::new(&meta(folder, 1), Outcome::Failed);
+        failed.size = 2;
+        failed.reason = Some("corrupt".into());
+        ledger.record(&failed).await.unwrap();
+        let other = "c/event_type=T2/";
+        ledger
+            .record(&Entry::new(&meta(other, 0), Outcome::Done))
+            .await
+            .unwrap();
+
+        let finished = ledger
+            .finished_in_hours(folder, hour(0), hour(2))
+            .await
+            .unwrap();
+        let has = |folder, n| finished.outcome(&meta(folder, n).key, 1, "e").is_some();
+        assert!(has(folder, 0) && has(folder, 1));
+        assert!(
+            !has(folder, -1) && !has(folder, 2) && !has(other, 0),
+            "the range is from inclusive to exclusive, in one folder"
+        );
+        assert_eq!(finished.len(), 3);
+        let (finished, failed) = ledger.read_hours(folder, hour(1), hour(2)).await.unwrap();
+        assert_eq!((finished.len(), failed.entries.len()), (2, 1));
+        assert_eq!(failed.entries[0].reason.as_deref(), Some("corrupt"));
+        let (finished, failed) = ledger.read_all().await.unwrap();
+        assert_eq!((finished.len(), failed.entries.len()), (6, 1));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

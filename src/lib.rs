@@ -10,12 +10,14 @@
 //! - [`currents`]: the object key layout, streaming Avro decoding, the Custom HTTP event shape.
 //! - [`commands`]: the command-line entry points (`inspect`).
 
+pub mod aws;
 pub mod clock;
 pub mod commands;
 pub mod currents;
 pub mod deadletter;
 pub mod heap;
 pub mod ledger;
+pub mod notifications;
 pub mod pipeline;
 pub mod server;
 pub mod source;

@@ -1,13 +1,17 @@
 //! Finding Currents objects in the source store.
 //!
 //! Braze writes `<prefix>/dataexport.<...>/event_type=<type>/date=<YYYY-MM-DD-HH>/...avro`.
-//! Discovery finds the `event_type=` folders with delimiter listings (one call per level),
-//! then lists only the `date=` hours of the window asked for, so a poll costs
-//! event types × hours listings however much history the bucket holds. A listing of
-//! everything (`Window::All`) also reports `.avro` keys outside the layout. Objects that are
-//! not `.avro` are ignored; last-modified times are never used.
+//! Discovery finds the `event_type=` folders with delimiter listings (one call per level,
+//! about 2 in all), then lists each folder once over the window's hours with
+//! [`ObjectStore::list_range`]: `date=` folders sort by hour, so the window is one slice of
+//! the folder's keys. A poll costs about 2 + one listing per event type (per 1,000 objects
+//! in the window), however much history the bucket holds and however long the window.
+//! A listing of everything (`Window::All`) also reports `.avro` keys outside the layout.
+//! Objects that are not `.avro` are ignored; last-modified times are never used.
 
 use std::collections::BTreeSet;
+
+use futures_util::StreamExt;
 
 use crate::currents::key::{CurrentsKey, DateHour};
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
@@ -37,14 +41,30 @@ pub struct Discovery {
     pub objects: Vec<CurrentsObject>,
     /// `.avro` keys outside the Currents layout, to be reported and recorded as failed.
     pub outside_layout: Vec<ObjectMeta>,
-    /// `event_type=` folders found. None means the source is empty or not a Currents bucket
-    /// (a wrong prefix, a directory that moved): callers warn.
-    pub folders: usize,
+    /// The `event_type=` folders found, each ending in `/` (with `Window::All`: those holding
+    /// objects). None means the source is empty or not a Currents bucket (a wrong prefix, a
+    /// directory that moved): callers warn.
+    pub folders: Vec<String>,
 }
+
+type BoxedListing<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<(&'a str, Vec<ObjectMeta>), StoreError>>
+            + Send
+            + 'a,
+    >,
+>;
 
 /// How deep below the source prefix `event_type=` folders are searched for.
 const MAX_DEPTH: usize = 4;
 
+/// Folders listed at once: enough to hide S3's latency behind each other, few enough not to
+/// be throttled or to hold many listings in memory.
+pub const LISTING_CONCURRENCY: usize = 8;
+
+/// Finds the objects of the window. `Window::Hours` costs the folder listings plus one ranged
+/// listing per `event_type=` folder (a request per 1,000 keys in the window); `Window::All`
+/// lists everything. Errors name the store and the prefix that failed.
 pub async fn discover(store: &dyn ObjectStore, window: &Window) -> Result<Discovery, StoreError> {
     let mut discovery = Discovery::default();
     match window {
@@ -55,21 +75,46 @@ pub async fn discover(store: &dyn ObjectStore, window: &Window) -> Result<Discov
             discovery.folders = discovery
                 .objects
                 .iter()
-                .filter_map(|o| o.key.split_once("/date=").map(|(folder, _)| folder))
+                .filter_map(|o| event_type_folder(&o.key))
                 .collect::<BTreeSet<_>>()
-                .len();
+                .into_iter()
+                .map(str::to_string)
+                .collect();
         }
         Window::Hours { from, to } => {
-            let hours = hours_between(*from, *to);
             let folders = event_type_folders(store).await?;
-            discovery.folders = folders.len();
-            for folder in folders {
-                for hour in &hours {
-                    for meta in store.list(&format!("{folder}date={hour}/")).await? {
+            // Boxed as `dyn Send` futures: a closure returning an async block here makes the
+            // caller's future fail to be `Send` for all lifetimes (rust-lang/rust#102211), and
+            // `Engine::drive` must be spawnable.
+            let listings: Vec<BoxedListing<'_>> = folders
+                .iter()
+                .map(|folder| {
+                    Box::pin(async move {
+                        let listed = store
+                            .list_range(
+                                folder,
+                                &hour_bound(folder, *from),
+                                Some(&hour_bound(folder, *to)),
+                            )
+                            .await?;
+                        Ok::<_, StoreError>((folder.as_str(), listed))
+                    }) as BoxedListing<'_>
+                })
+                .collect();
+            let mut listings = futures_util::stream::iter(listings).buffered(LISTING_CONCURRENCY);
+            while let Some(listed) = listings.next().await {
+                let (folder, listed) = listed?;
+                for meta in listed {
+                    // What sorts between two hours but is not in a `date=` hour of the
+                    // window (`date=2026-11-27-13x/`, a key beside the hours) is no
+                    // Currents object of the window.
+                    if folder_hour(folder, &meta.key).is_some_and(|h| *from <= h && h < *to) {
                         classify(meta, &mut discovery);
                     }
                 }
             }
+            drop(listings);
+            discovery.folders = folders;
         }
     }
     discovery
@@ -93,6 +138,36 @@ fn classify(meta: ObjectMeta, discovery: &mut Discovery) {
         }),
         _ => discovery.outside_layout.push(meta),
     }
+}
+
+/// The bound of a ranged listing of `folder` (ending in `/`) at `hour`: `{folder}date={hour}`.
+/// Without a trailing `/` it sorts before every key of that hour and after every key of the
+/// hours before it, so it serves both as a start (exclusive) and as an end (exclusive).
+pub fn hour_bound(folder: &str, hour: DateHour) -> String {
+    format!("{folder}date={hour}")
+}
+
+/// The `event_type=` folder of a key: the key up to and including its first segment that
+/// starts with `event_type=`, and the `/` after it; `None` if it has none. For every key
+/// [`discover`] finds in a window, this is the folder it was listed in: discovery does not
+/// look inside an `event_type=` folder for another one.
+pub fn event_type_folder(key: &str) -> Option<&str> {
+    let mut start = 0;
+    for segment in key.split('/') {
+        let end = start + segment.len();
+        if segment.starts_with("event_type=") && end < key.len() {
+            return Some(&key[..=end]);
+        }
+        start = end + 1;
+    }
+    None
+}
+
+/// The `date=` hour of a key directly below `folder` (`{folder}date=YYYY-MM-DD-HH/...`), or
+/// `None` if the key is not in such an hour.
+pub fn folder_hour(folder: &str, key: &str) -> Option<DateHour> {
+    let (segment, _) = key.strip_prefix(folder)?.split_once('/')?;
+    DateHour::parse(segment.strip_prefix("date=")?)
 }
 
 /// The `.../event_type=<type>/` folders under the source, found breadth-first.
@@ -155,6 +230,40 @@ mod tests {
         for n in [0, 1, 400_000, 500_000] {
             assert_eq!(DateHour::from_hours_since_epoch(n).hours_since_epoch(), n);
         }
+    }
+
+    #[test]
+    fn keys_know_their_folder_and_hour() {
+        let folder = "c/d/event_type=users.behaviors.CustomEvent/";
+        let key = format!("{folder}date=2026-11-27-13/612/z/x.avro");
+        assert_eq!(event_type_folder(&key), Some(folder));
+        assert_eq!(folder_hour(folder, &key), DateHour::parse("2026-11-27-13"));
+        assert_eq!(
+            event_type_folder("c/event_type=T"),
+            None,
+            "a file, not a folder"
+        );
+        assert_eq!(event_type_folder("c/xevent_type=T/a"), None);
+        assert_eq!(
+            event_type_folder("event_type=A/date=x/event_type=B/y"),
+            Some("event_type=A/")
+        );
+        assert_eq!(
+            folder_hour(folder, &format!("{folder}date=2026-11-27-13x/a")),
+            None
+        );
+        assert_eq!(
+            folder_hour(folder, &format!("{folder}date=2026-11-27-13")),
+            None
+        );
+        assert_eq!(folder_hour(folder, "elsewhere/date=2026-11-27-13/a"), None);
+        // The bounds of a ranged listing fall between the hours, whatever follows them.
+        let hour = |s| DateHour::parse(s).unwrap();
+        let start = hour_bound(folder, hour("2026-11-27-13"));
+        let end = hour_bound(folder, hour("2026-11-27-14"));
+        assert!(start.as_str() < key.as_str() && key.as_str() < end.as_str());
+        assert!(format!("{folder}date=2026-11-27-12/~").as_str() < start.as_str());
+        assert!(format!("{folder}date=2026-11-27-14/ ").as_str() > end.as_str());
     }
 
     #[test]

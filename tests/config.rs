@@ -61,11 +61,11 @@ fn flags_beat_environment_beats_file_beats_defaults() {
 
     let env = [
         ("CURRENTS_HEAP_POLL_INTERVAL", "90s"),
-        ("CURRENTS_HEAP_SOURCE", "/data/currents"),
+        ("CURRENTS_HEAP_SOURCE", "s3://other-currents/data"),
     ];
     let (_, from_env, _) = cli(&["run", "--config", EXAMPLE, "--print-config"], &env);
     assert_eq!(value(&from_env, "poll_interval"), "\"90s\"");
-    assert_eq!(value(&from_env, "source"), "\"/data/currents\"");
+    assert_eq!(value(&from_env, "source"), "\"s3://other-currents/data/\"");
 
     let (_, from_flag, _) = cli(
         &[
@@ -564,4 +564,54 @@ fn the_example_documents_every_key() {
     // It parses with unknown keys refused, and every value is within its bounds.
     let example = config::from_file(std::path::Path::new(EXAMPLE)).unwrap();
     assert!(example.listen.is_some() && example.heap_app_id_file.is_some());
+}
+
+#[test]
+fn notification_settings_are_checked_before_anything_starts() {
+    // A local source: notifications come only from an S3 bucket.
+    refused(
+        &[
+            "run",
+            "--sqs-queue-url",
+            "https://sqs.us-east-1.amazonaws.com/1/q",
+        ],
+        "",
+        &[],
+        &["--sqs-queue-url: needs an s3:// source"],
+    );
+    refused(
+        &["run", "--source", "s3://currents/prefix"],
+        "",
+        &[("CURRENTS_HEAP_SQS_QUEUE_URL", "currents-heap")],
+        &["CURRENTS_HEAP_SQS_QUEUE_URL: is not an http:// or https:// queue URL"],
+    );
+    for (file, key) in [
+        (
+            "reconcile_interval = \"0s\"",
+            "config key `reconcile_interval`: must be 1s to 168h",
+        ),
+        (
+            "sqs_visibility_timeout = \"13h\"",
+            "config key `sqs_visibility_timeout`: must be 5s to 12h",
+        ),
+    ] {
+        refused(&["run"], file, &[], &[key]);
+    }
+    // The combinations that cannot work: one listing pass, or a run that records nothing
+    // and so could never delete a message.
+    for flag in ["--once", "--dry-run"] {
+        refused(
+            &[
+                "run",
+                flag,
+                "--source",
+                "s3://currents/prefix",
+                "--sqs-queue-url",
+                "https://sqs.us-east-1.amazonaws.com/1/q",
+            ],
+            "",
+            &[("AWS_REGION", "us-east-1")],
+            &["--sqs-queue-url: not with", flag],
+        );
+    }
 }

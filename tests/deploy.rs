@@ -133,7 +133,7 @@ fn the_config_map_and_the_job_are_accepted_by_the_binary() {
 }
 
 #[test]
-fn the_iam_policy_grants_read_on_the_source_and_read_write_on_the_state_only() {
+fn the_iam_policy_grants_read_on_the_source_read_write_on_the_state_and_the_queue_only() {
     let policy: Json =
         serde_json::from_str(&std::fs::read_to_string(deploy("iam-policy.json")).unwrap()).unwrap();
     let config = config_map_toml();
@@ -162,6 +162,11 @@ fn the_iam_policy_grants_read_on_the_source_and_read_write_on_the_state_only() {
                     resource, "arn:aws:s3:::my-currents-heap-state/prod/*",
                     "writes only to the state"
                 ),
+                // What `--sqs-queue-url` calls (the batch calls need the same actions), on
+                // the one queue.
+                "sqs:ReceiveMessage" | "sqs:DeleteMessage" | "sqs:ChangeMessageVisibility" => {
+                    assert_eq!(resource, "arn:aws:sqs:us-east-1:123456789012:currents-heap")
+                }
                 other => panic!("unexpected action {other}"),
             }
         }

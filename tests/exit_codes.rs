@@ -108,6 +108,9 @@ async fn a_backfill_stopped_mid_range_exits_4_and_a_second_one_finishes_exactly_
         "1",
         "--object-concurrency",
         "2",
+        // Two at a time however small, so that the stop finds objects not yet started.
+        "--small-object-budget",
+        "0",
     ];
     let child = setup.command(&standin, &args).spawn().unwrap();
     standin.wait_until_stored(all_sendable().len() / 3).await;

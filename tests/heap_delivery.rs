@@ -152,7 +152,13 @@ async fn under_twenty_percent_faults_every_event_arrives_exactly_once() {
     .await
     .unwrap();
     let events = events(6_000, 120);
-    let run = deliver(&standin.url(), delivery_config(), events.clone()).await;
+    // Lingering batches fill up to 1,000 events, a handful of requests: batches of 25 make
+    // about 290, enough for every kind of fault to come up several times.
+    let config = DeliveryConfig {
+        max_batch_events: 25,
+        ..delivery_config()
+    };
+    let run = deliver(&standin.url(), config, events.clone()).await;
     run.result.unwrap();
 
     assert_stored_exactly(&standin.stored(), &events);

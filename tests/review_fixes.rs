@@ -16,6 +16,7 @@ use currents_heap::store::{LocalStore, ObjectStore};
 use currents_heap::telemetry::Metrics;
 use currents_heap::worker::engine::HeapOutput;
 use currents_heap::worker::replay::replay;
+use currents_heap::worker::scheduler::{Admission, SMALL_OBJECT_BUDGET};
 use currents_heap::worker::{Engine, Lookback, Outcome, Output, Plan, Settings};
 use currents_heap_testkit::standin::{Standin, StandinConfig};
 use currents_heap_testkit::store::{FaultyStore, Ops};
@@ -25,7 +26,7 @@ use tokio::time::Instant;
 
 fn settings() -> Settings {
     Settings {
-        object_concurrency: 4,
+        object_concurrency: Admission::new(4, SMALL_OBJECT_BUDGET),
         shutdown_timeout: Duration::from_secs(30),
         bounded_state_retry: Duration::from_secs(60),
         dry_run: false,
@@ -43,6 +44,10 @@ fn heap(standin: &Standin) -> Output {
     }))
 }
 
+/// A long-lived run reads the ledger once per folder and hour and then keeps what it knows
+/// (`worker::finished`), so idle polls over a vanished state send nothing again and read
+/// nothing; the next poll that needs the ledger (here: a new event type) fails instead of
+/// taking the state for an empty one.
 #[tokio::test(start_paused = true)]
 async fn a_state_deleted_mid_run_fails_the_poll_instead_of_sending_everything_again() {
     let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
@@ -53,10 +58,15 @@ async fn a_state_deleted_mid_run_fails_the_poll_instead_of_sending_everything_ag
     std::fs::create_dir_all(&state_dir).unwrap();
     let metrics = Arc::new(Metrics::new());
     let readiness = metrics.clone();
+    // Back to a day before the fixtures' hours, however long ago they are.
+    let fixtures_hour = currents_heap::currents::key::DateHour::parse("2026-11-27-13").unwrap();
+    let lookback = currents_heap::currents::key::DateHour::now().hours_since_epoch()
+        - fixtures_hour.hours_since_epoch()
+        + 24;
     let engine = Engine::start(
         settings(),
         Plan::Live {
-            lookback: Lookback::All,
+            lookback: Lookback::Hours(lookback as u64),
             poll_interval: Duration::from_secs(10),
         },
         Arc::new(LocalStore::new(&source.0)),
@@ -66,6 +76,9 @@ async fn a_state_deleted_mid_run_fails_the_poll_instead_of_sending_everything_ag
     );
     let total = all_sendable().len();
     let watched = state_dir.clone();
+    let new_object_folder = source
+        .0
+        .join("currents/dataexport.prod-03.S3.integration.5f0c2a9e8b7d6c5b4a392817");
     let heap_view = &standin;
     let report = engine
         .drive(async move {
@@ -74,12 +87,24 @@ async fn a_state_deleted_mid_run_fails_the_poll_instead_of_sending_everything_ag
             // directory, then a file in its place.
             tokio::time::sleep(Duration::from_secs(5)).await;
             std::fs::remove_dir_all(&watched).unwrap();
+            let polls = readiness.counts().polls;
             tokio::time::sleep(Duration::from_secs(25)).await;
             assert_eq!(
                 heap_view.report().duplicates,
                 0,
                 "polls over a deleted state sent objects again"
             );
+            assert!(
+                readiness.counts().polls >= polls + 2,
+                "idle polls need nothing from the state"
+            );
+            // A new event type: its hours were never read from the ledger, so the poll
+            // reads them and meets the deleted directory.
+            let folder = new_object_folder
+                .join("event_type=users.behaviors.NewType/date=2026-11-27-13/612/zone-a");
+            std::fs::create_dir_all(&folder).unwrap();
+            std::fs::write(folder.join("new+0+0000000000.avro"), b"never read").unwrap();
+            tokio::time::sleep(Duration::from_secs(15)).await;
             assert!(!watched.exists(), "nothing recreated the deleted state");
             let not_ready = readiness
                 .not_ready(
@@ -211,17 +236,42 @@ async fn replay_stopped_by_a_signal_keeps_what_it_did_not_finish_and_exits_4() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signal_during_the_first_listing_is_a_clean_stop() {
     let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
-    let setup = Setup::new();
-    for (args, expected) in [
-        (&["run", "--lookback", "9600h"][..], 0),
-        (&["run", "--once", "--lookback", "9600h"][..], 4),
-    ] {
-        let mut command = setup.command(&standin, args);
-        command.env("RUST_LOG", "info");
+    let state = TempDir::new("silent-source-state");
+    // An S3 endpoint that takes connections and never answers: the first listing lasts
+    // until the signal, as a listing of a slow or vast bucket would.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    for (args, expected) in [(&["run"][..], 0), (&["run", "--once"][..], 4)] {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_currents-heap"));
+        command
+            .args(args)
+            .args(["--source", "s3://currents/c", "--s3-path-style", "--state"])
+            .arg(&state.0)
+            .env("AWS_ACCESS_KEY_ID", "AKIDSILENTSOURCE")
+            .env("AWS_SECRET_ACCESS_KEY", "silent-source-secret")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env_remove("AWS_PROFILE")
+            .env("HEAP_API_URL", standin.url())
+            .env("HEAP_APP_ID", APP_ID)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
         let mut child = command.spawn().unwrap();
         let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-        // The engine logs `started:` just before its first listing (9,600 hours per
-        // event type): the signal lands during it.
+        // The engine logs `started:` just before its first listing, which never ends: the
+        // signal lands during it.
         while let Some(line) = stderr.next_line().await.unwrap() {
             if line.contains("started:") {
                 break;

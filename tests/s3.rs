@@ -87,6 +87,7 @@ async fn conformance(store: &dyn ObjectStore) {
     );
     assert_eq!(store.list_folders("").await.unwrap(), ["a/"]);
     assert_eq!(store.list_folders("a/").await.unwrap(), ["a/b/", "a/c/"]);
+    range_conformance(store).await;
     assert_eq!(read_all(store, "a/c/three.txt").await, b"333");
     store
         .put("a/b/one.txt", b"replaced".to_vec())
@@ -104,6 +105,65 @@ async fn conformance(store: &dyn ObjectStore) {
     let missing = store.open("a/b/one.txt").await.err().unwrap();
     assert!(missing.not_found, "{missing}");
     assert!(missing.to_string().contains("a/b/one.txt"), "{missing}");
+}
+
+async fn ranged_keys(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    start_after: &str,
+    end: Option<&str>,
+) -> Vec<String> {
+    let listed = store.list_range(prefix, start_after, end).await.unwrap();
+    listed.into_iter().map(|m| m.key).collect()
+}
+
+/// `list_range`'s bounds, on `a/b/one.txt`, `a/b/two.txt`, `a/c/three.txt`, `z.txt`.
+async fn range_conformance(store: &dyn ObjectStore) {
+    assert_eq!(
+        ranged_keys(store, "a/", "a/b/one.txt", None).await,
+        ["a/b/two.txt", "a/c/three.txt"],
+        "the start is excluded when a key equals it"
+    );
+    assert_eq!(
+        ranged_keys(store, "a/", "a/b/one.txt", Some("a/c/three.txt")).await,
+        ["a/b/two.txt"],
+        "the end is excluded when a key equals it"
+    );
+    assert_eq!(
+        ranged_keys(store, "a/", "a/b", Some("a/c")).await,
+        ["a/b/one.txt", "a/b/two.txt"],
+        "bounds without a trailing `/` fall between folders"
+    );
+    assert_eq!(
+        ranged_keys(store, "a/", "", None).await,
+        ["a/b/one.txt", "a/b/two.txt", "a/c/three.txt"],
+        "a start before the prefix: the whole prefix"
+    );
+    assert_eq!(
+        ranged_keys(store, "a/b/", "a/", Some("z")).await,
+        ["a/b/one.txt", "a/b/two.txt"],
+        "bounds outside the prefix: only the prefix"
+    );
+    assert_eq!(
+        ranged_keys(store, "", "a/c/three.txt", None).await,
+        ["z.txt"]
+    );
+    assert!(
+        ranged_keys(store, "a/", "a/c/three.txt", None)
+            .await
+            .is_empty()
+    );
+    assert!(
+        ranged_keys(store, "a/", "a/b/two.txt", Some("a/b/two.txt"))
+            .await
+            .is_empty()
+    );
+    assert!(
+        ranged_keys(store, "a/", "a/c", Some("a/b"))
+            .await
+            .is_empty(),
+        "an end before the start"
+    );
 }
 
 async fn read_all(store: &dyn ObjectStore, key: &str) -> Vec<u8> {
@@ -236,6 +296,18 @@ async fn awkward_conformance(store: &dyn ObjectStore) {
         );
     }
 
+    // Ranges agree with the order of UTF-8 bytes (`é` and `日` after ASCII, `%` before `+`).
+    for i in (0..keys.len()).step_by(4) {
+        let end = keys.get(i + 6).map(String::as_str);
+        let expected = &keys[i + 1..(i + 6).min(keys.len())];
+        assert_eq!(
+            ranged_keys(store, "", &keys[i], end).await,
+            expected,
+            "after {:?} up to {end:?}",
+            keys[i]
+        );
+    }
+
     for key in &keys {
         store.delete(key).await.unwrap();
         let missing = store.get(key).await.unwrap_err();
@@ -277,6 +349,24 @@ async fn many_keys_conformance(store: Arc<dyn ObjectStore>) {
     assert_eq!(listed_keys(&*store, "many/").await, keys);
     assert_eq!(store.list_folders("many/").await.unwrap(), folders);
     assert_eq!(listed_keys(&*store, "many/10").await, keys[1000..]);
+    // Ranges over more keys than a page, and ranges that end within the first page.
+    assert_eq!(
+        ranged_keys(&*store, "many/", &keys[10], Some(&keys[1090])).await,
+        keys[11..1090]
+    );
+    assert_eq!(
+        ranged_keys(&*store, "many/", "many/", None).await,
+        keys,
+        "every key, over two pages"
+    );
+    assert_eq!(
+        ranged_keys(&*store, "many/", &keys[99], Some(&keys[150])).await,
+        keys[100..150]
+    );
+    assert_eq!(
+        ranged_keys(&*store, "many/", &keys[1098], None).await,
+        keys[1099..]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -279,7 +279,8 @@ async fn slow_standin() -> Standin {
     .unwrap()
 }
 
-/// A run slow enough to interrupt: small batches, one request at a time, slow answers.
+/// A run slow enough to interrupt: small batches, one request at a time, slow answers, and
+/// two objects at a time however small (so that some are still queued at a stop).
 fn slow_args(extra: &[&'static str]) -> Vec<&'static str> {
     let mut args = vec![
         "run",
@@ -291,6 +292,8 @@ fn slow_args(extra: &[&'static str]) -> Vec<&'static str> {
         "1",
         "--object-concurrency",
         "2",
+        "--small-object-budget",
+        "0",
     ];
     args.extend_from_slice(extra);
     args

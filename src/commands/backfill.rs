@@ -17,8 +17,9 @@ use crate::worker::Plan;
 use tokio_util::sync::CancellationToken;
 
 /// `backfill`'s flags; it runs with the resolved [`Config`].
-/// The longest range one backfill takes: discovery lists every hour of the range per
-/// event type before sending, so a typo like `--to 9999-12-31` must not start that.
+/// The longest range one backfill takes: discovery lists the whole range (one ranged listing
+/// per event type, a request per 1,000 objects) and holds what it found before sending, so a
+/// typo like `--to 9999-12-31` must not start that.
 const MAX_RANGE_HOURS: i64 = 400 * 24;
 
 #[derive(Debug, Clone, Args, Serialize)]

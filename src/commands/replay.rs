@@ -56,7 +56,9 @@ pub async fn replay(args: ReplayArgs, config: Config) -> Exit {
         Ok(output) => output,
         Err(exit) => return exit,
     };
-    let state = match open_state(&config, !config.dry_run).await {
+    // replay serves no /metrics: its requests are counted and dropped.
+    let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
+    let state = match open_state(&config, !config.dry_run, &metrics).await {
         Ok(state) => state,
         Err(exit) => return exit,
     };
@@ -65,7 +67,7 @@ pub async fn replay(args: ReplayArgs, config: Config) -> Exit {
         date: args.date.clone(),
     };
     let settings = Settings {
-        object_concurrency: 1,
+        object_concurrency: crate::worker::scheduler::Admission::fixed(1),
         shutdown_timeout: config.shutdown_timeout.get(),
         bounded_state_retry: config.retry_max_time.get(),
         dry_run: config.dry_run,

@@ -29,6 +29,19 @@ pub struct RunArgs {
     #[arg(long, env = "CURRENTS_HEAP_LOOKBACK", default_value_t = DEFAULTS.lookback)]
     #[serde(with = "as_text")]
     lookback: Lookback,
+    /// Learn of new objects from the bucket's S3 event notifications in this SQS queue,
+    /// instead of listing every poll interval (needs an s3:// source; not with --once).
+    #[arg(long, env = "CURRENTS_HEAP_SQS_QUEUE_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sqs_queue_url: Option<String>,
+    /// With --sqs-queue-url: how often a listing pass finds objects whose notification was
+    /// lost, 1s to 168h (7 days).
+    #[arg(long, env = "CURRENTS_HEAP_RECONCILE_INTERVAL", default_value_t = DEFAULTS.reconcile_interval.clone())]
+    reconcile_interval: HumanDuration,
+    /// With --sqs-queue-url: how long a received message stays hidden, renewed every third
+    /// of it while its object is in flight, 5s to 12h.
+    #[arg(long, env = "CURRENTS_HEAP_SQS_VISIBILITY_TIMEOUT", default_value_t = DEFAULTS.sqs_visibility_timeout.clone())]
+    sqs_visibility_timeout: HumanDuration,
     /// Serve /metrics, /healthz and /readyz on this address, e.g. 0.0.0.0:9090.
     #[arg(long, env = "CURRENTS_HEAP_LISTEN")]
     listen: Option<std::net::SocketAddr>,
@@ -38,7 +51,21 @@ pub struct RunArgs {
 }
 
 pub async fn run(args: RunArgs, config: Config) -> Exit {
-    let poll_interval = config.poll_interval.get();
+    let mut poll_interval = config.poll_interval.get();
+    if config.sqs_queue_url.is_some() {
+        if args.once {
+            return Exit::Usage(
+                "--sqs-queue-url: not with --once, which lists the lookback window once".into(),
+            );
+        }
+        if config.dry_run {
+            return Exit::Usage(
+                "--sqs-queue-url: not with --dry-run, which records nothing and so could delete no message".into(),
+            );
+        }
+        // Polls become reconciliations beside the notifications.
+        poll_interval = config.reconcile_interval.get();
+    }
     let plan = if args.once {
         Plan::Once {
             lookback: config.lookback,

@@ -1,16 +1,24 @@
 //! `status`: what is pending, done and failed, the dead letters by reason, and the lag.
+//!
+//! The source and the ledger are read over the `--lookback` hours only: one ranged listing
+//! of each per `event_type=` folder (plus a read per failed object), so `status` costs about
+//! what a poll does. `--lookback all` lists both whole.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use clap::Args;
+use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::config::{Config, DEFAULTS, as_text};
 use super::worker::{Exit, StoreArgs, open_stores};
 use crate::currents::key::DateHour;
 use crate::deadletter::{DeadLetterFilter, DeadLetterStore};
-use crate::ledger::{Ledger, Outcome};
-use crate::source::discover;
+use crate::ledger::{FailedEntries, Finished, Ledger, Outcome};
+use crate::source::{Discovery, LISTING_CONCURRENCY, Window, discover};
+use crate::store::StoreError;
+use crate::telemetry::Metrics;
 use crate::worker::Lookback;
 
 /// `status`'s flags: the stores and the lookback. It runs with the resolved [`Config`].
@@ -55,19 +63,25 @@ fn reason_group(reason: &str) -> String {
 }
 
 async fn report(config: &Config) -> Result<String, String> {
-    let (source, state) = open_stores(config, false).await.map_err(|e| match e {
-        Exit::Usage(message) | Exit::Fatal(message) => message,
-        other => format!("{other:?}"),
-    })?;
+    // status serves no /metrics: its requests are counted and dropped.
+    let metrics = Arc::new(Metrics::new());
+    let (source, state) = open_stores(config, false, &metrics)
+        .await
+        .map_err(|e| match e {
+            Exit::Usage(message) | Exit::Fatal(message) => message,
+            other => format!("{other:?}"),
+        })?;
     let ledger = Ledger::new(state.clone());
     let dead_letters = DeadLetterStore::new(state);
 
-    let discovery = discover(&*source, &config.lookback.window())
+    let window = config.lookback.window();
+    let discovery = discover(&*source, &window)
         .await
         .map_err(|e| format!("cannot list the source: {e}"))?;
-    // Status is occasional: reading the whole ledger here is fine (run never does).
-    let state_error = |e: crate::store::StoreError| format!("cannot read the state: {e}");
-    let finished = ledger.finished("").await.map_err(state_error)?;
+    let state_error = |e: StoreError| format!("cannot read the state: {e}");
+    let (finished, failed) = read_ledger(&ledger, &window, &discovery)
+        .await
+        .map_err(state_error)?;
     let mut pending: BTreeMap<&str, u64> = BTreeMap::new();
     let mut oldest: Option<DateHour> = None;
     for object in discovery.objects.iter().filter(|o| !finished.contains(o)) {
@@ -80,6 +94,14 @@ async fn report(config: &Config) -> Result<String, String> {
         source.describe(),
         ledger.describe()
     ));
+    // The counts below cover these hours only.
+    match window {
+        Window::All => out.push_str("hours:  every date= hour (--lookback all)\n"),
+        Window::Hours { from, to } => out.push_str(&format!(
+            "hours:  date={from} up to date={to} (--lookback {})\n",
+            config.lookback
+        )),
+    }
     out.push_str(&format!(
         "objects pending: {}\n",
         pending.values().sum::<u64>()
@@ -114,7 +136,6 @@ async fn report(config: &Config) -> Result<String, String> {
             String::new()
         }
     ));
-    let failed = ledger.failed_entries("").await.map_err(state_error)?;
     for entry in failed
         .entries
         .into_iter()
@@ -158,6 +179,29 @@ async fn report(config: &Config) -> Result<String, String> {
         out.push_str(&format!("  {n}: {reason}\n"));
     }
     Ok(out)
+}
+
+/// The ledger over the window's hours: one ranged listing per `event_type=` folder of the
+/// source, 8 at once (then a read per failed object); with `Window::All`, all of it.
+async fn read_ledger(
+    ledger: &Ledger,
+    window: &Window,
+    discovery: &Discovery,
+) -> Result<(Finished, FailedEntries), StoreError> {
+    let Window::Hours { from, to } = *window else {
+        return ledger.read_all().await;
+    };
+    let mut reads = futures_util::stream::iter(&discovery.folders)
+        .map(|folder| ledger.read_hours(folder, from, to))
+        .buffered(LISTING_CONCURRENCY);
+    let (mut finished, mut failed) = (Finished::default(), FailedEntries::default());
+    while let Some(read) = reads.next().await {
+        let (more_finished, more_failed) = read?;
+        finished.extend(more_finished);
+        failed.entries.extend(more_failed.entries);
+        failed.unreadable.extend(more_failed.unreadable);
+    }
+    Ok((finished, failed))
 }
 
 #[cfg(test)]

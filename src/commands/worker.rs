@@ -15,9 +15,12 @@ use crate::heap::delivery::DeliveryConfig;
 use crate::heap::map::HeapMapper;
 use crate::heap::pacer::RateLimits;
 use crate::heap::retry::RetryPolicy;
+use crate::notifications::sqs::SqsQueue;
 use crate::store::{LocalStore, Location, ObjectStore};
 use crate::telemetry::Metrics;
-use crate::worker::engine::HeapOutput;
+use crate::worker::engine::{HeapOutput, Notifications};
+use crate::worker::listener::ListenerSettings;
+use crate::worker::scheduler::Admission;
 use crate::worker::{Engine, Outcome, Output, Plan, Settings};
 
 /// How a command ended, as an exit code (the README and `--help` list them).
@@ -123,9 +126,18 @@ pub struct WorkerArgs {
     /// Decode, map and count, but send nothing and record nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Currents objects processed at once, 1 to 256.
+    /// Currents objects processed at once whatever their size, 1 to 256.
     #[arg(long, env = "CURRENTS_HEAP_OBJECT_CONCURRENCY", default_value_t = DEFAULTS.object_concurrency)]
     object_concurrency: u64,
+    /// Bytes, 0 to 268,435,456 (256 MiB): more objects than --object-concurrency, up to 256,
+    /// are processed at once while the stored sizes of all in flight stay within this, so
+    /// that many small objects are not held up by Heap's round trips; 0 turns it off.
+    #[arg(long, env = "CURRENTS_HEAP_SMALL_OBJECT_BUDGET", default_value_t = DEFAULTS.small_object_budget)]
+    small_object_budget: u64,
+    /// How long events that cannot fill a request wait for more, from the oldest, 0s to 5s
+    /// (e.g. 100ms), so that small objects share requests; 0 sends them at once.
+    #[arg(long, env = "CURRENTS_HEAP_BATCH_LINGER", default_value_t = DEFAULTS.batch_linger.clone())]
+    batch_linger: HumanDuration,
 }
 
 /// The Heap app id from `--heap-app-id`/`HEAP_APP_ID` or the file named by `heap_app_id_file`.
@@ -150,8 +162,12 @@ fn app_id(config: &Config) -> Result<String, Exit> {
         })
 }
 
-/// Opens the state store, named in its error.
-pub async fn open_state(config: &Config, create: bool) -> Result<Arc<dyn ObjectStore>, Exit> {
+/// Opens the state store, named in its error; its S3 requests are counted in `metrics`.
+pub async fn open_state(
+    config: &Config,
+    create: bool,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<dyn ObjectStore>, Exit> {
     if let Location::Local(path) = &config.state {
         // A local state must exist once the worker runs, so that one deleted or replaced
         // mid-run is an error and not an empty ledger; a dry run or `status` creates nothing.
@@ -168,16 +184,17 @@ pub async fn open_state(config: &Config, create: bool) -> Result<Arc<dyn ObjectS
     }
     config
         .state
-        .open(config.s3_path_style)
+        .open(config.s3_path_style, metrics)
         .await
         .map_err(|e| Exit::Usage(format!("--state: {e}")))
 }
 
 /// Opens the source and the state, each named in its error. `create`: make a local state
-/// directory that does not exist yet.
+/// directory that does not exist yet. S3 requests of both are counted in `metrics`.
 pub async fn open_stores(
     config: &Config,
     create: bool,
+    metrics: &Arc<Metrics>,
 ) -> Result<(Arc<dyn ObjectStore>, Arc<dyn ObjectStore>), Exit> {
     if let Location::Local(path) = &config.source
         && !path.is_dir()
@@ -189,10 +206,10 @@ pub async fn open_stores(
     }
     let source = config
         .source
-        .open(config.s3_path_style)
+        .open(config.s3_path_style, metrics)
         .await
         .map_err(|e| Exit::Usage(format!("--source: {e}")))?;
-    Ok((source, open_state(config, create).await?))
+    Ok((source, open_state(config, create, metrics).await?))
 }
 
 /// Where events go: nowhere in a dry run, else Heap with the configured limits.
@@ -215,6 +232,7 @@ pub fn output(config: &Config) -> Result<Output, Exit> {
         max_body_bytes: config.max_body_bytes as usize,
         concurrency: config.heap_concurrency as usize,
         max_pending: config.max_pending_events as usize,
+        batch_linger: config.batch_linger.get(),
         retry: RetryPolicy {
             max_elapsed: config.retry_max_time.get(),
             ..RetryPolicy::default()
@@ -231,21 +249,39 @@ pub fn output(config: &Config) -> Result<Output, Exit> {
 /// Builds the engine for `run` or `backfill`.
 pub async fn engine(config: &Config, plan: Plan) -> Result<Engine, Exit> {
     let output = output(config)?;
-    let (source, state) = open_stores(config, !config.dry_run).await?;
+    // First: the stores count their requests into the metrics `/metrics` serves.
+    let metrics = Arc::new(Metrics::new());
+    let (source, state) = open_stores(config, !config.dry_run, &metrics).await?;
     let settings = Settings {
-        object_concurrency: config.object_concurrency as usize,
+        object_concurrency: Admission::new(
+            config.object_concurrency as usize,
+            config.small_object_budget,
+        ),
         shutdown_timeout: config.shutdown_timeout.get(),
         bounded_state_retry: config.retry_max_time.get(),
         dry_run: config.dry_run,
     };
-    Ok(Engine::start(
-        settings,
-        plan,
-        source,
-        state,
-        output,
-        Arc::new(Metrics::new()),
-    ))
+    let engine = Engine::start(settings, plan, source, state, output, metrics.clone());
+    let (Some(url), Location::S3 { bucket, prefix }) = (&config.sqs_queue_url, &config.source)
+    else {
+        return Ok(engine);
+    };
+    let queue = SqsQueue::connect(url, metrics)
+        .await
+        .map_err(|e| Exit::Usage(format!("--sqs-queue-url: {e}")))?;
+    Ok(engine.with_notifications(Notifications {
+        queue: Arc::new(queue),
+        settings: ListenerSettings {
+            bucket: bucket.clone(),
+            prefix: prefix.clone(),
+            visibility: config.sqs_visibility_timeout.get(),
+            // An object that could not be finished comes back as a listed one would: at the
+            // next poll interval.
+            retry_after: config.poll_interval.get(),
+            // Room for every object the scheduler may hold, queued or in flight, and more.
+            max_held: 512,
+        },
+    }))
 }
 
 /// The shutdown future for [`Engine::drive`]: the first SIGTERM/SIGINT stops the engine, and a

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{LocalStore, ObjectStore, S3Store, StoreError};
+use crate::telemetry::Metrics;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
@@ -61,12 +62,17 @@ impl std::fmt::Display for Location {
 
 impl Location {
     /// Opens the store. S3 uses the standard AWS configuration: credential chain, region,
-    /// `AWS_ENDPOINT_URL`; `path_style` is for S3-compatible stores that need it.
-    pub async fn open(&self, path_style: bool) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    /// `AWS_ENDPOINT_URL`; `path_style` is for S3-compatible stores that need it. Requests
+    /// to S3 are counted in `metrics`.
+    pub async fn open(
+        &self,
+        path_style: bool,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Arc<dyn ObjectStore>, StoreError> {
         Ok(match self {
             Location::Local(path) => Arc::new(LocalStore::new(path)),
             Location::S3 { bucket, prefix } => {
-                Arc::new(S3Store::connect(bucket, prefix, path_style).await?)
+                Arc::new(S3Store::connect(bucket, prefix, path_style, metrics.clone()).await?)
             }
         })
     }

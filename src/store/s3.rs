@@ -3,14 +3,22 @@
 //! Configuration is the standard AWS one: the credential chain (environment, profile, web
 //! identity/IRSA, instance metadata), `AWS_REGION`, and `AWS_ENDPOINT_URL` for S3-compatible
 //! stores. Error messages name the bucket and key and never include credentials.
+//!
+//! Listings rely on S3's order: a general-purpose bucket lists keys sorted by their UTF-8
+//! bytes, which [`ObjectStore::list_range`] uses to start and stop where it is asked to.
+//! Every request is counted in `/metrics` ([`crate::aws::CountRequests`]).
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
+use std::sync::Arc;
+
 use tokio_util::io::SyncIoBridge;
 
-use super::{ObjectMeta, ObjectReader, ObjectStore, StoreError, StoreFuture};
+use super::{ObjectMeta, ObjectReader, ObjectStore, StoreError, StoreFuture, in_range};
+use crate::aws::CountRequests;
+use crate::telemetry::Metrics;
 
 pub struct S3Store {
     client: Client,
@@ -20,8 +28,13 @@ pub struct S3Store {
 }
 
 impl S3Store {
-    /// Connects with the standard AWS configuration.
-    pub async fn connect(bucket: &str, prefix: &str, path_style: bool) -> Result<Self, StoreError> {
+    /// Connects with the standard AWS configuration; every request is counted in `metrics`.
+    pub async fn connect(
+        bucket: &str,
+        prefix: &str,
+        path_style: bool,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .load()
             .await;
@@ -35,6 +48,7 @@ impl S3Store {
         }
         let s3_config = aws_sdk_s3::config::Builder::from(&config)
             .force_path_style(path_style)
+            .interceptor(CountRequests::new("s3", metrics))
             .build();
         Ok(S3Store::from_client(
             Client::from_conf(s3_config),
@@ -43,7 +57,8 @@ impl S3Store {
         ))
     }
 
-    /// For callers that build their own client (tests, custom endpoints).
+    /// For callers that build their own client (tests, custom endpoints); to count its
+    /// requests, give its config a [`CountRequests`].
     pub fn from_client(client: Client, bucket: &str, prefix: &str) -> Self {
         let prefix = prefix.trim_matches('/');
         S3Store {
@@ -93,10 +108,13 @@ impl S3Store {
             .map_err(|e| self.error("get", key, &e))
     }
 
+    /// One page of a listing: the first (no `token`) starts after `start_after` if given, the
+    /// next ones where the token says.
     async fn list_page(
         &self,
         prefix: &str,
         delimiter: bool,
+        start_after: Option<&str>,
         token: Option<String>,
     ) -> Result<aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output, StoreError> {
         let mut request = self
@@ -104,6 +122,11 @@ impl S3Store {
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(self.full_key(prefix))
+            .set_start_after(
+                start_after
+                    .filter(|_| token.is_none())
+                    .map(|key| self.full_key(key)),
+            )
             .set_continuation_token(token);
         if delimiter {
             request = request.delimiter("/");
@@ -112,6 +135,47 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| self.error("list", prefix, &e))
+    }
+}
+
+impl S3Store {
+    /// Pages through `ListObjectsV2` from `start_after` (or the start of `prefix`) and stops
+    /// at the first page that reaches `end`: S3 sends keys in order, so the pages after it
+    /// would hold nothing in range.
+    async fn list_objects(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        end: Option<&str>,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        let mut found = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self.list_page(prefix, false, start_after, token).await?;
+            let mut reached_end = false;
+            for object in page.contents() {
+                let Some(key) = object.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
+                    continue;
+                };
+                reached_end |= end.is_some_and(|end| key >= end);
+                // Filtered here too: an S3-compatible store that ignores `StartAfter` costs
+                // requests, never wrong keys.
+                if !in_range(key, start_after.unwrap_or(""), end) {
+                    continue;
+                }
+                found.push(ObjectMeta {
+                    key: key.to_string(),
+                    size: object.size().unwrap_or(0).max(0) as u64,
+                    etag: version_tag(object),
+                });
+            }
+            token = page.next_continuation_token().map(str::to_string);
+            if token.is_none() || reached_end {
+                break;
+            }
+        }
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(found)
     }
 }
 
@@ -137,29 +201,16 @@ impl ObjectStore for S3Store {
     }
 
     fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<ObjectMeta>> {
-        Box::pin(async move {
-            let mut found = Vec::new();
-            let mut token = None;
-            loop {
-                let page = self.list_page(prefix, false, token).await?;
-                for object in page.contents() {
-                    let Some(key) = object.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
-                        continue;
-                    };
-                    found.push(ObjectMeta {
-                        key: key.to_string(),
-                        size: object.size().unwrap_or(0).max(0) as u64,
-                        etag: version_tag(object),
-                    });
-                }
-                token = page.next_continuation_token().map(str::to_string);
-                if token.is_none() {
-                    break;
-                }
-            }
-            found.sort_by(|a, b| a.key.cmp(&b.key));
-            Ok(found)
-        })
+        Box::pin(self.list_objects(prefix, None, None))
+    }
+
+    fn list_range<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: &'a str,
+        end: Option<&'a str>,
+    ) -> StoreFuture<'a, Vec<ObjectMeta>> {
+        Box::pin(self.list_objects(prefix, Some(start_after), end))
     }
 
     fn list_folders<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
@@ -167,7 +218,7 @@ impl ObjectStore for S3Store {
             let mut folders = Vec::new();
             let mut token = None;
             loop {
-                let page = self.list_page(prefix, true, token).await?;
+                let page = self.list_page(prefix, true, None, token).await?;
                 folders.extend(
                     page.common_prefixes()
                         .iter()

@@ -104,6 +104,20 @@ impl HeapRequest {
     }
 }
 
+/// One HTTP attempt to AWS, retries included (see [`crate::aws`]).
+pub struct AwsRequest<'a> {
+    /// `s3`, `sqs`.
+    pub service: &'a str,
+    /// The API operation, e.g. `ListObjectsV2`, `GetObject`; `unknown` if the SDK named none.
+    pub operation: &'a str,
+}
+
+impl AwsRequest<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.of_operation(self.service, self.operation).inc();
+    }
+}
+
 /// A batch that will be sent again after `delay`.
 pub struct HeapRetry<'a> {
     pub events: usize,
@@ -224,6 +238,7 @@ pub struct PollSucceeded {
 
 impl PollSucceeded {
     pub fn emit(&self, metrics: &Metrics) {
+        metrics.polls.inc();
         metrics.objects_pending.set(self.pending as i64);
         metrics
             .lag_seconds
@@ -283,5 +298,83 @@ impl StateWriteSucceeded {
             .state_outage
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Messages received from the notification queue; a successful receive also ends a queue
+/// outage for `/readyz`.
+pub struct NotificationsReceived {
+    pub messages: u64,
+}
+
+impl NotificationsReceived {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.notifications_received.inc_by(self.messages);
+        *metrics
+            .queue_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Objects a notification named that are now queued.
+pub struct NotificationObjectsQueued {
+    pub objects: u64,
+}
+
+impl NotificationObjectsQueued {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.notification_objects.inc_by(self.objects);
+    }
+}
+
+/// Why a message was deleted without queueing anything.
+#[derive(Debug, Clone, Copy)]
+pub enum NotificationDropped<'a> {
+    /// `s3:TestEvent`, sent when notifications are configured.
+    TestEvent,
+    /// Nothing new: other buckets or prefixes, not `.avro`, or recorded already.
+    NothingNew,
+    /// Not an S3 notification; the reconciliation finds any object it stood for.
+    Unreadable { message: &'a str, error: &'a str },
+}
+
+impl NotificationDropped<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        let reason = match self {
+            NotificationDropped::TestEvent => "test_event",
+            NotificationDropped::NothingNew => "nothing_new",
+            NotificationDropped::Unreadable { message, error } => {
+                tracing::warn!(
+                    message = %message,
+                    "deleting a message that is not an S3 notification (the reconciliation finds any object it stood for): {error}"
+                );
+                "unreadable"
+            }
+        };
+        metrics
+            .notifications_dropped
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+}
+
+/// A receive from the queue failed: `/readyz` reports it until a receive succeeds.
+pub struct QueueFailed<'a> {
+    pub error: &'a str,
+    pub retry_in: Duration,
+}
+
+impl QueueFailed<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::error!(
+            "cannot receive notifications, trying again in {:?}: {}",
+            self.retry_in,
+            self.error
+        );
+        *metrics
+            .queue_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(self.error.to_string());
     }
 }

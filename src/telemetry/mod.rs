@@ -46,6 +46,10 @@ pub struct Metrics {
     /// The status counters cloned out of `heap_requests`, to read them back by status.
     statuses: Mutex<BTreeMap<String, Counter>>,
     heap_request_duration: Histogram,
+    /// Requests to AWS (S3, SQS) by service and operation: what the worker costs.
+    aws_requests: Family<Labels, Counter>,
+    /// The counters cloned out of `aws_requests`, to read them back.
+    aws_operations: Mutex<BTreeMap<(String, String), Counter>>,
     heap_retries: Counter,
     heap_bisections: Counter,
     rate_limit_waits: Counter,
@@ -64,9 +68,15 @@ pub struct Metrics {
     state_write_failing: Gauge,
     /// Since when (Unix seconds) state writes fail, and the last error; `None` while they work.
     state_outage: Mutex<Option<(i64, String)>>,
+    polls: Counter,
     poll_failures: Counter,
     /// Why the last poll failed; `None` after a poll succeeds.
     poll_failure: Mutex<Option<String>>,
+    notifications_received: Counter,
+    notifications_dropped: Family<Labels, Counter>,
+    notification_objects: Counter,
+    /// Why the last receive from the queue failed; `None` after one succeeds.
+    queue_failure: Mutex<Option<String>>,
 }
 
 /// Counts per event type.
@@ -94,9 +104,23 @@ pub struct Counts {
     pub objects_retried: u64,
     pub objects_abandoned: u64,
     pub objects_panicked: u64,
+    /// Polls that succeeded.
+    pub polls: u64,
+    /// Requests to AWS by (service, operation), e.g. `("s3", "ListObjectsV2")`: every HTTP
+    /// attempt, retries included.
+    pub aws_requests: BTreeMap<(String, String), u64>,
 }
 
 impl Counts {
+    /// Requests to AWS of `service` (e.g. `s3`), every operation together.
+    pub fn aws_requests_of(&self, service: &str) -> u64 {
+        self.aws_requests
+            .iter()
+            .filter(|((s, _), _)| s == service)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     pub fn total(&self) -> TypeCounts {
         self.per_type
             .values()
@@ -180,6 +204,18 @@ impl Metrics {
             "currents_heap_poll_failures",
             "Polls that could not list the source or read the ledger",
         );
+        let notifications_received = counter(
+            "currents_heap_notifications_received",
+            "Messages received from the SQS queue",
+        );
+        let notification_objects = counter(
+            "currents_heap_notification_objects",
+            "Objects named by notifications and queued (not yet recorded)",
+        );
+        let polls = counter(
+            "currents_heap_polls",
+            "Polls that listed the source and read what they needed of the ledger",
+        );
         let mut gauge = |name: &str, help: &str| {
             let gauge = Gauge::default();
             registry.register(name, help, gauge.clone());
@@ -231,6 +267,14 @@ impl Metrics {
             "currents_heap_heap_requests",
             "Requests to Heap by HTTP status (none: no response)",
         );
+        let aws_requests = family(
+            "currents_heap_requests",
+            "Requests to AWS (S3, SQS) by service and operation, every attempt",
+        );
+        let notifications_dropped = family(
+            "currents_heap_notifications_dropped",
+            "Messages deleted with nothing to do, by reason (test_event, unreadable, nothing_new)",
+        );
         let heap_request_duration = Histogram::new(LATENCY_BUCKETS);
         registry.register(
             "currents_heap_heap_request_duration_seconds",
@@ -247,6 +291,8 @@ impl Metrics {
             heap_requests,
             statuses: Mutex::new(BTreeMap::new()),
             heap_request_duration,
+            aws_requests,
+            aws_operations: Mutex::new(BTreeMap::new()),
             heap_retries,
             heap_bisections,
             rate_limit_waits,
@@ -264,8 +310,13 @@ impl Metrics {
             state_write_failures,
             state_write_failing,
             state_outage: Mutex::new(None),
+            polls,
             poll_failures,
             poll_failure: Mutex::new(None),
+            notifications_received,
+            notifications_dropped,
+            notification_objects,
+            queue_failure: Mutex::new(None),
         }
     }
 
@@ -300,6 +351,30 @@ impl Metrics {
         counter
     }
 
+    /// The request counter of one AWS service and operation, created on first use.
+    fn of_operation(&self, service: &str, operation: &str) -> Counter {
+        let mut operations = self
+            .aws_operations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Looked up by reference first: counting a known operation allocates nothing.
+        if let Some((_, counter)) = operations
+            .iter()
+            .find(|((s, o), _)| s == service && o == operation)
+        {
+            return counter.clone();
+        }
+        let counter = self.aws_requests.get_or_create_owned(&vec![
+            ("service", service.to_string()),
+            ("operation", operation.to_string()),
+        ]);
+        operations.insert(
+            (service.to_string(), operation.to_string()),
+            counter.clone(),
+        );
+        counter
+    }
+
     pub fn last_poll_unix(&self) -> i64 {
         self.last_poll_unix.get()
     }
@@ -316,6 +391,9 @@ impl Metrics {
         }
         if let Some(error) = &*self.poll_failure.lock().unwrap_or_else(|p| p.into_inner()) {
             return Some(format!("the last poll failed: {error}"));
+        }
+        if let Some(error) = &*self.queue_failure.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Some(format!("the last receive from the queue failed: {error}"));
         }
         let last = self.last_poll_unix();
         if last == 0 {
@@ -355,6 +433,13 @@ impl Metrics {
             .iter()
             .map(|(status, counter)| (status.clone(), counter.get()))
             .collect();
+        let aws_requests = self
+            .aws_operations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(key, counter)| (key.clone(), counter.get()))
+            .collect();
         Counts {
             per_type,
             requests,
@@ -368,6 +453,8 @@ impl Metrics {
             objects_retried: self.objects_retried.get(),
             objects_abandoned: self.objects_abandoned.get(),
             objects_panicked: self.objects_panicked.get(),
+            polls: self.polls.get(),
+            aws_requests,
         }
     }
 
@@ -418,6 +505,18 @@ mod tests {
             at_unix: 1_800_000_000,
         }
         .emit(&metrics);
+        for operation in ["ListObjectsV2", "ListObjectsV2", "GetObject"] {
+            AwsRequest {
+                service: "s3",
+                operation,
+            }
+            .emit(&metrics);
+        }
+        AwsRequest {
+            service: "sqs",
+            operation: "ReceiveMessage",
+        }
+        .emit(&metrics);
         let text = metrics.render();
         for expected in [
             "currents_heap_events_read_total{event_type=\"users.behaviors.CustomEvent\"} 2",
@@ -428,6 +527,10 @@ mod tests {
             "currents_heap_heap_request_duration_seconds_count 2",
             "currents_heap_objects_pending 4",
             "currents_heap_lag_seconds 7200",
+            "currents_heap_polls_total 1",
+            "currents_heap_requests_total{service=\"s3\",operation=\"ListObjectsV2\"} 2",
+            "currents_heap_requests_total{service=\"s3\",operation=\"GetObject\"} 1",
+            "currents_heap_requests_total{service=\"sqs\",operation=\"ReceiveMessage\"} 1",
         ] {
             assert!(text.contains(expected), "no `{expected}` in\n{text}");
         }
@@ -458,5 +561,12 @@ mod tests {
         assert_eq!(counts.total().read, 2);
         assert_eq!(counts.total().sent, 1);
         assert_eq!(counts.requests.get("none"), Some(&1));
+        assert_eq!(
+            counts
+                .aws_requests
+                .get(&("s3".to_string(), "ListObjectsV2".to_string())),
+            Some(&2)
+        );
+        assert_eq!((counts.aws_requests_of("s3"), counts.polls), (3, 2));
     }
 }

@@ -1,15 +1,21 @@
 //! Discovery of unfinished work: what the source holds in the plan's window, less what the
 //! ledger has finished, queued on the scheduler.
 //!
-//! The ledger is listed once per `date=` folder found, so the cost follows the window, not
-//! the history.
+//! The ledger is read per `event_type=` folder that holds objects in the window, with one
+//! ranged listing over the window's hours ([`Ledger::finished_in_hours`]), so the cost
+//! follows the window, not the history. A long-lived run keeps what it read in a
+//! [`FinishedSet`] and reads only hours it has not loaded yet: after its first poll, an idle
+//! poll reads nothing from the state. A bounded run polls once and keeps nothing.
 
 use std::collections::BTreeMap;
 
+use futures_util::StreamExt;
+
+use super::finished::{FinishedSet, Hours};
 use super::scheduler::{Scheduler, Work};
 use crate::currents::key::DateHour;
 use crate::ledger::Ledger;
-use crate::source::{CurrentsObject, Window, discover};
+use crate::source::{LISTING_CONCURRENCY, Window, discover, event_type_folder};
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 
 /// What a poll found that is not finished: queued now or already in flight.
@@ -30,53 +36,193 @@ pub enum DiscoveryError {
     State(StoreError),
 }
 
-/// Discovers the window and queues what the ledger has not finished.
+/// Discovers the window and queues what the ledger has not finished. `known`: what a
+/// long-lived run knows finished from earlier polls, brought up to date here; `None` for a
+/// bounded run, which reads what this poll needs and keeps nothing.
 pub async fn queue_unfinished(
     source: &dyn ObjectStore,
     ledger: &Ledger,
     window: &Window,
+    known: Option<&mut FinishedSet>,
     scheduler: &mut Scheduler,
 ) -> Result<Unfinished, DiscoveryError> {
+    let (unfinished, work) = find_unfinished(source, ledger, window, known).await?;
+    for work in work {
+        scheduler.enqueue(work);
+    }
+    Ok(unfinished)
+}
+
+/// The object versions a reconciliation saw unrecorded: (key, size, ETag without quotes).
+pub type Sightings = std::collections::HashSet<(String, u64, String)>;
+
+/// A reconciliation beside event-driven discovery: the window less the ledger, as read now
+/// (another replica's records count), queueing only what the previous reconciliation saw
+/// unrecorded too, at the same version. An object a notification brought in is recorded
+/// well within one reconcile interval, on this replica or another, so what is still
+/// unrecorded a whole interval later is one whose notification was lost or expired: queueing
+/// it cannot race a replica that is processing it. Each is checked once more against its own
+/// ledger prefix just before it is queued. `seen` is replaced with this pass's sightings.
+pub async fn queue_missed(
+    source: &dyn ObjectStore,
+    ledger: &Ledger,
+    window: &Window,
+    seen: &mut Sightings,
+    scheduler: &mut Scheduler,
+) -> Result<Unfinished, DiscoveryError> {
+    let (mut unfinished, work) = find_unfinished(source, ledger, window, None).await?;
+    let mut sightings = Sightings::new();
+    let mut queued = 0;
+    for work in work {
+        let meta = meta_of(&work);
+        let version = (
+            meta.key.clone(),
+            meta.size,
+            meta.etag.trim_matches('"').to_string(),
+        );
+        if seen.contains(&version) {
+            let recorded = ledger
+                .finished(&format!("{}/", meta.key))
+                .await
+                .map_err(DiscoveryError::State)?
+                .outcome(&meta.key, meta.size, &meta.etag)
+                .is_some();
+            if !recorded {
+                tracing::warn!(
+                    object = %meta.key,
+                    "no notification brought this object in within a reconcile interval: processing it now"
+                );
+                scheduler.enqueue(work);
+                queued += 1;
+            }
+        } else {
+            sightings.insert(version);
+        }
+    }
+    *seen = sightings;
+    unfinished.count = queued;
+    Ok(unfinished)
+}
+
+/// [`queue_unfinished`] without the queueing: the work found, in the order to queue it
+/// (oldest hour first, then keys outside the layout).
+pub async fn find_unfinished(
+    source: &dyn ObjectStore,
+    ledger: &Ledger,
+    window: &Window,
+    known: Option<&mut FinishedSet>,
+) -> Result<(Unfinished, Vec<Work>), DiscoveryError> {
     let discovery = discover(source, window)
         .await
         .map_err(DiscoveryError::Source)?;
-    let mut by_folder: BTreeMap<&str, Vec<&CurrentsObject>> = BTreeMap::new();
-    for object in &discovery.objects {
-        let folder = object.key.rsplit_once('/').map_or("", |(folder, _)| folder);
-        by_folder.entry(folder).or_default().push(object);
-    }
     let mut unfinished = Unfinished {
-        folders: discovery.folders,
+        folders: discovery.folders.len(),
         ..Unfinished::default()
     };
-    for (folder, objects) in by_folder {
-        let finished = ledger
-            .finished(&format!("{folder}/"))
-            .await
-            .map_err(DiscoveryError::State)?;
-        for object in objects.into_iter().filter(|o| !finished.contains(o)) {
-            scheduler.enqueue(Work::Object(ObjectMeta {
-                key: object.key.clone(),
+    // Each with the hour the lag is measured from (objects in the layout only).
+    let candidates: Vec<(Work, Option<DateHour>)> = discovery
+        .objects
+        .into_iter()
+        .map(|object| {
+            let meta = ObjectMeta {
+                key: object.key,
                 size: object.size,
-                etag: object.etag.clone(),
-            }));
-            unfinished.count += 1;
-            unfinished.oldest = Some(
-                unfinished
-                    .oldest
-                    .map_or(object.date, |o| o.min(object.date)),
-            );
+                etag: object.etag,
+            };
+            (Work::Object(meta), Some(object.date))
+        })
+        .chain(
+            discovery
+                .outside_layout
+                .into_iter()
+                .map(|meta| (Work::OutsideLayout(meta), None)),
+        )
+        .collect();
+    let mut this_poll = FinishedSet::default();
+    let known = known.unwrap_or(&mut this_poll);
+    load(ledger, window, known, &candidates)
+        .await
+        .map_err(DiscoveryError::State)?;
+    let mut work = Vec::new();
+    for (candidate, date) in candidates {
+        if known.contains(meta_of(&candidate)) {
+            continue;
+        }
+        work.push(candidate);
+        unfinished.count += 1;
+        if let Some(date) = date {
+            unfinished.oldest = Some(unfinished.oldest.map_or(date, |o| o.min(date)));
         }
     }
-    for meta in discovery.outside_layout {
-        let finished = ledger
-            .finished(&meta.key)
-            .await
-            .map_err(DiscoveryError::State)?;
-        if finished.outcome(&meta.key, meta.size, &meta.etag).is_none() {
-            scheduler.enqueue(Work::OutsideLayout(meta));
-            unfinished.count += 1;
+    Ok((unfinished, work))
+}
+
+fn meta_of(work: &Work) -> &ObjectMeta {
+    let (Work::Object(meta) | Work::OutsideLayout(meta)) = work;
+    meta
+}
+
+type BoxedRead<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<(&'a str, Hours, crate::ledger::Finished), StoreError>,
+            > + Send
+            + 'a,
+    >,
+>;
+
+/// Reads into `known` what it lacks to tell the candidates apart: for an hour window, the
+/// hours not loaded yet of each folder with a candidate there not known finished, 8 folders
+/// at once; for `Window::All`, the whole ledger, once. A failed read leaves `known` as it
+/// was for that folder, so the next poll reads it again.
+async fn load(
+    ledger: &Ledger,
+    window: &Window,
+    known: &mut FinishedSet,
+    candidates: &[(Work, Option<DateHour>)],
+) -> Result<(), StoreError> {
+    match *window {
+        Window::All => {
+            if !candidates.is_empty() && !known.has_everything() {
+                known.loaded_everything(ledger.finished("").await?);
+            }
+        }
+        Window::Hours { from, to } => {
+            known.forget_before(from);
+            let mut by_folder: BTreeMap<&str, Vec<&ObjectMeta>> = BTreeMap::new();
+            for (work, _) in candidates {
+                let meta = meta_of(work);
+                if let Some(folder) = event_type_folder(&meta.key) {
+                    by_folder.entry(folder).or_default().push(meta);
+                }
+            }
+            let window = Hours { from, to };
+            let wanted: Vec<(&str, Hours)> = by_folder
+                .into_iter()
+                .filter_map(|(folder, metas)| {
+                    known
+                        .to_load(folder, window, metas)
+                        .map(|hours| (folder, hours))
+                })
+                .collect();
+            // Boxed as `dyn Send`: see `source::discover`.
+            let reads: Vec<BoxedRead<'_>> = wanted
+                .into_iter()
+                .map(|(folder, hours)| {
+                    Box::pin(async move {
+                        let finished = ledger
+                            .finished_in_hours(folder, hours.from, hours.to)
+                            .await?;
+                        Ok::<_, StoreError>((folder, hours, finished))
+                    }) as BoxedRead<'_>
+                })
+                .collect();
+            let mut reads = futures_util::stream::iter(reads).buffered(LISTING_CONCURRENCY);
+            while let Some(read) = reads.next().await {
+                let (folder, hours, finished) = read?;
+                known.loaded(folder, hours, finished);
+            }
         }
     }
-    Ok(unfinished)
+    Ok(())
 }

@@ -2,8 +2,14 @@
 //!
 //! # Protocol
 //! 1. Poll: discover the plan's window, queue what the ledger has not finished. A long-lived
-//!    run polls every `poll_interval`; a bounded run polls once. A failed poll is logged and
-//!    retried at the next interval (long-lived), or ends a bounded run as incomplete.
+//!    run polls every `poll_interval`, keeping what it read of the ledger and what it
+//!    recorded since (see [`super::finished`]); a bounded run polls once. A failed poll is
+//!    logged and retried at the next interval (long-lived), or ends a bounded run as
+//!    incomplete.
+//!    With notifications ([`Engine::with_notifications`]), the listener queues objects as
+//!    their messages arrive, and each poll is a reconciliation ([`queue_missed`]) that
+//!    catches what no notification brought. Each object's end goes back to the listener,
+//!    which deletes its message only if it was recorded.
 //! 2. Objects run through the pipeline, `object_concurrency` at a time. Each ends done,
 //!    failed, to retry, abandoned, or panicked; only done and failed are recorded.
 //! 3. Shutdown, when the future passed to [`Engine::drive`] resolves: no more polls, queued
@@ -23,7 +29,10 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::delivery_task::{DeliveryEnd, DeliveryTask};
-use super::discovery::queue_unfinished;
+use super::discovery::{Sightings, queue_missed, queue_unfinished};
+use super::finished::FinishedSet;
+use super::inbox::KeyEnd;
+use super::listener::{Listener, ListenerSettings};
 use super::scheduler::{Ended, Scheduler};
 use super::settings::{Plan, Settings};
 use super::summary::{Outcome, Report, Summary};
@@ -33,6 +42,7 @@ use crate::heap::client::HeapClient;
 use crate::heap::delivery::{Delivery, DeliveryConfig};
 use crate::heap::map::HeapMapper;
 use crate::ledger::Ledger;
+use crate::notifications::sqs::Queue;
 use crate::pipeline::{ObjectResult, Pipeline, Sink};
 use crate::store::ObjectStore;
 use crate::telemetry::events::{ObjectEnded, PollFailed, PollSucceeded};
@@ -52,6 +62,13 @@ pub struct HeapOutput {
     pub mapper: HeapMapper,
 }
 
+/// Event-driven discovery for a long-lived run (see [`super::listener`]): the plan's polls
+/// become reconciliations, at its poll interval.
+pub struct Notifications {
+    pub queue: Arc<dyn Queue>,
+    pub settings: ListenerSettings,
+}
+
 /// Called after every object with the summary so far and the objects found to do.
 pub type ProgressFn = Box<dyn FnMut(&Counts, u64) + Send>;
 
@@ -65,6 +82,7 @@ pub struct Engine {
     delivery: Option<DeliveryTask>,
     abandon: CancellationToken,
     progress: Option<ProgressFn>,
+    notifications: Option<Notifications>,
 }
 
 /// Decoded events waiting for delivery: small, so a slow Heap slows decoding soon instead of
@@ -118,11 +136,19 @@ impl Engine {
             delivery,
             abandon: CancellationToken::new(),
             progress: None,
+            notifications: None,
         }
     }
 
     pub fn with_progress(mut self, progress: ProgressFn) -> Self {
         self.progress = Some(progress);
+        self
+    }
+
+    /// Discovers new objects from S3 notifications; polls become reconciliations. Only for
+    /// a long-lived plan that records (not a dry run).
+    pub fn with_notifications(mut self, notifications: Notifications) -> Self {
+        self.notifications = Some(notifications);
         self
     }
 
@@ -155,6 +181,7 @@ impl Engine {
             delivery,
             abandon,
             mut progress,
+            notifications,
         } = self;
         let mut scheduler = Scheduler::new(
             pipeline.clone(),
@@ -170,6 +197,22 @@ impl Engine {
         let mut poll_failure: Option<String> = None;
         let mut delivery_stopped = false;
         let mut found: u64 = 0;
+        // Only a long-lived run polls again, so only it keeps what the ledger said; with
+        // notifications, another replica may record too, so each reconciliation reads afresh.
+        let mut known = (matches!(plan, Plan::Live { .. }) && notifications.is_none())
+            .then(FinishedSet::default);
+        let listener_stop = CancellationToken::new();
+        let retry_after = notifications.as_ref().map(|n| n.settings.retry_after);
+        let mut listener = notifications.map(|n| {
+            Listener::spawn(
+                n.queue,
+                ledger.clone(),
+                n.settings,
+                metrics.clone(),
+                listener_stop.clone(),
+            )
+        });
+        let mut sightings = Sightings::new();
         let delivery_stopped_token = delivery.as_ref().map(DeliveryTask::stopped_token);
         let delivery_ended = async {
             match &delivery_stopped_token {
@@ -185,12 +228,19 @@ impl Engine {
                 // A first listing of a large window can take minutes: a stop must not wait.
                 let window = plan.window();
                 let polled = tokio::select! {
-                    polled = queue_unfinished(&*source, &ledger, &window, &mut scheduler) => Some(polled),
+                    polled = async {
+                        if listener.is_some() {
+                            queue_missed(&*source, &ledger, &window, &mut sightings, &mut scheduler).await
+                        } else {
+                            queue_unfinished(&*source, &ledger, &window, known.as_mut(), &mut scheduler).await
+                        }
+                    } => Some(polled),
                     _ = &mut shutdown => None,
                 };
                 let Some(polled) = polled else {
                     deadline = Some(Instant::now() + settings.shutdown_timeout);
-                    summary.not_started(scheduler.clear_queue());
+                    listener_stop.cancel();
+                    summary.not_started(give_back(scheduler.clear_queue(), listener.as_ref()));
                     tracing::info!(
                         in_flight = scheduler.in_flight(),
                         "stopping during a poll: finishing objects in flight (up to {:?})",
@@ -253,14 +303,38 @@ impl Engine {
             if nothing_more && scheduler.is_idle() {
                 break;
             }
+            let receiving = listener.is_some() && !listener_stop.is_cancelled();
             tokio::select! {
+                work = async { listener.as_mut().expect("checked").work.recv().await }, if receiving => {
+                    match work {
+                        Some(work) if deadline.is_none() && !delivery_stopped => {
+                            found += 1;
+                            scheduler.enqueue(work);
+                        }
+                        Some(work) => give_back(vec![work.key().to_string()], listener.as_ref()).clear(),
+                        // The listener stopped on its own (it never does but by panicking):
+                        // the reconciliations still find everything.
+                        None => listener_stop.cancel(),
+                    }
+                }
                 Some(ended) = scheduler.next() => {
                     emit_ended(&ended, &metrics);
+                    if let (Some(listener), Some(retry_after)) = (&listener, retry_after) {
+                        listener.ended(ended.key(), key_end(&ended, retry_after));
+                    }
+                    // What was just recorded need not be read back from the ledger (a dry
+                    // run records nothing).
+                    if let Some(known) = known.as_mut()
+                        && !settings.dry_run
+                        && let Ended::Object(ObjectResult::Done(entry) | ObjectResult::Failed(entry)) = &ended
+                    {
+                        known.insert(entry);
+                    }
                     match &ended {
                         Ended::Object(ObjectResult::Unrecorded { .. }) => {
                             // A bounded run has spent its state budget: starting more objects
                             // would only send events that cannot be recorded.
-                            let cleared = scheduler.clear_queue();
+                            let cleared = give_back(scheduler.clear_queue(), listener.as_ref());
                             if !cleared.is_empty() {
                                 tracing::warn!(objects = cleared.len(), "the state cannot be written: not starting the objects left");
                             }
@@ -276,7 +350,8 @@ impl Engine {
                 _ = sleep_until(next_poll.unwrap_or_else(Instant::now)), if polling && next_poll.is_some() => {}
                 _ = &mut shutdown, if deadline.is_none() => {
                     deadline = Some(Instant::now() + settings.shutdown_timeout);
-                    summary.not_started(scheduler.clear_queue());
+                    listener_stop.cancel();
+                    summary.not_started(give_back(scheduler.clear_queue(), listener.as_ref()));
                     tracing::info!(in_flight = scheduler.in_flight(), "stopping: finishing objects in flight (up to {:?})", settings.shutdown_timeout);
                 }
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && !abandon.is_cancelled() => {
@@ -285,13 +360,17 @@ impl Engine {
                 }
                 _ = &mut delivery_ended, if !delivery_stopped => {
                     delivery_stopped = true;
-                    summary.not_started(scheduler.clear_queue());
+                    listener_stop.cancel();
+                    summary.not_started(give_back(scheduler.clear_queue(), listener.as_ref()));
                     abandon.cancel();
                 }
             }
         }
         // Every object has ended, so every sender is gone: delivery sees its input close.
         drop(scheduler);
+        if let Some(listener) = listener {
+            listener.finish().await;
+        }
         let end = match delivery {
             Some(task) => task.finish(deadline, &abandon).await,
             None => DeliveryEnd::default(),
@@ -350,6 +429,39 @@ fn decide(
             Outcome::FinishedWithFailures
         }
         None => Outcome::Finished,
+    }
+}
+
+/// Objects taken off the queue unstarted: their messages go back to the queue at once.
+fn give_back(keys: Vec<String>, listener: Option<&Listener>) -> Vec<String> {
+    if let Some(listener) = listener {
+        for key in &keys {
+            listener.ended(
+                key,
+                KeyEnd::NotRecorded {
+                    after: Duration::ZERO,
+                },
+            );
+        }
+    }
+    keys
+}
+
+/// What an object's end means for the messages that named it.
+fn key_end(ended: &Ended, retry_after: Duration) -> KeyEnd {
+    match ended {
+        Ended::Object(ObjectResult::Done(entry) | ObjectResult::Failed(entry)) => {
+            KeyEnd::Recorded {
+                size: entry.size,
+                etag: entry.etag.clone(),
+            }
+        }
+        // Cut short by a stop: another replica may take it at once.
+        Ended::Object(ObjectResult::Abandoned { .. }) => KeyEnd::NotRecorded {
+            after: Duration::ZERO,
+        },
+        Ended::Object(ObjectResult::Retry { .. } | ObjectResult::Unrecorded { .. })
+        | Ended::Panicked { .. } => KeyEnd::NotRecorded { after: retry_after },
     }
 }
 

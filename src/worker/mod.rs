@@ -1,12 +1,16 @@
 //! The worker engine: what `run`, `run --once` and `backfill` share.
 //!
 //! ```text
-//! discovery ──► scheduler ──► pipeline, one object at a time ──► delivery task ──► Heap
+//! listener (SQS) ─┐
+//! discovery ──────┴► scheduler ──► pipeline, one object at a time ──► delivery task ──► Heap
 //! (source less ledger)  (bounded; panics give the key back)      ledger · dead letters
 //! ```
 //!
 //! - [`settings`]: the plan (which hours, once or polling) and the bounds of a run.
 //! - [`discovery`]: unfinished objects in the window, queued on the scheduler.
+//! - [`finished`]: what a long-lived run knows finished between polls.
+//! - [`listener`]: objects from S3 notifications in an SQS queue, with [`inbox`] deciding
+//!   when a message may be deleted.
 //! - [`scheduler`]: objects in flight, a bounded number at a time.
 //! - [`delivery_task`]: delivery on its own task; how it ended is never lost.
 //! - [`engine`]: the one drive loop, with shutdown passed in as a future.
@@ -19,6 +23,9 @@
 pub mod delivery_task;
 pub mod discovery;
 pub mod engine;
+pub mod finished;
+pub mod inbox;
+pub mod listener;
 pub mod replay;
 pub mod scheduler;
 pub mod settings;

@@ -118,6 +118,9 @@ pub async fn replay(
             let mut config = heap.config;
             // A bounded command: a state outage must end it (exit 4), not hang it.
             config.park_retry_max = Some(settings.bounded_state_retry);
+            // One dead-letter object is sent and answered before the next is read: nothing
+            // could join a lingering batch, so a linger would only delay each object.
+            config.batch_linger = std::time::Duration::ZERO;
             let delivery = Delivery::new(
                 config,
                 Arc::new(heap.client),

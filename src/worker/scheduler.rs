@@ -4,6 +4,25 @@
 //! whichever way it ends: a result, a panic, or a cancellation. A panicked task is reported as
 //! [`Ended::Panicked`] with its key, so the object is neither lost nor stuck "in progress":
 //! the next poll finds it unrecorded and queues it again.
+//!
+//! # Admission
+//! Queued objects start in order, the next one as soon as [`Admission::admits`] says so:
+//! - while fewer than `objects` (`--object-concurrency`, default 4) are in flight, whatever
+//!   their size;
+//! - beyond that, while fewer than [`SMALL_OBJECT_CEILING`] (256) are in flight and the
+//!   listed sizes of the objects in flight plus the next one's stay within `small_budget`
+//!   (`--small-object-budget`, default [`SMALL_OBJECT_BUDGET`], 16 MiB; 0 turns this off).
+//!
+//! An object holds its slot until Heap has answered for its last event, so a few small
+//! objects at a time leave delivery idle between round trips: 10,000 objects of 5 events
+//! took 177 s at 4 in flight (issue 10). Many small objects in flight fill bulk requests together (see
+//! the batch linger in [`crate::heap::delivery::batcher`]). Memory stays bounded: the
+//! objects admitted beyond `objects` hold at most `small_budget` stored bytes between them
+//! (each decoder holds one Avro block), and their decoded events wait in the same bounded
+//! channel and `--max-pending-events` as any others. One large object in flight uses up the
+//! budget, so large objects run `objects` at a time, as before. The queue is not reordered:
+//! a large object next in line waits for a free regular slot, and the small ones behind it
+//! wait with it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -26,6 +45,14 @@ impl Work {
     pub fn key(&self) -> &str {
         match self {
             Work::Object(m) | Work::OutsideLayout(m) => &m.key,
+        }
+    }
+
+    /// The bytes it reads: its listed size, or none for a key only recorded as failed.
+    fn size(&self) -> u64 {
+        match self {
+            Work::Object(m) => m.size,
+            Work::OutsideLayout(_) => 0,
         }
     }
 }
@@ -51,28 +78,85 @@ impl Ended {
     }
 }
 
+/// Objects in flight at most, however small: the top of `--object-concurrency` too.
+pub const SMALL_OBJECT_CEILING: usize = 256;
+
+/// The default `--small-object-budget`: 16 MiB of stored objects in flight, e.g. 256 objects
+/// of 64 KiB (a few hundred events each), or 4 of 4 MiB and no more.
+pub const SMALL_OBJECT_BUDGET: u64 = 16 * 1024 * 1024;
+
+/// When the next queued object may start (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// Objects in flight whatever their size (`--object-concurrency`); at least 1.
+    pub objects: usize,
+    /// Listed bytes of all objects in flight up to which more start, up to
+    /// [`SMALL_OBJECT_CEILING`] objects (`--small-object-budget`); 0: never more than
+    /// `objects`.
+    pub small_budget: u64,
+}
+
+impl Admission {
+    /// `objects` at a time, and more while they are small, within `small_budget` bytes.
+    pub fn new(objects: usize, small_budget: u64) -> Self {
+        Admission {
+            objects: objects.max(1),
+            small_budget,
+        }
+    }
+
+    /// Exactly `objects` at a time, whatever their size.
+    pub fn fixed(objects: usize) -> Self {
+        Admission::new(objects, 0)
+    }
+
+    /// Whether an object of `next` bytes may start while `in_flight` objects of
+    /// `bytes_in_flight` bytes between them are running.
+    pub fn admits(&self, in_flight: usize, bytes_in_flight: u64, next: u64) -> bool {
+        in_flight < self.objects.max(1)
+            || (self.small_budget > 0
+                && in_flight < SMALL_OBJECT_CEILING
+                && bytes_in_flight.saturating_add(next) <= self.small_budget)
+    }
+}
+
+impl From<usize> for Admission {
+    /// A bare count: exactly that many at a time.
+    fn from(objects: usize) -> Self {
+        Admission::fixed(objects)
+    }
+}
+
 pub struct Scheduler {
     pipeline: Arc<Pipeline>,
-    limit: usize,
+    admission: Admission,
     abandon: CancellationToken,
     queue: VecDeque<Work>,
     in_progress: HashSet<String>,
     tasks: JoinSet<ObjectResult>,
-    /// Which key each running task holds, to give it back if the task panics.
-    running: HashMap<Id, String>,
+    /// Which key each running task holds, to give it back if the task panics, and its listed
+    /// size.
+    running: HashMap<Id, (String, u64)>,
+    /// The listed sizes of the objects in flight, summed.
+    bytes_in_flight: u64,
 }
 
 impl Scheduler {
-    /// `limit`: objects in flight at once (at least 1). `abandon` cuts every object short.
-    pub fn new(pipeline: Arc<Pipeline>, limit: usize, abandon: CancellationToken) -> Self {
+    /// `admission`: which objects may be in flight at once. `abandon` cuts every object short.
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        admission: impl Into<Admission>,
+        abandon: CancellationToken,
+    ) -> Self {
         Scheduler {
             pipeline,
-            limit: limit.max(1),
+            admission: admission.into(),
             abandon,
             queue: VecDeque::new(),
             in_progress: HashSet::new(),
             tasks: JoinSet::new(),
             running: HashMap::new(),
+            bytes_in_flight: 0,
         }
     }
 
@@ -109,11 +193,16 @@ impl Scheduler {
     }
 
     fn fill(&mut self) {
-        while self.tasks.len() < self.limit {
+        while let Some(next) = self.queue.front()
+            && self
+                .admission
+                .admits(self.tasks.len(), self.bytes_in_flight, next.size())
+        {
             let Some(work) = self.queue.pop_front() else {
                 return;
             };
             let key = work.key().to_string();
+            let size = work.size();
             let (pipeline, abandon) = (self.pipeline.clone(), self.abandon.clone());
             let handle = self.tasks.spawn(async move {
                 match work {
@@ -123,19 +212,27 @@ impl Scheduler {
                     }
                 }
             });
-            self.running.insert(handle.id(), key);
+            self.running.insert(handle.id(), (key, size));
+            self.bytes_in_flight += size;
         }
+    }
+
+    /// Forgets a task that ended; returns its key.
+    fn ended(&mut self, id: Id) -> String {
+        let (key, size) = self.running.remove(&id).unwrap_or_default();
+        self.bytes_in_flight -= size;
+        key
     }
 
     /// The next object whose task ended, or `None` when nothing is in flight.
     pub async fn next(&mut self) -> Option<Ended> {
         let ended = match self.tasks.join_next_with_id().await? {
             Ok((id, result)) => {
-                self.running.remove(&id);
+                self.ended(id);
                 Ended::Object(result)
             }
             Err(e) => {
-                let key = self.running.remove(&e.id()).unwrap_or_default();
+                let key = self.ended(e.id());
                 if e.is_panic() {
                     let payload = e.into_panic();
                     let message = payload
@@ -152,5 +249,83 @@ impl Scheduler {
         self.in_progress.remove(ended.key());
         self.fill();
         Some(ended)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    /// How many of `sizes`, queued in order, start at once under `admission`.
+    fn started(admission: Admission, sizes: &[u64]) -> usize {
+        let (mut in_flight, mut bytes) = (0, 0);
+        for &size in sizes {
+            if !admission.admits(in_flight, bytes, size) {
+                break;
+            }
+            in_flight += 1;
+            bytes += size;
+        }
+        in_flight
+    }
+
+    #[test]
+    fn small_objects_start_up_to_the_ceiling_within_the_budget() {
+        let default = Admission::new(4, SMALL_OBJECT_BUDGET);
+        assert_eq!(
+            started(default, &[3_000; 10_000]),
+            SMALL_OBJECT_CEILING,
+            "10,000 objects of 3 KB: the ceiling binds"
+        );
+        assert_eq!(
+            started(default, &[MIB; 100]),
+            16,
+            "objects of 1 MiB: the budget binds"
+        );
+        assert_eq!(
+            started(Admission::new(1, 10 * MIB), &[4 * MIB; 10]),
+            2,
+            "4 + 4 fit 10 MiB, a third does not"
+        );
+    }
+
+    #[test]
+    fn large_objects_still_start_object_concurrency_at_a_time() {
+        let default = Admission::new(4, SMALL_OBJECT_BUDGET);
+        assert_eq!(started(default, &[100 * MIB; 10]), 4);
+        assert!(
+            !default.admits(4, 100 * MIB, 1),
+            "one large object in flight uses up the budget"
+        );
+        assert!(default.admits(3, 400 * MIB, 100 * MIB), "a regular slot");
+        assert_eq!(
+            started(
+                Admission::new(1, SMALL_OBJECT_BUDGET),
+                &[1, 100 * MIB, 1, 1]
+            ),
+            1,
+            "the queue is not reordered: the small ones wait behind the large one"
+        );
+        assert_eq!(
+            started(Admission::new(300, SMALL_OBJECT_BUDGET), &[1; 1000]),
+            300,
+            "the ceiling never lowers --object-concurrency"
+        );
+    }
+
+    #[test]
+    fn a_zero_budget_or_a_bare_count_is_a_fixed_limit() {
+        for admission in [
+            Admission::new(4, 0),
+            Admission::fixed(4),
+            Admission::from(4),
+        ] {
+            assert_eq!(started(admission, &[0; 100]), 4, "{admission:?}");
+            assert_eq!(started(admission, &[1; 100]), 4, "{admission:?}");
+        }
+        assert_eq!(Admission::fixed(0).objects, 1, "at least one");
+        assert_eq!(started(Admission::new(0, 0), &[1; 10]), 1);
     }
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::scheduler::Admission;
 use crate::clock::parse_duration;
 use crate::currents::key::DateHour;
 use crate::source::Window;
@@ -10,8 +11,9 @@ use crate::source::Window;
 /// How the engine runs.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Currents objects processed at once (1 to 256).
-    pub object_concurrency: usize,
+    /// Which Currents objects are processed at once: `--object-concurrency` (1 to 256)
+    /// whatever their size, and more while they are small (`--small-object-budget`).
+    pub object_concurrency: Admission,
     /// After the shutdown future resolves, how long objects in flight may take to finish
     /// before they are abandoned (never recorded).
     pub shutdown_timeout: Duration,

@@ -4,7 +4,8 @@
 //!
 //! - [`standin`]: a Heap stand-in, a real HTTP server on loopback that enforces Heap's track
 //!   contract and limits and injects faults; [`standin::check_event`] is the contract alone.
-//! - [`synth`]: seeded synthetic Currents files, written with apache-avro's own `Writer`;
+//! - [`synth`]: seeded synthetic Currents files, written with apache-avro's own `Writer`
+//!   (also a whole bucket of small ones, [`synth::write_custom_events`]);
 //!   [`fixtures`]: the committed set under `fixtures/bucket/` made from them.
 //! - [`store`]: wrappers around any [`currents_heap::store::ObjectStore`] that inject faults
 //!   (failed calls, outages, a stream cut mid-object, a panic) or delay every call.

@@ -7,15 +7,22 @@
 //! A test that compares our decoder's output with that expectation therefore checks two
 //! independent implementations against each other.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
 
 use apache_avro::schema::{Name, Schema};
 use apache_avro::types::Value;
 use apache_avro::{Codec, Writer};
 use serde_json::{Map, Value as Json, json};
 
+use crate::fixtures::LAYOUT;
 use crate::rng::Rng;
 use currents_heap::currents::event::{CUSTOM_EVENT, PURCHASE};
+use currents_heap::currents::key::{DateHour, KeyLayout};
+
+/// Today's `users.behaviors.CustomEvent` schema, as committed under `schemas/`.
+pub const CUSTOM_EVENT_SCHEMA: &str =
+    include_str!("../../schemas/users.behaviors.CustomEvent.avsc");
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -98,6 +105,49 @@ pub fn synthesize(
     }
     let avro = writer.into_inner().map_err(|e| format!("flush: {e}"))?;
     Ok(SynthFile { avro, expected })
+}
+
+/// Writes `objects` CustomEvent objects of `options.events` events each into `root`, in
+/// Braze's key layout under one `date=` hour: a bucket of many small files. Object `i` is
+/// synthesized with seed `options.seed + i`, so the whole bucket is reproducible.
+///
+/// Returns the ids of the events a run delivers with the default identity (those with an
+/// `external_user_id`); the rest are skipped for want of one.
+pub fn write_custom_events(
+    root: &Path,
+    hour: DateHour,
+    objects: usize,
+    options: &SynthOptions,
+) -> Result<HashSet<String>, String> {
+    let layout = KeyLayout {
+        schema_id: 612,
+        ..LAYOUT
+    };
+    let mut sendable = HashSet::new();
+    for i in 0..objects {
+        let file = synthesize(
+            CUSTOM_EVENT_SCHEMA,
+            CUSTOM_EVENT,
+            &SynthOptions {
+                seed: options.seed + i as u64,
+                ..options.clone()
+            },
+        )?;
+        sendable.extend(
+            file.expected
+                .iter()
+                .filter(|e| e["user"]["external_user_id"].is_string())
+                .filter_map(|e| e["id"].as_str().map(str::to_string)),
+        );
+        let offset = (i * options.events) as u64;
+        let path = root.join(layout.object_key(CUSTOM_EVENT, hour, 0, offset));
+        let write = || {
+            std::fs::create_dir_all(path.parent().expect("keys have folders"))?;
+            std::fs::write(&path, &file.avro)
+        };
+        write().map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(sendable)
 }
 
 struct Generator<'a> {

@@ -14,8 +14,12 @@ use std::process::Stdio;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use currents_heap::aws::CountRequests;
 use currents_heap::store::S3Store;
+use currents_heap::telemetry::Metrics;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -108,6 +112,18 @@ impl Moto {
 
     pub fn store(&self, bucket: &str, prefix: &str) -> S3Store {
         S3Store::from_client(self.client.clone(), bucket, prefix)
+    }
+
+    /// A store on a client of its own whose requests are counted in `metrics`, as the
+    /// worker's are (`S3Store::connect`).
+    pub fn counted_store(&self, bucket: &str, prefix: &str, metrics: Arc<Metrics>) -> S3Store {
+        let config = self
+            .client
+            .config()
+            .to_builder()
+            .interceptor(CountRequests::new("s3", metrics))
+            .build();
+        S3Store::from_client(aws_sdk_s3::Client::from_conf(config), bucket, prefix)
     }
 }
 

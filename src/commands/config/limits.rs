@@ -19,6 +19,14 @@ pub const HEAP_CONCURRENCY: RangeInclusive<u64> = 1..=64;
 /// event is held in memory, hence the top.
 pub const MAX_PENDING_EVENTS: RangeInclusive<u64> = 1000..=1_000_000;
 pub const OBJECT_CONCURRENCY: RangeInclusive<u64> = 1..=256;
+/// Stored bytes of the objects in flight up to which more than `--object-concurrency` start;
+/// each holds an Avro block while it decodes, so 256 MiB (a block of many MiB each, for up to
+/// 256 objects) is already far more than small objects need. 0 turns it off.
+pub const SMALL_OBJECT_BUDGET: RangeInclusive<u64> = 0..=256 * 1024 * 1024;
+/// An object is recorded only after its events were sent, so it waits out the linger too:
+/// beyond a few seconds a linger only adds latency, since the objects in flight, not time,
+/// bound how many events can gather. 0 sends at once.
+pub const BATCH_LINGER: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(5);
 /// Also how long bounded runs retry a failing state store.
 pub const RETRY_MAX_TIME: RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
@@ -28,6 +36,13 @@ pub const REQUEST_TIMEOUT: RangeInclusive<Duration> =
 /// Under a second, `run` would list the source in a busy loop.
 pub const POLL_INTERVAL: RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
+/// Under a second a reconciliation would list in a busy loop; past a week, a lost
+/// notification would wait past S3's own notification retries by far.
+pub const RECONCILE_INTERVAL: RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600);
+/// SQS takes 0 s to 12 h; under 5 s the heartbeat (every third) would be near-continuous.
+pub const SQS_VISIBILITY_TIMEOUT: RangeInclusive<Duration> =
+    Duration::from_secs(5)..=Duration::from_secs(12 * 3600);
 /// Kubernetes' grace period must outlast it; an hour is already generous.
 pub const SHUTDOWN_TIMEOUT: RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(3600);

@@ -88,14 +88,22 @@ pub struct Config {
     pub max_pending_events: u64,
     /// Timeout of one request to Heap, 1s to 10m. Default 30s.
     pub request_timeout: HumanDuration,
+    /// `run` and `backfill`: how long events that cannot fill a request wait for more (from
+    /// the oldest), so that small objects share requests, 0s to 5s; 0 sends at once.
+    /// Default 100ms.
+    pub batch_linger: HumanDuration,
     /// Braze fields tried in order as the Heap identity (`external_user_id`, `user_id`); at
     /// least one. Default `["external_user_id"]`.
     #[serde(with = "identity_names")]
     pub identity: Vec<IdentitySource>,
     /// Prefix for every Heap event name, e.g. `braze-`; under 1024 characters. Default empty.
     pub event_prefix: String,
-    /// Currents objects processed at once, 1 to 256. Default 4.
+    /// Currents objects processed at once whatever their size, 1 to 256. Default 4.
     pub object_concurrency: u64,
+    /// Bytes: more objects than `object_concurrency`, up to 256, are processed at once while
+    /// the stored sizes of all in flight stay within this, 0 to 268,435,456 (256 MiB); 0
+    /// turns it off. Default 16,777,216 (16 MiB).
+    pub small_object_budget: u64,
     /// Decode, map and count, but send nothing and record nothing. Default false.
     pub dry_run: bool,
     /// `run`: how often to list the source for new objects, 1s to 24h. Default 60s.
@@ -107,6 +115,18 @@ pub struct Config {
     /// `run` and `backfill`: after a stop signal, how long objects in flight may take to
     /// finish, 1s to 1h. Default 30s.
     pub shutdown_timeout: HumanDuration,
+    /// `run`: receive the source bucket's S3 event notifications from this SQS queue URL
+    /// instead of listing every poll interval; needs an `s3://` source. Default none
+    /// (listing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sqs_queue_url: Option<String>,
+    /// `run` with `sqs_queue_url`: how often a listing pass over the lookback window finds
+    /// objects whose notification was lost, 1s to 168h (7 days). Default 1h.
+    pub reconcile_interval: HumanDuration,
+    /// `run` with `sqs_queue_url`: how long a received message stays hidden from other
+    /// receivers, renewed every third of it while its object is in flight, 5s to 12h.
+    /// Default 60s.
+    pub sqs_visibility_timeout: HumanDuration,
     /// `run`: serve /metrics, /healthz and /readyz on this address, e.g. `0.0.0.0:9090`.
     /// Default none (off).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -135,13 +155,18 @@ impl Default for Config {
             retry_max_time: HumanDuration::minutes(15),
             max_pending_events: 5_000,
             request_timeout: HumanDuration::seconds(30),
+            batch_linger: HumanDuration::millis(100),
             identity: vec![IdentitySource::ExternalUserId],
             event_prefix: String::new(),
             object_concurrency: 4,
+            small_object_budget: crate::worker::scheduler::SMALL_OBJECT_BUDGET,
             dry_run: false,
             poll_interval: HumanDuration::seconds(60),
             lookback: Lookback::Hours(72),
             shutdown_timeout: HumanDuration::seconds(30),
+            sqs_queue_url: None,
+            reconcile_interval: HumanDuration::hours(1),
+            sqs_visibility_timeout: HumanDuration::seconds(60),
             listen: None,
             log_format: LogFormat::Human,
             rename: BTreeMap::new(),

@@ -143,6 +143,23 @@ fn errors_name_the_flag_and_the_bound() {
             "--request-timeout: must be 1s to 10m, not 500ms",
         ),
         (
+            &["x", "run", "--batch-linger", "6s"],
+            "--batch-linger: must be 0s to 5s, not 6s",
+        ),
+        (
+            &[
+                "x",
+                "backfill",
+                "--from",
+                "2026-11-01",
+                "--to",
+                "2026-11-02",
+                "--small-object-budget",
+                "268435457",
+            ],
+            "--small-object-budget: must be 0 to 268,435,456, not 268,435,457",
+        ),
+        (
             &["x", "replay", "--identity-rate-limit", "1000001"],
             "--identity-rate-limit: must be 0 to 1,000,000, not 1,000,001",
         ),
@@ -168,6 +185,8 @@ fn what_is_printed_reads_back_the_same() {
         source: "s3://bucket/a/b".parse().unwrap(),
         retry_max_time: "1h 30m".parse().unwrap(),
         request_timeout: "2500ms".parse().unwrap(),
+        batch_linger: "0".parse().unwrap(),
+        small_object_budget: 0,
         lookback: Lookback::All,
         listen: Some("[::1]:9090".parse().unwrap()),
         event_prefix: "a \"quoted\"\\ \u{7f}\n\tprefix ✓".into(),
@@ -189,6 +208,8 @@ fn what_is_printed_reads_back_the_same() {
         "{printed}"
     );
     assert!(printed.contains("retry_max_time = \"1h 30m\""), "{printed}");
+    assert!(printed.contains("batch_linger = \"0\""), "{printed}");
+    assert!(printed.contains("small_object_budget = 0"), "{printed}");
     let dir = std::env::temp_dir().join(format!("currents-heap-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("printed.toml");
@@ -215,7 +236,7 @@ fn what_is_printed_reads_back_the_same() {
 
 #[test]
 fn keys_are_the_fields() {
-    assert_eq!(keys().len(), 23);
+    assert_eq!(keys().len(), 28);
     assert!(keys().contains(&"rename") && keys().contains(&"log_format"));
     assert!(!keys().contains(&"heap_app_id"));
     assert_eq!(
@@ -227,6 +248,7 @@ fn keys_are_the_fields() {
     assert_eq!(thousands(1_000_000), "1,000,000");
     assert_eq!(thousands(999), "999");
     assert_eq!(short(Duration::from_secs(86_400)), "24h");
+    assert_eq!(short(Duration::ZERO), "0s");
 }
 
 #[test]

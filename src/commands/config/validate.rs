@@ -44,6 +44,24 @@ impl Config {
                 );
             }
         }
+        if let Some(url) = &self.sqs_queue_url {
+            match reqwest::Url::parse(url) {
+                Ok(parsed)
+                    if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {}
+                _ => {
+                    return invalid(
+                        "sqs_queue_url",
+                        "is not an http:// or https:// queue URL, e.g. https://sqs.us-east-1.amazonaws.com/123456789012/currents-heap".into(),
+                    );
+                }
+            }
+            if !matches!(self.source, crate::store::Location::S3 { .. }) {
+                return invalid(
+                    "sqs_queue_url",
+                    "needs an s3:// source: notifications come from an S3 bucket".into(),
+                );
+            }
+        }
         if self.identity.is_empty() {
             return invalid(
                 "identity",
@@ -72,7 +90,7 @@ impl Config {
         Ok(())
     }
 
-    fn bounds(&self) -> [Bound; 11] {
+    fn bounds(&self) -> [Bound; 15] {
         use limits::*;
         [
             count("app_rate_limit", self.app_rate_limit, RATE_LIMIT),
@@ -90,10 +108,26 @@ impl Config {
                 self.object_concurrency,
                 OBJECT_CONCURRENCY,
             ),
+            count(
+                "small_object_budget",
+                self.small_object_budget,
+                SMALL_OBJECT_BUDGET,
+            ),
+            span("batch_linger", &self.batch_linger, BATCH_LINGER),
             span("retry_max_time", &self.retry_max_time, RETRY_MAX_TIME),
             span("request_timeout", &self.request_timeout, REQUEST_TIMEOUT),
             span("poll_interval", &self.poll_interval, POLL_INTERVAL),
             span("shutdown_timeout", &self.shutdown_timeout, SHUTDOWN_TIMEOUT),
+            span(
+                "reconcile_interval",
+                &self.reconcile_interval,
+                RECONCILE_INTERVAL,
+            ),
+            span(
+                "sqs_visibility_timeout",
+                &self.sqs_visibility_timeout,
+                SQS_VISIBILITY_TIMEOUT,
+            ),
         ]
     }
 }
@@ -146,6 +180,7 @@ pub(super) fn thousands(n: u64) -> String {
 /// A bound in its largest whole unit: `24h`, not humantime's `1day`.
 pub(super) fn short(d: Duration) -> String {
     match d.as_secs() {
+        0 => "0s".into(),
         s if s % 3600 == 0 => format!("{}h", s / 3600),
         s if s % 60 == 0 => format!("{}m", s / 60),
         s => format!("{s}s"),

@@ -22,10 +22,24 @@ impl HumanDuration {
         self.duration
     }
 
+    pub(super) fn millis(n: u64) -> Self {
+        HumanDuration {
+            duration: Duration::from_millis(n),
+            text: format!("{n}ms"),
+        }
+    }
+
     pub(super) fn seconds(n: u64) -> Self {
         HumanDuration {
             duration: Duration::from_secs(n),
             text: format!("{n}s"),
+        }
+    }
+
+    pub(super) fn hours(n: u64) -> Self {
+        HumanDuration {
+            duration: Duration::from_secs(n * 3600),
+            text: format!("{n}h"),
         }
     }
 

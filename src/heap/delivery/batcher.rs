@@ -5,9 +5,23 @@
 //! to `max_batch_events` and the body limit: a hot identity's excess stays pending while other
 //! identities' events keep flowing. A failed batch waits for its retry time and then goes
 //! through the pacer again, before any new events, so new events cannot starve it of room.
+//!
+//! # Linger
+//! New events are held until they can fill a request, so that many small objects share bulk
+//! requests instead of each sending its few events alone. Pending events go out as soon as
+//! any of these holds:
+//! - they fill a request: `max_batch_events` events, or a whole body (`max_body_bytes`);
+//! - the oldest of them has waited `linger` (zero: at once, whatever is pending);
+//! - nothing more can arrive before something is sent ([`Batcher::set_flush`]): the input
+//!   closed, or intake paused because `max_pending` events are held.
+//!
+//! A due retry is never held. Events the pacer holds back (a hot identity's excess) count
+//! toward the linger like any other, so behind such a backlog new events go out as soon as a
+//! request slot is free, as they would without a linger.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -56,24 +70,33 @@ pub enum Next {
     Send(Batch),
     /// Events wait for rate-limit room.
     Blocked,
+    /// Events wait for more to join them, until [`Batcher::next_wake`] at the latest.
+    Held,
     /// Nothing is waiting.
     Idle,
 }
 
 pub struct Batcher {
     pacer: Pacer,
-    pending: VecDeque<Item>,
+    /// Events with the time each arrived, oldest first: `compose` keeps that order.
+    pending: VecDeque<(Instant, Item)>,
+    /// The pending events' JSON bytes, each with its separating comma.
+    pending_bytes: usize,
     /// Batches waiting for their retry time.
     retries: Vec<(Instant, Batch)>,
     max_batch_events: usize,
     max_body_bytes: usize,
     /// The bytes a request body adds around its events.
     body_overhead: usize,
+    /// How long pending events that cannot fill a request wait for more.
+    linger: Duration,
+    /// Nothing more can arrive before something is sent: hold nothing.
+    flush: bool,
 }
 
 impl Batcher {
     /// `max_batch_events` ≥ 1; `max_body_bytes` bounds every request body, `body_overhead`
-    /// included.
+    /// included. Sends pending events at once; see [`Batcher::lingering`].
     pub fn new(
         limits: RateLimits,
         max_batch_events: usize,
@@ -83,11 +106,27 @@ impl Batcher {
         Batcher {
             pacer: Pacer::new(limits),
             pending: VecDeque::new(),
+            pending_bytes: 0,
             retries: Vec::new(),
             max_batch_events: max_batch_events.max(1),
             max_body_bytes,
             body_overhead,
+            linger: Duration::ZERO,
+            flush: false,
         }
+    }
+
+    /// Holds pending events that cannot fill a request until the oldest has waited `linger`
+    /// (see the module docs); zero sends them at once.
+    pub fn lingering(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// Whether nothing more can arrive before something is sent (the input closed, intake
+    /// paused): then nothing is held for the linger.
+    pub fn set_flush(&mut self, flush: bool) {
+        self.flush = flush;
     }
 
     /// Whether a mapped event of `len` bytes can ever be sent under the body limit.
@@ -96,8 +135,10 @@ impl Batcher {
         self.body_overhead + len < self.max_body_bytes
     }
 
-    pub fn push(&mut self, item: Item) {
-        self.pending.push_back(item);
+    /// Queues an event that arrived at `now` (not before any event already queued).
+    pub fn push(&mut self, item: Item, now: Instant) {
+        self.pending_bytes += item.json.len() + 1;
+        self.pending.push_back((now, item));
     }
 
     pub fn pending(&self) -> usize {
@@ -124,11 +165,27 @@ impl Batcher {
             }
             return Next::Blocked;
         }
+        if self.pending.is_empty() {
+            return Next::Idle;
+        }
+        if !self.ready(now) {
+            return Next::Held;
+        }
         match self.compose(now) {
             Some(batch) => Next::Send(batch),
-            None if self.pending.is_empty() => Next::Idle,
             None => Next::Blocked,
         }
+    }
+
+    /// Whether pending events go out now rather than wait for more (the module's linger rules).
+    fn ready(&self, now: Instant) -> bool {
+        self.flush
+            || self.pending.len() >= self.max_batch_events
+            || self.body_overhead + self.pending_bytes >= self.max_body_bytes
+            || self
+                .pending
+                .front()
+                .is_some_and(|(arrived, _)| now >= *arrived + self.linger)
     }
 
     /// A batch is on its way: its events take room in the windows until it is answered.
@@ -153,7 +210,13 @@ impl Batcher {
             .has_work()
             .then(|| self.pacer.next_expiry(now))
             .flatten();
-        retry.into_iter().chain(pacing).min()
+        // Once ready, a held batch waits only for a request slot or rate-limit room, which
+        // the answers and the pacer's expiry already wake for.
+        let linger = match self.pending.front() {
+            Some((arrived, _)) if !self.ready(now) => Some(*arrived + self.linger),
+            _ => None,
+        };
+        retry.into_iter().chain(pacing).chain(linger).min()
     }
 
     /// Bounds the pacer's memory: identities with nothing in their window are forgotten once
@@ -184,12 +247,12 @@ impl Batcher {
         let mut selected = Vec::new();
         let mut left = self.pending.len();
         while left > 0 && app_room > 0 {
-            let Some(item) = self.pending.pop_front() else {
+            let Some((arrived, item)) = self.pending.pop_front() else {
                 break;
             };
             left -= 1;
             if bytes + item.json.len() + 1 > self.max_body_bytes {
-                self.pending.push_front(item);
+                self.pending.push_front((arrived, item));
                 left += 1;
                 break;
             }
@@ -201,15 +264,17 @@ impl Batcher {
                 }
             };
             if *room == 0 {
-                self.pending.push_back(item);
+                self.pending.push_back((arrived, item));
                 continue;
             }
             *room -= 1;
             app_room -= 1;
             bytes += item.json.len() + 1;
+            self.pending_bytes -= item.json.len() + 1;
             selected.push(item);
         }
-        // Events not looked at go behind the skipped ones, keeping arrival order.
+        // Events not looked at go behind the skipped ones, which arrived before them: the
+        // queue stays in arrival order, so its front is the oldest event.
         self.pending.rotate_left(left);
         (!selected.is_empty()).then(|| Batch::new(selected, now))
     }
@@ -249,7 +314,7 @@ mod tests {
         let now = Instant::now();
         let mut batcher = Batcher::new(limits(100, 2), 1000, 1 << 20, 10);
         for id in ["a", "a", "a", "b", "a", "c"] {
-            batcher.push(item(id, 10));
+            batcher.push(item(id, 10), now);
         }
         let Next::Send(batch) = batcher.next(now) else {
             panic!("room for a batch");
@@ -272,7 +337,7 @@ mod tests {
         let now = Instant::now();
         let mut batcher = Batcher::new(limits(0, 0), 3, 10 + 4 * 101, 10);
         for n in 0..10 {
-            batcher.push(item(&format!("u{n}"), 100));
+            batcher.push(item(&format!("u{n}"), 100), now);
         }
         let Next::Send(batch) = batcher.next(now) else {
             panic!()
@@ -280,7 +345,7 @@ mod tests {
         assert_eq!(batch.items.len(), 3, "max_batch_events");
         let mut small = Batcher::new(limits(0, 0), 1000, 10 + 2 * 101, 10);
         for n in 0..5 {
-            small.push(item(&format!("u{n}"), 100));
+            small.push(item(&format!("u{n}"), 100), now);
         }
         let Next::Send(batch) = small.next(now) else {
             panic!()
@@ -295,7 +360,7 @@ mod tests {
         let mut batcher = Batcher::new(limits(3, 0), 1000, 1 << 20, 10);
         let retry = Batch::new(vec![item("r", 1), item("r", 1)], now);
         batcher.retry_at(now + Duration::from_secs(5), retry);
-        batcher.push(item("n", 1));
+        batcher.push(item("n", 1), now);
         let Next::Send(first) = batcher.next(now) else {
             panic!()
         };
@@ -312,5 +377,144 @@ mod tests {
             matches!(batcher.next(due), Next::Blocked),
             "the app window is full: the due retry waits and blocks new events"
         );
+    }
+
+    fn sizes(batch: &Batch) -> usize {
+        batch.items.len()
+    }
+
+    #[test]
+    fn a_short_batch_waits_for_its_oldest_event_to_have_lingered() {
+        let t0 = Instant::now();
+        let linger = Duration::from_millis(100);
+        let mut batcher = Batcher::new(limits(0, 0), 10, 1 << 20, 10).lingering(linger);
+        assert!(matches!(batcher.next(t0), Next::Idle));
+        assert_eq!(
+            batcher.next_wake(t0),
+            None,
+            "nothing waits, nothing to wake for"
+        );
+        batcher.push(item("a", 10), t0);
+        let t1 = t0 + Duration::from_millis(60);
+        batcher.push(item("b", 10), t1);
+        assert!(matches!(batcher.next(t1), Next::Held));
+        assert_eq!(
+            batcher.next_wake(t1),
+            Some(t0 + linger),
+            "the oldest event's deadline, not the newest's"
+        );
+        let due = t0 + linger;
+        assert!(matches!(
+            batcher.next(due - Duration::from_millis(1)),
+            Next::Held
+        ));
+        let Next::Send(batch) = batcher.next(due) else {
+            panic!("the oldest event has waited the linger");
+        };
+        assert_eq!(
+            identities(&batch),
+            ["a", "b"],
+            "everything pending goes along"
+        );
+        assert!(matches!(batcher.next(due), Next::Idle));
+        assert_eq!(batcher.next_wake(due), None);
+    }
+
+    #[test]
+    fn a_full_batch_goes_at_once_and_its_remainder_keeps_the_linger() {
+        let t0 = Instant::now();
+        let linger = Duration::from_millis(100);
+        let mut batcher = Batcher::new(limits(0, 0), 3, 1 << 20, 10).lingering(linger);
+        for n in 0..4 {
+            batcher.push(item(&format!("u{n}"), 10), t0);
+        }
+        let Next::Send(full) = batcher.next(t0) else {
+            panic!("max_batch_events are pending: no reason to wait");
+        };
+        assert_eq!(sizes(&full), 3);
+        assert!(
+            matches!(batcher.next(t0), Next::Held),
+            "one event is no batch"
+        );
+        assert_eq!(batcher.next_wake(t0), Some(t0 + linger));
+
+        // The body limit fills a request too: three 100-byte events are over 10 + 250 bytes.
+        let mut by_bytes = Batcher::new(limits(0, 0), 1000, 10 + 250, 10).lingering(linger);
+        for n in 0..3 {
+            by_bytes.push(item(&format!("u{n}"), 100), t0);
+        }
+        let Next::Send(batch) = by_bytes.next(t0) else {
+            panic!("more than a body's worth is pending");
+        };
+        assert_eq!(sizes(&batch), 2, "the body limit");
+        assert!(matches!(by_bytes.next(t0), Next::Held));
+    }
+
+    #[test]
+    fn nothing_is_held_when_nothing_more_can_arrive_or_without_a_linger() {
+        let t0 = Instant::now();
+        let mut batcher =
+            Batcher::new(limits(0, 0), 1000, 1 << 20, 10).lingering(Duration::from_secs(5));
+        batcher.push(item("a", 10), t0);
+        assert!(matches!(batcher.next(t0), Next::Held));
+        batcher.set_flush(true);
+        assert!(
+            matches!(batcher.next(t0), Next::Send(_)),
+            "the input closed: waiting would only delay"
+        );
+        batcher.set_flush(false);
+        let mut at_once = Batcher::new(limits(0, 0), 1000, 1 << 20, 10);
+        at_once.push(item("a", 10), t0);
+        assert!(matches!(at_once.next(t0), Next::Send(_)), "a zero linger");
+    }
+
+    #[test]
+    fn a_due_retry_is_never_held_for_the_linger() {
+        let t0 = Instant::now();
+        let linger = Duration::from_secs(1);
+        let mut batcher = Batcher::new(limits(0, 0), 1000, 1 << 20, 10).lingering(linger);
+        batcher.push(item("n", 1), t0);
+        batcher.retry_at(t0, Batch::new(vec![item("r", 1)], t0));
+        let Next::Send(retry) = batcher.next(t0) else {
+            panic!("a due retry goes at once");
+        };
+        assert_eq!(identities(&retry), ["r"]);
+        assert!(
+            matches!(batcher.next(t0), Next::Held),
+            "new events still linger"
+        );
+        let later = t0 + Duration::from_millis(300);
+        batcher.retry_at(later, Batch::new(vec![item("r", 1)], t0));
+        assert_eq!(
+            batcher.next_wake(t0),
+            Some(later),
+            "the retry's time comes before the linger's end"
+        );
+    }
+
+    #[test]
+    fn behind_a_rate_limited_backlog_new_events_are_not_held() {
+        let t0 = Instant::now();
+        let linger = Duration::from_millis(100);
+        let mut batcher = Batcher::new(limits(100, 1), 1000, 1 << 20, 10).lingering(linger);
+        batcher.push(item("hot", 1), t0);
+        batcher.push(item("hot", 1), t0);
+        let t1 = t0 + linger;
+        let Next::Send(first) = batcher.next(t1) else {
+            panic!()
+        };
+        batcher.started(&first);
+        batcher.finished(&first, t1);
+        assert_eq!(
+            batcher.pending(),
+            1,
+            "the hot identity's excess waits for room"
+        );
+        batcher.push(item("cold", 1), t1);
+        let Next::Send(cold) = batcher.next(t1) else {
+            panic!("the backlog's age counts: the new event is not held behind it");
+        };
+        assert_eq!(identities(&cold), ["cold"]);
+        assert!(matches!(batcher.next(t1), Next::Blocked));
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Where each event ends, and the guarantee that it ends in exactly one place, is owned by
 //! [`outcome`]. The parts:
-//! - [`batcher`]: pending events and pacer-aware batch composition (pure, takes `now`);
+//! - [`batcher`]: pending events, pacer-aware batch composition and the linger that lets
+//!   small objects share requests (pure, takes `now`);
 //! - [`policy`]: Heap's answer → accept, retry at, bisect, park or fatal (pure);
 //! - [`parking`]: dead letters on their way to the state store, with their accounting;
 //! - this module: the thin async driver that maps events in, sends what the batcher offers
@@ -55,6 +56,11 @@ pub struct DeliveryConfig {
     pub retry: RetryPolicy,
     /// Mapped events held in memory waiting for room; intake pauses beyond this.
     pub max_pending: usize,
+    /// How long events that cannot fill a request wait for more to join them, measured from
+    /// the oldest; zero sends whatever is pending as soon as a request slot is free. Due
+    /// retries never wait, nor does anything once the input has closed or intake has paused
+    /// (see [`batcher`]).
+    pub batch_linger: Duration,
     /// Seed for retry jitter (fastrand); `None` seeds from the OS.
     pub jitter_seed: Option<u64>,
     /// How long failing dead-letter writes are retried before their events are given back
@@ -72,6 +78,7 @@ impl DeliveryConfig {
             concurrency: 2,
             retry: RetryPolicy::default(),
             max_pending: 5_000,
+            batch_linger: Duration::from_millis(100),
             jitter_seed: None,
             park_retry_max: None,
         }
@@ -119,7 +126,8 @@ impl Delivery {
                 config.max_batch_events,
                 config.max_body_bytes,
                 bulk_overhead(&config.app_id),
-            ),
+            )
+            .lingering(config.batch_linger),
             parking: Parking::new(dead_letters, config.park_retry_max),
             config,
             transport,
@@ -160,6 +168,10 @@ impl Delivery {
                 }
             }
             self.parking.flush(Instant::now(), &self.metrics).await;
+            // With the input closed or intake paused, no event can join a held batch before
+            // something is sent: holding it would only delay it.
+            self.batcher
+                .set_flush(!input_open || self.held() >= self.config.max_pending);
             let now = Instant::now();
             self.dispatch(now);
             if !input_open
@@ -235,14 +247,17 @@ impl Delivery {
                     return;
                 }
                 let original = serde_json::to_vec(&submission.event).expect("events serialize");
-                self.batcher.push(Item {
-                    identity: Arc::from(event.identity),
-                    json: json.into_boxed_slice(),
-                    original: original.into_boxed_slice(),
-                    event_type,
-                    object: submission.object,
-                    tracker: submission.tracker,
-                });
+                self.batcher.push(
+                    Item {
+                        identity: Arc::from(event.identity),
+                        json: json.into_boxed_slice(),
+                        original: original.into_boxed_slice(),
+                        event_type,
+                        object: submission.object,
+                        tracker: submission.tracker,
+                    },
+                    Instant::now(),
+                );
             }
             Mapped::NoIdentity => {
                 EventsSkipped {
@@ -292,7 +307,7 @@ impl Delivery {
                     blocked = true;
                     break;
                 }
-                Next::Idle => break,
+                Next::Held | Next::Idle => break,
             }
         }
         if blocked && !self.blocked {

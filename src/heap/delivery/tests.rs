@@ -18,6 +18,8 @@ struct Scripted {
     script: Mutex<Vec<Reply>>,
     poison: HashSet<String>,
     requests: Mutex<Vec<Vec<String>>>,
+    /// When each request was posted.
+    posted: Mutex<Vec<Instant>>,
 }
 
 impl Scripted {
@@ -26,6 +28,7 @@ impl Scripted {
             script: Mutex::new(script),
             poison: poison.iter().map(|s| s.to_string()).collect(),
             requests: Mutex::new(Vec::new()),
+            posted: Mutex::new(Vec::new()),
         })
     }
 }
@@ -41,6 +44,7 @@ impl Transport for Scripted {
             .collect();
         let poisoned = keys.iter().any(|k| self.poison.contains(k));
         self.requests.lock().unwrap().push(keys);
+        self.posted.lock().unwrap().push(Instant::now());
         let mut script = self.script.lock().unwrap();
         let reply = if !script.is_empty() {
             script.remove(0)
@@ -92,7 +96,7 @@ impl Drop for TempState {
     }
 }
 
-async fn deliver(transport: Arc<Scripted>, events: usize) -> Outcome {
+fn temp_state() -> (TempState, Arc<DeadLetterStore>) {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
         "currents-heap-delivery-unit-{}-{}",
@@ -100,13 +104,21 @@ async fn deliver(transport: Arc<Scripted>, events: usize) -> Outcome {
         N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let dead_letters = Arc::new(DeadLetterStore::new(Arc::new(LocalStore::new(&dir))));
-    let config = DeliveryConfig {
+    (TempState(dir), dead_letters)
+}
+
+fn config() -> DeliveryConfig {
+    DeliveryConfig {
         jitter_seed: Some(3),
         max_batch_events: 8,
         ..DeliveryConfig::new("1")
-    };
+    }
+}
+
+async fn deliver(transport: Arc<Scripted>, events: usize) -> Outcome {
+    let (state, dead_letters) = temp_state();
     let delivery = Delivery::new(
-        config,
+        config(),
         transport,
         HeapMapper::new(MappingConfig::default()),
         dead_letters,
@@ -128,7 +140,7 @@ async fn deliver(transport: Arc<Scripted>, events: usize) -> Outcome {
         tracker,
         result,
         metrics,
-        _state: TempState(dir),
+        _state: state,
     }
 }
 
@@ -191,4 +203,49 @@ async fn a_fatal_answer_stops_with_every_event_unresolved() {
         0,
         "nothing parked, nothing dropped"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_arriving_apart_share_a_request_sent_when_the_oldest_has_lingered() {
+    let transport = Scripted::new(Vec::new(), &[]);
+    let (_state, dead_letters) = temp_state();
+    let linger = Duration::from_millis(100);
+    let delivery = Delivery::new(
+        DeliveryConfig {
+            batch_linger: linger,
+            ..config()
+        },
+        transport.clone(),
+        HeapMapper::new(MappingConfig::default()),
+        dead_letters,
+    );
+    let tracker = Arc::new(Tracker::default());
+    let (tx, rx) = mpsc::channel(16);
+    let running = tokio::spawn(delivery.run(rx));
+    let start = Instant::now();
+    let submit = |n| Submission {
+        event: event(n),
+        object: Arc::from("o/event_type=T/date=2026-11-27-13/x.avro"),
+        tracker: tracker.clone(),
+    };
+    for n in 0..3 {
+        assert!(tx.send(submit(n)).await.is_ok());
+    }
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    for n in 3..5 {
+        assert!(tx.send(submit(n)).await.is_ok());
+    }
+    // The input stays open long after the linger: only the linger's own wake-up sends them.
+    tracker.wait_resolved(5).await;
+    let waited = start.elapsed();
+    assert_eq!(
+        waited, linger,
+        "sent when the first event had waited the linger"
+    );
+    drop(tx);
+    running.await.unwrap().unwrap();
+    let requests = transport.requests.lock().unwrap();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].len(), 5);
+    assert_eq!(transport.posted.lock().unwrap()[0] - start, linger);
 }
