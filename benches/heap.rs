@@ -100,7 +100,7 @@ async fn deliver(events: &[CustomHttpEvent]) -> usize {
     .await
     .unwrap();
     let dir = std::env::temp_dir().join(format!("currents-heap-bench-{}", std::process::id()));
-    let dead_letters = Arc::new(DeadLetterStore::new(Arc::new(LocalStore::new(&dir))));
+    let dead_letters = Arc::new(DeadLetterStore::new(Arc::new(LocalStore::lazy(&dir))));
     let client = Arc::new(HeapClient::new(&standin.url(), Duration::from_secs(30)).unwrap());
     let config = DeliveryConfig {
         limits: off,

@@ -256,7 +256,7 @@ mod tests {
     async fn writers_in_the_same_millisecond_and_hour_never_overwrite_each_other() {
         let dir =
             std::env::temp_dir().join(format!("currents-heap-dl-race-{}", std::process::id()));
-        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&dir));
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::lazy(&dir));
         let object =
             "currents/x/event_type=users.behaviors.CustomEvent/date=2026-11-27-13/1/z/f.avro";
         let same_millisecond = || 1_764_248_400_000;
@@ -292,7 +292,7 @@ mod tests {
     #[tokio::test]
     async fn parks_reads_filters_and_removes() {
         let dir = std::env::temp_dir().join(format!("currents-heap-dl-{}", std::process::id()));
-        let store = DeadLetterStore::new(Arc::new(LocalStore::new(&dir)));
+        let store = DeadLetterStore::new(Arc::new(LocalStore::lazy(&dir)));
         let object =
             "currents/x/event_type=users.behaviors.CustomEvent/date=2026-11-27-13/1/z/f.avro";
         let keys = store

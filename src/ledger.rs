@@ -348,7 +348,7 @@ mod tests {
     #[tokio::test]
     async fn records_versions_and_finds_them_by_listing() {
         let dir = std::env::temp_dir().join(format!("currents-heap-ledger-{}", std::process::id()));
-        let ledger = Ledger::new(Arc::new(LocalStore::new(&dir)));
+        let ledger = Ledger::new(Arc::new(LocalStore::lazy(&dir)));
         let meta = ObjectMeta {
             key: "c/event_type=T/date=2026-11-27-13/a.avro".into(),
             size: 10,
@@ -434,7 +434,7 @@ mod tests {
     async fn reads_one_folder_over_a_range_of_hours() {
         let dir =
             std::env::temp_dir().join(format!("currents-heap-ledger-hours-{}", std::process::id()));
-        let ledger = Ledger::new(Arc::new(LocalStore::new(&dir)));
+        let ledger = Ledger::new(Arc::new(LocalStore::lazy(&dir)));
         let folder = "c/event_type=T/";
         let hour = |n: i64| DateHour::from_hours_since_epoch(500_000 + n);
         let meta = |folder: &str, n: i64| ObjectMeta {

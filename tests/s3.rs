@@ -373,9 +373,9 @@ async fn many_keys_conformance(store: Arc<dyn ObjectStore>) {
 async fn the_local_store_passes_the_whole_suite() {
     let scratch = TempDir::new("conformance");
     let root = scratch.0.join("root");
-    conformance(&LocalStore::new(root.join("basic"))).await;
-    awkward_conformance(&LocalStore::new(root.join("awkward"))).await;
-    many_keys_conformance(Arc::new(LocalStore::new(root.join("many")))).await;
+    conformance(&LocalStore::lazy(root.join("basic"))).await;
+    awkward_conformance(&LocalStore::lazy(root.join("awkward"))).await;
+    many_keys_conformance(Arc::new(LocalStore::lazy(root.join("many")))).await;
     let beside_root: Vec<_> = std::fs::read_dir(&scratch.0)
         .unwrap()
         .map(|e| e.unwrap().file_name())

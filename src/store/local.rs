@@ -40,8 +40,10 @@
 //! # A missing root
 //! The root must exist for any listing: a source directory that moved away, or a state
 //! directory deleted or replaced by a file mid-run, must not read as an empty bucket or an
-//! empty ledger (which would send everything again). The state's root is created when the
-//! worker starts; [`LocalStore::lazy`] is for a state that a dry run must not create.
+//! empty ledger (which would send everything again), and a write must not create it again
+//! (the next listing would read an empty ledger). The state's root is created when the
+//! worker starts; [`LocalStore::lazy`] is for a state that may not exist yet: a dry run's,
+//! or one a test writes into first.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -523,6 +525,18 @@ impl LocalStore {
 
     fn put_sync(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let path = self.path("put", key)?;
+        // A state deleted mid-run must not come back empty under a write: the next poll
+        // would read an empty ledger and send everything again.
+        if !self.missing_root_is_empty && !self.root.is_dir() {
+            return Err(self.error(
+                "put",
+                key,
+                format!(
+                    "the directory {} is gone (deleted or moved while running?); it is not created again, since an empty one would forget what is finished",
+                    self.root.display()
+                ),
+            ));
+        }
         let Some(parent) = path.parent() else {
             return Err(self.error("put", key, "the key has no parent directory".into()));
         };
@@ -867,10 +881,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_write_never_creates_a_deleted_root_again() {
+        let scratch = Scratch::new("gone");
+        let root = scratch.0.join("state");
+        fs::create_dir_all(&root).unwrap();
+        let store = LocalStore::new(&root);
+        store.put("ledger/a/1.done", b"{}".to_vec()).await.unwrap();
+        fs::remove_dir_all(&root).unwrap();
+        let error = store
+            .put("ledger/b/1.done", b"{}".to_vec())
+            .await
+            .unwrap_err();
+        assert!(error.reason.contains("is gone"), "{error}");
+        assert!(!root.exists(), "the root was created again");
+        assert!(
+            store.list("ledger/").await.is_err(),
+            "and reads stay errors"
+        );
+        // A lazy store (a dry run's state) creates it at its first write.
+        let lazy = LocalStore::lazy(&root);
+        lazy.put("ledger/b/1.done", b"{}".to_vec()).await.unwrap();
+        assert!(root.is_dir());
+    }
+
+    #[tokio::test]
     async fn dot_segments_stay_inside_the_root() {
         let scratch = Scratch::new("dots");
         let root = scratch.0.join("root");
-        let store = LocalStore::new(&root);
+        let store = LocalStore::lazy(&root);
         let keys = [
             "d/..",
             "../escaped",

@@ -240,7 +240,7 @@ mod tests {
     impl Counting {
         fn new(dir: &std::path::Path) -> Arc<Self> {
             Arc::new(Counting {
-                inner: LocalStore::new(dir),
+                inner: LocalStore::lazy(dir),
                 calls: Mutex::new(Vec::new()),
             })
         }

@@ -103,7 +103,7 @@ fn temp_state() -> (TempState, Arc<DeadLetterStore>) {
         std::process::id(),
         N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
-    let dead_letters = Arc::new(DeadLetterStore::new(Arc::new(LocalStore::new(&dir))));
+    let dead_letters = Arc::new(DeadLetterStore::new(Arc::new(LocalStore::lazy(&dir))));
     (TempState(dir), dead_letters)
 }
 
