@@ -527,3 +527,88 @@ async fn the_metrics_endpoint_reports_a_run() {
     );
     assert_eq!(child.wait().await.unwrap().code(), Some(0));
 }
+
+/// A replay stopped by SIGTERM finishes the dead-letter object in hand (its events are not
+/// sent again by the next replay, nor parked twice), starts no other, and exits 4; the next
+/// replay finishes the rest and exits 0. Three stops at different points, for the race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_replay_finishes_the_object_in_hand_and_the_next_resumes() {
+    // Park every sendable event: Heap refuses them all.
+    let refusing = Standin::start(StandinConfig {
+        poison_keys: all_sendable(),
+        ..StandinConfig::new(APP_ID)
+    })
+    .await
+    .unwrap();
+    let setup = Setup::new();
+    let (code, stdout, _) = setup
+        .run(&refusing, &["run", "--once", "--lookback", "all"])
+        .await;
+    assert_eq!(code, 3, "{stdout}");
+    let parked = all_sendable().len();
+    let dead_letter_objects = || {
+        let mut found = 0;
+        let mut dirs = vec![setup.state.0.join("dead-letters")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(dir).into_iter().flatten() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    found += 1;
+                }
+            }
+        }
+        found
+    };
+    let objects = dead_letter_objects();
+    assert!(objects > 3, "{objects} dead-letter objects");
+
+    let fixed = slow_standin().await;
+    let mut stored_before = 0;
+    for stop in 0..3 {
+        let child = setup
+            .command(
+                &fixed,
+                &[
+                    "replay",
+                    "--max-batch-events",
+                    "2",
+                    "--heap-concurrency",
+                    "1",
+                    "--shutdown-timeout",
+                    "30s",
+                ],
+            )
+            .spawn()
+            .unwrap();
+        fixed.wait_until_stored(stored_before + 1 + stop).await;
+        let pid = child.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let output = child.wait_with_output().await.unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let code = output.status.code();
+        assert!(
+            code == Some(4) || (code == Some(0) && dead_letter_objects() == 0),
+            "{code:?}: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            stdout.contains("events left in place: 0"),
+            "the object in hand was finished, not cut short: {stdout}"
+        );
+        stored_before = fixed.stored().len();
+    }
+    let (code, stdout, stderr) = setup.run(&fixed, &["replay"]).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(dead_letter_objects(), 0);
+    assert_eq!(fixed.stored().len(), parked);
+    assert_eq!(
+        fixed.report().duplicates,
+        0,
+        "no dead letter was sent twice across the stops"
+    );
+}

@@ -4,7 +4,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::MappingArgs;
-use super::config::Config;
+use super::config::{Config, DEFAULTS, HumanDuration};
 use super::worker::{Exit, HeapArgs, StateArgs, open_state, output, shutdown_on_signals};
 use crate::deadletter::DeadLetterFilter;
 use crate::worker::Settings;
@@ -26,6 +26,10 @@ pub struct ReplayArgs {
     /// Map and count what would be re-sent; send nothing, delete nothing.
     #[arg(long)]
     dry_run: bool,
+    /// After a stop signal, how long the dead-letter object in hand may take to finish, 1s
+    /// to 1h.
+    #[arg(long, default_value_t = DEFAULTS.shutdown_timeout.clone())]
+    shutdown_timeout: HumanDuration,
     /// Only dead letters of this event type, e.g. users.behaviors.CustomEvent.
     #[arg(long)]
     #[serde(skip)]

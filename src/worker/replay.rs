@@ -84,9 +84,10 @@ impl ReplayReport {
 }
 
 /// Replays the dead letters in `state` that match `filter`, until done or `shutdown`
-/// resolves: then the object being replayed is kept (its events may be sent again, under
-/// the same idempotency keys), delivery drains for up to `settings.shutdown_timeout` or until
-/// `abandon` fires, and the outcome is incomplete.
+/// resolves. Then the object in hand is finished, for up to `settings.shutdown_timeout` or
+/// until `abandon` fires: if all its events have an outcome in time, it is removed as
+/// usual; if not, it is kept (its events may be sent again, under the same idempotency
+/// keys). The objects after it are not started, and the outcome is incomplete.
 pub async fn replay(
     state: Arc<dyn ObjectStore>,
     output: Output,
@@ -177,17 +178,32 @@ pub async fn replay(
                 break;
             }
         }
-        tokio::select! {
-            _ = tracker.wait_resolved(total) => {}
+        let resolved = tokio::select! {
+            _ = tracker.wait_resolved(total) => true,
             _ = task.stopped() => {
                 stopped = true;
                 break;
             }
             _ = &mut shutdown => {
-                interrupted = Some(Instant::now() + settings.shutdown_timeout);
-                report.left_objects = files.len() - done;
-                break;
+                // Cutting the object short would leave its dead letters to be sent again
+                // and parked twice: finish it within the timeout instead.
+                let deadline = Instant::now() + settings.shutdown_timeout;
+                interrupted = Some(deadline);
+                tokio::select! {
+                    _ = tracker.wait_resolved(total) => true,
+                    _ = tokio::time::sleep_until(deadline) => false,
+                    _ = abandon.cancelled() => false,
+                    _ = task.stopped() => {
+                        stopped = true;
+                        false
+                    }
+                }
             }
+        };
+        if !resolved {
+            report.left_objects = files.len() - done;
+            report.left += total;
+            break;
         }
         report.delivered += tracker.delivered();
         report.skipped += tracker.skipped();
@@ -223,7 +239,7 @@ pub async fn replay(
         report.outcome = Some(match end.map(|e| e.result) {
             Some(Err(e)) => Outcome::Fatal(e),
             _ if stopped => Outcome::Fatal("delivery stopped".into()),
-            _ if interrupted.is_some() => Outcome::Incomplete {
+            _ if interrupted.is_some() && report.left_objects > 0 => Outcome::Incomplete {
                 reason: format!(
                     "stopped by a signal with {} dead-letter objects not replayed (they are kept)",
                     report.left_objects
