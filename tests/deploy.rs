@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use currents_heap::telemetry::Metrics;
-use currents_heap::telemetry::events::{EventsRead, HeapRequest};
+use currents_heap::telemetry::events::{AwsRequest, EventsRead, HeapRequest, NotificationDropped};
 use serde::Deserialize;
 use serde_json::Value as Json;
 use support::TempDir;
@@ -190,6 +190,12 @@ fn the_dashboard_queries_only_exported_metrics() {
         latency: std::time::Duration::from_millis(5),
     }
     .emit(&metrics);
+    AwsRequest {
+        service: "s3",
+        operation: "ListObjectsV2",
+    }
+    .emit(&metrics);
+    NotificationDropped::TestEvent.emit(&metrics);
     let exported: BTreeSet<String> = metrics
         .render()
         .lines()
