@@ -12,10 +12,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use aws_sdk_s3::config::ConfigBag;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
-use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::orchestrator::{HttpResponse, Metadata};
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 
 use crate::telemetry::Metrics;
@@ -66,4 +67,44 @@ impl Intercept for CountRequests {
         .emit(&self.metrics);
         Ok(())
     }
+}
+
+/// One readable line for an SDK error: the service's code and message (`NoSuchBucket: The
+/// specified bucket does not exist`, `AWS.SimpleQueueService.NonExistentQueue: …`), or why
+/// no answer came (`cannot reach the endpoint: …`, `timed out`). The SDK's own display
+/// (`DisplayErrorContext`) dumps the raw response with headers and debug structures, which is
+/// unreadable in a log line and on `/readyz`. Never holds credentials: neither form does.
+pub fn error_text<E>(e: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match e {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let code = service.err().code().unwrap_or("error");
+            match service.err().message() {
+                Some(message) => format!("{code}: {message} (HTTP {status})"),
+                None => format!("{code} (HTTP {status})"),
+            }
+        }
+        SdkError::TimeoutError(_) => "timed out".into(),
+        SdkError::DispatchFailure(_) => format!("cannot reach the endpoint: {}", chain(e)),
+        SdkError::ResponseError(_) => format!("the response could not be read: {}", chain(e)),
+        _ => chain(e),
+    }
+}
+
+/// An error and its sources, each by its display, joined by `: `.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

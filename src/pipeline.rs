@@ -47,6 +47,9 @@ pub enum ObjectResult {
     /// Reading the source or writing the state failed for a reason that may pass (a network
     /// error, an outage): not recorded, so the next poll tries again.
     Retry { key: String, reason: String },
+    /// The object no longer exists (deleted after it was listed or notified): not recorded.
+    /// A listing will not find it again; a notification for it is spent.
+    Gone { key: String, reason: String },
     /// Every event has an outcome, but the state could not record it (the ledger or dead
     /// letters) within a bounded run's budget: not recorded, so the next run reads it again.
     Unrecorded { key: String, reason: String },
@@ -59,6 +62,7 @@ impl ObjectResult {
         match self {
             ObjectResult::Done(e) | ObjectResult::Failed(e) => &e.key,
             ObjectResult::Retry { key, .. }
+            | ObjectResult::Gone { key, .. }
             | ObjectResult::Unrecorded { key, .. }
             | ObjectResult::Abandoned { key } => key,
         }
@@ -100,9 +104,9 @@ impl Pipeline {
         let reader = match self.source.open(&object.key).await {
             Ok(reader) => reader,
             Err(e) if e.not_found => {
-                return ObjectResult::Retry {
+                return ObjectResult::Gone {
                     key: object.key.clone(),
-                    reason: format!("the object disappeared after it was listed: {e}"),
+                    reason: format!("the object no longer exists: {e}"),
                 };
             }
             Err(e) => {

@@ -162,9 +162,12 @@ fn the_iam_policy_grants_read_on_the_source_read_write_on_the_state_and_the_queu
                     resource, "arn:aws:s3:::my-currents-heap-state/prod/*",
                     "writes only to the state"
                 ),
-                // What `--sqs-queue-url` calls (the batch calls need the same actions), on
-                // the one queue.
-                "sqs:ReceiveMessage" | "sqs:DeleteMessage" | "sqs:ChangeMessageVisibility" => {
+                // What `--sqs-queue-url` calls (the batch calls need the same actions; the
+                // attributes are read once at start), on the one queue.
+                "sqs:ReceiveMessage"
+                | "sqs:DeleteMessage"
+                | "sqs:ChangeMessageVisibility"
+                | "sqs:GetQueueAttributes" => {
                     assert_eq!(resource, "arn:aws:sqs:us-east-1:123456789012:currents-heap")
                 }
                 other => panic!("unexpected action {other}"),

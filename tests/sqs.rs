@@ -727,3 +727,111 @@ async fn the_binary_runs_from_notifications_and_stops_cleanly_on_sigterm() {
         );
     }
 }
+
+fn binary(
+    wired: &Wired,
+    state: &TempDir,
+    standin: &Standin,
+    extra: &[&str],
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_currents-heap"));
+    command
+        .args(["run", "--source", &format!("s3://{BUCKET}/{PREFIX}")])
+        .arg("--state")
+        .arg(&state.0)
+        .args(["--s3-path-style"])
+        .args(extra)
+        .env("AWS_ENDPOINT_URL", &wired.moto.endpoint)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("HEAP_API_URL", standin.url())
+        .env("HEAP_APP_ID", APP_ID)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_that_does_not_exist_exits_2_naming_the_option() {
+    let wired = wired().await;
+    let state = TempDir::new("sqs-missing");
+    let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let missing = format!("{}/123456789012/no-such-queue", wired.moto.endpoint);
+    let output = binary(&wired, &state, &standin, &["--sqs-queue-url", &missing])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--sqs-queue-url") && stderr.contains("NonExistentQueue"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.lines().count() < 5,
+        "one readable line, not an SDK dump: {stderr}"
+    );
+    assert!(!stderr.contains(SECRET_KEY));
+}
+
+/// SIGTERM while an object is in flight (Heap answers after 5 s, the shutdown timeout is
+/// 1 s): its message is visible again as soon as the process has exited, not a whole
+/// visibility timeout (60 s) later; and a notification for an object that no longer
+/// exists is spent, not received again forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_gives_messages_back_at_once_and_a_gone_object_spends_its_message() {
+    let wired = wired().await;
+    let state = TempDir::new("sqs-stop");
+    let mut config = StandinConfig::new(APP_ID);
+    config.response_delay = Duration::from_secs(5);
+    let standin = Standin::start(config).await.unwrap();
+    let ghost = format!(
+        r#"{{"Records":[{{"eventName":"ObjectCreated:Put","s3":{{"bucket":{{"name":"{BUCKET}"}},"object":{{"key":"exports/event_type%3DT/date%3D2026-11-27-13/ghost.avro","size":9,"eTag":"abc"}}}}}}]}}"#
+    );
+    wired
+        .sqs
+        .send_message()
+        .queue_url(&wired.queue_url)
+        .message_body(ghost)
+        .send()
+        .await
+        .unwrap();
+    let child = binary(
+        &wired,
+        &state,
+        &standin,
+        &[
+            "--sqs-queue-url",
+            &wired.queue_url,
+            "--shutdown-timeout",
+            "1s",
+        ],
+    )
+    .env("RUST_LOG", "info")
+    .spawn()
+    .unwrap();
+    until("the notification for a gone object is spent", async || {
+        wired.messages_left().await == 0
+    })
+    .await;
+    let files = currents_files(1);
+    wired.put(&odd_key(&files[0].0, 0), &files[0].1).await;
+    until("the object reached Heap", async || {
+        standin.report().requests > 0
+    })
+    .await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("1 abandoned"), "{stdout}");
+    // Another replica gets it at once (visibility 1 s here, so a hidden message would
+    // need the whole 60 s the binary asked for).
+    assert_eq!(wired.receive_elsewhere(Duration::from_secs(3)).await, 1);
+}

@@ -269,6 +269,14 @@ pub async fn engine(config: &Config, plan: Plan) -> Result<Engine, Exit> {
     let queue = SqsQueue::connect(url, metrics)
         .await
         .map_err(|e| Exit::Usage(format!("--sqs-queue-url: {e}")))?;
+    match queue.check().await {
+        Ok(()) => {}
+        Err(e) if e.is_configuration() => {
+            return Err(Exit::Usage(format!("--sqs-queue-url: {e}")));
+        }
+        // An outage at start is waited out like one later: /readyz reports it.
+        Err(e) => tracing::warn!("cannot check the queue yet, receiving anyway: {e}"),
+    }
     Ok(engine.with_notifications(Notifications {
         queue: Arc::new(queue),
         settings: ListenerSettings {

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
 };
@@ -34,6 +33,22 @@ pub struct QueueError {
     pub operation: &'static str,
     pub queue: String,
     pub reason: String,
+    /// The service's error code, when the queue answered (e.g. `AccessDenied`).
+    pub code: Option<String>,
+}
+
+impl QueueError {
+    /// The queue answered that it does not exist or that access is denied: a setting to
+    /// fix, not an outage to wait out.
+    pub fn is_configuration(&self) -> bool {
+        self.code.as_deref().is_some_and(|code| {
+            code.contains("NonExistentQueue")
+                || code.contains("QueueDoesNotExist")
+                || code.contains("AccessDenied")
+                || code.contains("InvalidClientTokenId")
+                || code.contains("InvalidAddress")
+        })
+    }
 }
 
 pub type QueueFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, QueueError>> + Send + 'a>>;
@@ -82,12 +97,26 @@ impl SqsQueue {
                 operation: "connect to",
                 queue: url.into(),
                 reason: "no AWS region is configured: set AWS_REGION".into(),
+                code: None,
             });
         }
         let sqs_config = aws_sdk_sqs::config::Builder::from(&config)
             .interceptor(CountRequests::new("sqs", metrics))
             .build();
         Ok(SqsQueue::from_client(Client::from_conf(sqs_config), url))
+    }
+
+    /// Asks the queue for its attributes once: a queue that does not exist, or that these
+    /// credentials may not use, is found at start instead of at every receive.
+    pub async fn check(&self) -> Result<(), QueueError> {
+        self.client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout)
+            .send()
+            .await
+            .map_err(|e| self.error("check", e))?;
+        Ok(())
     }
 
     /// For callers that build their own client (tests, custom endpoints); to count its
@@ -99,11 +128,20 @@ impl SqsQueue {
         }
     }
 
-    fn error(&self, operation: &'static str, e: impl std::error::Error) -> QueueError {
+    fn error<E>(
+        &self,
+        operation: &'static str,
+        e: aws_sdk_sqs::error::SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
+    ) -> QueueError
+    where
+        E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        use aws_sdk_sqs::error::ProvideErrorMetadata;
         QueueError {
             operation,
             queue: self.url.clone(),
-            reason: DisplayErrorContext(e).to_string(),
+            reason: crate::aws::error_text(&e),
+            code: e.code().map(str::to_string),
         }
     }
 }

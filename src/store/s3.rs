@@ -10,7 +10,7 @@
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use std::sync::Arc;
 
@@ -90,7 +90,7 @@ impl S3Store {
         StoreError {
             operation,
             location: format!("s3://{}/{}", self.bucket, self.full_key(key)),
-            reason: DisplayErrorContext(e).to_string(),
+            reason: crate::aws::error_text(e),
             not_found,
         }
     }

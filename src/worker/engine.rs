@@ -456,6 +456,8 @@ fn key_end(ended: &Ended, retry_after: Duration) -> KeyEnd {
                 etag: entry.etag.clone(),
             }
         }
+        // Nothing to try again: a new upload sends a new notification.
+        Ended::Object(ObjectResult::Gone { .. }) => KeyEnd::Gone,
         // Cut short by a stop: another replica may take it at once.
         Ended::Object(ObjectResult::Abandoned { .. }) => KeyEnd::NotRecorded {
             after: Duration::ZERO,
@@ -474,7 +476,9 @@ fn emit_ended(ended: &Ended, metrics: &Metrics) {
             reason: entry.reason.as_deref().unwrap_or("failed"),
         },
         Ended::Object(
-            ObjectResult::Retry { key, reason } | ObjectResult::Unrecorded { key, reason },
+            ObjectResult::Retry { key, reason }
+            | ObjectResult::Unrecorded { key, reason }
+            | ObjectResult::Gone { key, reason },
         ) => ObjectEnded::Retried { key, reason },
         Ended::Object(ObjectResult::Abandoned { .. }) => ObjectEnded::Abandoned,
         Ended::Panicked { key, message } => ObjectEnded::Panicked { key, message },

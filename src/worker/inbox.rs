@@ -38,6 +38,8 @@ pub enum KeyEnd {
     Recorded { size: u64, etag: String },
     /// Not recorded: to be tried again after `after`.
     NotRecorded { after: Duration },
+    /// The object no longer exists: its messages are spent, whatever version they named.
+    Gone,
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +103,7 @@ impl Inbox {
                 continue;
             };
             let release_after = match end {
+                KeyEnd::Gone => None,
                 KeyEnd::Recorded { size, etag }
                     if *size == version.0 && normalise(etag) == version.1 =>
                 {
@@ -232,6 +235,18 @@ mod tests {
                     receipt: "r2".into()
                 }
             ]
+        );
+    }
+
+    #[test]
+    fn a_gone_object_spends_its_message() {
+        let mut inbox = Inbox::default();
+        inbox.hold("m1", "r1".into(), vec![object("a")]);
+        assert_eq!(
+            inbox.ended("a", &KeyEnd::Gone),
+            vec![Action::Delete {
+                receipt: "r1".into()
+            }]
         );
     }
 

@@ -1,7 +1,7 @@
 //! Event-driven discovery: S3 notifications received from an SQS queue become work.
 //!
 //! # Protocol
-//! 1. Receive with long polling (up to 10 messages, waiting up to 20 s), hiding each message
+//! 1. Receive with long polling (up to 10 messages, waiting up to 10 s), hiding each message
 //!    for `visibility`. Receiving pauses while `max_held` messages are held, so a slow Heap
 //!    does not hide the whole queue from other replicas.
 //! 2. Each message is read ([`crate::notifications::parse_body`]). Test events, records that
@@ -16,8 +16,10 @@
 //!    so an object that takes longer than the queue's timeout is never received twice.
 //! 5. As objects end: recorded → the message is deleted; not recorded → it is made visible
 //!    again after `retry_after` (so a lasting fault is not retried in a hot loop).
-//! 6. When the engine is done (it drops its side), held messages are made visible at once, for
-//!    another replica or the next start.
+//! 6. When the engine is done (it drops its side), the receive in flight is let finish (at
+//!    most 10 s: cut on this side, it would still hide what it takes on the server), and
+//!    every message held or taken is made visible at once, for another replica or the next
+//!    start.
 //!
 //! A failed queue call is logged and counted; receiving tries again after a pause, and a lost
 //! heartbeat or delete only means a message comes back, which the ledger check absorbs.
@@ -122,8 +124,9 @@ struct Actor {
     metrics: Arc<Metrics>,
 }
 
-/// Long-poll wait: SQS's maximum, so an idle queue costs 3 receives a minute.
-const WAIT: Duration = Duration::from_secs(20);
+/// Long-poll wait: an idle queue costs 6 receives a minute, and a stop waits at most this
+/// for the receive in flight (see the end of `Actor::run`).
+const WAIT: Duration = Duration::from_secs(10);
 /// Pause after a failed receive.
 const RECEIVE_RETRY: Duration = Duration::from_secs(5);
 
@@ -147,10 +150,6 @@ impl Actor {
         let mut receive_after = Instant::now();
         let mut ended_open = true;
         loop {
-            if stop.is_cancelled() {
-                // Messages a cut receive took come back when their visibility runs out.
-                receiving = None;
-            }
             let may_receive = !stop.is_cancelled()
                 && ended_open
                 && self.inbox.len() < self.settings.max_held
@@ -207,8 +206,18 @@ impl Actor {
                 _ = stop.cancelled(), if may_receive => {}
             }
         }
-        drop(receiving);
-        let released = self.inbox.release_all();
+        // A receive still open on the server would take the messages released below and
+        // hide them again for a whole visibility timeout, even if this side dropped it: let
+        // it end first (at most `WAIT`) and give back what it took too.
+        let late = match receiving {
+            Some(receive) => receive.await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let mut released = self.inbox.release_all();
+        released.extend(late.into_iter().map(|message| Action::Release {
+            receipt: message.receipt,
+            after: Duration::ZERO,
+        }));
         if !released.is_empty() {
             tracing::info!(
                 messages = released.len(),
@@ -267,7 +276,7 @@ impl Actor {
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(
-                        message = %message.id,
+                        message_id = %message.id,
                         "cannot check the ledger for {}, the message comes back in {:?}: {e}",
                         meta.key,
                         self.settings.retry_after

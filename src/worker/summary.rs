@@ -87,7 +87,9 @@ impl Summary {
                 entry.reason.as_deref().unwrap_or("failed")
             )),
             Ended::Object(
-                ObjectResult::Retry { key, reason } | ObjectResult::Unrecorded { key, reason },
+                ObjectResult::Retry { key, reason }
+                | ObjectResult::Unrecorded { key, reason }
+                | ObjectResult::Gone { key, reason },
             ) => self
                 .remaining
                 .push((key.clone(), Unfinished::Failed(reason.clone()))),
