@@ -111,6 +111,9 @@ fn inspect_command(paths: &[PathBuf], heap: bool, config: &Config) -> ExitCode {
         for (event_type, n) in &report.skipped_no_identity {
             tracing::info!("{n} {event_type} events have no identity and would not be sent");
         }
+        for (kind, n) in &report.odd_values {
+            tracing::warn!("{n} odd property values ({kind}) were repaired by the value table");
+        }
         for (reason, n) in &report.unsendable {
             tracing::warn!("{n} events would be parked: {reason}");
         }

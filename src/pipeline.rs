@@ -26,7 +26,8 @@ use crate::ledger::{Entry, Ledger, Outcome};
 use crate::store::{ObjectMeta, ObjectStore};
 use crate::telemetry::Metrics;
 use crate::telemetry::events::{
-    EventsParked, EventsRead, EventsSent, EventsSkipped, StateWriteFailed, StateWriteSucceeded,
+    EventsParked, EventsRead, EventsSent, EventsSkipped, OddPropertyValue, StateWriteFailed,
+    StateWriteSucceeded,
 };
 
 /// Where decoded events go.
@@ -118,14 +119,15 @@ impl Pipeline {
         };
         let tracker = Arc::new(Tracker::default());
         let decoded = {
-            let (key, sink, tracker, abandon) = (
+            let (key, sink, tracker, abandon, metrics) = (
                 object.key.clone(),
                 self.sink.clone(),
                 tracker.clone(),
                 abandon.clone(),
+                self.metrics.clone(),
             );
             match tokio::task::spawn_blocking(move || {
-                decode(reader, &key, &sink, &tracker, &abandon)
+                decode(reader, &key, &sink, &tracker, &abandon, &metrics)
             })
             .await
             {
@@ -309,6 +311,7 @@ fn decode(
     sink: &Sink,
     tracker: &Arc<Tracker>,
     abandon: &CancellationToken,
+    metrics: &Metrics,
 ) -> Decoded {
     let mut decoded = Decoded {
         events: 0,
@@ -333,14 +336,17 @@ fn decode(
             return decoded;
         }
         let event = match events.next_event() {
-            Ok(Some((event, warning))) => {
-                if let Some(warning) = warning {
+            Ok(Some((event, warnings))) => {
+                for warning in &warnings {
                     decoded.warnings += 1;
                     // The first few name their events; the rest are counted once, at the end,
                     // so one bad object cannot flood the log.
-                    if decoded.warnings <= WARNINGS_SHOWN {
-                        tracing::warn!(object = %key, "{warning}");
+                    OddPropertyValue {
+                        object: key,
+                        warning,
+                        log: decoded.warnings <= WARNINGS_SHOWN,
                     }
+                    .emit(metrics);
                 }
                 event
             }

@@ -76,6 +76,7 @@ pub async fn backfill(args: BackfillArgs, config: Config) -> Exit {
         bar.finish();
     }
     print!("{}", report.render());
+    print!("{}", report.counts.render_odd_values());
     report.outcome.into()
 }
 

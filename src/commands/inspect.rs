@@ -25,6 +25,9 @@ pub struct InspectReport {
     pub files_read: usize,
     pub events: u64,
     pub warnings: u64,
+    /// Odd values of JSON `properties` repaired by the value table, by kind label
+    /// (`lone_surrogate`, `number_out_of_range`, `too_deep`, `not_json`).
+    pub odd_values: BTreeMap<&'static str, u64>,
     /// One line per file that failed: its path and the reason.
     pub failures: Vec<String>,
     /// With `--heap`: events not sent because they have no identity, per event type.
@@ -80,9 +83,10 @@ fn inspect_file(
     };
     loop {
         match reader.next_event() {
-            Ok(Some((event, warning))) => {
-                if let Some(warning) = warning {
+            Ok(Some((event, warnings))) => {
+                for warning in warnings {
                     report.warnings += 1;
+                    *report.odd_values.entry(warning.kind().label()).or_insert(0) += 1;
                     tracing::warn!(object = %name, "{warning}");
                 }
                 report.events += 1;

@@ -101,6 +101,9 @@ pub struct MappingArgs {
     /// Prefix for every Heap event name, e.g. `braze-` (under 1024 characters).
     #[arg(long, env = "CURRENTS_HEAP_EVENT_PREFIX", default_value_t = DEFAULTS.event_prefix.clone())]
     event_prefix: String,
+    /// Prefix for every Heap property key, e.g. `braze-` (under 1023 characters).
+    #[arg(long, env = "CURRENTS_HEAP_PROPERTY_PREFIX", default_value_t = DEFAULTS.property_prefix.clone())]
+    property_prefix: String,
     /// Heap event name for an event type, as TYPE=NAME (repeatable), e.g.
     /// `users.messages.email.Open=Email Opened`. In the file: a `[rename]` table.
     #[arg(long, value_name = "TYPE=NAME", value_parser = parse_rename)]

@@ -102,6 +102,7 @@ pub async fn run(args: RunArgs, config: Config) -> Exit {
     };
     let report = engine.drive(shutdown).await;
     print!("{}", report.render());
+    print!("{}", report.counts.render_odd_values());
     report.outcome.into()
 }
 

@@ -61,10 +61,11 @@ impl<R: Read> EventReader<R> {
         self.events_read
     }
 
-    /// The next event and any warning about it, or `None` at the end of the object.
+    /// The next event and the warnings about it (one per odd value of its JSON `properties`),
+    /// or `None` at the end of the object.
     pub fn next_event(
         &mut self,
-    ) -> Result<Option<(CustomHttpEvent, Option<MappingWarning>)>, DecodeError> {
+    ) -> Result<Option<(CustomHttpEvent, Vec<MappingWarning>)>, DecodeError> {
         match self.container.next_record() {
             Ok(Some(record)) => {
                 self.events_read += 1;

@@ -8,12 +8,13 @@
 
 use std::sync::Arc;
 
-use serde::ser::{SerializeMap, SerializeSeq};
+use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use super::datum::Datum;
 use super::schema::RecordShape;
+use super::value::{Oddity, Value, parse_lenient};
 
 pub const CUSTOM_EVENT: &str = "users.behaviors.CustomEvent";
 pub const PURCHASE: &str = "users.behaviors.Purchase";
@@ -43,9 +44,10 @@ pub struct User {
     pub timezone: Option<String>,
 }
 
-/// A property value: an Avro value as decoded, or a JSON-encoded string field that was checked
-/// to be valid JSON. The JSON is kept as text: printing it needs no parse, and the Heap mapping
-/// parses it once, straight into flattened properties.
+/// A property value: an Avro value as decoded, or a JSON-encoded string field read by the
+/// value table's lenient rules ([`super::value::parse_lenient`]). The JSON is kept as text,
+/// with every odd value already in its table form, so that `serde_json` and every later stage
+/// read it: printing it needs no parse, and the Heap mapping parses it once.
 #[derive(Debug, Clone)]
 pub enum Property {
     Avro(Datum),
@@ -71,7 +73,8 @@ impl CustomHttpEvent {
     }
 }
 
-/// Something odd about one event that did not stop it from being mapped.
+/// Something odd about one event that did not stop it from being mapped. Each follows a rule
+/// of the value table ([`super::value`]).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MappingWarning {
     #[error("event {event_id}: field `{field}` is not valid JSON ({reason}); kept as a string")]
@@ -80,6 +83,26 @@ pub enum MappingWarning {
         field: &'static str,
         reason: String,
     },
+    #[error("event {event_id}: property `{property}` in field `{field}` holds {} (`{text}`)", .kind.rule())]
+    OddValue {
+        event_id: String,
+        field: &'static str,
+        /// Where in the JSON: `title`, `cart.items[2]`.
+        property: String,
+        kind: Oddity,
+        /// The value as written (at most 64 characters).
+        text: String,
+    },
+}
+
+impl MappingWarning {
+    /// The kind it is counted under.
+    pub fn kind(&self) -> Oddity {
+        match self {
+            MappingWarning::PropertiesNotJson { .. } => Oddity::NotJson,
+            MappingWarning::OddValue { kind, .. } => *kind,
+        }
+    }
 }
 
 /// What each writer-schema field becomes in the Custom HTTP shape, decided once per file.
@@ -140,8 +163,9 @@ impl EventMapper {
     }
 
     /// Maps one record (field values in writer order). The schema was checked to have a string
-    /// `id` and an int `time` when the file was opened.
-    pub fn map(&self, record: Vec<Datum>) -> (CustomHttpEvent, Option<MappingWarning>) {
+    /// `id` and an int `time` when the file was opened. Warnings name each odd value of the
+    /// JSON `properties` and the rule applied to it.
+    pub fn map(&self, record: Vec<Datum>) -> (CustomHttpEvent, Vec<MappingWarning>) {
         let mut event = CustomHttpEvent {
             event_type: self.event_type.clone(),
             id: String::new(),
@@ -167,22 +191,52 @@ impl EventMapper {
                 (_, value) => event.properties.push((name.clone(), Property::Avro(value))),
             }
         }
-        let mut warning = None;
+        let mut warnings = Vec::new();
         if let (Some(text), Some(target)) = (json_field, &self.json_target) {
-            let value = match serde_json::from_str::<Box<RawValue>>(&text) {
-                Ok(json) => Property::Json(json),
-                Err(e) => {
-                    warning = Some(MappingWarning::PropertiesNotJson {
+            let value = match json_property(text) {
+                Ok((json, odd)) => {
+                    warnings.extend(odd.into_iter().map(|odd| MappingWarning::OddValue {
                         event_id: event.id.clone(),
                         field: "properties",
-                        reason: e.to_string(),
+                        property: odd.path,
+                        kind: odd.kind,
+                        text: odd.text,
+                    }));
+                    Property::Json(json)
+                }
+                Err((text, reason)) => {
+                    warnings.push(MappingWarning::PropertiesNotJson {
+                        event_id: event.id.clone(),
+                        field: "properties",
+                        reason,
                     });
                     Property::Avro(Datum::String(text))
                 }
             };
             event.properties.push((target.clone(), value));
         }
-        (event, warning)
+        (event, warnings)
+    }
+}
+
+/// JSON text read leniently: the text itself when nothing in it is odd, otherwise its table
+/// form (`\ud83d` → `�`, `1e400` → `"1e400"`). `Err` gives the text back with the reason.
+fn json_property(
+    text: String,
+) -> Result<(Box<RawValue>, Vec<super::value::Odd>), (String, String)> {
+    let normalized = match parse_lenient(&text) {
+        Ok((_, odd)) if odd.is_empty() => None,
+        Ok((value, odd)) => Some((value.to_json(), odd)),
+        Err(reason) => return Err((text, reason)),
+    };
+    let (json, odd) = match normalized {
+        Some((json, odd)) => (json, odd),
+        None => (text, Vec::new()),
+    };
+    // The table form is JSON serde_json reads (a test holds it to that); never panic on it.
+    match serde_json::from_str::<Box<RawValue>>(&json) {
+        Ok(raw) => Ok((raw, odd)),
+        Err(e) => Err((json, e.to_string())),
     }
 }
 
@@ -254,46 +308,10 @@ impl Serialize for Properties<'_> {
     }
 }
 
+/// The Custom HTTP form of the value table ([`super::value`]).
 impl Serialize for Datum {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Datum::Null => serializer.serialize_unit(),
-            Datum::Boolean(b) => serializer.serialize_bool(*b),
-            Datum::Int(i) => serializer.serialize_i32(*i),
-            Datum::Long(l) => serializer.serialize_i64(*l),
-            // serde_json prints an f32 with the shortest digits that round-trip: `3.14`.
-            Datum::Float(f) => serializer.serialize_f32(*f),
-            Datum::Double(d) => serializer.serialize_f64(*d),
-            // Avro's JSON encoding: one code point per byte (ISO-8859-1).
-            Datum::Bytes(b) => {
-                serializer.collect_str(&b.iter().map(|&c| char::from(c)).collect::<String>())
-            }
-            Datum::String(s) => serializer.serialize_str(s),
-            Datum::Enum(symbol) => serializer.serialize_str(symbol),
-            Datum::Array(items) => {
-                let mut seq = serializer.serialize_seq(Some(items.len()))?;
-                for item in items {
-                    seq.serialize_element(item)?;
-                }
-                seq.end()
-            }
-            Datum::Map(entries) => {
-                let mut map = serializer.serialize_map(Some(entries.len()))?;
-                for (k, v) in entries {
-                    map.serialize_entry(k, v)?;
-                }
-                map.end()
-            }
-            Datum::Record(shape, values) => {
-                let mut map = serializer.serialize_map(None)?;
-                for (field, value) in shape.fields.iter().zip(values) {
-                    if !matches!(value, Datum::Null) {
-                        map.serialize_entry(&*field.name, value)?;
-                    }
-                }
-                map.end()
-            }
-        }
+        Value::from_datum(self).serialize(serializer)
     }
 }
 
@@ -334,7 +352,7 @@ mod tests {
             Datum::Float(12.34),
             Datum::String(r#"{"a":[1,"b"],"n":{"x":true}}"#.into()),
         ]);
-        assert_eq!(warning, None);
+        assert_eq!(warning, []);
         assert_eq!(
             serde_json::to_string(&event).unwrap(),
             r#"{"event_type":"users.behaviors.CustomEvent","id":"e1","time":1700000000,"user":{"user_id":"u1"},"properties":{"price":12.34,"custom_properties":{"a":[1,"b"],"n":{"x":true}}}}"#
@@ -354,7 +372,7 @@ mod tests {
             Datum::String("{not json".into()),
         ]);
         assert!(
-            matches!(warning, Some(MappingWarning::PropertiesNotJson { ref event_id, .. }) if event_id == "e2")
+            matches!(&warning[..], [MappingWarning::PropertiesNotJson { event_id, .. }] if event_id == "e2")
         );
         assert_eq!(
             event.property("custom_properties"),
@@ -375,7 +393,7 @@ mod tests {
             Datum::Float(0.5),
             Datum::String("{}".into()),
         ]);
-        assert_eq!(warning, None);
+        assert_eq!(warning, []);
         assert_eq!(
             event.property("properties"),
             Some(&Property::Avro(Datum::String("{}".into())))

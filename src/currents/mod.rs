@@ -5,6 +5,7 @@
 //! - [`container`]: streaming, bounded reading of Avro object container files.
 //! - [`schema`] and [`datum`]: decoding driven by each file's embedded writer schema.
 //! - [`event`]: the Custom HTTP connector event shape and the mapping into it.
+//! - [`value`]: the value table: each value's Custom HTTP and Heap form, and lenient JSON.
 //! - [`decode`]: all of the above for one object: bytes in, events out.
 //!
 //! Synthetic Currents files and the committed fixture set live in the testkit
@@ -16,3 +17,4 @@ pub mod decode;
 pub mod event;
 pub mod key;
 pub mod schema;
+pub mod value;

@@ -4,13 +4,18 @@
 //! - identity: the first present, non-empty field of the configured list (default
 //!   `external_user_id`). None → not sent (counted). Over 255 characters → parked, never cut.
 //! - event name: `name` for CustomEvent, the event type otherwise; a per-type rename table
-//!   replaces it, then the optional prefix is prepended. Empty or over 1024 characters → parked.
-//! - timestamp: `time_ms` where present, otherwise `time`; idempotency key: the event `id`.
+//!   replaces it, then the optional prefix is prepended. A CustomEvent without a `name`, or
+//!   with an empty one, is parked (the prefix alone is no name; `--rename` gives one); a name
+//!   over 1024 characters is parked.
+//! - timestamp: `time_ms` where present, otherwise `time`; idempotency key: the event `id`
+//!   (empty or over 1024 characters → parked).
 //! - properties, in this order: Braze context (`braze_event_type`, `braze_event_id`,
 //!   `braze_user_id`, `braze_device_id`, `braze_timezone`), then Braze's fields, then the
-//!   custom/purchase properties lifted to the top level. Nested objects become dotted keys,
-//!   arrays are joined with `||`, booleans become `"true"`/`"false"`, nulls are dropped, keys
-//!   and strings are cut to 1023 characters (counted). Values are only strings and numbers.
+//!   custom/purchase properties lifted to the top level. Every value takes its Heap form from
+//!   the value table ([`crate::currents::value`]), the one implementation for Avro values and
+//!   JSON alike: nested objects become dotted keys, arrays are joined with `||`, nulls are
+//!   dropped, values are only strings and numbers. The optional property prefix is prepended
+//!   to every key; keys and strings are cut to 1023 characters (counted).
 //! - collisions: Braze's names win. A custom property whose key is taken keeps its container's
 //!   name as a prefix (`custom_properties.platform`); if even that is taken it is dropped and
 //!   counted. Within one event the first writer of a key wins, so the result is deterministic.
@@ -18,18 +23,20 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 
-use serde_json::{Map, Number, Value as Json};
+use serde_json::{Map, Value as Json};
 
 use super::track::TrackEvent;
 use crate::clock::iso8601_utc;
-use crate::currents::datum::Datum;
 use crate::currents::event::{CUSTOM_EVENT, CustomHttpEvent, Property};
+use crate::currents::value::{Number, Value, heap_item_text, heap_scalar, parse_lenient};
 
 /// Heap limits (heap-facts §3).
 pub const MAX_IDENTITY_CHARS: usize = 255;
 pub const MAX_EVENT_NAME_CHARS: usize = 1024;
 /// Keys and string values must be "fewer than 1024 characters".
 pub const MAX_PROPERTY_CHARS: usize = 1023;
+/// The idempotency key has no documented limit; the stand-in holds it to the event name's.
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 1024;
 
 /// A Braze field that can become the Heap identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +65,8 @@ pub struct MappingConfig {
     pub identity: Vec<IdentitySource>,
     /// Prepended to every event name, e.g. `braze-` as Heap's own integration offers.
     pub event_prefix: String,
+    /// Prepended to every property key, e.g. `braze-`; under 1023 characters.
+    pub property_prefix: String,
     /// Event type → Heap event name, replacing the default name.
     pub renames: HashMap<String, String>,
 }
@@ -67,6 +76,7 @@ impl Default for MappingConfig {
         MappingConfig {
             identity: vec![IdentitySource::ExternalUserId],
             event_prefix: String::new(),
+            property_prefix: String::new(),
             renames: HashMap::new(),
         }
     }
@@ -115,6 +125,12 @@ impl HeapMapper {
             Ok(name) => name,
             Err(reason) => return Mapped::Unsendable(reason),
         };
+        let id_len = event.id.chars().count();
+        if id_len == 0 || id_len > MAX_IDEMPOTENCY_KEY_CHARS {
+            return Mapped::Unsendable(format!(
+                "the event id (the idempotency key) is {id_len} characters; 1 to {MAX_IDEMPOTENCY_KEY_CHARS} are sent"
+            ));
+        }
         let millis = event
             .property("time_ms")
             .and_then(integer)
@@ -125,7 +141,11 @@ impl HeapMapper {
             ));
         };
 
-        let mut flat = Flattener::default();
+        let mut flat = Flattener {
+            prefix: &self.config.property_prefix,
+            out: Map::new(),
+            adjustments: Adjustments::default(),
+        };
         let context = [
             ("braze_event_type", Some(&*event.event_type)),
             ("braze_event_id", Some(event.id.as_str())),
@@ -140,29 +160,24 @@ impl HeapMapper {
         }
         let is_custom_event = &*event.event_type == CUSTOM_EVENT;
         let mut lifted = Vec::new();
-        for (name, value) in &event.properties {
-            match (&**name, value) {
-                ("name", _) if is_custom_event => {}
-                ("custom_properties" | "purchase_properties", Property::Json(raw)) => {
-                    lifted.push((name, raw))
-                }
-                (_, Property::Avro(datum)) => flat.datum(name.to_string(), datum, None),
-                (_, Property::Json(raw)) => match serde_json::from_str::<Json>(raw.get()) {
-                    Ok(json) => flat.json(name.to_string(), &json, None),
-                    Err(_) => flat.put(name.to_string(), Json::String(raw.get().into()), None),
-                },
+        for (name, property) in &event.properties {
+            match &**name {
+                "name" if is_custom_event => {}
+                // Lifted last whatever their form (an object, or text that was not JSON), so
+                // that a dead letter's copy maps to the same key order.
+                "custom_properties" | "purchase_properties" => lifted.push((name, property)),
+                _ => with_value(property, |value| flat.value(name.to_string(), value, None)),
             }
         }
-        for (container, raw) in lifted {
-            match serde_json::from_str::<Json>(raw.get()) {
-                Ok(Json::Object(fields)) => {
-                    for (key, value) in &fields {
-                        flat.json(key.clone(), value, Some(container));
+        for (container, property) in lifted {
+            with_value(property, |value| match value {
+                Value::Object(fields) => {
+                    for (key, value) in fields {
+                        flat.value(key.to_string(), value, Some(container));
                     }
                 }
-                Ok(other) => flat.json(container.to_string(), &other, None),
-                Err(_) => flat.put(container.to_string(), Json::String(raw.get().into()), None),
-            }
+                other => flat.value(container.to_string(), other, None),
+            });
         }
         Mapped::Track {
             event: TrackEvent {
@@ -189,10 +204,19 @@ impl HeapMapper {
     fn event_name(&self, event: &CustomHttpEvent) -> Result<String, String> {
         let base = match self.config.renames.get(&*event.event_type) {
             Some(renamed) => renamed.clone(),
-            None if &*event.event_type == CUSTOM_EVENT => event
-                .property("name")
-                .and_then(text)
-                .ok_or_else(|| "the custom event has no `name`".to_string())?,
+            None if &*event.event_type == CUSTOM_EVENT => match event.property("name") {
+                None => return Err("the custom event has no `name`".into()),
+                Some(name) => match text(name) {
+                    Some(name) if !name.is_empty() => name,
+                    Some(_) => {
+                        return Err(
+                            "the custom event's `name` is empty (rename users.behaviors.CustomEvent to send such events)"
+                                .into(),
+                        );
+                    }
+                    None => return Err("the custom event's `name` is not a string".into()),
+                },
+            },
             None => event.event_type.to_string(),
         };
         let name = format!("{}{base}", self.config.event_prefix);
@@ -209,40 +233,63 @@ impl HeapMapper {
     }
 }
 
-fn text(property: &Property) -> Option<String> {
+/// Runs `f` on a property's value: an Avro value as the table gives it, or JSON text read
+/// leniently (text that is not JSON at all is a string, as the decoder kept it).
+fn with_value(property: &Property, f: impl FnOnce(&Value)) {
     match property {
-        Property::Avro(Datum::String(s)) => Some(s.clone()),
-        Property::Json(raw) => serde_json::from_str::<String>(raw.get()).ok(),
-        _ => None,
+        Property::Avro(datum) => f(&Value::from_datum(datum)),
+        Property::Json(raw) => match parse_lenient(raw.get()) {
+            Ok((value, _)) => f(&value),
+            Err(_) => f(&Value::String(raw.get().into())),
+        },
     }
+}
+
+fn text(property: &Property) -> Option<String> {
+    let mut out = None;
+    with_value(property, |value| {
+        if let Value::String(s) = value {
+            out = Some(s.to_string());
+        }
+    });
+    out
 }
 
 fn integer(property: &Property) -> Option<i64> {
-    match property {
-        Property::Avro(Datum::Long(v)) => Some(*v),
-        Property::Avro(Datum::Int(v)) => Some(i64::from(*v)),
-        Property::Json(raw) => serde_json::from_str::<i64>(raw.get()).ok(),
-        _ => None,
-    }
+    let mut out = None;
+    with_value(property, |value| {
+        out = match value {
+            Value::Number(Number::Int(i)) => Some(*i),
+            Value::Number(Number::Text(t)) => t.parse().ok(),
+            _ => None,
+        }
+    });
+    out
 }
 
 /// Builds the flat string/number property map.
-#[derive(Default)]
-struct Flattener {
+struct Flattener<'p> {
+    prefix: &'p str,
     out: Map<String, Json>,
     adjustments: Adjustments,
 }
 
-impl Flattener {
-    /// Inserts a string or number. A taken key moves under `container.` if one is given.
+impl Flattener<'_> {
+    /// Inserts a string or number under the prefixed key. A taken key moves under
+    /// `container.` if one is given.
     fn put(&mut self, key: String, value: Json, container: Option<&str>) {
-        let key = self.cut(key);
+        let full = if self.prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{}{key}", self.prefix)
+        };
+        let full = self.cut(full);
         let value = match value {
             Json::String(s) => Json::String(self.cut(s)),
             other => other,
         };
-        if !self.out.contains_key(&key) {
-            self.out.insert(key, value);
+        if !self.out.contains_key(&full) {
+            self.out.insert(full, value);
             return;
         }
         match container {
@@ -263,91 +310,27 @@ impl Flattener {
         }
     }
 
-    fn json(&mut self, key: String, value: &Json, container: Option<&str>) {
+    /// One value in its Heap form, flattened under `key`.
+    fn value(&mut self, key: String, value: &Value, container: Option<&str>) {
         match value {
-            Json::Null => {}
-            Json::Bool(b) => self.put(key, Json::String(b.to_string()), container),
-            Json::Number(_) | Json::String(_) => self.put(key, value.clone(), container),
-            Json::Array(items) => {
-                let joined: Vec<String> = items.iter().filter_map(json_text).collect();
-                if !joined.is_empty() {
-                    self.put(key, Json::String(joined.join("||")), container);
-                }
-            }
-            Json::Object(fields) => {
+            Value::Null => {}
+            Value::Object(fields) => {
                 for (k, v) in fields {
-                    self.json(format!("{key}.{k}"), v, container);
+                    self.value(format!("{key}.{k}"), v, container);
                 }
             }
-        }
-    }
-
-    fn datum(&mut self, key: String, value: &Datum, container: Option<&str>) {
-        match value {
-            Datum::Null => {}
-            Datum::Record(shape, values) => {
-                for (field, v) in shape.fields.iter().zip(values) {
-                    self.datum(format!("{key}.{}", field.name), v, container);
-                }
-            }
-            Datum::Map(entries) => {
-                for (k, v) in entries {
-                    self.datum(format!("{key}.{k}"), v, container);
-                }
-            }
-            Datum::Array(items) => {
-                let joined: Vec<String> = items.iter().filter_map(datum_text).collect();
+            Value::Array(items) => {
+                let joined: Vec<String> = items.iter().filter_map(heap_item_text).collect();
                 if !joined.is_empty() {
                     self.put(key, Json::String(joined.join("||")), container);
                 }
             }
             scalar => {
-                if let Some(json) = datum_scalar(scalar) {
+                if let Some(json) = heap_scalar(scalar) {
                     self.put(key, json, container);
                 }
             }
         }
-    }
-}
-
-/// A scalar as a Heap value: numbers stay numbers, everything else becomes a string.
-fn datum_scalar(value: &Datum) -> Option<Json> {
-    Some(match value {
-        Datum::Null => return None,
-        Datum::Boolean(b) => Json::String(b.to_string()),
-        Datum::Int(i) => Json::from(*i),
-        Datum::Long(l) => Json::from(*l),
-        // The shortest decimal that round-trips the f32, as Braze prints it: 12.34, not 12.3400001.
-        Datum::Float(f) => finite(f.to_string().parse::<f64>().unwrap_or(f64::from(*f))),
-        Datum::Double(d) => finite(*d),
-        Datum::String(s) => Json::String(s.clone()),
-        Datum::Enum(s) => Json::String(s.to_string()),
-        Datum::Bytes(b) => Json::String(b.iter().map(|&c| char::from(c)).collect()),
-        Datum::Array(_) | Datum::Map(_) | Datum::Record(..) => {
-            Json::String(serde_json::to_string(value).unwrap_or_default())
-        }
-    })
-}
-
-fn finite(value: f64) -> Json {
-    Number::from_f64(value)
-        .map(Json::Number)
-        .unwrap_or_else(|| Json::String(value.to_string()))
-}
-
-/// One array element as text for `||` joining; nulls are skipped.
-fn datum_text(value: &Datum) -> Option<String> {
-    datum_scalar(value).map(|json| match json {
-        Json::String(s) => s,
-        other => other.to_string(),
-    })
-}
-
-fn json_text(value: &Json) -> Option<String> {
-    match value {
-        Json::Null => None,
-        Json::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
     }
 }
 
@@ -356,6 +339,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::currents::datum::Datum;
     use crate::currents::event::User;
 
     fn raw(json: &str) -> Property {

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use super::Metrics;
+use crate::currents::event::MappingWarning;
 
 /// Events decoded from a Currents object and handed to delivery (or counted, dry-run).
 pub struct EventsRead<'a> {
@@ -180,6 +181,24 @@ impl MappingAdjusted {
     }
 }
 
+/// An odd value in an event's JSON `properties`, repaired by the value table
+/// ([`crate::currents::value`]). Counted always; logged when `log` (the caller logs the
+/// first few of an object, so one bad object cannot flood the log).
+pub struct OddPropertyValue<'a> {
+    pub object: &'a str,
+    pub warning: &'a MappingWarning,
+    pub log: bool,
+}
+
+impl OddPropertyValue<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.odd_value(self.warning.kind()).inc();
+        if self.log {
+            tracing::warn!(object = %self.object, "{}", self.warning);
+        }
+    }
+}
+
 /// How an object ended.
 pub enum ObjectEnded<'a> {
     Done,
@@ -346,7 +365,7 @@ impl NotificationDropped<'_> {
             NotificationDropped::NothingNew => "nothing_new",
             NotificationDropped::Unreadable { message, error } => {
                 tracing::warn!(
-                    message = %message,
+                    message_id = %message,
                     "deleting a message that is not an S3 notification (the reconciliation finds any object it stood for): {error}"
                 );
                 "unreadable"

@@ -9,6 +9,8 @@
 
 pub mod events;
 
+use crate::currents::value::Oddity;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -55,6 +57,9 @@ pub struct Metrics {
     rate_limit_waits: Counter,
     values_truncated: Counter,
     collisions_dropped: Counter,
+    /// Odd values of JSON `properties` repaired by the value table: one counter per kind,
+    /// cloned out of the registered `currents_heap_odd_property_values` family.
+    odd_value_kinds: Vec<(Oddity, Counter)>,
     objects_done: Counter,
     objects_failed: Counter,
     objects_retried: Counter,
@@ -99,6 +104,9 @@ pub struct Counts {
     pub rate_limit_waits: u64,
     pub values_truncated: u64,
     pub collisions_dropped: u64,
+    /// Odd values of JSON `properties` by kind label (`lone_surrogate`, `number_out_of_range`,
+    /// `too_deep`, `not_json`), every kind present.
+    pub odd_values: BTreeMap<&'static str, u64>,
     pub objects_done: u64,
     pub objects_failed: u64,
     pub objects_retried: u64,
@@ -112,6 +120,24 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// The odd-value line of a run report (nothing when there were none): what the value
+    /// table repaired in JSON `properties`, by kind.
+    pub fn render_odd_values(&self) -> String {
+        if self.odd_values.values().all(|n| *n == 0) {
+            return String::new();
+        }
+        let kinds: Vec<String> = self
+            .odd_values
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(kind, n)| format!("{n} {kind}"))
+            .collect();
+        format!(
+            "odd property values repaired (see the README's value table): {}\n",
+            kinds.join(", ")
+        )
+    }
+
     /// Requests to AWS of `service` (e.g. `s3`), every operation together.
     pub fn aws_requests_of(&self, service: &str) -> u64 {
         self.aws_requests
@@ -275,6 +301,19 @@ impl Metrics {
             "currents_heap_notifications_dropped",
             "Messages deleted with nothing to do, by reason (test_event, unreadable, nothing_new)",
         );
+        let odd_values = family(
+            "currents_heap_odd_property_values",
+            "Odd values in the JSON properties of CustomEvent and Purchase, repaired by the value table, by kind (lone_surrogate, number_out_of_range, too_deep, not_json)",
+        );
+        let odd_value_kinds = Oddity::ALL
+            .iter()
+            .map(|kind| {
+                let counter = odd_values
+                    .get_or_create(&vec![("kind", kind.label().to_string())])
+                    .clone();
+                (*kind, counter)
+            })
+            .collect();
         let heap_request_duration = Histogram::new(LATENCY_BUCKETS);
         registry.register(
             "currents_heap_heap_request_duration_seconds",
@@ -298,6 +337,7 @@ impl Metrics {
             rate_limit_waits,
             values_truncated,
             collisions_dropped,
+            odd_value_kinds,
             objects_done,
             objects_failed,
             objects_retried,
@@ -411,6 +451,16 @@ impl Metrics {
         None
     }
 
+    /// The counter of one kind of odd property value.
+    fn odd_value(&self, kind: Oddity) -> &Counter {
+        &self
+            .odd_value_kinds
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .expect("every kind has a counter")
+            .1
+    }
+
     /// The counters as they are now.
     pub fn counts(&self) -> Counts {
         let by_type = self.by_type.lock().unwrap_or_else(|p| p.into_inner());
@@ -448,6 +498,11 @@ impl Metrics {
             rate_limit_waits: self.rate_limit_waits.get(),
             values_truncated: self.values_truncated.get(),
             collisions_dropped: self.collisions_dropped.get(),
+            odd_values: self
+                .odd_value_kinds
+                .iter()
+                .map(|(kind, counter)| (kind.label(), counter.get()))
+                .collect(),
             objects_done: self.objects_done.get(),
             objects_failed: self.objects_failed.get(),
             objects_retried: self.objects_retried.get(),

@@ -98,6 +98,9 @@ pub struct Config {
     pub identity: Vec<IdentitySource>,
     /// Prefix for every Heap event name, e.g. `braze-`; under 1024 characters. Default empty.
     pub event_prefix: String,
+    /// Prefix for every Heap property key, e.g. `braze-`; under 1023 characters. Default
+    /// empty.
+    pub property_prefix: String,
     /// Currents objects processed at once whatever their size, 1 to 256. Default 4.
     pub object_concurrency: u64,
     /// Bytes: more objects than `object_concurrency`, up to 256, are processed at once while
@@ -158,6 +161,7 @@ impl Default for Config {
             batch_linger: HumanDuration::millis(100),
             identity: vec![IdentitySource::ExternalUserId],
             event_prefix: String::new(),
+            property_prefix: String::new(),
             object_concurrency: 4,
             small_object_budget: crate::worker::scheduler::SMALL_OBJECT_BUDGET,
             dry_run: false,
@@ -186,6 +190,7 @@ impl Config {
         MappingConfig {
             identity: self.identity.clone(),
             event_prefix: self.event_prefix.clone(),
+            property_prefix: self.property_prefix.clone(),
             renames: self
                 .rename
                 .iter()

@@ -190,6 +190,7 @@ fn what_is_printed_reads_back_the_same() {
         lookback: Lookback::All,
         listen: Some("[::1]:9090".parse().unwrap()),
         event_prefix: "a \"quoted\"\\ \u{7f}\n\tprefix ✓".into(),
+        property_prefix: "braze-".into(),
         identity: vec![IdentitySource::UserId, IdentitySource::ExternalUserId],
         rename: BTreeMap::from([
             ("users.behaviors.CustomEvent".into(), "Custom".into()),
@@ -236,7 +237,7 @@ fn what_is_printed_reads_back_the_same() {
 
 #[test]
 fn keys_are_the_fields() {
-    assert_eq!(keys().len(), 28);
+    assert_eq!(keys().len(), 29);
     assert!(keys().contains(&"rename") && keys().contains(&"log_format"));
     assert!(!keys().contains(&"heap_app_id"));
     assert_eq!(

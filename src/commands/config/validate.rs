@@ -5,7 +5,7 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use super::{Config, DEFAULTS, HumanDuration, limits};
-use crate::heap::map::MAX_EVENT_NAME_CHARS;
+use crate::heap::map::{MAX_EVENT_NAME_CHARS, MAX_PROPERTY_CHARS};
 
 /// A setting that is out of bounds or malformed, by its file key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +74,15 @@ impl Config {
                 format!(
                     "is {} characters: every event name would exceed Heap's {MAX_EVENT_NAME_CHARS}",
                     self.event_prefix.chars().count()
+                ),
+            );
+        }
+        if self.property_prefix.chars().count() >= MAX_PROPERTY_CHARS {
+            return invalid(
+                "property_prefix",
+                format!(
+                    "is {} characters: every property key would reach Heap's limit of {MAX_PROPERTY_CHARS}",
+                    self.property_prefix.chars().count()
                 ),
             );
         }
