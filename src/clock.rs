@@ -28,13 +28,31 @@ pub fn iso8601_utc(unix_millis: i64) -> Option<String> {
     let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_millis) * 1_000_000).ok()?;
     let (year, month, day) = (t.year(), u8::from(t.month()), t.day());
     let (h, m, s, millis) = (t.hour(), t.minute(), t.second(), t.millisecond());
-    let sign = if year < 0 { "-" } else { "" };
-    let year = year.unsigned_abs();
-    Some(if millis == 0 {
-        format!("{sign}{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}+00:00")
-    } else {
-        format!("{sign}{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{millis:03}+00:00")
-    })
+    // Digits pushed one by one rather than with `format!`: this runs for every event mapped,
+    // where `format!` was 5 % of `inspect --heap`.
+    let mut out = String::with_capacity(30);
+    if year < 0 {
+        out.push('-');
+    }
+    push_digits(&mut out, year.unsigned_abs(), 4);
+    for (separator, value) in [('-', month), ('-', day), ('T', h), (':', m), (':', s)] {
+        out.push(separator);
+        push_digits(&mut out, u32::from(value), 2);
+    }
+    if millis != 0 {
+        out.push('.');
+        push_digits(&mut out, u32::from(millis), 3);
+    }
+    out.push_str("+00:00");
+    Some(out)
+}
+
+/// `value` as exactly `width` decimal digits, zero-padded (it has no more).
+fn push_digits(out: &mut String, value: u32, width: u32) {
+    for place in (0..width).rev() {
+        let digit = (value / 10u32.pow(place)) % 10;
+        out.push(char::from(b'0' + digit as u8));
+    }
 }
 
 /// Now, as [`iso8601_utc`] writes it (for records: ledger entries, dead letters).
@@ -107,6 +125,8 @@ mod tests {
         assert_eq!(f(1_709_210_096_789), "2024-02-29T12:34:56.789+00:00");
         assert_eq!(f(-1), "1969-12-31T23:59:59.999+00:00");
         assert_eq!(f(253_402_300_799_000), "9999-12-31T23:59:59+00:00");
+        assert_eq!(f(-62_167_219_200_000), "0000-01-01T00:00:00+00:00");
+        assert_eq!(f(-62_198_755_199_999), "-0001-01-01T00:00:00.001+00:00");
         assert_eq!(iso8601_utc(253_402_300_800_000), None, "year 10000");
         assert_eq!(iso8601_utc(i64::MAX), None);
         assert_eq!(iso8601_utc(i64::MIN), None);

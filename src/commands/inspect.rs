@@ -93,7 +93,7 @@ fn inspect_file(
                 match output {
                     Output::CustomHttp => serde_json::to_writer(&mut *out, &event)?,
                     Output::Heap(mapper) => match mapper.map(&event) {
-                        Mapped::Track { event, .. } => serde_json::to_writer(&mut *out, &event)?,
+                        Mapped::Track { event, .. } => out.write_all(&event.json)?,
                         Mapped::NoIdentity => {
                             *report
                                 .skipped_no_identity

@@ -5,7 +5,8 @@
 //! Every value, whether decoded from Avro ([`Value::from_datum`]) or read from JSON text
 //! ([`parse_lenient`]: the `properties` string of CustomEvent and Purchase, or a dead letter),
 //! becomes a [`Value`]. Its Custom HTTP form is [`Value::write_json`] (and `Serialize`); its
-//! Heap form is [`heap_scalar`] / [`heap_item_text`]. The Heap form of an Avro value is the
+//! Heap form is [`heap_form`] (a [`HeapScalar`], which writes its own JSON) and
+//! [`write_heap_item_text`] for array items. The Heap form of an Avro value is the
 //! Heap form of its Custom HTTP form, so an event read back from a dead letter maps to the
 //! same bytes as the event decoded from Avro: replay sends what direct delivery would have.
 //!
@@ -34,6 +35,7 @@
 //! surrogates can only arrive as JSON escapes.
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 
 use serde::ser::{Error as _, SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
@@ -217,67 +219,114 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(out, s).expect("writing to a Vec cannot fail");
 }
 
+/// Writes what `serde_json` prints for a number (ryu's shortest digits for floats, itoa for
+/// integers): the printer behind both forms, so that they agree byte for byte.
+fn write_number(out: &mut Vec<u8>, number: &impl Serialize) {
+    serde_json::to_writer(out, number).expect("finite numbers print");
+}
+
 impl Number<'_> {
     fn write_json(&self, out: &mut Vec<u8>) {
-        let written = match self {
-            Number::Int(i) => serde_json::to_writer(&mut *out, i),
-            Number::F32(f) => serde_json::to_writer(&mut *out, f),
-            Number::F64(d) => serde_json::to_writer(&mut *out, d),
-            Number::Text(t) => {
-                out.extend_from_slice(t.as_bytes());
-                Ok(())
-            }
-        };
-        written.expect("finite numbers print");
+        match self {
+            Number::Int(i) => write_number(out, i),
+            Number::F32(f) => write_number(out, f),
+            Number::F64(d) => write_number(out, d),
+            Number::Text(t) => out.extend_from_slice(t.as_bytes()),
+        }
     }
 
     /// The Heap form: a number, or the exact digits of an integer a double cannot hold.
-    pub fn heap(&self) -> Json {
+    pub fn heap(&self) -> HeapScalar<'_> {
         match self {
             Number::Int(i) => heap_integer(*i, None),
             // The decimal printed for the f32 (`12.34`), read as a double: not 12.3400001.
+            // Printed on the stack: this runs for every float field of every event.
             Number::F32(f) => {
-                let text = serde_json::to_string(f).expect("finite numbers print");
-                heap_double(text.parse().unwrap_or(f64::from(*f)), &text)
+                let mut buf = [0u8; 32];
+                let mut rest = &mut buf[..];
+                serde_json::to_writer(&mut rest, f).expect("an f32 prints in 32 bytes");
+                let len = 32 - rest.len();
+                let text = std::str::from_utf8(&buf[..len]).expect("digits are ASCII");
+                let value = text.parse().unwrap_or(f64::from(*f));
+                heap_double(value).unwrap_or_else(|| HeapScalar::String(text.to_string().into()))
             }
-            Number::F64(d) => heap_double(*d, ""),
+            Number::F64(d) => heap_double(*d).unwrap_or(HeapScalar::String(Cow::Borrowed(""))),
             Number::Text(t) => heap_number_text(t),
         }
     }
 }
 
-fn heap_integer(value: i64, text: Option<&str>) -> Json {
-    if (-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(&value) {
-        Json::from(value)
-    } else {
-        Json::String(text.map_or_else(|| value.to_string(), str::to_string))
+/// A scalar's Heap form (see the module table): a string or a number. Borrowed from the
+/// value where it can be, and written straight into the bulk body by the Heap mapper.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeapScalar<'a> {
+    /// An integer a double holds exactly: |n| ≤ 2^53−1.
+    Int(i64),
+    /// A finite double; zero is always +0.0.
+    Double(f64),
+    String(Cow<'a, str>),
+}
+
+impl HeapScalar<'_> {
+    /// Its JSON text, byte for byte what `serde_json` prints for [`HeapScalar::to_json`].
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            HeapScalar::Int(i) => write_number(out, i),
+            HeapScalar::Double(d) => write_number(out, d),
+            HeapScalar::String(s) => write_str(out, s),
+        }
+    }
+
+    /// As text to join array items with: a string as it is, a number as its JSON text.
+    pub fn write_text(&self, out: &mut Vec<u8>) {
+        match self {
+            HeapScalar::String(s) => out.extend_from_slice(s.as_bytes()),
+            number => number.write_json(out),
+        }
+    }
+
+    pub fn to_json(&self) -> Json {
+        match self {
+            HeapScalar::Int(i) => Json::from(*i),
+            HeapScalar::Double(d) => Json::from(*d),
+            HeapScalar::String(s) => Json::String(s.to_string()),
+        }
     }
 }
 
-fn heap_double(value: f64, text: &str) -> Json {
-    if value == 0.0 {
-        return Json::from(0.0);
+fn heap_integer(value: i64, text: Option<&str>) -> HeapScalar<'_> {
+    if (-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(&value) {
+        HeapScalar::Int(value)
+    } else {
+        HeapScalar::String(text.map_or_else(|| Cow::Owned(value.to_string()), Cow::Borrowed))
     }
-    serde_json::Number::from_f64(value)
-        .map(Json::Number)
-        .unwrap_or_else(|| Json::String(text.to_string()))
+}
+
+/// A finite double's Heap form, with one zero; `None` for NaN and ±Inf.
+fn heap_double(value: f64) -> Option<HeapScalar<'static>> {
+    match value {
+        // −0.0 too: Heap gets one zero.
+        _ if value == 0.0 => Some(HeapScalar::Double(0.0)),
+        _ if value.is_finite() => Some(HeapScalar::Double(value)),
+        _ => None,
+    }
 }
 
 /// JSON number text (grammar already checked) in its Heap form.
-fn heap_number_text(text: &str) -> Json {
+fn heap_number_text(text: &str) -> HeapScalar<'_> {
     let is_integer = !text.contains(['.', 'e', 'E']);
     if is_integer {
         // "-0" is zero; anything beyond i64 is beyond 2^53 as well.
         return match text.parse::<i64>() {
             Ok(value) => heap_integer(value, Some(text)),
-            Err(_) => Json::String(text.to_string()),
+            Err(_) => HeapScalar::String(Cow::Borrowed(text)),
         };
     }
     match text.parse::<f64>() {
-        Ok(value) if value.is_finite() && (value != 0.0 || !nonzero_mantissa(text)) => {
-            heap_double(value, text)
+        Ok(value) if value != 0.0 || !nonzero_mantissa(text) => {
+            heap_double(value).unwrap_or(HeapScalar::String(Cow::Borrowed(text)))
         }
-        _ => Json::String(text.to_string()),
+        _ => HeapScalar::String(Cow::Borrowed(text)),
     }
 }
 
@@ -287,28 +336,50 @@ fn nonzero_mantissa(text: &str) -> bool {
         .any(|b| matches!(b, b'1'..=b'9'))
 }
 
-/// A scalar's Heap form: a string or a number; `None` for null. Arrays and objects are
-/// flattened by the Heap mapper and have no scalar form.
-pub fn heap_scalar(value: &Value) -> Option<Json> {
+/// A scalar's Heap form; `None` for null. Arrays and objects are flattened by the Heap
+/// mapper and have no scalar form.
+pub fn heap_form<'v>(value: &'v Value<'_>) -> Option<HeapScalar<'v>> {
     match value {
         Value::Null | Value::Array(_) | Value::Object(_) => None,
-        Value::Bool(b) => Some(Json::String(if *b { "true" } else { "false" }.into())),
+        Value::Bool(b) => Some(HeapScalar::String(Cow::Borrowed(if *b {
+            "true"
+        } else {
+            "false"
+        }))),
         Value::Number(n) => Some(n.heap()),
-        Value::String(s) => Some(Json::String(s.to_string())),
+        Value::String(s) => Some(HeapScalar::String(Cow::Borrowed(s))),
     }
 }
 
-/// An array item as text for `||` joining: a scalar's Heap form as text, a nested array or
-/// object as its JSON text; `None` for null.
-pub fn heap_item_text(value: &Value) -> Option<String> {
+/// [`heap_form`] as a `serde_json` value.
+pub fn heap_scalar(value: &Value) -> Option<Json> {
+    heap_form(value).map(|form| form.to_json())
+}
+
+/// Appends an array item as text for `||` joining: a scalar's Heap form as text, a nested
+/// array or object as its JSON text. `false` (nothing written) for null.
+pub fn write_heap_item_text(value: &Value, out: &mut Vec<u8>) -> bool {
     match value {
-        Value::Null => None,
-        Value::Array(_) | Value::Object(_) => Some(value.to_json()),
-        scalar => heap_scalar(scalar).map(|json| match json {
-            Json::String(s) => s,
-            other => other.to_string(),
-        }),
+        Value::Null => false,
+        Value::Array(_) | Value::Object(_) => {
+            value.write_json(out);
+            true
+        }
+        scalar => match heap_form(scalar) {
+            Some(form) => {
+                form.write_text(out);
+                true
+            }
+            None => false,
+        },
     }
+}
+
+/// [`write_heap_item_text`] as a string; `None` for null.
+pub fn heap_item_text(value: &Value) -> Option<String> {
+    let mut out = Vec::new();
+    write_heap_item_text(value, &mut out)
+        .then(|| String::from_utf8(out).expect("JSON text and strings are UTF-8"))
 }
 
 /// Serializes the Custom HTTP form. Number text is passed through as a raw JSON value, so
@@ -434,7 +505,8 @@ impl<'a> Parser<'a> {
                 }
                 loop {
                     let len = self.path.len();
-                    self.path.push_str(&format!("[{}]", items.len()));
+                    // Written in place: a `format!` here allocated once per array item.
+                    let _ = write!(self.path, "[{}]", items.len());
                     self.whitespace();
                     items.push(self.value(depth + 1)?);
                     self.path.truncate(len);

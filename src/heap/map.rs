@@ -20,15 +20,18 @@
 //!   name as a prefix (`custom_properties.platform`); if even that is taken it is dropped and
 //!   counted. Within one event the first writer of a key wins, so the result is deterministic.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::str::FromStr;
-
-use serde_json::{Map, Value as Json};
+use std::sync::Arc;
 
 use super::track::TrackEvent;
 use crate::clock::iso8601_utc;
 use crate::currents::event::{CUSTOM_EVENT, CustomHttpEvent, Property};
-use crate::currents::value::{Number, Value, heap_item_text, heap_scalar, parse_lenient};
+use crate::currents::value::{
+    HeapScalar, Number, Value, heap_form, parse_lenient, write_heap_item_text,
+};
 
 /// Heap limits (heap-facts §3).
 pub const MAX_IDENTITY_CHARS: usize = 255;
@@ -115,8 +118,7 @@ impl HeapMapper {
         let Some(identity) = self.identity(event) else {
             return Mapped::NoIdentity;
         };
-        let identity_len = identity.chars().count();
-        if identity_len > MAX_IDENTITY_CHARS {
+        if let Some(identity_len) = over(identity, MAX_IDENTITY_CHARS) {
             return Mapped::Unsendable(format!(
                 "identity is {identity_len} characters; Heap allows at most {MAX_IDENTITY_CHARS}"
             ));
@@ -125,8 +127,11 @@ impl HeapMapper {
             Ok(name) => name,
             Err(reason) => return Mapped::Unsendable(reason),
         };
-        let id_len = event.id.chars().count();
-        if id_len == 0 || id_len > MAX_IDEMPOTENCY_KEY_CHARS {
+        let id_len = match event.id.len() {
+            0 => Some(0),
+            _ => over(&event.id, MAX_IDEMPOTENCY_KEY_CHARS),
+        };
+        if let Some(id_len) = id_len {
             return Mapped::Unsendable(format!(
                 "the event id (the idempotency key) is {id_len} characters; 1 to {MAX_IDEMPOTENCY_KEY_CHARS} are sent"
             ));
@@ -141,9 +146,26 @@ impl HeapMapper {
             ));
         };
 
-        let mut flat = Flattener {
+        // The event's JSON is written here, once, in `TrackEvent`'s field order; the
+        // properties follow straight from the decoded values, with no map in between.
+        let mut out = Vec::with_capacity(1024);
+        for (name, value) in [
+            ("{\"identity\":", identity),
+            (",\"event\":", &event_name),
+            (",\"timestamp\":", &timestamp),
+            (",\"idempotency_key\":", &event.id),
+        ] {
+            out.extend_from_slice(name.as_bytes());
+            write_str(&mut out, value);
+        }
+        out.extend_from_slice(b",\"properties\":{");
+        let mut props = Properties {
             prefix: &self.config.property_prefix,
-            out: Map::new(),
+            out,
+            keys: KeySet::with_capacity(32),
+            path: String::with_capacity(64),
+            key: String::new(),
+            joined: Vec::new(),
             adjustments: Adjustments::default(),
         };
         let context = [
@@ -155,7 +177,8 @@ impl HeapMapper {
         ];
         for (key, value) in context {
             if let Some(value) = value {
-                flat.put(key.to_string(), Json::String(value.to_string()), None);
+                props.at(key);
+                props.put(HeapScalar::String(Cow::Borrowed(value)), None);
             }
         }
         let is_custom_event = &*event.event_type == CUSTOM_EVENT;
@@ -166,28 +189,38 @@ impl HeapMapper {
                 // Lifted last whatever their form (an object, or text that was not JSON), so
                 // that a dead letter's copy maps to the same key order.
                 "custom_properties" | "purchase_properties" => lifted.push((name, property)),
-                _ => with_value(property, |value| flat.value(name.to_string(), value, None)),
+                _ => with_value(property, |value| {
+                    props.at(name);
+                    props.value(value, None);
+                }),
             }
         }
         for (container, property) in lifted {
             with_value(property, |value| match value {
                 Value::Object(fields) => {
                     for (key, value) in fields {
-                        flat.value(key.to_string(), value, Some(container));
+                        props.at(key);
+                        props.value(value, Some(container));
                     }
                 }
-                other => flat.value(container.to_string(), other, None),
+                other => {
+                    props.at(container);
+                    props.value(other, None);
+                }
             });
         }
+        let Properties {
+            mut out,
+            adjustments,
+            ..
+        } = props;
+        out.extend_from_slice(b"}}");
         Mapped::Track {
             event: TrackEvent {
-                identity: identity.to_string(),
-                event: event_name,
-                timestamp,
-                idempotency_key: event.id.clone(),
-                properties: flat.out,
+                identity: Arc::from(identity),
+                json: out,
             },
-            adjustments: flat.adjustments,
+            adjustments,
         }
     }
 
@@ -220,11 +253,10 @@ impl HeapMapper {
             None => event.event_type.to_string(),
         };
         let name = format!("{}{base}", self.config.event_prefix);
-        let chars = name.chars().count();
-        if chars == 0 {
+        if name.is_empty() {
             return Err("the event name is empty".into());
         }
-        if chars > MAX_EVENT_NAME_CHARS {
+        if let Some(chars) = over(&name, MAX_EVENT_NAME_CHARS) {
             return Err(format!(
                 "event name is {chars} characters; Heap allows at most {MAX_EVENT_NAME_CHARS}"
             ));
@@ -267,71 +299,213 @@ fn integer(property: &Property) -> Option<i64> {
     out
 }
 
-/// Builds the flat string/number property map.
-struct Flattener<'p> {
+/// The character count of `s` if it is over `max`. Only text longer than `max` bytes can be
+/// over `max` characters, so the characters of short text (nearly all) are never counted.
+fn over(s: &str, max: usize) -> Option<usize> {
+    if s.len() <= max {
+        return None;
+    }
+    let chars = s.chars().count();
+    (chars > max).then_some(chars)
+}
+
+/// `s` cut to Heap's 1023 characters, and whether it was cut.
+fn cut(s: &str) -> (&str, bool) {
+    if s.len() <= MAX_PROPERTY_CHARS {
+        return (s, false);
+    }
+    match s.char_indices().nth(MAX_PROPERTY_CHARS) {
+        Some((byte, _)) => (&s[..byte], true),
+        None => (s, false),
+    }
+}
+
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("writing to a Vec cannot fail");
+}
+
+/// Writes the flat string/number property object into the event's JSON text.
+struct Properties<'p> {
     prefix: &'p str,
-    out: Map<String, Json>,
+    out: Vec<u8>,
+    keys: KeySet,
+    /// The key being flattened, before the prefix: `cart.items.n`.
+    path: String,
+    /// Scratch for a key with the prefix or the container in front.
+    key: String,
+    /// Scratch for an array's items joined with `||`.
+    joined: Vec<u8>,
     adjustments: Adjustments,
 }
 
-impl Flattener<'_> {
-    /// Inserts a string or number under the prefixed key. A taken key moves under
-    /// `container.` if one is given.
-    fn put(&mut self, key: String, value: Json, container: Option<&str>) {
-        let full = if self.prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{}{key}", self.prefix)
-        };
-        let full = self.cut(full);
-        let value = match value {
-            Json::String(s) => Json::String(self.cut(s)),
-            other => other,
-        };
-        if !self.out.contains_key(&full) {
-            self.out.insert(full, value);
-            return;
-        }
-        match container {
-            Some(container) => self.put(format!("{container}.{key}"), value, None),
-            None => self.adjustments.collisions_dropped += 1,
-        }
+impl Properties<'_> {
+    /// Starts a top-level key.
+    fn at(&mut self, key: &str) {
+        self.path.clear();
+        self.path.push_str(key);
     }
 
-    fn cut(&mut self, s: String) -> String {
-        match s.char_indices().nth(MAX_PROPERTY_CHARS) {
-            Some((byte, _)) => {
-                self.adjustments.truncated += 1;
-                let mut s = s;
-                s.truncate(byte);
-                s
-            }
-            None => s,
-        }
-    }
-
-    /// One value in its Heap form, flattened under `key`.
-    fn value(&mut self, key: String, value: &Value, container: Option<&str>) {
+    /// One value in its Heap form, flattened under the current key.
+    fn value(&mut self, value: &Value, container: Option<&str>) {
         match value {
             Value::Null => {}
             Value::Object(fields) => {
-                for (k, v) in fields {
-                    self.value(format!("{key}.{k}"), v, container);
+                for (key, value) in fields {
+                    let len = self.path.len();
+                    self.path.push('.');
+                    self.path.push_str(key);
+                    self.value(value, container);
+                    self.path.truncate(len);
                 }
             }
             Value::Array(items) => {
-                let joined: Vec<String> = items.iter().filter_map(heap_item_text).collect();
-                if !joined.is_empty() {
-                    self.put(key, Json::String(joined.join("||")), container);
+                let mut joined = std::mem::take(&mut self.joined);
+                joined.clear();
+                let mut any = false;
+                for item in items {
+                    let mark = joined.len();
+                    if any {
+                        joined.extend_from_slice(b"||");
+                    }
+                    if write_heap_item_text(item, &mut joined) {
+                        any = true;
+                    } else {
+                        joined.truncate(mark);
+                    }
                 }
+                if any {
+                    let text = std::str::from_utf8(&joined).expect("the table writes UTF-8");
+                    self.put(HeapScalar::String(Cow::Borrowed(text)), container);
+                }
+                self.joined = joined;
             }
             scalar => {
-                if let Some(json) = heap_scalar(scalar) {
-                    self.put(key, json, container);
+                if let Some(form) = heap_form(scalar) {
+                    self.put(form, container);
                 }
             }
         }
     }
+
+    /// Writes the value under the current key, or under `container.` + key if that is taken,
+    /// or drops it. The value is cut (and counted) before any key is tried, as every cut is
+    /// counted whether or not the property is then written.
+    fn put(&mut self, value: HeapScalar, container: Option<&str>) {
+        let cut_value;
+        let value = match &value {
+            HeapScalar::String(s) => {
+                let (text, was_cut) = cut(s);
+                self.adjustments.truncated += u32::from(was_cut);
+                cut_value = HeapScalar::String(Cow::Borrowed(text));
+                &cut_value
+            }
+            number => number,
+        };
+        let written = self.write(None, value)
+            || container.is_some_and(|container| self.write(Some(container), value));
+        if !written {
+            self.adjustments.collisions_dropped += 1;
+        }
+    }
+
+    /// Writes `"key":value` unless the key (prefixed, cut to 1023 characters) was written
+    /// before in this event; `false` then.
+    fn write(&mut self, container: Option<&str>, value: &HeapScalar) -> bool {
+        let key = if self.prefix.is_empty() && container.is_none() {
+            &self.path
+        } else {
+            self.key.clear();
+            self.key.push_str(self.prefix);
+            if let Some(container) = container {
+                self.key.push_str(container);
+                self.key.push('.');
+            }
+            self.key.push_str(&self.path);
+            &self.key
+        };
+        let (key, was_cut) = cut(key);
+        self.adjustments.truncated += u32::from(was_cut);
+        let mark = self.out.len();
+        if !self.keys.is_empty() {
+            self.out.push(b',');
+        }
+        let start = self.out.len();
+        write_str(&mut self.out, key);
+        if !self.keys.insert(&self.out, start..self.out.len()) {
+            self.out.truncate(mark);
+            return false;
+        }
+        self.out.push(b':');
+        value.write_json(&mut self.out);
+        true
+    }
+}
+
+/// The keys written so far into one event's properties, as spans of the output holding their
+/// JSON text (escaping is one-to-one, so equal texts are equal keys). Compared by a cheap hash,
+/// then byte for byte. Events have tens of keys, for which scanning the hashes is fastest;
+/// past [`KeySet::SCAN`] keys an index keeps a huge custom-properties object linear.
+struct KeySet {
+    keys: Vec<(u64, Range<usize>)>,
+    /// Hash → positions in `keys`; built once there are more than `SCAN` keys.
+    index: HashMap<u64, Vec<usize>>,
+}
+
+impl KeySet {
+    const SCAN: usize = 32;
+
+    fn with_capacity(keys: usize) -> Self {
+        KeySet {
+            keys: Vec::with_capacity(keys),
+            index: HashMap::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Adds the key at `span` of `out`; `false` if it is there already.
+    fn insert(&mut self, out: &[u8], span: Range<usize>) -> bool {
+        let key = &out[span.clone()];
+        let hash = hash(key);
+        let same = |&i: &usize| {
+            let (h, span) = &self.keys[i];
+            *h == hash && &out[span.clone()] == key
+        };
+        let taken = if self.keys.len() <= Self::SCAN {
+            (0..self.keys.len()).any(|i| same(&i))
+        } else {
+            self.index.get(&hash).is_some_and(|at| at.iter().any(same))
+        };
+        if taken {
+            return false;
+        }
+        self.keys.push((hash, span));
+        if self.keys.len() == Self::SCAN + 1 {
+            for (i, (h, _)) in self.keys.iter().enumerate() {
+                self.index.entry(*h).or_default().push(i);
+            }
+        } else if self.keys.len() > Self::SCAN + 1 {
+            self.index
+                .entry(hash)
+                .or_default()
+                .push(self.keys.len() - 1);
+        }
+        true
+    }
+}
+
+/// FxHash's step over 8-byte words: a few cycles for a short key. A collision only costs a
+/// byte comparison.
+fn hash(bytes: &[u8]) -> u64 {
+    let mut hash = bytes.len() as u64;
+    for chunk in bytes.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        hash = (hash.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    hash
 }
 
 #[cfg(test)]
@@ -364,9 +538,25 @@ mod tests {
         }
     }
 
-    fn tracked(mapped: Mapped) -> (TrackEvent, Adjustments) {
+    /// The fields of a track event's JSON, read back.
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sent {
+        identity: String,
+        event: String,
+        timestamp: String,
+        idempotency_key: String,
+        properties: serde_json::Map<String, serde_json::Value>,
+    }
+
+    fn tracked(mapped: Mapped) -> (Sent, Adjustments) {
         match mapped {
-            Mapped::Track { event, adjustments } => (event, adjustments),
+            Mapped::Track { event, adjustments } => {
+                let sent: Sent = serde_json::from_slice(&event.json).unwrap();
+                assert_eq!(sent.identity, &*event.identity);
+                assert_eq!(serde_json::to_vec(&event).unwrap(), event.json);
+                (sent, adjustments)
+            }
             other => panic!("expected a track event, got {other:?}"),
         }
     }
@@ -547,6 +737,32 @@ mod tests {
         assert!(
             matches!(HeapMapper::new(MappingConfig::default()).map(&long_name), Mapped::Unsendable(ref r) if r.contains("1025"))
         );
+    }
+
+    #[test]
+    fn collisions_follow_the_rules_past_the_scanned_keys() {
+        // Over 32 keys, so the key set's index (not its scan) finds the taken ones.
+        let mut properties = vec![("name", Property::Avro(Datum::String("x".into())))];
+        let names: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            properties.push((name, Property::Avro(Datum::Int(i as i32))));
+        }
+        let custom: Vec<String> = names.iter().map(|k| format!(r#""{k}":"a""#)).collect();
+        let custom = format!(r#"{{{},"k0":"b","k40":"c","k40":"d"}}"#, custom.join(","));
+        properties.push(("custom_properties", raw(&custom)));
+        let (track, adjustments) =
+            tracked(HeapMapper::new(MappingConfig::default()).map(&custom_event(properties)));
+        // Context (4), 40 Braze fields, 40 moved under `custom_properties.`, both k40s.
+        assert_eq!(track.properties.len(), 86);
+        assert_eq!(track.properties["k39"], 39);
+        assert_eq!(track.properties["custom_properties.k39"], "a");
+        assert_eq!(
+            track.properties["custom_properties.k0"], "a",
+            "first writer wins"
+        );
+        assert_eq!(track.properties["k40"], "c");
+        assert_eq!(track.properties["custom_properties.k40"], "d");
+        assert_eq!(adjustments.collisions_dropped, 1, "the second k0");
     }
 
     #[test]

@@ -1,21 +1,47 @@
 //! Heap's server-side track event and the bulk request body (heap-facts §2).
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value as Json};
+use std::fmt;
+use std::sync::Arc;
 
-/// One event for `POST /api/track` (bulk form). Property values are strings or numbers only.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+use serde::ser::Error as _;
+use serde::{Serialize, Serializer};
+use serde_json::Value as Json;
+use serde_json::value::RawValue;
+
+/// One event for `POST /api/track` (bulk form), as the JSON text the mapper wrote for it
+/// ([`super::map`]): `identity`, `event`, `timestamp`, `idempotency_key` and `properties`, in
+/// that order. Property values are strings or numbers only.
+///
+/// The text is written once, straight from the decoded event, and sent as it is: building
+/// a `serde_json` map per event and serializing it cost more than decoding the event did.
+#[derive(Clone, PartialEq)]
 pub struct TrackEvent {
     /// Case-sensitive, 1..=255 characters; never truncated (that would credit another user).
-    pub identity: String,
-    /// 1..=1024 characters.
-    pub event: String,
-    /// ISO 8601 in UTC, as in Heap's examples: `2017-03-10T22:21:56+00:00`.
-    pub timestamp: String,
-    /// The Currents event `id`: Heap ignores repeats of a key, so redelivery is harmless.
-    pub idempotency_key: String,
-    pub properties: Map<String, Json>,
+    /// Also in `json`; kept apart for the pacer's per-identity limit.
+    pub identity: Arc<str>,
+    /// Compact JSON text (UTF-8).
+    pub json: Vec<u8>,
+}
+
+impl TrackEvent {
+    /// The event as a `serde_json` value (tests, reports; never on the hot path).
+    pub fn to_value(&self) -> Json {
+        serde_json::from_slice(&self.json).expect("the mapper writes JSON")
+    }
+}
+
+impl fmt::Debug for TrackEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.json))
+    }
+}
+
+/// Prints the JSON text as it is (`serde_json::to_string` gives exactly `json`).
+impl Serialize for TrackEvent {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let raw: &RawValue = serde_json::from_slice(&self.json).map_err(S::Error::custom)?;
+        raw.serialize(serializer)
+    }
 }
 
 /// Builds `{"app_id":…,"events":[…]}` from events serialized once, when they were queued.

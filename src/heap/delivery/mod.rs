@@ -231,7 +231,7 @@ impl Delivery {
                     collisions_dropped: u64::from(adjustments.collisions_dropped),
                 }
                 .emit(&self.metrics);
-                let json = serde_json::to_vec(&event).expect("track events serialize");
+                let json = event.json;
                 if !self.batcher.fits_alone(json.len()) {
                     let reason = format!(
                         "the mapped event is {} bytes, over the {}-byte request limit (--max-body-bytes)",
@@ -246,12 +246,11 @@ impl Delivery {
                     );
                     return;
                 }
-                let original = serde_json::to_vec(&submission.event).expect("events serialize");
                 self.batcher.push(
                     Item {
-                        identity: Arc::from(event.identity),
+                        identity: event.identity,
                         json: json.into_boxed_slice(),
-                        original: original.into_boxed_slice(),
+                        original: Box::new(submission.event),
                         event_type,
                         object: submission.object,
                         tracker: submission.tracker,
@@ -291,9 +290,11 @@ impl Delivery {
     }
 
     fn park_item(&mut self, item: Item, reason: String) {
-        // Written by `intake` from a CustomHttpEvent: it reads back.
-        let event: CustomHttpEvent =
-            serde_json::from_slice(&item.original).expect("queued events read back");
+        // Through its Custom HTTP JSON and back, as queued events were when intake kept only
+        // that text: the dead letter holds the same event (a repeated property name reads back
+        // once). Done here, for the few events parked, instead of for every event at intake.
+        let json = serde_json::to_vec(&item.original).expect("events serialize");
+        let event: CustomHttpEvent = serde_json::from_slice(&json).expect("events read back");
         self.park(event, reason, item.object, item.tracker);
     }
 
