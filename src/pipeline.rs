@@ -144,7 +144,7 @@ impl Pipeline {
         if decoded.warnings > WARNINGS_SHOWN {
             tracing::warn!(
                 object = %object.key,
-                "{} more events of this object had warnings like the ones above",
+                "{} more warnings like the ones above for this object (each at debug level)",
                 decoded.warnings - WARNINGS_SHOWN
             );
         }

@@ -193,8 +193,11 @@ pub struct OddPropertyValue<'a> {
 impl OddPropertyValue<'_> {
     pub fn emit(&self, metrics: &Metrics) {
         metrics.odd_value(self.warning.kind()).inc();
+        // Past the first few of an object, at debug: still findable, without a flood.
         if self.log {
             tracing::warn!(object = %self.object, "{}", self.warning);
+        } else {
+            tracing::debug!(object = %self.object, "{}", self.warning);
         }
     }
 }
