@@ -399,9 +399,18 @@ fn an_empty_custom_event_name_is_parked_not_sent_as_the_prefix() {
         event_prefix: "braze-".into(),
         ..MappingConfig::default()
     };
-    match HeapMapper::new(config).map(&event) {
-        Mapped::Unsendable(reason) => assert!(reason.contains("`name` is empty"), "{reason}"),
-        other => panic!("sent: {other:?}"),
+    for blank in ["", " \t "] {
+        for (k, v) in &mut event.properties {
+            if &**k == "name" {
+                *v = Property::Avro(Datum::String(blank.into()));
+            }
+        }
+        match HeapMapper::new(config.clone()).map(&event) {
+            Mapped::Unsendable(reason) => {
+                assert!(reason.contains("`name` is empty or blank"), "{reason}")
+            }
+            other => panic!("`{blank}` sent: {other:?}"),
+        }
     }
     event.id = String::new();
     event.user = User {

@@ -231,6 +231,10 @@ fn json_property(
     };
     let (json, odd) = match normalized {
         Some((json, odd)) => (json, odd),
+        // Kept as written, on one line: `inspect` prints and dead letters store one event
+        // per line. A raw line break in valid JSON can only be whitespace (inside a string
+        // it must be escaped), so a space in its place changes no value.
+        None if text.contains(['\n', '\r']) => (text.replace(['\n', '\r'], " "), Vec::new()),
         None => (text, Vec::new()),
     };
     // The table form is JSON serde_json reads (a test holds it to that); never panic on it.
@@ -319,6 +323,20 @@ impl Serialize for Datum {
 mod tests {
     use super::*;
     use crate::currents::schema::compile_event_schema;
+
+    #[test]
+    fn properties_kept_as_written_stay_on_one_line() {
+        let (raw, odd) =
+            json_property("{\"a\":\n1,\r\n\"b\":\t[1,\n2],\"s\":\"x\\ny\"}".into()).unwrap();
+        assert!(odd.is_empty());
+        assert!(!raw.get().contains(['\n', '\r']), "{}", raw.get());
+        let value: serde_json::Value = serde_json::from_str(raw.get()).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"a": 1, "b": [1, 2], "s": "x\ny"}),
+            "only whitespace changed; an escaped line break in a string stays"
+        );
+    }
 
     fn custom_event_schema() -> Arc<RecordShape> {
         compile_event_schema(

@@ -47,6 +47,19 @@ use super::datum::Datum;
 /// their JSON text. Real custom properties nest a few levels; the limit bounds recursion.
 pub const MAX_DEPTH: usize = 32;
 
+/// Odd values of one text that are reported with their path and text; the rest are
+/// counted only.
+pub const ODD_DETAILED: usize = 16;
+/// A reported path is cut to this many characters (with `…`).
+const ODD_PATH_CHARS: usize = 200;
+
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
 /// Integers above this (in magnitude) cannot be held exactly by a double.
 pub const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
 
@@ -463,11 +476,23 @@ impl<'a> Parser<'a> {
         self.bytes.get(self.pos).copied()
     }
 
+    /// Notes an odd value. Only the first [`ODD_DETAILED`] of a text keep their path and
+    /// text, each cut short: a crafted text with thousands of odd values under long keys
+    /// would otherwise copy its whole path into every one (4 GB from a 382 KB object).
     fn odd(&mut self, kind: Oddity, text: &str) {
+        let detailed = self.odd.len() < ODD_DETAILED;
         self.odd.push(Odd {
             kind,
-            path: self.path.clone(),
-            text: text.chars().take(64).collect(),
+            path: if detailed {
+                shorten(&self.path, ODD_PATH_CHARS)
+            } else {
+                String::new()
+            },
+            text: if detailed {
+                text.chars().take(64).collect()
+            } else {
+                String::new()
+            },
         });
     }
 
@@ -745,6 +770,24 @@ impl<'a> Parser<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn many_odd_values_under_long_keys_keep_memory_bounded() {
+        let key = "k".repeat(20_000);
+        let mut text = String::new();
+        for _ in 0..10 {
+            text.push_str(&format!("{{\"{key}\":"));
+        }
+        text.push('[');
+        text.push_str(&vec!["\"\\ud800\""; 20_000].join(","));
+        text.push(']');
+        text.push_str(&"}".repeat(10));
+        let (_, odd) = parse_lenient(&text).unwrap();
+        assert_eq!(odd.len(), 20_000, "every odd value is counted");
+        let kept: usize = odd.iter().map(|o| o.path.len() + o.text.len()).sum();
+        assert!(kept < ODD_DETAILED * 1_000, "{kept} bytes of paths kept");
+        assert!(odd[0].path.ends_with('…') && odd[ODD_DETAILED].path.is_empty());
+    }
 
     fn kinds(odd: &[Odd]) -> Vec<(Oddity, &str)> {
         odd.iter().map(|o| (o.kind, o.path.as_str())).collect()

@@ -240,10 +240,11 @@ impl HeapMapper {
             None if &*event.event_type == CUSTOM_EVENT => match event.property("name") {
                 None => return Err("the custom event has no `name`".into()),
                 Some(name) => match text(name) {
-                    Some(name) if !name.is_empty() => name,
+                    // A blank name is no name either, as for `--rename`.
+                    Some(name) if !name.trim().is_empty() => name,
                     Some(_) => {
                         return Err(
-                            "the custom event's `name` is empty (rename users.behaviors.CustomEvent to send such events)"
+                            "the custom event's `name` is empty or blank (rename users.behaviors.CustomEvent to send such events)"
                                 .into(),
                         );
                     }
