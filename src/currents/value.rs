@@ -71,7 +71,8 @@ pub enum Value<'a> {
     Number(Number<'a>),
     String(Cow<'a, str>),
     Array(Vec<Value<'a>>),
-    /// Keys in their order; a repeated key is kept (Heap keeps the first).
+    /// Keys in their order; a repeated key is kept (the Heap mapping treats the repeat as
+    /// a taken key: see the collision rule in `heap::map`).
     Object(Vec<(Cow<'a, str>, Value<'a>)>),
 }
 
