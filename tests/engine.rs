@@ -13,13 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use currents_heap::deadletter::{DeadLetterFilter, DeadLetterStore};
-use currents_heap::heap::client::HeapClient;
-use currents_heap::heap::delivery::DeliveryConfig;
-use currents_heap::heap::map::{HeapMapper, MappingConfig};
 use currents_heap::ledger::{Ledger, Outcome as Recorded};
 use currents_heap::store::{LocalStore, ObjectStore};
 use currents_heap::telemetry::Metrics;
-use currents_heap::worker::engine::HeapOutput;
 use currents_heap::worker::scheduler::{Admission, SMALL_OBJECT_BUDGET};
 use currents_heap::worker::{Engine, Lookback, Outcome, Output, Plan, Report, Settings};
 use currents_heap_testkit::apache_avro::Codec;
@@ -44,14 +40,7 @@ fn settings() -> Settings {
 }
 
 fn heap(standin: &Standin, request_timeout: Duration) -> Output {
-    Output::Heap(Box::new(HeapOutput {
-        client: HeapClient::new(&standin.url(), request_timeout).unwrap(),
-        config: DeliveryConfig {
-            jitter_seed: Some(7),
-            ..DeliveryConfig::new(APP_ID)
-        },
-        mapper: HeapMapper::new(MappingConfig::default()),
-    }))
+    support::heap_output(standin, APP_ID, request_timeout)
 }
 
 fn live() -> Plan {

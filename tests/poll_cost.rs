@@ -14,13 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use currents_heap::currents::key::{DateHour, KeyLayout};
-use currents_heap::heap::client::HeapClient;
-use currents_heap::heap::delivery::DeliveryConfig;
-use currents_heap::heap::map::{HeapMapper, MappingConfig};
 use currents_heap::ledger::{Entry, Ledger, Outcome as Recorded};
 use currents_heap::store::{ObjectMeta, ObjectReader, ObjectStore, S3Store, StoreFuture};
 use currents_heap::telemetry::Metrics;
-use currents_heap::worker::engine::HeapOutput;
 use currents_heap::worker::scheduler::Admission;
 use currents_heap::worker::{Engine, Lookback, Outcome, Output, Plan, Report, Settings};
 use currents_heap_testkit::fixtures::{FIXTURE_ROOT, fixture_specs};
@@ -70,23 +66,11 @@ fn total(requests: &Requests) -> u64 {
 }
 
 fn settings() -> Settings {
-    Settings {
-        object_concurrency: Admission::fixed(4),
-        shutdown_timeout: Duration::from_secs(30),
-        bounded_state_retry: Duration::from_secs(60),
-        dry_run: false,
-    }
+    support::engine_settings(Admission::fixed(4))
 }
 
 fn heap(standin: &Standin) -> Output {
-    Output::Heap(Box::new(HeapOutput {
-        client: HeapClient::new(&standin.url(), Duration::from_secs(30)).unwrap(),
-        config: DeliveryConfig {
-            jitter_seed: Some(7),
-            ..DeliveryConfig::new(APP_ID)
-        },
-        mapper: HeapMapper::new(MappingConfig::default()),
-    }))
+    support::heap_output(standin, APP_ID, Duration::from_secs(30))
 }
 
 const LAYOUT: KeyLayout<'static> = KeyLayout {

@@ -9,12 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use currents_heap::deadletter::{DeadLetter, DeadLetterFilter, DeadLetterStore};
-use currents_heap::heap::client::HeapClient;
-use currents_heap::heap::delivery::DeliveryConfig;
-use currents_heap::heap::map::{HeapMapper, MappingConfig};
 use currents_heap::store::{LocalStore, ObjectStore};
 use currents_heap::telemetry::Metrics;
-use currents_heap::worker::engine::HeapOutput;
 use currents_heap::worker::replay::replay;
 use currents_heap::worker::scheduler::{Admission, SMALL_OBJECT_BUDGET};
 use currents_heap::worker::{Engine, Lookback, Outcome, Output, Plan, Settings};
@@ -25,23 +21,11 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
 
 fn settings() -> Settings {
-    Settings {
-        object_concurrency: Admission::new(4, SMALL_OBJECT_BUDGET),
-        shutdown_timeout: Duration::from_secs(30),
-        bounded_state_retry: Duration::from_secs(60),
-        dry_run: false,
-    }
+    support::engine_settings(Admission::new(4, SMALL_OBJECT_BUDGET))
 }
 
 fn heap(standin: &Standin) -> Output {
-    Output::Heap(Box::new(HeapOutput {
-        client: HeapClient::new(&standin.url(), Duration::from_secs(30)).unwrap(),
-        config: DeliveryConfig {
-            jitter_seed: Some(5),
-            ..DeliveryConfig::new(APP_ID)
-        },
-        mapper: HeapMapper::new(MappingConfig::default()),
-    }))
+    support::heap_output(standin, APP_ID, Duration::from_secs(30))
 }
 
 /// A long-lived run reads the ledger once per folder and hour and then keeps what it knows

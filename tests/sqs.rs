@@ -356,15 +356,10 @@ async fn without_a_heartbeat_a_message_comes_back_after_its_visibility() {
 
 use currents_heap::aws::CountRequests;
 use currents_heap::currents::key::DateHour;
-use currents_heap::heap::client::HeapClient;
-use currents_heap::heap::delivery::DeliveryConfig;
-use currents_heap::heap::map::{HeapMapper, MappingConfig};
 use currents_heap::store::ObjectStore;
-use currents_heap::worker::engine::{HeapOutput, Notifications};
+use currents_heap::worker::engine::Notifications;
 use currents_heap::worker::scheduler::Admission;
-use currents_heap::worker::{
-    Engine, Lookback, Outcome as RunOutcome, Output, Plan, Report, Settings,
-};
+use currents_heap::worker::{Engine, Lookback, Outcome as RunOutcome, Plan, Report};
 use currents_heap_testkit::fixtures::{FIXTURE_ROOT, fixture_specs};
 use currents_heap_testkit::standin::{Standin, StandinConfig};
 
@@ -418,22 +413,9 @@ impl Wired {
     ) -> Engine {
         let source: Arc<dyn ObjectStore> =
             Arc::new(self.moto.counted_store(BUCKET, PREFIX, metrics.clone()));
-        let engine_settings = Settings {
-            object_concurrency: Admission::fixed(4),
-            shutdown_timeout: Duration::from_secs(30),
-            bounded_state_retry: Duration::from_secs(60),
-            dry_run: false,
-        };
-        let output = Output::Heap(Box::new(HeapOutput {
-            client: HeapClient::new(&standin.url(), Duration::from_secs(30)).unwrap(),
-            config: DeliveryConfig {
-                jitter_seed: Some(3),
-                ..DeliveryConfig::new(APP_ID)
-            },
-            mapper: HeapMapper::new(MappingConfig::default()),
-        }));
+        let output = support::heap_output(standin, APP_ID, Duration::from_secs(30));
         Engine::start(
-            engine_settings,
+            support::engine_settings(Admission::fixed(4)),
             Plan::Live {
                 lookback: Lookback::Hours(72),
                 poll_interval: reconcile,

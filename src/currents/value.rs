@@ -365,11 +365,6 @@ pub fn heap_form<'v>(value: &'v Value<'_>) -> Option<HeapScalar<'v>> {
     }
 }
 
-/// [`heap_form`] as a `serde_json` value.
-pub fn heap_scalar(value: &Value) -> Option<Json> {
-    heap_form(value).map(|form| form.to_json())
-}
-
 /// Appends an array item as text for `||` joining: a scalar's Heap form as text, a nested
 /// array or object as its JSON text. `false` (nothing written) for null.
 pub fn write_heap_item_text(value: &Value, out: &mut Vec<u8>) -> bool {
@@ -387,13 +382,6 @@ pub fn write_heap_item_text(value: &Value, out: &mut Vec<u8>) -> bool {
             None => false,
         },
     }
-}
-
-/// [`write_heap_item_text`] as a string; `None` for null.
-pub fn heap_item_text(value: &Value) -> Option<String> {
-    let mut out = Vec::new();
-    write_heap_item_text(value, &mut out)
-        .then(|| String::from_utf8(out).expect("JSON text and strings are UTF-8"))
 }
 
 /// Serializes the Custom HTTP form. Number text is passed through as a raw JSON value, so
@@ -771,6 +759,11 @@ impl<'a> Parser<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`heap_form`] as a `serde_json` value, to compare with expected values.
+    fn heap_scalar(value: &Value) -> Option<Json> {
+        heap_form(value).map(|form| form.to_json())
+    }
 
     #[test]
     fn many_odd_values_under_long_keys_keep_memory_bounded() {

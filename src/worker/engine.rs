@@ -311,7 +311,10 @@ impl Engine {
                             found += 1;
                             scheduler.enqueue(work);
                         }
-                        Some(work) => give_back(vec![work.key().to_string()], listener.as_ref()).clear(),
+                        // Stopping: its message goes back to the queue at once.
+                        Some(work) => {
+                            give_back(vec![work.key().to_string()], listener.as_ref());
+                        }
                         // The listener stopped on its own (it never does but by panicking):
                         // the reconciliations still find everything.
                         None => listener_stop.cancel(),

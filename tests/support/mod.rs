@@ -167,3 +167,36 @@ impl Setup {
 pub fn stored_ids(standin: &Standin) -> HashSet<String> {
     standin.stored().into_keys().collect()
 }
+
+/// Engine settings as `run` starts with them, but for how many objects run at once: a stop
+/// waits 30 s for objects in flight, a bounded run gives a failing state 60 s.
+pub fn engine_settings(
+    object_concurrency: currents_heap::worker::scheduler::Admission,
+) -> currents_heap::worker::Settings {
+    currents_heap::worker::Settings {
+        object_concurrency,
+        shutdown_timeout: std::time::Duration::from_secs(30),
+        bounded_state_retry: std::time::Duration::from_secs(60),
+        dry_run: false,
+    }
+}
+
+/// Delivery to the stand-in as app `app_id`, with the default mapping and a seeded jitter,
+/// so retries repeat from run to run.
+pub fn heap_output(
+    standin: &Standin,
+    app_id: &str,
+    request_timeout: std::time::Duration,
+) -> currents_heap::worker::Output {
+    use currents_heap::heap::client::HeapClient;
+    use currents_heap::heap::delivery::DeliveryConfig;
+    use currents_heap::heap::map::{HeapMapper, MappingConfig};
+    currents_heap::worker::Output::Heap(Box::new(currents_heap::worker::engine::HeapOutput {
+        client: HeapClient::new(&standin.url(), request_timeout).unwrap(),
+        config: DeliveryConfig {
+            jitter_seed: Some(7),
+            ..DeliveryConfig::new(app_id)
+        },
+        mapper: HeapMapper::new(MappingConfig::default()),
+    }))
+}
