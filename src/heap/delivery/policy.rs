@@ -54,7 +54,12 @@ pub fn decide(
             retry_after,
         } => {
             let delay = retry.delay(batch.attempt, *retry_after, rng);
-            if now + delay - batch.first_try > retry.max_elapsed {
+            let deadline = batch.first_try + retry.max_elapsed;
+            // Heap's own Retry-After cannot be shortened; a backoff step can: the last try
+            // lands on the deadline instead of giving up a whole step early (a 3 s budget
+            // used to end after 1 s).
+            let earliest = now + retry_after.unwrap_or_default();
+            if now >= deadline || earliest > deadline {
                 Action::Park(format!(
                     "gave up after {} attempts over {}s (--retry-max-time): {reason}",
                     batch.attempt + 1,
@@ -62,7 +67,7 @@ pub fn decide(
                 ))
             } else {
                 Action::RetryAt {
-                    at: now + delay,
+                    at: (now + delay).min(deadline).max(earliest),
                     reason: reason.clone(),
                 }
             }
@@ -113,6 +118,36 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_budget_is_used_to_its_end_but_never_past_a_retry_after() {
+        let now = Instant::now();
+        let policy = RetryPolicy {
+            max_elapsed: Duration::from_secs(3),
+            ..RetryPolicy::default()
+        };
+        let mut rng = Rng::with_seed(1);
+        let deadline = now + Duration::from_secs(3);
+        // A backoff step that would pass the deadline is shortened to it.
+        let late = deadline - Duration::from_millis(100);
+        assert_eq!(
+            decide(&retry(None), batch(10, 8, now), late, &policy, &mut rng),
+            Action::RetryAt {
+                at: deadline,
+                reason: "Heap answered 429".into()
+            }
+        );
+        // At the deadline it gives up, with the time it really spent.
+        match decide(&retry(None), batch(10, 9, now), deadline, &policy, &mut rng) {
+            Action::Park(reason) => assert!(reason.contains("over 3s"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        // Heap's Retry-After is never cut short: past the deadline, it parks now.
+        assert!(matches!(
+            decide(&retry(Some(5)), batch(10, 0, now), now, &policy, &mut rng),
+            Action::Park(_)
+        ));
     }
 
     #[test]
