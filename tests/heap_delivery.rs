@@ -10,7 +10,7 @@ use std::time::Duration;
 use currents_heap::currents::event::CustomHttpEvent;
 use currents_heap::deadletter::{DeadLetterFilter, DeadLetterStore};
 use currents_heap::heap::client::HeapClient;
-use currents_heap::heap::delivery::{Delivery, DeliveryConfig, DeliveryError, Submission, Tracker};
+use currents_heap::heap::delivery::{Delivery, DeliveryConfig, DeliveryError, Tracker};
 use currents_heap::heap::map::{HeapMapper, MappingConfig};
 use currents_heap::heap::pacer::RateLimits;
 use currents_heap::heap::retry::RetryPolicy;
@@ -18,7 +18,6 @@ use currents_heap::store::LocalStore;
 use currents_heap::telemetry::Counts;
 use currents_heap_testkit::standin::{Fault, Standin, StandinConfig, StoredEvent};
 use support::{TempDir, custom_event};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 const APP_ID: &str = "4242";
@@ -56,21 +55,7 @@ async fn deliver(heap_url: &str, config: DeliveryConfig, events: Vec<CustomHttpE
         HeapMapper::new(MappingConfig::default()),
         dead_letters,
     );
-    let tracker = Arc::new(Tracker::default());
-    let (tx, rx) = mpsc::channel(256);
-    let feeder_tracker = tracker.clone();
-    let feeder = tokio::spawn(async move {
-        for event in events {
-            let submission = Submission {
-                event,
-                object: Arc::from(OBJECT),
-                tracker: feeder_tracker.clone(),
-            };
-            if tx.send(submission).await.is_err() {
-                break;
-            }
-        }
-    });
+    let (rx, tracker, feeder) = support::feed(events, OBJECT);
     let start = Instant::now();
     let metrics = delivery.metrics();
     let result = delivery.run(rx).await;

@@ -35,6 +35,9 @@ pub enum Answer {
 pub struct Reply {
     pub status: Option<u16>,
     pub answer: Answer,
+    /// Whether the request reached Heap's server (false only when no connection was made):
+    /// a request sent but not answered may have been stored, and counted for the rate limit.
+    pub connected: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +109,7 @@ impl HeapClient {
             Err(e) => {
                 return Reply {
                     status: None,
+                    connected: !e.is_connect(),
                     answer: transport_failure(&e),
                 };
             }
@@ -122,6 +126,7 @@ impl HeapClient {
             Err(e) if status.is_success() => {
                 return Reply {
                     status: Some(status.as_u16()),
+                    connected: true,
                     answer: Answer::Retry {
                         reason: format!("Heap answered {status} but the body was cut off: {e}"),
                         retry_after: None,
@@ -132,6 +137,7 @@ impl HeapClient {
         };
         Reply {
             status: Some(status.as_u16()),
+            connected: true,
             answer: classify(status, &text, retry_after),
         }
     }

@@ -164,6 +164,36 @@ impl RateLimitWait {
     }
 }
 
+/// Events Heap accepted in one request, by lane.
+pub struct LaneEventsSent {
+    pub live: u64,
+    pub backfill: u64,
+}
+
+impl LaneEventsSent {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.lane_sent[0].inc_by(self.live);
+        metrics.lane_sent[1].inc_by(self.backfill);
+    }
+}
+
+/// The pacer's budgets after an answer from Heap.
+pub struct RateBudget {
+    /// Events per window (`u64::MAX` without an app limit: exported as -1).
+    pub app_events: u64,
+    pub lowered_identities: usize,
+}
+
+impl RateBudget {
+    pub fn emit(&self, metrics: &Metrics) {
+        let app = i64::try_from(self.app_events).unwrap_or(-1);
+        metrics.rate_budget_app.set(app);
+        metrics
+            .rate_budget_lowered_identities
+            .set(self.lowered_identities as i64);
+    }
+}
+
 /// What mapping changed to fit Heap's contract, for one event.
 pub struct MappingAdjusted {
     pub truncated: u64,

@@ -82,6 +82,10 @@ pub struct Metrics {
     notification_objects: Counter,
     /// Why the last receive from the queue failed; `None` after one succeeds.
     queue_failure: Mutex<Option<String>>,
+    /// Events Heap accepted per lane (live, backfill), cloned out of their family.
+    lane_sent: [Counter; 2],
+    rate_budget_app: Gauge,
+    rate_budget_lowered_identities: Gauge,
 }
 
 /// Counts per event type.
@@ -117,6 +121,11 @@ pub struct Counts {
     /// Requests to AWS by (service, operation), e.g. `("s3", "ListObjectsV2")`: every HTTP
     /// attempt, retries included.
     pub aws_requests: BTreeMap<(String, String), u64>,
+    /// Events Heap accepted from live objects and from backfills handed to the worker.
+    pub sent_live: u64,
+    pub sent_backfill: u64,
+    /// The app's rate budget after the last answer from Heap (events per window; 0 before).
+    pub rate_budget_app: u64,
 }
 
 impl Counts {
@@ -314,6 +323,27 @@ impl Metrics {
                 (*kind, counter)
             })
             .collect();
+        let lane_family = family(
+            "currents_heap_lane_events_sent",
+            "Events Heap accepted, per lane (live: the live window; backfill: ranges handed to the worker)",
+        );
+        let lane_sent = ["live", "backfill"].map(|lane| {
+            lane_family
+                .get_or_create(&vec![("lane", lane.to_string())])
+                .clone()
+        });
+        let rate_budget_app = Gauge::default();
+        registry.register(
+            "currents_heap_rate_budget_app_events",
+            "The app's current rate budget, events per window: the configured limit lowered by 429s, growing back without them",
+            rate_budget_app.clone(),
+        );
+        let rate_budget_lowered_identities = Gauge::default();
+        registry.register(
+            "currents_heap_rate_budget_lowered_identities",
+            "Identities whose rate budget is below the configured per-identity limit",
+            rate_budget_lowered_identities.clone(),
+        );
         let heap_request_duration = Histogram::new(LATENCY_BUCKETS);
         registry.register(
             "currents_heap_heap_request_duration_seconds",
@@ -321,6 +351,9 @@ impl Metrics {
             heap_request_duration.clone(),
         );
         Metrics {
+            lane_sent,
+            rate_budget_app,
+            rate_budget_lowered_identities,
             registry,
             events_read,
             events_sent,
@@ -509,6 +542,9 @@ impl Metrics {
             objects_abandoned: self.objects_abandoned.get(),
             objects_panicked: self.objects_panicked.get(),
             polls: self.polls.get(),
+            sent_live: self.lane_sent[0].get(),
+            sent_backfill: self.lane_sent[1].get(),
+            rate_budget_app: self.rate_budget_app.get().max(0) as u64,
             aws_requests,
         }
     }

@@ -185,6 +185,23 @@ impl Standin {
         self.lock().script.extend(faults);
     }
 
+    /// Changes the limits enforced from now on (Heap's real limit moving under a run).
+    pub fn set_limits(&self, limits: RateLimits) {
+        self.lock().config.limits = limits;
+    }
+
+    /// [`Standin::set_limits`] for a task that outlives this borrow.
+    pub fn limits_handle(&self) -> impl Fn(RateLimits) + Send + Sync + 'static {
+        let state = self.state.clone();
+        move |limits| {
+            state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .config
+                .limits = limits
+        }
+    }
+
     pub fn stored(&self) -> HashMap<String, StoredEvent> {
         self.lock().stored.clone()
     }

@@ -39,6 +39,36 @@ impl Drop for TempDir {
 }
 
 /// A CustomEvent for `identity`, with a few properties like real ones.
+/// Feeds `events` of `object` to a delivery, as the pipeline would: the receiver for
+/// `Delivery::run`, the tracker they resolve, and the feeding task.
+#[allow(dead_code)]
+pub fn feed(
+    events: Vec<CustomHttpEvent>,
+    object: &str,
+) -> (
+    tokio::sync::mpsc::Receiver<currents_heap::heap::delivery::Submission>,
+    Arc<currents_heap::heap::delivery::Tracker>,
+    tokio::task::JoinHandle<()>,
+) {
+    use currents_heap::heap::delivery::{Submission, Tracker};
+    let tracker = Arc::new(Tracker::default());
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let (feeder_tracker, object) = (tracker.clone(), Arc::<str>::from(object));
+    let feeder = tokio::spawn(async move {
+        for event in events {
+            let submission = Submission {
+                event,
+                object: object.clone(),
+                tracker: feeder_tracker.clone(),
+            };
+            if tx.send(submission).await.is_err() {
+                break;
+            }
+        }
+    });
+    (rx, tracker, feeder)
+}
+
 pub fn custom_event(n: usize, identity: &str) -> CustomHttpEvent {
     CustomHttpEvent {
         event_type: Arc::from(CUSTOM_EVENT),

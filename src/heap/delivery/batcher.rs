@@ -27,7 +27,29 @@ use tokio::time::Instant;
 
 use super::outcome::Tracker;
 use crate::currents::event::CustomHttpEvent;
-use crate::heap::pacer::{Pacer, RateLimits};
+use crate::heap::pacer::{Counted, Pacer, RateLimits};
+
+/// Which work an event belongs to: live events go first; backfill events use the room they
+/// leave, less [`LIVE_RESERVE_SHARE`] of the app budget kept free for live events to come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    Live,
+    Backfill,
+}
+
+impl Lane {
+    pub fn label(self) -> &'static str {
+        match self {
+            Lane::Live => "live",
+            Lane::Backfill => "backfill",
+        }
+    }
+}
+
+/// The share of the app budget backfill events leave unused (at most one full request), so a
+/// live object that lands mid-backfill is sent at once instead of waiting for the window to
+/// slide.
+pub const LIVE_RESERVE_SHARE: f64 = 0.1;
 
 /// An event mapped, serialized once, and waiting to be sent. The original is kept as decoded,
 /// in case it must be parked; it is serialized only then. (Serializing every event here cost
@@ -39,6 +61,7 @@ pub struct Item {
     pub event_type: Arc<str>,
     pub object: Arc<str>,
     pub tracker: Arc<Tracker>,
+    pub lane: Lane,
 }
 
 /// Events sent, or to be sent, in one request.
@@ -47,6 +70,9 @@ pub struct Batch {
     /// Failed attempts so far.
     pub attempt: u32,
     pub first_try: Instant,
+    /// When this attempt was sent: a 429 for it lowers a budget only if it was sent after
+    /// the last decrease.
+    pub sent_at: Instant,
 }
 
 impl Batch {
@@ -55,6 +81,7 @@ impl Batch {
             items,
             attempt: 0,
             first_try: now,
+            sent_at: now,
         }
     }
 
@@ -64,6 +91,15 @@ impl Batch {
             *counts.entry(item.identity.clone()).or_insert(0) += 1;
         }
         counts
+    }
+
+    /// Live if any of its events is: a batch with live events is never held for the reserve.
+    pub fn lane(&self) -> Lane {
+        if self.items.iter().any(|i| i.lane == Lane::Live) {
+            Lane::Live
+        } else {
+            Lane::Backfill
+        }
     }
 }
 
@@ -78,12 +114,19 @@ pub enum Next {
     Idle,
 }
 
+/// One lane's pending events with the time each arrived, oldest first: `compose` keeps that
+/// order.
+#[derive(Default)]
+struct Queue {
+    events: VecDeque<(Instant, Item)>,
+    /// The events' JSON bytes, each with its separating comma.
+    bytes: usize,
+}
+
 pub struct Batcher {
     pacer: Pacer,
-    /// Events with the time each arrived, oldest first: `compose` keeps that order.
-    pending: VecDeque<(Instant, Item)>,
-    /// The pending events' JSON bytes, each with its separating comma.
-    pending_bytes: usize,
+    live: Queue,
+    backfill: Queue,
     /// Batches waiting for their retry time.
     retries: Vec<(Instant, Batch)>,
     max_batch_events: usize,
@@ -107,8 +150,8 @@ impl Batcher {
     ) -> Self {
         Batcher {
             pacer: Pacer::new(limits),
-            pending: VecDeque::new(),
-            pending_bytes: 0,
+            live: Queue::default(),
+            backfill: Queue::default(),
             retries: Vec::new(),
             max_batch_events: max_batch_events.max(1),
             max_body_bytes,
@@ -137,19 +180,35 @@ impl Batcher {
         self.body_overhead + len < self.max_body_bytes
     }
 
+    fn queue(&mut self, lane: Lane) -> &mut Queue {
+        match lane {
+            Lane::Live => &mut self.live,
+            Lane::Backfill => &mut self.backfill,
+        }
+    }
+
     /// Queues an event that arrived at `now` (not before any event already queued).
     pub fn push(&mut self, item: Item, now: Instant) {
-        self.pending_bytes += item.json.len() + 1;
-        self.pending.push_back((now, item));
+        let queue = self.queue(item.lane);
+        queue.bytes += item.json.len() + 1;
+        queue.events.push_back((now, item));
     }
 
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.live.events.len() + self.backfill.events.len()
+    }
+
+    /// Events of one lane waiting to be sent.
+    pub fn pending_in(&self, lane: Lane) -> usize {
+        match lane {
+            Lane::Live => self.live.events.len(),
+            Lane::Backfill => self.backfill.events.len(),
+        }
     }
 
     /// Anything waiting: pending events or batches to retry.
     pub fn has_work(&self) -> bool {
-        !self.pending.is_empty() || !self.retries.is_empty()
+        self.pending() > 0 || !self.retries.is_empty()
     }
 
     /// Sends `batch` again at `at`, through the pacer.
@@ -157,20 +216,31 @@ impl Batcher {
         self.retries.push((at, batch));
     }
 
-    /// The next batch to send: a due retry first, then new events.
+    /// The app budget now, for the gauge.
+    pub fn app_budget(&mut self, now: Instant) -> u64 {
+        self.pacer.app_budget(now)
+    }
+
+    /// Identities whose budget is lowered, for the gauge.
+    pub fn lowered_identities(&self) -> usize {
+        self.pacer.lowered_identities()
+    }
+
+    /// The next batch to send: a due retry first, then new events, live before backfill.
     pub fn next(&mut self, now: Instant) -> Next {
         if let Some(i) = self.retries.iter().position(|(due, _)| *due <= now) {
             let per_identity = self.retries[i].1.per_identity();
-            if self.fits(&per_identity, now) {
+            let lane = self.retries[i].1.lane();
+            if self.fits(&per_identity, lane, now) {
                 let (_, batch) = self.retries.swap_remove(i);
                 return Next::Send(batch);
             }
             return Next::Blocked;
         }
-        if self.pending.is_empty() {
+        if self.pending() == 0 {
             return Next::Idle;
         }
-        if !self.ready(now) {
+        if !self.ready(Lane::Live, now) && !self.ready(Lane::Backfill, now) {
             return Next::Held;
         }
         match self.compose(now) {
@@ -179,25 +249,33 @@ impl Batcher {
         }
     }
 
-    /// Whether pending events go out now rather than wait for more (the module's linger rules).
-    fn ready(&self, now: Instant) -> bool {
-        self.flush
-            || self.pending.len() >= self.max_batch_events
-            || self.body_overhead + self.pending_bytes >= self.max_body_bytes
-            || self
-                .pending
-                .front()
-                .is_some_and(|(arrived, _)| now >= *arrived + self.linger)
+    /// Whether a lane's pending events go out now rather than wait for more (the module's
+    /// linger rules).
+    fn ready(&self, lane: Lane, now: Instant) -> bool {
+        let queue = match lane {
+            Lane::Live => &self.live,
+            Lane::Backfill => &self.backfill,
+        };
+        !queue.events.is_empty()
+            && (self.flush
+                || queue.events.len() >= self.max_batch_events
+                || self.body_overhead + queue.bytes >= self.max_body_bytes
+                || queue
+                    .events
+                    .front()
+                    .is_some_and(|(arrived, _)| now >= *arrived + self.linger))
     }
 
-    /// A batch is on its way: its events take room in the windows until it is answered.
-    pub fn started(&mut self, batch: &Batch) {
+    /// A batch is on its way at `now`: its events take room in the windows until answered.
+    pub fn started(&mut self, batch: &mut Batch, now: Instant) {
+        batch.sent_at = now;
         self.pacer.start(&batch.per_identity());
     }
 
-    /// A batch was answered at `now`: its events count from then on.
-    pub fn finished(&mut self, batch: &Batch, now: Instant) {
-        self.pacer.finish(&batch.per_identity(), now);
+    /// A batch was answered at `now`; `counted` says whether Heap may have counted it.
+    pub fn finished(&mut self, batch: &Batch, counted: Counted, now: Instant) {
+        self.pacer
+            .finish(&batch.per_identity(), counted, batch.sent_at, now);
     }
 
     /// The next time something may become sendable without an answer arriving.
@@ -214,10 +292,12 @@ impl Batcher {
             .flatten();
         // Once ready, a held batch waits only for a request slot or rate-limit room, which
         // the answers and the pacer's expiry already wake for.
-        let linger = match self.pending.front() {
-            Some((arrived, _)) if !self.ready(now) => Some(*arrived + self.linger),
-            _ => None,
-        };
+        let linger = [(Lane::Live, &self.live), (Lane::Backfill, &self.backfill)]
+            .into_iter()
+            .filter(|(lane, _)| !self.ready(*lane, now))
+            .filter_map(|(_, queue)| queue.events.front())
+            .map(|(arrived, _)| *arrived + self.linger)
+            .min();
         retry.into_iter().chain(pacing).chain(linger).min()
     }
 
@@ -225,36 +305,74 @@ impl Batcher {
     /// there are more than `limit` of them.
     pub fn forget_idle_beyond(&mut self, limit: usize, now: Instant) {
         if self.pacer.tracked_identities() > limit {
-            self.pacer.forget_idle(now);
+            self.pacer.forget_idle(now, limit);
         }
     }
 
-    fn fits(&mut self, per_identity: &HashMap<Arc<str>, u64>, now: Instant) -> bool {
+    /// The app room a lane may use now: backfill leaves the live reserve.
+    fn lane_room(&mut self, lane: Lane, now: Instant) -> u64 {
+        let room = self.pacer.app_room(now);
+        match lane {
+            Lane::Live => room,
+            Lane::Backfill => {
+                let budget = self.pacer.app_budget(now);
+                let reserve = if budget == u64::MAX {
+                    0
+                } else {
+                    ((budget as f64 * LIVE_RESERVE_SHARE) as u64).min(self.max_batch_events as u64)
+                };
+                room.saturating_sub(reserve)
+            }
+        }
+    }
+
+    fn fits(&mut self, per_identity: &HashMap<Arc<str>, u64>, lane: Lane, now: Instant) -> bool {
         let total: u64 = per_identity.values().sum();
-        self.pacer.app_room(now) >= total
+        self.lane_room(lane, now) >= total
             && per_identity
                 .iter()
                 .all(|(id, n)| self.pacer.identity_room(id, now) >= *n)
     }
 
-    /// Takes pending events in arrival order, skipping identities without room. The queue is
-    /// rotated in place (skipped events go to the back in order), so no batch allocates a copy.
+    /// Takes pending events in arrival order, live first, skipping identities without room.
     fn compose(&mut self, now: Instant) -> Option<Batch> {
-        if self.pending.is_empty() {
-            return None;
-        }
-        let mut app_room = self.pacer.app_room(now).min(self.max_batch_events as u64);
+        let mut selected = Vec::new();
         let mut bytes = self.body_overhead;
         let mut rooms: HashMap<Arc<str>, u64> = HashMap::new();
-        let mut selected = Vec::new();
-        let mut left = self.pending.len();
+        for lane in [Lane::Live, Lane::Backfill] {
+            let room = self
+                .lane_room(lane, now)
+                .min(self.max_batch_events as u64)
+                .saturating_sub(selected.len() as u64);
+            self.take(lane, room, &mut bytes, &mut rooms, &mut selected, now);
+        }
+        (!selected.is_empty()).then(|| Batch::new(selected, now))
+    }
+
+    /// Moves up to `app_room` events of one lane into `selected`. The queue is rotated in place
+    /// (skipped events go to the back in order), so no batch allocates a copy.
+    fn take(
+        &mut self,
+        lane: Lane,
+        mut app_room: u64,
+        bytes: &mut usize,
+        rooms: &mut HashMap<Arc<str>, u64>,
+        selected: &mut Vec<Item>,
+        now: Instant,
+    ) {
+        let max_body_bytes = self.max_body_bytes;
+        let queue = match lane {
+            Lane::Live => &mut self.live,
+            Lane::Backfill => &mut self.backfill,
+        };
+        let mut left = queue.events.len();
         while left > 0 && app_room > 0 {
-            let Some((arrived, item)) = self.pending.pop_front() else {
+            let Some((arrived, item)) = queue.events.pop_front() else {
                 break;
             };
             left -= 1;
-            if bytes + item.json.len() + 1 > self.max_body_bytes {
-                self.pending.push_front((arrived, item));
+            if *bytes + item.json.len() + 1 > max_body_bytes {
+                queue.events.push_front((arrived, item));
                 left += 1;
                 break;
             }
@@ -266,19 +384,18 @@ impl Batcher {
                 }
             };
             if *room == 0 {
-                self.pending.push_back((arrived, item));
+                queue.events.push_back((arrived, item));
                 continue;
             }
             *room -= 1;
             app_room -= 1;
-            bytes += item.json.len() + 1;
-            self.pending_bytes -= item.json.len() + 1;
+            *bytes += item.json.len() + 1;
+            queue.bytes -= item.json.len() + 1;
             selected.push(item);
         }
         // Events not looked at go behind the skipped ones, which arrived before them: the
         // queue stays in arrival order, so its front is the oldest event.
-        self.pending.rotate_left(left);
-        (!selected.is_empty()).then(|| Batch::new(selected, now))
+        queue.events.rotate_left(left);
     }
 }
 
@@ -302,6 +419,7 @@ mod tests {
             event_type: Arc::from("T"),
             object: Arc::from("o"),
             tracker: Arc::new(Tracker::default()),
+            lane: Lane::Live,
         }
     }
 
@@ -324,12 +442,12 @@ mod tests {
         for id in ["a", "a", "a", "b", "a", "c"] {
             batcher.push(item(id, 10), now);
         }
-        let Next::Send(batch) = batcher.next(now) else {
+        let Next::Send(mut batch) = batcher.next(now) else {
             panic!("room for a batch");
         };
         assert_eq!(identities(&batch), ["a", "a", "b", "c"]);
-        batcher.started(&batch);
-        batcher.finished(&batch, now);
+        batcher.started(&mut batch, now);
+        batcher.finished(&batch, Counted::Stored, now);
         assert_eq!(batcher.pending(), 2, "a's excess stays pending");
         assert!(matches!(batcher.next(now), Next::Blocked));
         let wake = batcher.next_wake(now).expect("the window frees room later");
@@ -369,17 +487,17 @@ mod tests {
         let retry = Batch::new(vec![item("r", 1), item("r", 1)], now);
         batcher.retry_at(now + Duration::from_secs(5), retry);
         batcher.push(item("n", 1), now);
-        let Next::Send(first) = batcher.next(now) else {
+        let Next::Send(mut first) = batcher.next(now) else {
             panic!()
         };
         assert_eq!(identities(&first), ["n"], "the retry is not due yet");
-        batcher.started(&first);
+        batcher.started(&mut first, now);
         let due = now + Duration::from_secs(5);
-        let Next::Send(second) = batcher.next(due) else {
+        let Next::Send(mut second) = batcher.next(due) else {
             panic!()
         };
         assert_eq!(identities(&second), ["r", "r"]);
-        batcher.started(&second);
+        batcher.started(&mut second, now);
         batcher.retry_at(due, Batch::new(vec![item("r", 1)], due));
         assert!(
             matches!(batcher.next(due), Next::Blocked),
@@ -508,11 +626,11 @@ mod tests {
         batcher.push(item("hot", 1), t0);
         batcher.push(item("hot", 1), t0);
         let t1 = t0 + linger;
-        let Next::Send(first) = batcher.next(t1) else {
+        let Next::Send(mut first) = batcher.next(t1) else {
             panic!()
         };
-        batcher.started(&first);
-        batcher.finished(&first, t1);
+        batcher.started(&mut first, t1);
+        batcher.finished(&first, Counted::Stored, t1);
         assert_eq!(
             batcher.pending(),
             1,
@@ -524,5 +642,52 @@ mod tests {
         };
         assert_eq!(identities(&cold), ["cold"]);
         assert!(matches!(batcher.next(t1), Next::Blocked));
+    }
+
+    fn backfill_item(identity: &str) -> Item {
+        Item {
+            lane: Lane::Backfill,
+            ..item(identity, 10)
+        }
+    }
+
+    #[test]
+    fn live_events_go_first_and_backfill_leaves_the_reserve() {
+        let t0 = Instant::now();
+        let mut batcher = Batcher::new(limits(100, 0), 50, 1 << 20, 10);
+        for _ in 0..200 {
+            batcher.push(backfill_item("b"), t0);
+        }
+        batcher.push(item("live", 10), t0);
+        let Next::Send(mut first) = batcher.next(t0) else {
+            panic!()
+        };
+        assert_eq!(
+            identities(&first)[0],
+            "live",
+            "live first, whatever arrived before"
+        );
+        assert_eq!(first.items.len(), 50);
+        assert_eq!(first.lane(), Lane::Live);
+        batcher.started(&mut first, t0);
+        batcher.finished(&first, Counted::Stored, t0);
+        let Next::Send(mut second) = batcher.next(t0) else {
+            panic!()
+        };
+        assert_eq!(
+            second.items.len(),
+            40,
+            "backfill leaves 10 % of the budget to live events"
+        );
+        assert_eq!(second.lane(), Lane::Backfill);
+        batcher.started(&mut second, t0);
+        batcher.finished(&second, Counted::Stored, t0);
+        assert!(matches!(batcher.next(t0), Next::Blocked));
+        batcher.push(item("late", 10), t0);
+        let Next::Send(late) = batcher.next(t0) else {
+            panic!("a live event landing mid-backfill goes at once, in the reserve")
+        };
+        assert_eq!(identities(&late), ["late"]);
+        assert_eq!(batcher.pending_in(Lane::Backfill), 111);
     }
 }

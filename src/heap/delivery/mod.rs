@@ -23,21 +23,22 @@ use tokio::time::{Instant, sleep_until};
 
 pub use outcome::{Submission, Tracker};
 
+pub use self::batcher::Lane;
 use self::batcher::{Batch, Batcher, Item, Next};
 use self::outcome::Resolution;
 use self::parking::{Parking, ToPark};
 use self::policy::{Action, Attempted, decide};
-use super::client::{Reply, Transport};
+use super::client::{Answer, Reply, Transport};
 use super::map::{HeapMapper, Mapped};
-use super::pacer::RateLimits;
+use super::pacer::{Counted, RateLimits};
 use super::retry::RetryPolicy;
 use super::track::{bulk_body, bulk_overhead};
 use crate::currents::event::CustomHttpEvent;
 use crate::deadletter::{DeadLetter, DeadLetterStore};
 use crate::telemetry::Metrics;
 use crate::telemetry::events::{
-    BatchBisected, EventsRead, EventsSent, EventsSkipped, HeapRequest, HeapRetry, MappingAdjusted,
-    RateLimitWait,
+    BatchBisected, EventsRead, EventsSent, EventsSkipped, HeapRequest, HeapRetry, LaneEventsSent,
+    MappingAdjusted, RateBudget, RateLimitWait,
 };
 use fastrand::Rng;
 
@@ -108,8 +109,30 @@ pub struct Delivery {
 
 enum Wake {
     Replied(Batch, Reply, Duration),
-    Received(Option<Submission>),
+    Received(Option<Submission>, Lane),
     Timer,
+}
+
+/// Receives from an input that is open (the select's guard checks).
+async fn recv(input: &mut Option<mpsc::Receiver<Submission>>) -> Option<Submission> {
+    match input {
+        Some(input) => input.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What Heap's answer means for the pacer: only events Heap may have stored take room.
+fn counted(reply: &Reply) -> Counted {
+    match (reply.status, &reply.answer) {
+        (Some(200..=299), _) => Counted::Stored,
+        (Some(429), Answer::Retry { reason, .. }) => Counted::Throttled {
+            identity: reason.to_ascii_lowercase().contains("identity"),
+        },
+        (Some(429), _) => Counted::Throttled { identity: false },
+        (Some(_), _) => Counted::NotStored,
+        (None, _) if reply.connected => Counted::Stored,
+        (None, _) => Counted::NotStored,
+    }
 }
 
 impl Delivery {
@@ -151,30 +174,56 @@ impl Delivery {
 
     /// Delivers everything received until `input` closes. On a fatal error, the events not yet
     /// resolved stay unresolved (their trackers say so).
-    pub async fn run(mut self, mut input: mpsc::Receiver<Submission>) -> Result<(), DeliveryError> {
-        let result = self.drive(&mut input).await;
+    pub async fn run(self, input: mpsc::Receiver<Submission>) -> Result<(), DeliveryError> {
+        self.run_lanes(input, None).await
+    }
+
+    /// Delivers the live lane's events first and the backfill lane's in the room they leave
+    /// (see [`batcher`]), until both inputs close. Each lane holds at most `max_pending`
+    /// events, so a backfill's backlog never stops live events from coming in.
+    pub async fn run_lanes(
+        mut self,
+        live: mpsc::Receiver<Submission>,
+        backfill: Option<mpsc::Receiver<Submission>>,
+    ) -> Result<(), DeliveryError> {
+        let mut inputs = [Some(live), backfill];
+        let result = self.drive(&mut inputs).await;
         self.in_flight.abort_all();
         result
     }
 
-    async fn drive(&mut self, input: &mut mpsc::Receiver<Submission>) -> Result<(), DeliveryError> {
-        let mut input_open = true;
+    async fn drive(
+        &mut self,
+        inputs: &mut [Option<mpsc::Receiver<Submission>>; 2],
+    ) -> Result<(), DeliveryError> {
+        const LANES: [Lane; 2] = [Lane::Live, Lane::Backfill];
         loop {
-            while input_open && self.held() < self.config.max_pending {
-                match input.try_recv() {
-                    Ok(submission) => self.intake(submission),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => input_open = false,
+            for (slot, lane) in inputs.iter_mut().zip(LANES) {
+                while let Some(input) = slot.as_mut()
+                    && self.held(lane) < self.config.max_pending
+                {
+                    match input.try_recv() {
+                        Ok(submission) => self.intake(submission, lane),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => *slot = None,
+                    }
                 }
             }
             self.parking.flush(Instant::now(), &self.metrics).await;
-            // With the input closed or intake paused, no event can join a held batch before
+            // With every input closed or paused, no event can join a held batch before
             // something is sent: holding it would only delay it.
-            self.batcher
-                .set_flush(!input_open || self.held() >= self.config.max_pending);
+            let can_receive = |lane: Lane, this: &Self, open: bool| {
+                open && this.held(lane) < this.config.max_pending
+            };
+            let live_open = inputs[0].is_some();
+            let backfill_open = inputs[1].is_some();
+            let receive_live = can_receive(Lane::Live, self, live_open);
+            let receive_backfill = can_receive(Lane::Backfill, self, backfill_open);
+            self.batcher.set_flush(!receive_live && !receive_backfill);
             let now = Instant::now();
             self.dispatch(now);
-            if !input_open
+            if !live_open
+                && !backfill_open
                 && !self.batcher.has_work()
                 && self.in_flight.is_empty()
                 && self.parking.is_empty()
@@ -187,13 +236,15 @@ impl Delivery {
                 .into_iter()
                 .chain(self.parking.next_try())
                 .min();
-            let can_receive = input_open && self.held() < self.config.max_pending;
+            let [live, backfill] = inputs;
             let wake = tokio::select! {
+                biased;
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
                     let (batch, reply, latency) = joined.map_err(|e| DeliveryError::Task(e.to_string()))?;
                     Wake::Replied(batch, reply, latency)
                 }
-                received = input.recv(), if can_receive => Wake::Received(received),
+                received = recv(live), if receive_live => Wake::Received(received, Lane::Live),
+                received = recv(backfill), if receive_backfill => Wake::Received(received, Lane::Backfill),
                 _ = sleep_until(wake_at.unwrap_or(now)), if wake_at.is_some() => Wake::Timer,
                 // Nothing to wait for but work left would be a bug in the pacer's bookkeeping:
                 // look again shortly rather than stall or panic.
@@ -205,19 +256,21 @@ impl Delivery {
             };
             match wake {
                 Wake::Replied(batch, reply, latency) => self.answered(batch, reply, latency)?,
-                Wake::Received(Some(submission)) => self.intake(submission),
-                Wake::Received(None) => input_open = false,
+                Wake::Received(Some(submission), lane) => self.intake(submission, lane),
+                Wake::Received(None, Lane::Live) => inputs[0] = None,
+                Wake::Received(None, Lane::Backfill) => inputs[1] = None,
                 Wake::Timer => {}
             }
         }
     }
 
-    /// Events held in memory: waiting to be sent, or waiting for their dead letter.
-    fn held(&self) -> usize {
-        self.batcher.pending() + self.parking.len()
+    /// A lane's events held in memory: waiting to be sent, or waiting for their dead letter
+    /// (of any lane: parking is rare and bounded by both).
+    fn held(&self, lane: Lane) -> usize {
+        self.batcher.pending_in(lane) + self.parking.len()
     }
 
-    fn intake(&mut self, submission: Submission) {
+    fn intake(&mut self, submission: Submission, lane: Lane) {
         let event_type = submission.event.event_type.clone();
         EventsRead {
             event_type: &event_type,
@@ -254,6 +307,7 @@ impl Delivery {
                         event_type,
                         object: submission.object,
                         tracker: submission.tracker,
+                        lane,
                     },
                     Instant::now(),
                 );
@@ -319,8 +373,8 @@ impl Delivery {
             .forget_idle_beyond(4 * self.config.max_pending.max(1), now);
     }
 
-    fn send(&mut self, batch: Batch, now: Instant) {
-        self.batcher.started(&batch);
+    fn send(&mut self, mut batch: Batch, now: Instant) {
+        self.batcher.started(&mut batch, now);
         let body = bulk_body(&self.config.app_id, batch.items.iter().map(|i| &*i.json));
         let transport = self.transport.clone();
         self.in_flight.spawn(async move {
@@ -336,7 +390,12 @@ impl Delivery {
         latency: Duration,
     ) -> Result<(), DeliveryError> {
         let now = Instant::now();
-        self.batcher.finished(&batch, now);
+        self.batcher.finished(&batch, counted(&reply), now);
+        RateBudget {
+            app_events: self.batcher.app_budget(now),
+            lowered_identities: self.batcher.lowered_identities(),
+        }
+        .emit(&self.metrics);
         HeapRequest {
             status: reply.status,
             latency,
@@ -358,6 +417,12 @@ impl Delivery {
                 // Counted per run of one event type (a batch is mostly one object's events),
                 // not per event.
                 let mut run: Option<(Arc<str>, u64)> = None;
+                let live = batch.items.iter().filter(|i| i.lane == Lane::Live).count() as u64;
+                LaneEventsSent {
+                    live,
+                    backfill: batch.items.len() as u64 - live,
+                }
+                .emit(&self.metrics);
                 for item in batch.items {
                     item.tracker.resolve(Resolution::Accepted);
                     match &mut run {

@@ -51,6 +51,7 @@ impl Transport for Scripted {
         } else if poisoned {
             Reply {
                 status: Some(400),
+                connected: true,
                 answer: Answer::Rejected {
                     reason: "Heap answered 400".into(),
                 },
@@ -58,6 +59,7 @@ impl Transport for Scripted {
         } else {
             Reply {
                 status: Some(200),
+                connected: true,
                 answer: Answer::Accepted,
             }
         };
@@ -165,6 +167,7 @@ async fn a_retryable_answer_sends_the_same_batch_again() {
     let transport = Scripted::new(
         vec![Reply {
             status: Some(503),
+            connected: true,
             answer: Answer::Retry {
                 reason: "Heap answered 503".into(),
                 retry_after: Some(Duration::from_secs(2)),
@@ -190,6 +193,7 @@ async fn a_fatal_answer_stops_with_every_event_unresolved() {
     let transport = Scripted::new(
         vec![Reply {
             status: Some(401),
+            connected: true,
             answer: Answer::Fatal {
                 reason: "Heap answered 401: check HEAP_APP_ID".into(),
             },
