@@ -8,13 +8,15 @@
 //! ```
 //!
 //! - [`currents`]: the object key layout, streaming Avro decoding, the Custom HTTP event shape.
-//! - [`commands`]: the command-line entry points (`inspect`).
+//! - [`commands`]: the command-line entry points.
+//! - [`handover`]: how a `backfill` hands its range to a live `run` worker on the same state.
 
 pub mod aws;
 pub mod clock;
 pub mod commands;
 pub mod currents;
 pub mod deadletter;
+pub mod handover;
 pub mod heap;
 pub mod ledger;
 pub mod notifications;

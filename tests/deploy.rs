@@ -106,6 +106,10 @@ fn the_config_map_and_the_job_are_accepted_by_the_binary() {
         })
         .collect();
     assert_eq!(args[0], "backfill");
+    assert!(
+        !args.iter().any(|a| a == "--no-handover"),
+        "the Job hands its range to the Deployment's worker: beside it, the two would send up to twice the rate limit"
+    );
     for command in [
         vec![
             "run".to_string(),

@@ -23,7 +23,9 @@ const EXIT_CODES: &str = "Exit codes:
   2  usage or configuration error, reported before any work starts
   3  finished, but events were parked as dead letters or objects failed (see `status`)
   4  `run --once`, `backfill` or `replay` stopped before its work was done (a signal, store
-     errors, objects left to retry): it prints what remains; running it again resumes";
+     errors, objects left to retry; a `backfill` that handed its range to a `run` worker: the
+     worker ended it incomplete, or a signal stopped the following while the worker carries
+     on): it prints what remains; running it again resumes (or follows again)";
 
 // The clap structs here and in each command's module only read flags and environment
 // variables; a command runs with the resolved `config::Config`. Their option fields are
@@ -77,7 +79,8 @@ pub enum Command {
     },
     /// Poll the source and deliver new Currents objects to Heap until SIGTERM/SIGINT.
     Run(run::RunArgs),
-    /// Deliver a past range of `date=` hours; resumable.
+    /// Deliver a past range of `date=` hours; resumable. While a `run` worker is live on the
+    /// same state, the range is handed to it and this command follows its progress.
     Backfill(backfill::BackfillArgs),
     /// Re-send dead letters (all, or by event type or date) once the cause is fixed.
     Replay(replay::ReplayArgs),

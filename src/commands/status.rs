@@ -2,7 +2,9 @@
 //!
 //! The source and the ledger are read over the `--lookback` hours only: one ranged listing
 //! of each per `event_type=` folder (plus a read per failed object), so `status` costs about
-//! what a poll does. `--lookback all` lists both whole.
+//! what a poll does. `--lookback all` lists both whole. Then the live `run` workers and the
+//! backfills handed to them (see [`crate::handover`]): a listing of `control/` and a read per
+//! heartbeat and per request.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use super::config::{Config, DEFAULTS, as_text};
 use super::worker::{Exit, StoreArgs, open_stores};
 use crate::currents::key::DateHour;
 use crate::deadletter::{DeadLetterFilter, DeadLetterStore};
+use crate::handover::{BackfillProgress, BackfillRequest, BackfillState, Control, Heartbeat};
 use crate::ledger::{FailedEntries, Finished, Ledger, Outcome};
 use crate::source::{Discovery, LISTING_CONCURRENCY, Window, discover};
 use crate::store::StoreError;
@@ -72,7 +75,8 @@ async fn report(config: &Config) -> Result<String, String> {
             other => format!("{other:?}"),
         })?;
     let ledger = Ledger::new(state.clone());
-    let dead_letters = DeadLetterStore::new(state);
+    let dead_letters = DeadLetterStore::new(state.clone());
+    let control = Control::new(state);
 
     let window = config.lookback.window();
     let discovery = discover(&*source, &window)
@@ -178,7 +182,120 @@ async fn report(config: &Config) -> Result<String, String> {
     for (reason, n) in &reasons {
         out.push_str(&format!("  {n}: {reason}\n"));
     }
+    let handover_error = |e| format!("cannot read the state: {e}");
+    let workers = control.workers().await.map_err(handover_error)?;
+    let requests = control.requests().await.map_err(handover_error)?;
+    out.push_str(&render_handovers(
+        &workers,
+        &requests,
+        crate::clock::unix_secs_now(),
+    ));
     Ok(out)
+}
+
+/// How many finished backfills `status` lists; older ones are counted.
+const FINISHED_SHOWN: usize = 20;
+
+/// The live workers, and the backfills handed to them: every open one, and the most recent
+/// [`FINISHED_SHOWN`] finished ones. `requests` is oldest first.
+fn render_handovers(
+    workers: &[Heartbeat],
+    requests: &[(BackfillRequest, Option<BackfillProgress>)],
+    now: i64,
+) -> String {
+    let live: Vec<&Heartbeat> = workers.iter().filter(|hb| hb.is_live(now)).collect();
+    let stale = workers.len() - live.len();
+    let mut out = match (live.len(), stale) {
+        (0, 0) => "workers: none live\n".to_string(),
+        (n, 0) => format!("workers: {n} live\n"),
+        (n, stale) => format!(
+            "workers: {n} live ({stale} stale heartbeats of workers that stopped without a clean stop)\n"
+        ),
+    };
+    for hb in &live {
+        out.push_str(&format!(
+            "  {}: host {}, pid {}, last heartbeat {}s ago, up since {}\n",
+            hb.worker,
+            hb.host,
+            hb.pid,
+            hb.age_secs(now).max(0),
+            crate::clock::iso8601_utc(hb.started_at.saturating_mul(1000))
+                .unwrap_or_else(|| hb.started_at.to_string())
+        ));
+    }
+    let is_finished =
+        |p: &Option<BackfillProgress>| p.as_ref().is_some_and(|p| p.state.is_terminal());
+    let finished = requests.iter().filter(|(_, p)| is_finished(p)).count();
+    let open = requests.len() - finished;
+    let hidden = finished.saturating_sub(FINISHED_SHOWN);
+    out.push_str(&match (open, finished) {
+        (0, 0) => "backfills: none\n".to_string(),
+        _ if hidden > 0 => format!(
+            "backfills: {open} open, {finished} finished ({hidden} older finished ones not shown)\n"
+        ),
+        _ => format!("backfills: {open} open, {finished} finished\n"),
+    });
+    let mut finished_seen = 0;
+    for (request, progress) in requests {
+        if is_finished(progress) {
+            finished_seen += 1;
+            if finished_seen <= hidden {
+                continue;
+            }
+        }
+        out.push_str(&render_request(request, progress.as_ref(), &live, now));
+    }
+    out
+}
+
+/// One backfill on one line: id, range, state, worker, objects, events, ETA.
+fn render_request(
+    request: &BackfillRequest,
+    progress: Option<&BackfillProgress>,
+    live: &[&Heartbeat],
+    now: i64,
+) -> String {
+    let queued;
+    let p = match progress {
+        Some(p) => p,
+        None => {
+            queued = BackfillProgress::queued(request, request.requested_at);
+            &queued
+        }
+    };
+    let worker = match p.worker.as_str() {
+        "" => "the next worker to start".to_string(),
+        w if p.state.is_terminal() || live.iter().any(|hb| hb.worker == w) => format!("worker {w}"),
+        w => format!("worker {w} (not live)"),
+    };
+    let preposition = if p.state == BackfillState::Queued {
+        "for"
+    } else {
+        "on"
+    };
+    let mut line = format!(
+        "  {}: date={} up to date={}, {} {preposition} {worker}, {}/{} objects ended",
+        request.id, request.from, request.to, p.state, p.ended, p.found
+    );
+    if p.failed > 0 {
+        line.push_str(&format!(" ({} failed)", p.failed));
+    }
+    line.push_str(&format!(", {} events sent", p.events_sent));
+    if p.events_parked > 0 {
+        line.push_str(&format!(", {} parked", p.events_parked));
+    }
+    if p.state == BackfillState::Running {
+        let eta = p.eta_secs(now).map_or_else(
+            || "unknown".to_string(),
+            |s| humantime::format_duration(std::time::Duration::from_secs(s)).to_string(),
+        );
+        line.push_str(&format!(", ETA {eta}"));
+    }
+    if let Some(message) = &p.message {
+        line.push_str(&format!(": {message}"));
+    }
+    line.push('\n');
+    line
 }
 
 /// The ledger over the window's hours: one ranged listing per `event_type=` folder of the
@@ -206,7 +323,84 @@ async fn read_ledger(
 
 #[cfg(test)]
 mod tests {
-    use super::reason_group;
+    use super::*;
+
+    fn request(id: &str, requested_at: i64, worker: &str) -> BackfillRequest {
+        BackfillRequest {
+            id: id.into(),
+            from: DateHour::parse("2026-11-01-00").unwrap(),
+            to: DateHour::parse("2026-11-08-00").unwrap(),
+            worker: worker.into(),
+            requested_at,
+        }
+    }
+
+    fn beat(worker: &str, beat_at: i64) -> Heartbeat {
+        Heartbeat {
+            worker: worker.into(),
+            host: "pod-1".into(),
+            pid: 1,
+            started_at: 1_764_248_400,
+            beat_at,
+        }
+    }
+
+    #[test]
+    fn shows_live_workers_open_backfills_and_the_recent_finished_ones() {
+        let now = 1_764_250_000;
+        assert_eq!(
+            render_handovers(&[], &[], now),
+            "workers: none live\nbackfills: none\n"
+        );
+        let workers = [beat("w-a", now - 12), beat("w-dead", now - 600)];
+        let mut requests = Vec::new();
+        for n in 0..25 {
+            let r = request(&format!("{n}-0000000{}", n % 10), n, "w-a");
+            let mut p = BackfillProgress::queued(&r, n);
+            p.state = BackfillState::Done;
+            requests.push((r, Some(p)));
+        }
+        let running = request("100-aaaaaaaa", 100, "w-a");
+        let mut p = BackfillProgress::queued(&running, 100);
+        p.state = BackfillState::Running;
+        (p.found, p.ended, p.failed, p.events_sent, p.events_parked) = (40, 10, 1, 3400, 7);
+        p.started_at = Some(now - 100);
+        requests.push((running, Some(p)));
+        requests.push((request("101-bbbbbbbb", 101, "w-gone"), None));
+        let text = render_handovers(&workers, &requests, now);
+        assert!(
+            text.contains("workers: 1 live (1 stale heartbeats"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  w-a: host pod-1, pid 1, last heartbeat 12s ago, up since 2025-11-27T13:00:00+00:00\n"),
+            "{text}"
+        );
+        assert!(!text.contains("w-dead:"), "{text}");
+        assert!(
+            text.contains("backfills: 2 open, 25 finished (5 older finished ones not shown)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  100-aaaaaaaa: date=2026-11-01-00 up to date=2026-11-08-00, running on worker w-a, 10/40 objects ended (1 failed), 3400 events sent, 7 parked, ETA 5m\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  101-bbbbbbbb: date=2026-11-01-00 up to date=2026-11-08-00, queued for worker w-gone (not live), 0/0 objects ended, 0 events sent\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("  4-00000004:"),
+            "the oldest finished are not shown: {text}"
+        );
+        assert!(text.contains("  5-00000005:"), "{text}");
+        assert!(
+            text.contains(
+                "  24-00000004: date=2026-11-01-00 up to date=2026-11-08-00, done on worker w-a"
+            ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn groups_reasons_without_their_numbers() {
