@@ -403,7 +403,10 @@ async fn an_idle_poll_of_a_long_lived_run_reads_nothing_from_the_state() {
         state,
         heap(&standin),
         engine_metrics.clone(),
-    );
+    )
+    // The poll's requests alone: the heartbeat's (a PUT and two listings every 30 s) are
+    // counted in the README's cost table.
+    .without_handover();
     let stop = async move {
         watching
             .wait_for(|marks| first_idle(marks).is_some())

@@ -42,15 +42,36 @@ impl DeliveryTask {
     /// Spawns delivery; returns the task and the sender for its input. Delivery ends when
     /// every sender is dropped and everything received has an outcome, or on a fatal answer.
     pub fn spawn(delivery: Delivery, capacity: usize) -> (Self, mpsc::Sender<Submission>) {
+        let (task, tx, _) = Self::spawn_lanes(delivery, capacity, false);
+        (task, tx)
+    }
+
+    /// [`DeliveryTask::spawn`] with a second input, for the backfill lane, if `backfill`.
+    pub fn spawn_lanes(
+        delivery: Delivery,
+        capacity: usize,
+        backfill: bool,
+    ) -> (
+        Self,
+        mpsc::Sender<Submission>,
+        Option<mpsc::Sender<Submission>>,
+    ) {
         let (tx, rx) = mpsc::channel(capacity);
+        let (backfill_tx, backfill_rx) = match backfill {
+            true => {
+                let (tx, rx) = mpsc::channel(capacity);
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
         let stopped = CancellationToken::new();
         let signal = stopped.clone();
         let handle = tokio::spawn(async move {
-            let outcome = delivery.run(rx).await;
+            let outcome = delivery.run_lanes(rx, backfill_rx).await;
             signal.cancel();
             outcome
         });
-        (DeliveryTask { handle, stopped }, tx)
+        (DeliveryTask { handle, stopped }, tx, backfill_tx)
     }
 
     /// Resolves once delivery has ended on its own (its input is no longer read).

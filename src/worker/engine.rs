@@ -20,6 +20,11 @@
 //!    short, nothing more is started, and the run ends fatal.
 //! 5. The input to delivery closes once every object has ended; delivery drains; the outcome
 //!    follows from the summary and how delivery ended (see [`super::summary`]).
+//!
+//! A long-lived run that records also keeps a heartbeat in the state and runs the backfills
+//! handed to it ([`super::backfills`]), one at a time, on the scheduler's and delivery's
+//! backfill lane: each pass lists the range less the ledger, like a poll. At a stop, a
+//! backfill under way stays open (running), for the next live worker to resume.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,8 +33,9 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use super::backfills::{Backfill, Desk};
 use super::delivery_task::{DeliveryEnd, DeliveryTask};
-use super::discovery::{Sightings, queue_missed, queue_unfinished};
+use super::discovery::{Sightings, find_unfinished, queue_missed, queue_unfinished};
 use super::finished::FinishedSet;
 use super::inbox::KeyEnd;
 use super::listener::{Listener, ListenerSettings};
@@ -38,12 +44,14 @@ use super::settings::{Plan, Settings};
 use super::summary::{Outcome, Report, Summary};
 use crate::clock::unix_secs_now;
 use crate::deadletter::DeadLetterStore;
+use crate::handover::{BackfillRequest, Control, HEARTBEAT_INTERVAL};
 use crate::heap::client::HeapClient;
-use crate::heap::delivery::{Delivery, DeliveryConfig};
+use crate::heap::delivery::{Delivery, DeliveryConfig, Lane};
 use crate::heap::map::HeapMapper;
 use crate::ledger::Ledger;
 use crate::notifications::sqs::Queue;
 use crate::pipeline::{ObjectResult, Pipeline, Sink};
+use crate::source::Window;
 use crate::store::ObjectStore;
 use crate::telemetry::events::{ObjectEnded, PollFailed, PollSucceeded};
 use crate::telemetry::{Counts, Metrics};
@@ -83,6 +91,10 @@ pub struct Engine {
     abandon: CancellationToken,
     progress: Option<ProgressFn>,
     notifications: Option<Notifications>,
+    /// The backfill lane's pipeline and the control objects, for a long-lived run that
+    /// records; how often it beats.
+    handover: Option<(Arc<Pipeline>, Control)>,
+    heartbeat_interval: Duration,
 }
 
 /// Decoded events waiting for delivery: small, so a slow Heap slows decoding soon instead of
@@ -102,8 +114,10 @@ impl Engine {
     ) -> Engine {
         let ledger = Arc::new(Ledger::new(state.clone()));
         let state_retry_max = plan.is_bounded().then_some(settings.bounded_state_retry);
-        let (sink, delivery) = match output {
-            Output::DryRun(mapper) => (Sink::DryRun(Arc::new(mapper)), None),
+        let lanes = matches!(plan, Plan::Live { .. });
+        let control = Control::new(state.clone());
+        let (sink, delivery, backfill_sink) = match output {
+            Output::DryRun(mapper) => (Sink::DryRun(Arc::new(mapper)), None, None),
             Output::Heap(heap) => {
                 let HeapOutput {
                     client,
@@ -114,18 +128,27 @@ impl Engine {
                 let dead_letters = Arc::new(DeadLetterStore::new(state));
                 let delivery = Delivery::new(config, Arc::new(client), mapper, dead_letters)
                     .with_metrics(metrics.clone());
-                let (task, tx) = DeliveryTask::spawn(delivery, DELIVERY_CHANNEL);
-                (Sink::Deliver(tx), Some(task))
+                let (task, tx, backfill_tx) =
+                    DeliveryTask::spawn_lanes(delivery, DELIVERY_CHANNEL, lanes);
+                (
+                    Sink::Deliver(tx),
+                    Some(task),
+                    backfill_tx.map(Sink::Deliver),
+                )
             }
         };
-        let pipeline = Arc::new(Pipeline {
-            source: source.clone(),
-            ledger: ledger.clone(),
-            sink,
-            metrics: metrics.clone(),
-            state_retry_max,
-            state_failing_since: std::sync::Mutex::new(None),
-        });
+        let pipeline_to = |sink| {
+            Arc::new(Pipeline {
+                source: source.clone(),
+                ledger: ledger.clone(),
+                sink,
+                metrics: metrics.clone(),
+                state_retry_max,
+                state_failing_since: std::sync::Mutex::new(None),
+            })
+        };
+        let pipeline = pipeline_to(sink);
+        let handover = backfill_sink.map(|sink| (pipeline_to(sink), control));
         Engine {
             settings,
             plan,
@@ -137,7 +160,22 @@ impl Engine {
             abandon: CancellationToken::new(),
             progress: None,
             notifications: None,
+            handover,
+            heartbeat_interval: HEARTBEAT_INTERVAL,
         }
+    }
+
+    /// No heartbeat and no backfills handed over: for measuring a poll's requests alone.
+    pub fn without_handover(mut self) -> Self {
+        self.handover = None;
+        self
+    }
+
+    /// How often a long-lived run rewrites its heartbeat and looks for backfills handed to it
+    /// (default [`HEARTBEAT_INTERVAL`]; tests shorten it).
+    pub fn with_heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self
     }
 
     pub fn with_progress(mut self, progress: ProgressFn) -> Self {
@@ -182,6 +220,8 @@ impl Engine {
             abandon,
             mut progress,
             notifications,
+            handover,
+            heartbeat_interval,
         } = self;
         let mut scheduler = Scheduler::new(
             pipeline.clone(),
@@ -189,6 +229,18 @@ impl Engine {
             abandon.clone(),
         );
         drop(pipeline);
+        let mut desk = None;
+        if let Some((backfill_pipeline, control)) = handover {
+            scheduler = scheduler.with_backfill(backfill_pipeline);
+            desk = Some(Desk::spawn(control, heartbeat_interval));
+        }
+        // The backfill under way, and the requests waiting their turn.
+        let mut backfill: Option<Backfill> = None;
+        let mut waiting: std::collections::VecDeque<BackfillRequest> = Default::default();
+        let poll_every = match plan {
+            Plan::Live { poll_interval, .. } => poll_interval,
+            Plan::Once { .. } | Plan::Range { .. } => Duration::ZERO,
+        };
         let mut summary = Summary::default();
         let mut shutdown = std::pin::pin!(shutdown);
         // Set once shutdown begins: when objects still in flight are abandoned.
@@ -299,6 +351,51 @@ impl Engine {
                     Plan::Once { .. } | Plan::Range { .. } => None,
                 };
             }
+            if polling && let Some(desk) = &desk {
+                if backfill.is_none()
+                    && let Some(request) = waiting.pop_front()
+                {
+                    tracing::info!(id = %request.id, "backfill {} to {}: running it on the backfill lane", request.from, request.to);
+                    backfill = Some(Backfill::start(request, desk.worker(), Instant::now()));
+                }
+                if let Some(running) = backfill.as_mut()
+                    && running.next_pass.is_some_and(|at| Instant::now() >= at)
+                {
+                    let window = Window::Hours {
+                        from: running.request.from,
+                        to: running.request.to,
+                    };
+                    let listed = tokio::select! {
+                        listed = find_unfinished(&*source, &ledger, &window, None) => Some(listed),
+                        _ = &mut shutdown => None,
+                    };
+                    match listed {
+                        None => {
+                            deadline = Some(Instant::now() + settings.shutdown_timeout);
+                            listener_stop.cancel();
+                            summary
+                                .not_started(give_back(scheduler.clear_queue(), listener.as_ref()));
+                            continue;
+                        }
+                        Some(Ok((_, work))) => {
+                            let queued = work
+                                .into_iter()
+                                .filter(|work| scheduler.enqueue_in(Lane::Backfill, work.clone()))
+                                .count();
+                            found += queued as u64;
+                            running.listed(queued);
+                        }
+                        Some(Err(e)) if running.out_of_passes() => {
+                            running.give_up(format!("listing the range failed: {e}"));
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(id = %running.request.id, "backfill listing failed, trying again: {e}");
+                            running.listing_failed(&e.to_string(), Instant::now() + poll_every);
+                        }
+                    }
+                    settle(&mut backfill, desk, Instant::now() + poll_every);
+                }
+            }
             let nothing_more = deadline.is_some() || delivery_stopped || next_poll.is_none();
             if nothing_more && scheduler.is_idle() {
                 break;
@@ -320,8 +417,19 @@ impl Engine {
                         None => listener_stop.cancel(),
                     }
                 }
-                Some(ended) = scheduler.next() => {
+                Some(request) = async { desk.as_mut().expect("checked").requests.recv().await }, if desk.is_some() && polling => {
+                    waiting.push_back(request);
+                }
+                _ = sleep_until(backfill.as_ref().and_then(|b| b.next_pass).unwrap_or_else(Instant::now)), if polling && backfill.as_ref().is_some_and(|b| b.next_pass.is_some()) => {}
+                Some((ended, lane)) = scheduler.next_with_lane() => {
                     emit_ended(&ended, &metrics);
+                    if lane == Lane::Backfill
+                        && let (Some(running), Some(desk)) = (backfill.as_mut(), &desk)
+                    {
+                        running.ended(&ended);
+                        desk.report(&running.progress);
+                        settle(&mut backfill, desk, Instant::now() + poll_every);
+                    }
                     if let (Some(listener), Some(retry_after)) = (&listener, retry_after) {
                         listener.ended(ended.key(), key_end(&ended, retry_after));
                     }
@@ -371,6 +479,14 @@ impl Engine {
         }
         // Every object has ended, so every sender is gone: delivery sees its input close.
         drop(scheduler);
+        if let Some(desk) = desk {
+            if let Some(running) = backfill.as_mut() {
+                running.progress.message =
+                    Some("the worker stopped; the range resumes when a worker is live".into());
+                desk.report(&running.progress);
+            }
+            desk.finish().await;
+        }
         if let Some(listener) = listener {
             listener.finish().await;
         }
@@ -432,6 +548,28 @@ fn decide(
             Outcome::FinishedWithFailures
         }
         None => Outcome::Finished,
+    }
+}
+
+/// Ends the backfill under way if its pass is over and nothing is left to retry (or passes
+/// ran out); else schedules its next pass at `next`. Reports either way.
+fn settle(backfill: &mut Option<Backfill>, desk: &Desk, next: Instant) {
+    let Some(running) = backfill.as_mut() else {
+        return;
+    };
+    let ended =
+        running.progress.state.is_terminal() || (running.pass_over() && running.conclude(next));
+    desk.report(&running.progress);
+    if ended {
+        let progress = &running.progress;
+        tracing::info!(
+            id = %progress.id,
+            state = %progress.state,
+            objects = progress.ended,
+            events = progress.events_sent,
+            "backfill {} to {} ended", running.request.from, running.request.to
+        );
+        *backfill = None;
     }
 }
 

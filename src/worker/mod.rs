@@ -16,10 +16,13 @@
 //! - [`engine`]: the one drive loop, with shutdown passed in as a future.
 //! - [`summary`]: what failed, what remains, and the outcome that is the exit code.
 //! - [`replay`]: dead letters re-sent through the same delivery.
+//! - [`backfills`]: a long-lived run's heartbeat, and the backfills handed to it
+//!   ([`crate::handover`]), run on the scheduler's and delivery's backfill lane.
 //!
 //! Nothing here reads arguments or prints: `commands` builds an [`Engine`] (or calls
 //! [`replay::replay`]) and prints its report.
 
+pub mod backfills;
 pub mod delivery_task;
 pub mod discovery;
 pub mod engine;

@@ -23,6 +23,13 @@
 //! budget, so large objects run `objects` at a time, as before. The queue is not reordered:
 //! a large object next in line waits for a free regular slot, and the small ones behind it
 //! wait with it.
+//!
+//! # Lanes
+//! A long-lived `run` also runs backfills handed to it ([`crate::handover`]) on a second
+//! lane: its own queue, its own admission (the same rule, counted separately), and its own
+//! pipeline, whose events delivery sends only in the room live events leave. Live objects
+//! never wait for a backfill's objects to give up a slot, and a backfill's large objects
+//! never hold live ones back. A key is queued or in flight once across both lanes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -30,6 +37,7 @@ use std::sync::Arc;
 use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use crate::heap::delivery::Lane;
 use crate::pipeline::{ObjectResult, Pipeline};
 use crate::store::ObjectMeta;
 
@@ -127,18 +135,37 @@ impl From<usize> for Admission {
     }
 }
 
-pub struct Scheduler {
+/// One lane's queue and what it has in flight.
+struct LaneState {
     pipeline: Arc<Pipeline>,
+    queue: VecDeque<Work>,
+    in_flight: usize,
+    /// The listed sizes of the lane's objects in flight, summed.
+    bytes_in_flight: u64,
+}
+
+impl LaneState {
+    fn new(pipeline: Arc<Pipeline>) -> Self {
+        LaneState {
+            pipeline,
+            queue: VecDeque::new(),
+            in_flight: 0,
+            bytes_in_flight: 0,
+        }
+    }
+}
+
+pub struct Scheduler {
     admission: Admission,
     abandon: CancellationToken,
-    queue: VecDeque<Work>,
+    live: LaneState,
+    /// `None` until [`Scheduler::with_backfill`].
+    backfill: Option<LaneState>,
     in_progress: HashSet<String>,
     tasks: JoinSet<ObjectResult>,
-    /// Which key each running task holds, to give it back if the task panics, and its listed
-    /// size.
-    running: HashMap<Id, (String, u64)>,
-    /// The listed sizes of the objects in flight, summed.
-    bytes_in_flight: u64,
+    /// Which key each running task holds, to give it back if the task panics, its listed
+    /// size and its lane.
+    running: HashMap<Id, (String, u64, Lane)>,
 }
 
 impl Scheduler {
@@ -149,43 +176,87 @@ impl Scheduler {
         abandon: CancellationToken,
     ) -> Self {
         Scheduler {
-            pipeline,
             admission: admission.into(),
             abandon,
-            queue: VecDeque::new(),
+            live: LaneState::new(pipeline),
+            backfill: None,
             in_progress: HashSet::new(),
             tasks: JoinSet::new(),
             running: HashMap::new(),
-            bytes_in_flight: 0,
         }
+    }
+
+    /// Adds the backfill lane; its objects go through `pipeline` (whose events delivery sends
+    /// on its backfill lane).
+    pub fn with_backfill(mut self, pipeline: Arc<Pipeline>) -> Self {
+        self.backfill = Some(LaneState::new(pipeline));
+        self
     }
 
     /// Queues work unless the same key is queued or in flight already. Returns whether it was
     /// queued.
     pub fn enqueue(&mut self, work: Work) -> bool {
+        self.enqueue_in(Lane::Live, work)
+    }
+
+    /// Queues work on a lane (the live lane without a backfill lane), unless the same key is
+    /// queued or in flight already on either. Returns whether it was queued.
+    pub fn enqueue_in(&mut self, lane: Lane, work: Work) -> bool {
         let queued = self.in_progress.insert(work.key().to_string());
         if queued {
-            self.queue.push_back(work);
+            self.lane(lane).queue.push_back(work);
             self.fill();
         }
         queued
     }
 
+    fn lane(&mut self, lane: Lane) -> &mut LaneState {
+        match (lane, &mut self.backfill) {
+            (Lane::Backfill, Some(backfill)) => backfill,
+            _ => &mut self.live,
+        }
+    }
+
     pub fn is_idle(&self) -> bool {
-        self.queue.is_empty() && self.tasks.is_empty()
+        self.queued() == 0 && self.tasks.is_empty()
     }
 
     pub fn queued(&self) -> usize {
-        self.queue.len()
+        self.live.queue.len() + self.backfill.as_ref().map_or(0, |b| b.queue.len())
     }
 
     pub fn in_flight(&self) -> usize {
         self.tasks.len()
     }
 
-    /// Stops starting queued work (shutdown: stop fetching). Returns the keys not started.
+    /// Stops starting queued work (shutdown: stop fetching). Returns the keys not started,
+    /// live ones first.
     pub fn clear_queue(&mut self) -> Vec<String> {
-        let cleared: Vec<String> = self.queue.drain(..).map(|w| w.key().to_string()).collect();
+        let mut cleared: Vec<String> = self
+            .live
+            .queue
+            .drain(..)
+            .map(|w| w.key().to_string())
+            .collect();
+        if let Some(backfill) = &mut self.backfill {
+            cleared.extend(backfill.queue.drain(..).map(|w| w.key().to_string()));
+        }
+        for key in &cleared {
+            self.in_progress.remove(key);
+        }
+        cleared
+    }
+
+    /// Drops the backfill lane's queued work (its backfill was given up); returns the keys.
+    pub fn clear_backfill_queue(&mut self) -> Vec<String> {
+        let cleared: Vec<String> = match &mut self.backfill {
+            Some(backfill) => backfill
+                .queue
+                .drain(..)
+                .map(|w| w.key().to_string())
+                .collect(),
+            None => Vec::new(),
+        };
         for key in &cleared {
             self.in_progress.remove(key);
         }
@@ -193,17 +264,30 @@ impl Scheduler {
     }
 
     fn fill(&mut self) {
-        while let Some(next) = self.queue.front()
-            && self
-                .admission
-                .admits(self.tasks.len(), self.bytes_in_flight, next.size())
-        {
-            let Some(work) = self.queue.pop_front() else {
+        self.fill_lane(Lane::Live);
+        if self.backfill.is_some() {
+            self.fill_lane(Lane::Backfill);
+        }
+    }
+
+    fn fill_lane(&mut self, lane: Lane) {
+        let admission = self.admission;
+        loop {
+            let state = self.lane(lane);
+            let Some(next) = state.queue.front() else {
+                return;
+            };
+            if !admission.admits(state.in_flight, state.bytes_in_flight, next.size()) {
+                return;
+            }
+            let Some(work) = state.queue.pop_front() else {
                 return;
             };
             let key = work.key().to_string();
             let size = work.size();
-            let (pipeline, abandon) = (self.pipeline.clone(), self.abandon.clone());
+            state.in_flight += 1;
+            state.bytes_in_flight += size;
+            let (pipeline, abandon) = (state.pipeline.clone(), self.abandon.clone());
             let handle = self.tasks.spawn(async move {
                 match work {
                     Work::Object(meta) => pipeline.process(&meta, &abandon).await,
@@ -212,27 +296,36 @@ impl Scheduler {
                     }
                 }
             });
-            self.running.insert(handle.id(), (key, size));
-            self.bytes_in_flight += size;
+            self.running.insert(handle.id(), (key, size, lane));
         }
     }
 
-    /// Forgets a task that ended; returns its key.
-    fn ended(&mut self, id: Id) -> String {
-        let (key, size) = self.running.remove(&id).unwrap_or_default();
-        self.bytes_in_flight -= size;
-        key
+    /// Forgets a task that ended; returns its key and lane.
+    fn ended(&mut self, id: Id) -> (String, Lane) {
+        let (key, size, lane) = self
+            .running
+            .remove(&id)
+            .unwrap_or((String::new(), 0, Lane::Live));
+        let state = self.lane(lane);
+        state.in_flight = state.in_flight.saturating_sub(1);
+        state.bytes_in_flight = state.bytes_in_flight.saturating_sub(size);
+        (key, lane)
     }
 
     /// The next object whose task ended, or `None` when nothing is in flight.
     pub async fn next(&mut self) -> Option<Ended> {
-        let ended = match self.tasks.join_next_with_id().await? {
+        self.next_with_lane().await.map(|(ended, _)| ended)
+    }
+
+    /// [`Scheduler::next`] with the lane the object ran on.
+    pub async fn next_with_lane(&mut self) -> Option<(Ended, Lane)> {
+        let (ended, lane) = match self.tasks.join_next_with_id().await? {
             Ok((id, result)) => {
-                self.ended(id);
-                Ended::Object(result)
+                let (_, lane) = self.ended(id);
+                (Ended::Object(result), lane)
             }
             Err(e) => {
-                let key = self.ended(e.id());
+                let (key, lane) = self.ended(e.id());
                 if e.is_panic() {
                     let payload = e.into_panic();
                     let message = payload
@@ -240,15 +333,15 @@ impl Scheduler {
                         .map(|s| s.to_string())
                         .or_else(|| payload.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "(no message)".into());
-                    Ended::Panicked { key, message }
+                    (Ended::Panicked { key, message }, lane)
                 } else {
-                    Ended::Object(ObjectResult::Abandoned { key })
+                    (Ended::Object(ObjectResult::Abandoned { key }), lane)
                 }
             }
         };
         self.in_progress.remove(ended.key());
         self.fill();
-        Some(ended)
+        Some((ended, lane))
     }
 }
 

@@ -1,0 +1,309 @@
+//! The worker's side of [`crate::handover`]: a long-lived `run` says it is live, takes the
+//! backfills handed to it, and reports their progress.
+//!
+//! - [`Desk`]: an actor on its own task, so a slow or failing state store never holds up the
+//!   drive loop. Every [`crate::handover::HEARTBEAT_INTERVAL`] it rewrites the heartbeat, lists the requests,
+//!   and passes on each open one this worker owns (re-addressing it first if it was another
+//!   worker's). It writes the latest progress it is given at most every
+//!   [`PROGRESS_EVERY`], and a terminal state at once. At the end it writes the last
+//!   progress and deletes the heartbeat. A failed write is logged and tried again at the next
+//!   turn; it never ends the run.
+//! - [`Backfill`]: one request being run, as pure bookkeeping: found, ended, events; passes
+//!   over the range until nothing is left to retry or [`MAX_PASSES`] have run.
+//!
+//! One request runs at a time, oldest first: the lane's room is shared anyway, and progress
+//! per request stays exact.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::scheduler::Ended;
+use crate::clock::unix_secs_now;
+use crate::handover::{
+    BackfillProgress, BackfillRequest, BackfillState, Control, Heartbeat, owner,
+};
+use crate::pipeline::ObjectResult;
+
+/// Progress is written at most this often while a backfill runs.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Passes over a range before objects that keep ending "retry later" make it incomplete.
+pub const MAX_PASSES: u32 = 3;
+
+/// The actor's handle (see the module docs).
+pub struct Desk {
+    /// Requests this worker is to run, each passed on once.
+    pub requests: mpsc::Receiver<BackfillRequest>,
+    progress: watch::Sender<Option<BackfillProgress>>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    worker: String,
+}
+
+impl Desk {
+    /// Starts beating at once, then every `interval` ([`crate::handover::HEARTBEAT_INTERVAL`] in production).
+    pub fn spawn(control: Control, interval: Duration) -> Desk {
+        let heartbeat = Heartbeat::new_worker(unix_secs_now());
+        let worker = heartbeat.worker.clone();
+        let (requests_tx, requests) = mpsc::channel(16);
+        let (progress, progress_rx) = watch::channel(None);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(desk(
+            control,
+            heartbeat,
+            interval,
+            requests_tx,
+            progress_rx,
+            stop.clone(),
+        ));
+        Desk {
+            requests,
+            progress,
+            stop,
+            task,
+            worker,
+        }
+    }
+
+    pub fn worker(&self) -> &str {
+        &self.worker
+    }
+
+    /// Hands the latest progress of the running request to the actor (the latest wins).
+    pub fn report(&self, progress: &BackfillProgress) {
+        self.progress.send_replace(Some(progress.clone()));
+    }
+
+    /// Writes the last progress, deletes the heartbeat, and waits for the actor to end.
+    pub async fn finish(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn desk(
+    control: Control,
+    mut heartbeat: Heartbeat,
+    interval: Duration,
+    requests: mpsc::Sender<BackfillRequest>,
+    mut progress: watch::Receiver<Option<BackfillProgress>>,
+    stop: CancellationToken,
+) {
+    let mut beats = tokio::time::interval(interval);
+    beats.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut writes = tokio::time::interval(PROGRESS_EVERY);
+    writes.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut passed_on: HashSet<String> = HashSet::new();
+    let mut unwritten: Option<BackfillProgress> = None;
+    loop {
+        tokio::select! {
+            _ = beats.tick() => {
+                heartbeat.beat_at = unix_secs_now();
+                if let Err(e) = control.beat(&heartbeat).await {
+                    tracing::warn!("cannot write this worker's heartbeat (backfills cannot hand over until it works): {e}");
+                    continue;
+                }
+                take_requests(&control, &heartbeat.worker, &requests, &mut passed_on).await;
+            }
+            changed = progress.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let latest = progress.borrow_and_update().clone();
+                if let Some(latest) = latest {
+                    let terminal = latest.state.is_terminal();
+                    unwritten = Some(latest);
+                    if terminal {
+                        write(&control, &mut unwritten).await;
+                    }
+                }
+            }
+            _ = writes.tick(), if unwritten.is_some() => write(&control, &mut unwritten).await,
+            _ = stop.cancelled() => break,
+        }
+    }
+    if let Some(latest) = progress.borrow().clone() {
+        unwritten = Some(latest);
+    }
+    write(&control, &mut unwritten).await;
+    if let Err(e) = control.retire(&heartbeat.worker).await {
+        tracing::warn!("cannot delete this worker's heartbeat; it goes stale in 90 s: {e}");
+    }
+}
+
+/// Passes on the open requests this worker owns that it has not passed on yet.
+async fn take_requests(
+    control: &Control,
+    me: &str,
+    requests: &mpsc::Sender<BackfillRequest>,
+    passed_on: &mut HashSet<String>,
+) {
+    let listed = match control.requests().await {
+        Ok(listed) => listed,
+        Err(e) => {
+            tracing::warn!("cannot list the backfill requests: {e}");
+            return;
+        }
+    };
+    let live = match control.live_workers(unix_secs_now()).await {
+        Ok(live) => live,
+        Err(e) => {
+            tracing::warn!("cannot list the live workers: {e}");
+            return;
+        }
+    };
+    for (request, progress) in listed {
+        let open = progress.as_ref().is_none_or(|p| !p.state.is_terminal());
+        if !open || passed_on.contains(&request.id) || owner(&request, &live) != Some(me) {
+            continue;
+        }
+        let request = if request.worker == me {
+            request
+        } else {
+            match control.adopt(&request, me).await {
+                Ok(adopted) => {
+                    tracing::info!(
+                        id = %adopted.id,
+                        from = %request.worker,
+                        "adopted a backfill whose worker is no longer live"
+                    );
+                    adopted
+                }
+                Err(e) => {
+                    tracing::warn!("cannot adopt backfill {}: {e}", request.id);
+                    continue;
+                }
+            }
+        };
+        passed_on.insert(request.id.clone());
+        if requests.send(request).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn write(control: &Control, unwritten: &mut Option<BackfillProgress>) {
+    let Some(progress) = unwritten.as_ref() else {
+        return;
+    };
+    match control.report(progress).await {
+        Ok(()) => *unwritten = None,
+        Err(e) => tracing::warn!("cannot write backfill {} progress: {e}", progress.id),
+    }
+}
+
+/// One request being run (see the module docs).
+#[derive(Debug)]
+pub struct Backfill {
+    pub request: BackfillRequest,
+    pub progress: BackfillProgress,
+    pass: u32,
+    /// Objects queued or in flight for this pass.
+    outstanding: usize,
+    /// Objects of this pass that ended without a record (to find again next pass).
+    to_retry: u64,
+    /// When the next pass lists the range again; `None` while one is under way.
+    pub next_pass: Option<Instant>,
+}
+
+impl Backfill {
+    /// Starts running `request` on `worker`: its first pass lists the range at once.
+    pub fn start(request: BackfillRequest, worker: &str, now: Instant) -> Backfill {
+        let unix = unix_secs_now();
+        let mut progress = BackfillProgress::queued(&request, unix);
+        progress.state = BackfillState::Running;
+        progress.worker = worker.to_string();
+        progress.started_at = Some(unix);
+        Backfill {
+            request,
+            progress,
+            pass: 0,
+            outstanding: 0,
+            to_retry: 0,
+            next_pass: Some(now),
+        }
+    }
+
+    /// A pass listed the range and queued `queued` objects.
+    pub fn listed(&mut self, queued: usize) {
+        self.pass += 1;
+        self.next_pass = None;
+        self.outstanding = queued;
+        self.to_retry = 0;
+        if self.pass == 1 {
+            self.progress.found = queued as u64;
+        }
+        self.progress.updated_at = unix_secs_now();
+    }
+
+    /// A pass could not list the range: try again at `retry_at`, counting it as a pass.
+    pub fn listing_failed(&mut self, reason: &str, retry_at: Instant) {
+        self.pass += 1;
+        self.next_pass = Some(retry_at);
+        self.progress.message = Some(format!("listing the range failed: {reason}"));
+        self.progress.updated_at = unix_secs_now();
+    }
+
+    /// One of this backfill's objects ended.
+    pub fn ended(&mut self, ended: &Ended) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        match ended {
+            Ended::Object(ObjectResult::Done(entry)) => {
+                self.progress.ended += 1;
+                self.progress.events_sent += entry.delivered;
+                self.progress.events_parked += entry.parked;
+            }
+            Ended::Object(ObjectResult::Failed(_)) => {
+                self.progress.ended += 1;
+                self.progress.failed += 1;
+            }
+            // Deleted since the listing: nothing left to do for it.
+            Ended::Object(ObjectResult::Gone { .. }) => self.progress.ended += 1,
+            Ended::Object(_) | Ended::Panicked { .. } => self.to_retry += 1,
+        }
+        self.progress.updated_at = unix_secs_now();
+    }
+
+    /// Whether the pass under way has nothing queued or in flight.
+    pub fn pass_over(&self) -> bool {
+        self.next_pass.is_none() && self.outstanding == 0
+    }
+
+    /// After a pass is over: another pass at `next` if objects are left to retry and passes
+    /// remain, else the terminal state. Returns whether the backfill ended.
+    pub fn conclude(&mut self, next: Instant) -> bool {
+        self.progress.updated_at = unix_secs_now();
+        if self.to_retry > 0 && self.pass < MAX_PASSES {
+            self.next_pass = Some(next);
+            return false;
+        }
+        self.progress.state = if self.to_retry > 0 || self.pass > MAX_PASSES {
+            self.progress.message = Some(format!(
+                "{} objects were still left to retry after {} passes over the range; run the backfill again",
+                self.to_retry, self.pass
+            ));
+            BackfillState::Incomplete
+        } else if self.progress.failed > 0 || self.progress.events_parked > 0 {
+            BackfillState::DoneWithFailures
+        } else {
+            BackfillState::Done
+        };
+        true
+    }
+
+    /// Whether listing has failed on every pass allowed.
+    pub fn out_of_passes(&self) -> bool {
+        self.pass >= MAX_PASSES && self.next_pass.is_some()
+    }
+
+    /// Gives up: the worker stopped, or listing kept failing.
+    pub fn give_up(&mut self, reason: String) {
+        self.progress.state = BackfillState::Incomplete;
+        self.progress.message = Some(reason);
+        self.progress.updated_at = unix_secs_now();
+    }
+}
