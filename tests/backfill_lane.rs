@@ -20,7 +20,7 @@ use currents_heap::worker::scheduler::{Admission, SMALL_OBJECT_BUDGET};
 use currents_heap::worker::{Engine, Lookback, Outcome, Output, Plan};
 use currents_heap_testkit::standin::{Standin, StandinConfig};
 use currents_heap_testkit::synth::{SynthOptions, write_custom_events};
-use support::TempDir;
+use support::{TempDir, until};
 use tokio::time::Instant;
 
 const APP_ID: &str = "77";
@@ -47,17 +47,6 @@ fn heap(standin: &Standin) -> Output {
     // which stops the paused clock from advancing while delivery waits for rate room.
     config.max_pending = 50_000;
     Output::Heap(heap)
-}
-
-/// Polls a condition on the paused clock: virtual time, so no real waiting.
-async fn until<F: std::future::Future<Output = bool>>(mut condition: impl FnMut() -> F) {
-    for _ in 0..100_000 {
-        if condition().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the condition never held");
 }
 
 #[tokio::test(start_paused = true)]

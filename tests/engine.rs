@@ -23,7 +23,7 @@ use currents_heap_testkit::fixtures::fixture_specs;
 use currents_heap_testkit::standin::{Standin, StandinConfig};
 use currents_heap_testkit::store::{FaultyStore, Keys, Ops};
 use currents_heap_testkit::synth::{SynthOptions, write_custom_events};
-use support::{TempDir, all_sendable, copy_tree, fixtures};
+use support::{TempDir, all_sendable, copy_tree, fixtures, until};
 use tokio::time::Instant;
 
 const APP_ID: &str = "91";
@@ -82,17 +82,6 @@ impl Dirs {
             .unwrap()
             .count(Recorded::Done)
     }
-}
-
-/// Polls a condition on the (paused) clock: virtual time, so no real waiting.
-async fn until<F: std::future::Future<Output = bool>>(mut condition: impl FnMut() -> F) {
-    for _ in 0..100_000 {
-        if condition().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the condition never held");
 }
 
 fn stored(standin: &Standin) -> HashSet<String> {

@@ -69,6 +69,18 @@ pub fn feed(
     (rx, tracker, feeder)
 }
 
+/// Polls a condition on the (paused) clock every 100 ms: virtual time, so no real waiting.
+#[allow(dead_code)]
+pub async fn until<F: std::future::Future<Output = bool>>(mut condition: impl FnMut() -> F) {
+    for _ in 0..100_000 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the condition never held");
+}
+
 pub fn custom_event(n: usize, identity: &str) -> CustomHttpEvent {
     CustomHttpEvent {
         event_type: Arc::from(CUSTOM_EVENT),
