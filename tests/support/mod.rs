@@ -1,6 +1,10 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod azurite;
+pub mod conformance;
+pub mod fake_gcs;
+pub mod install;
 pub mod moto;
 
 use std::collections::{HashMap, HashSet};
