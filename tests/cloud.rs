@@ -17,7 +17,7 @@ use object_store::azure::MicrosoftAzureBuilder;
 use support::azurite::{self, Azurite};
 use support::conformance::{awkward_conformance_of, conformance, many_keys_conformance};
 use support::fake_gcs::FakeGcs;
-use support::{APP_ID, all_sendable, fixtures, stored_ids};
+use support::{APP_ID, all_sendable, fixtures, output, sendable_by_hour, stored_ids};
 use tokio::process::Command;
 
 /// The keys object_store can name exactly; the rest are refused (see `store::cloud`).
@@ -139,35 +139,6 @@ fn worker(heap: &Standin, env: &[(&str, String)], args: &[&str]) -> Command {
     command
 }
 
-async fn output(mut command: Command) -> (i32, String, String) {
-    let output = command.output().await.unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-/// An event of the last hour, to poison.
-async fn an_event_of_the_last_hour() -> String {
-    let local = LocalStore::new(fixtures());
-    let meta = local
-        .list("currents/")
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|m| m.key.contains("date=2026-11-27-15") && m.key.ends_with(".json"))
-        .unwrap();
-    let text = String::from_utf8(local.get(&meta.key).await.unwrap()).unwrap();
-    let first: serde_json::Value = serde_json::from_str(
-        text.lines()
-            .find(|l| l.contains("external_user_id"))
-            .unwrap(),
-    )
-    .unwrap();
-    first["id"].as_str().unwrap().to_string()
-}
-
 /// `backfill` of one hour, `run --once` over the rest with one event refused (a dead letter),
 /// `status`, then `replay`: every event arrives exactly once, and the ledger and the dead
 /// letter live in `state`, on the same service as the source.
@@ -218,7 +189,11 @@ async fn end_to_end(
         14
     );
 
-    let poisoned = an_event_of_the_last_hour().await;
+    let poisoned = sendable_by_hour()["2026-11-27-15"]
+        .iter()
+        .min()
+        .unwrap()
+        .clone();
     let second = Standin::start(StandinConfig {
         poison_keys: HashSet::from([poisoned.clone()]),
         ..StandinConfig::new(APP_ID)

@@ -19,9 +19,9 @@ use currents_heap::source::{Window, discover};
 use currents_heap::store::{LocalStore, ObjectStore, S3Store};
 use currents_heap_testkit::standin::{Standin, StandinConfig};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::TempDir;
 use support::conformance::{awkward_conformance, conformance, many_keys_conformance};
 use support::moto::{self, Moto};
+use support::{TempDir, output};
 use tokio::process::Command;
 
 const ACCESS_KEY: &str = "AKIDTESTCURRENTSHEAP";
@@ -222,15 +222,6 @@ fn worker(s3: &S3Server, heap: &Standin, args: &[&str]) -> Command {
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     command
-}
-
-async fn output(mut command: Command) -> (i32, String, String) {
-    let output = command.output().await.unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
