@@ -1,13 +1,18 @@
 //! One small object-store interface for everything currents-heap reads and writes: Currents
 //! objects (source), the ledger and dead letters (state). Back-ends: a local directory here;
-//! S3 and S3-compatible stores beside it.
+//! S3 and S3-compatible stores (aws-sdk-s3), Azure Blob Storage and Google Cloud Storage
+//! (object_store, in [`cloud`]) beside it.
 //!
 //! Keys are `/`-separated and relative to the store's root (a directory or `bucket/prefix`).
 //! Every store takes every key S3 takes, with S3's meaning: segments may be empty
 //! (`exports//currents/...`, which a Braze prefix ending in `/` produces), and `.` and `..`
 //! are plain names, never steps up or across. The local store maps keys to file names by a
-//! reversible encoding, described in [`local`]. The empty key is not an object.
+//! reversible encoding, described in [`local`]. The empty key is not an object. Azure and GCS,
+//! through object_store, refuse with an error the keys it cannot name (empty, `.` and `..`
+//! segments, a leading or trailing `/`, control characters); see [`cloud`].
 
+pub mod cloud;
+pub mod cloud_env;
 pub mod local;
 pub mod location;
 pub mod s3;
@@ -16,6 +21,7 @@ use std::future::Future;
 use std::io::Read;
 use std::pin::Pin;
 
+pub use cloud::CloudStore;
 pub use local::LocalStore;
 pub use location::Location;
 pub use s3::S3Store;

@@ -1,6 +1,10 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod azurite;
+pub mod conformance;
+pub mod fake_gcs;
+pub mod install;
 pub mod moto;
 
 use std::collections::{HashMap, HashSet};
@@ -197,13 +201,18 @@ impl Setup {
     }
 
     pub async fn run(&self, standin: &Standin, args: &[&str]) -> (i32, String, String) {
-        let output = self.command(standin, args).output().await.unwrap();
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        output(self.command(standin, args)).await
     }
+}
+
+/// Runs `command` to its end: exit code (-1 for a signal), stdout and stderr.
+pub async fn output(mut command: Command) -> (i32, String, String) {
+    let output = command.output().await.unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 pub fn stored_ids(standin: &Standin) -> HashSet<String> {

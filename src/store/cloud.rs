@@ -1,0 +1,437 @@
+//! Azure Blob Storage and Google Cloud Storage, through the `object_store` crate (arrow-rs):
+//! one client crate for both, on the reqwest + rustls stack the Heap client already uses.
+//!
+//! Credentials follow each cloud's conventions; [`super::Location::open`] builds the client
+//! from the environment (see the README, "Azure Blob Storage and Google Cloud Storage").
+//! Error messages name the store and the key, are one line, and never hold an account key,
+//! a SAS token or a bearer token: object_store hides signed URLs, and [`CloudStore`] blanks
+//! every secret it was configured with besides.
+//!
+//! # Keys these stores cannot hold
+//!
+//! object_store names objects by its `Path`, which has no empty segment, no `.` or `..`
+//! segment, no leading or trailing `/` and no ASCII control character. Both services take
+//! such names; object_store does not. Rather than map two keys to one (`Path::from` would
+//! drop the empty segment of `a//b` and re-encode `%`), every key goes through
+//! [`Path::parse`], which keeps the key byte for byte or refuses it, and a refused key fails
+//! with an error that says why. A listing over an object whose name object_store cannot
+//! parse fails too, naming it: such an object is never skipped in silence. Everything else
+//! (`%`, `+`, `=`, spaces, any Unicode, 1,024 bytes) is held exactly.
+//!
+//! # Listing cost
+//!
+//! A listing asks the service for the folder part of the prefix and filters the rest here
+//! (object_store lists by folder). [`ObjectStore::list_range`] passes its start to the
+//! service (`startFrom` on Azure, `start-after` on GCS), so a slice of a large folder costs
+//! a request per page of the slice, and stops reading pages at the first key past its end.
+//! Every HTTP request, credential requests included, is counted in `/metrics` as
+//! `currents_heap_requests_total{service="azure"|"gcs",operation=…}`.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use object_store::client::{HttpClient, HttpConnector, HttpService, ReqwestConnector};
+use object_store::path::Path;
+use object_store::{ObjectStore as _, ObjectStoreExt as _, PutPayload};
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use super::{ObjectMeta, ObjectReader, ObjectStore, StoreError, StoreFuture, in_range};
+use crate::telemetry::Metrics;
+use crate::telemetry::events::AwsRequest;
+
+/// Longest error reason kept: the service's answer can carry a whole XML body.
+const MAX_REASON: usize = 400;
+
+pub struct CloudStore {
+    inner: Arc<dyn object_store::ObjectStore>,
+    /// `az://container/` or `gs://bucket/`, for messages.
+    root: String,
+    /// Empty or ending in `/`; every key is relative to it.
+    prefix: String,
+    /// Values blanked out of every message: keys, SAS tokens, bearer tokens.
+    secrets: Vec<String>,
+}
+
+impl CloudStore {
+    /// A store over `inner` (whose names start at the container or bucket), for keys under
+    /// `prefix`. `root` names it in messages; `secrets` are never shown.
+    pub fn new(
+        inner: Arc<dyn object_store::ObjectStore>,
+        root: &str,
+        prefix: &str,
+        secrets: Vec<String>,
+    ) -> Self {
+        let prefix = prefix.trim_matches('/');
+        CloudStore {
+            inner,
+            root: format!("{}/", root.trim_end_matches('/')),
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+            secrets: secrets.into_iter().filter(|s| s.len() >= 4).collect(),
+        }
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn error(&self, operation: &'static str, key: &str, reason: String) -> StoreError {
+        StoreError {
+            operation,
+            location: format!("{}{}", self.root, self.full_key(key)),
+            reason: self.one_line(&reason),
+            not_found: false,
+        }
+    }
+
+    fn store_error(
+        &self,
+        operation: &'static str,
+        key: &str,
+        e: &object_store::Error,
+    ) -> StoreError {
+        StoreError {
+            not_found: matches!(e, object_store::Error::NotFound { .. }),
+            ..self.error(operation, key, e.to_string())
+        }
+    }
+
+    /// One line, secrets blanked, at most [`MAX_REASON`] characters.
+    fn one_line(&self, text: &str) -> String {
+        let mut line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        for secret in &self.secrets {
+            line = line.replace(secret.as_str(), "<redacted>");
+        }
+        if let Some((cut, _)) = line.char_indices().nth(MAX_REASON) {
+            line.truncate(cut);
+            line.push('…');
+        }
+        line
+    }
+
+    /// The object_store name of `key`, exactly, or why it has none.
+    fn path(&self, operation: &'static str, key: &str) -> Result<Path, StoreError> {
+        let full = self.full_key(key);
+        match unnameable(&full) {
+            Some(why) => Err(self.error(
+                operation,
+                key,
+                format!("this store cannot hold the key: {why} (object_store refuses such names)"),
+            )),
+            None => Path::parse(&full).map_err(|e| self.error(operation, key, e.to_string())),
+        }
+    }
+
+    /// The folder part of `prefix` (up to its last `/`) as a listing prefix: `None` for the
+    /// container's root.
+    fn folder(&self, operation: &'static str, prefix: &str) -> Result<Option<Path>, StoreError> {
+        let full = self.full_key(prefix);
+        let folder = &full[..full.rfind('/').map_or(0, |i| i + 1)];
+        if folder.is_empty() {
+            return Ok(None);
+        }
+        // `a/b/` names the folder `a/b`; a name with an empty or dot segment has none.
+        let name = &folder[..folder.len() - 1];
+        match unnameable(name) {
+            Some(why) => Err(self.error(
+                operation,
+                prefix,
+                format!("this store cannot list under this prefix: {why}"),
+            )),
+            None => Path::parse(name)
+                .map(Some)
+                .map_err(|e| self.error(operation, prefix, e.to_string())),
+        }
+    }
+
+    /// The objects under `prefix`, after `start_after` and before `end` (as
+    /// [`ObjectStore::list_range`]). Reads pages only until a key reaches `end` or leaves
+    /// the prefix: the services list in key order.
+    async fn list_objects(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        end: Option<&str>,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        let folder = self.folder("list", prefix)?;
+        let full_prefix = self.full_key(prefix);
+        let full_start = self.full_key(start_after);
+        let full_end = end.map(|end| self.full_key(end));
+        // The service starts after `offset`: the start itself, or (if object_store cannot
+        // name it) the start of the folder. Any offset at or before the start is correct,
+        // as every key is checked below.
+        let offset = Some(full_start.trim_end_matches('/'))
+            .filter(|start| *start > full_prefix.as_str() && unnameable(start).is_none())
+            .and_then(|start| Path::parse(start).ok());
+        let mut listing = match &offset {
+            Some(offset) => self.inner.list_with_offset(folder.as_ref(), offset),
+            None => self.inner.list(folder.as_ref()),
+        };
+        let mut found = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| self.store_error("list", prefix, &e))?;
+            let full: &str = meta.location.as_ref();
+            if full_end.as_deref().is_some_and(|end| full >= end)
+                || (full > full_prefix.as_str() && !full.starts_with(&full_prefix))
+            {
+                // Past the end or past the prefix: no later page holds a key in range.
+                break;
+            }
+            let Some(key) = full.strip_prefix(&self.prefix) else {
+                continue;
+            };
+            if key.starts_with(prefix) && in_range(key, start_after, end) {
+                found.push(ObjectMeta {
+                    key: key.to_string(),
+                    size: meta.size,
+                    etag: meta
+                        .e_tag
+                        .map(|e| e.trim_matches('"').to_string())
+                        .filter(|e| !e.is_empty())
+                        .unwrap_or_else(|| {
+                            format!(
+                                "lm{}",
+                                meta.last_modified.timestamp_nanos_opt().unwrap_or(0)
+                            )
+                        }),
+                });
+            }
+        }
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(found)
+    }
+
+    async fn get_result(&self, key: &str) -> Result<object_store::GetResult, StoreError> {
+        let path = self.path("get", key)?;
+        self.inner
+            .get(&path)
+            .await
+            .map_err(|e| self.store_error("get", key, &e))
+    }
+}
+
+/// Why object_store's `Path` cannot name `key` exactly, if it cannot.
+pub fn unnameable(key: &str) -> Option<&'static str> {
+    if key.is_empty() {
+        Some("it is empty")
+    } else if key.starts_with('/') {
+        Some("it starts with `/`")
+    } else if key.ends_with('/') {
+        Some("it ends with `/`")
+    } else if key.split('/').any(str::is_empty) {
+        Some("it has an empty segment (`//`)")
+    } else if key.split('/').any(|s| s == "." || s == "..") {
+        Some("it has a `.` or `..` segment")
+    } else if key.chars().any(|c| c.is_ascii_control()) {
+        Some("it has a control character")
+    } else {
+        None
+    }
+}
+
+impl ObjectStore for CloudStore {
+    fn describe(&self) -> String {
+        format!("{}{}", self.root, self.prefix)
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<ObjectMeta>> {
+        Box::pin(self.list_objects(prefix, "", None))
+    }
+
+    fn list_range<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: &'a str,
+        end: Option<&'a str>,
+    ) -> StoreFuture<'a, Vec<ObjectMeta>> {
+        Box::pin(self.list_objects(prefix, start_after, end))
+    }
+
+    fn list_folders<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let folder = self.folder("list", prefix)?;
+            let listed = self
+                .inner
+                .list_with_delimiter(folder.as_ref())
+                .await
+                .map_err(|e| self.store_error("list", prefix, &e))?;
+            let mut folders: Vec<String> = listed
+                .common_prefixes
+                .iter()
+                .filter_map(|p| p.as_ref().strip_prefix(&self.prefix))
+                .map(|p| format!("{p}/"))
+                .filter(|p| p.starts_with(prefix))
+                .collect();
+            folders.sort();
+            Ok(folders)
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<u8>> {
+        Box::pin(async move {
+            let result = self.get_result(key).await?;
+            let bytes = result
+                .bytes()
+                .await
+                .map_err(|e| self.store_error("get", key, &e))?;
+            Ok(bytes.to_vec())
+        })
+    }
+
+    fn open<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectReader> {
+        Box::pin(async move {
+            let result = self.get_result(key).await?;
+            // Bytes arrive as the decoder asks for them: one chunk in memory, not the object.
+            let stream = result
+                .into_stream()
+                .map(|chunk| chunk.map_err(std::io::Error::other));
+            let reader = SyncIoBridge::new(StreamReader::new(stream));
+            Ok(Box::new(reader) as ObjectReader)
+        })
+    }
+
+    fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let path = self.path("put", key)?;
+            // One request (Put Blob, or GCS's object PUT): readers see all or nothing.
+            self.inner
+                .put(&path, PutPayload::from(bytes))
+                .await
+                .map_err(|e| self.store_error("put", key, &e))?;
+            Ok(())
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let path = self.path("delete", key)?;
+            match self.inner.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(self.store_error("delete", key, &e)),
+            }
+        })
+    }
+}
+
+/// object_store's reqwest connector, counting every request it sends into `/metrics`.
+#[derive(Debug)]
+pub struct CountingConnector(Counter);
+
+impl CountingConnector {
+    /// `service` is the metric's label: `azure`, `gcs`.
+    pub fn new(service: &'static str, metrics: Arc<Metrics>) -> Self {
+        CountingConnector(Counter { service, metrics })
+    }
+}
+
+#[derive(Clone)]
+struct Counter {
+    service: &'static str,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Counter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.service)
+    }
+}
+
+impl HttpConnector for CountingConnector {
+    fn connect(&self, options: &object_store::ClientOptions) -> object_store::Result<HttpClient> {
+        let inner = ReqwestConnector::default().connect(options)?;
+        Ok(HttpClient::new(CountingService {
+            counter: self.0.clone(),
+            inner,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct CountingService {
+    counter: Counter,
+    inner: HttpClient,
+}
+
+#[async_trait::async_trait]
+impl HttpService for CountingService {
+    async fn call(
+        &self,
+        request: object_store::client::HttpRequest,
+    ) -> Result<object_store::client::HttpResponse, object_store::client::HttpError> {
+        AwsRequest {
+            service: self.counter.service,
+            operation: operation(request.method(), request.uri()),
+        }
+        .emit(&self.counter.metrics);
+        self.inner.execute(request).await
+    }
+}
+
+/// The metric's operation: `List`, `Get`, `Put`, `Delete`, `Head`, or `Token` for a
+/// credential request (OAuth, instance metadata).
+fn operation(method: &http::Method, uri: &http::Uri) -> &'static str {
+    let query = uri.query().unwrap_or("");
+    if uri.path().ends_with("/token") || uri.path().contains("/oauth2/") {
+        return "Token";
+    }
+    if query
+        .split('&')
+        .any(|p| p == "comp=list" || p == "list-type=2")
+    {
+        return "List";
+    }
+    match *method {
+        http::Method::GET => "Get",
+        http::Method::PUT => "Put",
+        http::Method::DELETE => "Delete",
+        http::Method::HEAD => "Head",
+        _ => "Other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_exactly_or_says_why_not() {
+        for key in [
+            "a/b",
+            "pct/100%",
+            "pct/%2E",
+            "plus/a+b",
+            "sp/ x /y ",
+            "Grüße/🎉",
+        ] {
+            assert_eq!(unnameable(key), None, "{key}");
+            assert_eq!(Path::parse(key).unwrap().as_ref(), key);
+        }
+        for key in [
+            "", "/lead", "trail/", "a//b", "a/./b", "a/../b", "..", "dots/.", "a\nb",
+        ] {
+            assert!(unnameable(key).is_some(), "{key:?}");
+        }
+    }
+
+    #[test]
+    fn operations_are_named_from_the_request() {
+        let op = |method: http::Method, uri: &str| operation(&method, &uri.parse().unwrap());
+        assert_eq!(
+            op(http::Method::GET, "http://h/c?restype=container&comp=list"),
+            "List"
+        );
+        assert_eq!(
+            op(http::Method::GET, "http://h/b?list-type=2&prefix=a"),
+            "List"
+        );
+        assert_eq!(op(http::Method::GET, "http://h/b/a/key"), "Get");
+        assert_eq!(op(http::Method::PUT, "http://h/b/a/key"), "Put");
+        assert_eq!(
+            op(http::Method::POST, "http://login/t/oauth2/v2.0/token"),
+            "Token"
+        );
+    }
+}

@@ -1,0 +1,332 @@
+//! The one store conformance suite: every store (local, S3 on moto and s3s-fs, Azure on
+//! Azurite, GCS on fake-gcs-server) gives the same answers, for the keys it can hold.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use currents_heap::store::ObjectStore;
+
+/// The same behaviour from every store, for keys every store can hold (s3s-fs included).
+pub async fn conformance(store: &dyn ObjectStore, secrets: &[&str]) {
+    store.put("a/b/one.txt", b"1".to_vec()).await.unwrap();
+    store.put("a/b/two.txt", b"22".to_vec()).await.unwrap();
+    store.put("a/c/three.txt", b"333".to_vec()).await.unwrap();
+    store.put("z.txt", b"".to_vec()).await.unwrap();
+    assert_eq!(store.get("a/b/two.txt").await.unwrap(), b"22");
+    let listed = store.list("a/").await.unwrap();
+    let keys: Vec<&str> = listed.iter().map(|m| m.key.as_str()).collect();
+    assert_eq!(keys, ["a/b/one.txt", "a/b/two.txt", "a/c/three.txt"]);
+    assert_eq!(listed[2].size, 3);
+    assert!(listed.iter().all(|m| !m.etag.is_empty()));
+    assert_eq!(
+        store.list("a/b/t").await.unwrap().len(),
+        1,
+        "a prefix need not end at a folder"
+    );
+    assert_eq!(store.list_folders("").await.unwrap(), ["a/"]);
+    assert_eq!(store.list_folders("a/").await.unwrap(), ["a/b/", "a/c/"]);
+    range_conformance(store).await;
+    assert_eq!(read_all(store, "a/c/three.txt").await, b"333");
+    store
+        .put("a/b/one.txt", b"replaced".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(store.get("a/b/one.txt").await.unwrap(), b"replaced");
+    store.delete("a/b/one.txt").await.unwrap();
+    store.delete("a/b/one.txt").await.unwrap();
+    store.delete("never/was.txt").await.unwrap();
+    let missing = store.get("a/b/one.txt").await.unwrap_err();
+    assert!(missing.not_found, "{missing}");
+    assert!(missing.to_string().contains("a/b/one.txt"), "{missing}");
+    for secret in secrets {
+        assert!(!missing.to_string().contains(secret), "{missing}");
+    }
+    assert!(!missing.to_string().contains('\n'), "one line: {missing}");
+    let missing = store.open("a/b/one.txt").await.err().unwrap();
+    assert!(missing.not_found, "{missing}");
+    assert!(missing.to_string().contains("a/b/one.txt"), "{missing}");
+}
+
+pub async fn ranged_keys(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    start_after: &str,
+    end: Option<&str>,
+) -> Vec<String> {
+    let listed = store.list_range(prefix, start_after, end).await.unwrap();
+    listed.into_iter().map(|m| m.key).collect()
+}
+
+/// `list_range`'s bounds, on `a/b/one.txt`, `a/b/two.txt`, `a/c/three.txt`, `z.txt`.
+async fn range_conformance(store: &dyn ObjectStore) {
+    assert_eq!(
+        ranged_keys(store, "a/", "a/b/one.txt", None).await,
+        ["a/b/two.txt", "a/c/three.txt"],
+        "the start is excluded when a key equals it"
+    );
+    assert_eq!(
+        ranged_keys(store, "a/", "a/b/one.txt", Some("a/c/three.txt")).await,
+        ["a/b/two.txt"],
+        "the end is excluded when a key equals it"
+    );
+    assert_eq!(
+        ranged_keys(store, "a/", "a/b", Some("a/c")).await,
+        ["a/b/one.txt", "a/b/two.txt"],
+        "bounds without a trailing `/` fall between folders"
+    );
+    assert_eq!(
+        ranged_keys(store, "a/", "", None).await,
+        ["a/b/one.txt", "a/b/two.txt", "a/c/three.txt"],
+        "a start before the prefix: the whole prefix"
+    );
+    assert_eq!(
+        ranged_keys(store, "a/b/", "a/", Some("z")).await,
+        ["a/b/one.txt", "a/b/two.txt"],
+        "bounds outside the prefix: only the prefix"
+    );
+    assert_eq!(
+        ranged_keys(store, "", "a/c/three.txt", None).await,
+        ["z.txt"]
+    );
+    assert!(
+        ranged_keys(store, "a/", "a/c/three.txt", None)
+            .await
+            .is_empty()
+    );
+    assert!(
+        ranged_keys(store, "a/", "a/b/two.txt", Some("a/b/two.txt"))
+            .await
+            .is_empty()
+    );
+    assert!(
+        ranged_keys(store, "a/", "a/c", Some("a/b"))
+            .await
+            .is_empty(),
+        "an end before the start"
+    );
+}
+
+pub async fn read_all(store: &dyn ObjectStore, key: &str) -> Vec<u8> {
+    let mut reader = store.open(key).await.unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut bytes).unwrap();
+        bytes
+    })
+    .await
+    .unwrap()
+}
+
+/// Keys S3 takes and a path would not: empty, `.` and `..` segments, a segment longer than
+/// a file name, a key near S3's 1,024-byte limit, and names with `%`, `+`, `=`, spaces and
+/// non-ASCII. No key is a folder of another: a directory cannot also be a file.
+pub fn awkward_keys() -> Vec<String> {
+    let mut keys: Vec<String> = [
+        "a//b",
+        "/lead",
+        "/",
+        "trail/",
+        "a/./b",
+        "a/../b",
+        "../up",
+        "./here",
+        "dots/.",
+        "dots/..",
+        "dots/...",
+        "dots/.hidden",
+        "unicode/Grüße/日本語/🎉 party.avro",
+        "spaces/with space/ leading and trailing ",
+        "plus/a+b+0+0000000000.avro",
+        "eq/event_type=users.behaviors.CustomEvent/date=2026-11-27-12/x=y",
+        "pct/100%",
+        "pct/a.b",
+        "pct/a%2Eb",
+        "pct/a%2eb",
+        "pct/%",
+        "pct/%25",
+        "pct/%00",
+        "pct/%+",
+        "pct/x%+/y",
+        "pct/%tmp.1-1",
+    ]
+    .map(String::from)
+    .to_vec();
+    keys.push(format!("long/{}/tail.avro", "segment-".repeat(40)));
+    let deep = format!(
+        "deep/{}/{}/{}",
+        "x".repeat(300),
+        "é".repeat(150),
+        "y".repeat(200)
+    );
+    keys.push(format!("{deep}/{}", "z".repeat(1000 - deep.len() - 1)));
+    keys
+}
+
+/// The folders S3 reports for `prefix` with the delimiter `/`.
+fn folders_of(keys: &[String], prefix: &str) -> Vec<String> {
+    let folders: BTreeSet<String> = keys
+        .iter()
+        .filter_map(|key| key.strip_prefix(prefix))
+        .filter_map(|rest| {
+            rest.find('/')
+                .map(|end| format!("{prefix}{}", &rest[..=end]))
+        })
+        .collect();
+    folders.into_iter().collect()
+}
+
+pub async fn listed_keys(store: &dyn ObjectStore, prefix: &str) -> Vec<String> {
+    let listed = store.list(prefix).await.unwrap();
+    listed.into_iter().map(|m| m.key).collect()
+}
+
+/// Every operation round-trips the exact keys, and listings agree with S3's rules at every
+/// folder of every key.
+pub async fn awkward_conformance(store: &dyn ObjectStore) {
+    awkward_conformance_of(store, |_| true).await;
+}
+
+/// [`awkward_conformance`] for the keys `holds` takes; every other key is refused, by every
+/// operation, with an error that names it, and is never stored as another key.
+pub async fn awkward_conformance_of(store: &dyn ObjectStore, holds: fn(&str) -> bool) {
+    let (mut keys, refused): (Vec<String>, Vec<String>) =
+        awkward_keys().into_iter().partition(|k| holds(k));
+    assert_eq!(awkward_keys().last().unwrap().len(), 1000);
+    for key in &refused {
+        let put = store.put(key, b"refused".to_vec()).await.unwrap_err();
+        let get = store.get(key).await.unwrap_err();
+        let delete = store.delete(key).await.unwrap_err();
+        for error in [put, get, delete] {
+            assert!(!error.not_found, "{error}");
+            assert!(error.to_string().contains(key.as_str()), "{error}");
+            assert!(error.to_string().contains("cannot hold"), "{error}");
+        }
+    }
+    assert!(
+        store.list("").await.unwrap().is_empty(),
+        "a refused key is stored as no other"
+    );
+    for key in &keys {
+        store
+            .put(key, key.as_bytes().to_vec())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    keys.sort();
+    let listed = store.list("").await.unwrap();
+    assert_eq!(
+        listed.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(),
+        keys,
+        "every key, exactly, in key order"
+    );
+    assert!(listed.iter().all(|m| m.size == m.key.len() as u64));
+    for key in &keys {
+        assert_eq!(
+            store.get(key).await.unwrap_or_else(|e| panic!("{e}")),
+            key.as_bytes()
+        );
+    }
+    let longest = keys.iter().max_by_key(|k| k.len()).unwrap();
+    assert_eq!(read_all(store, longest).await, longest.as_bytes());
+
+    let mut prefixes: BTreeSet<String> = BTreeSet::from([String::new()]);
+    for key in &keys {
+        prefixes.extend(key.match_indices('/').map(|(i, _)| key[..=i].to_string()));
+    }
+    for prefix in &prefixes {
+        assert_eq!(
+            store.list_folders(prefix).await.unwrap(),
+            folders_of(&keys, prefix),
+            "folders of {prefix:?}"
+        );
+    }
+    for prefix in prefixes
+        .iter()
+        .map(String::as_str)
+        .chain(["/l", "a/.", "pct/%", "pct/a%2"])
+        .filter(|p| holds(&format!("{p}x")))
+    {
+        let expected: Vec<String> = keys
+            .iter()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        assert_eq!(
+            listed_keys(store, prefix).await,
+            expected,
+            "keys under {prefix:?}"
+        );
+    }
+
+    // Ranges agree with the order of UTF-8 bytes (`é` and `日` after ASCII, `%` before `+`).
+    for i in (0..keys.len()).step_by(4) {
+        let end = keys.get(i + 6).map(String::as_str);
+        let expected = &keys[i + 1..(i + 6).min(keys.len())];
+        assert_eq!(
+            ranged_keys(store, "", &keys[i], end).await,
+            expected,
+            "after {:?} up to {end:?}",
+            keys[i]
+        );
+    }
+
+    for key in &keys {
+        store.delete(key).await.unwrap();
+        let missing = store.get(key).await.unwrap_err();
+        assert!(missing.not_found, "{missing}");
+        assert!(missing.to_string().contains(key.as_str()), "{missing}");
+    }
+    assert!(store.list("").await.unwrap().is_empty());
+    assert!(
+        store.list_folders("").await.unwrap().is_empty(),
+        "a folder lives only as long as a key below it"
+    );
+}
+
+/// 1,100 keys in 1,100 folders: S3 answers at most 1,000 per page, for either listing.
+pub async fn many_keys_conformance(store: Arc<dyn ObjectStore>) {
+    const N: usize = 1100;
+    // Written out of order, so a listing cannot pass by echoing the order of writes.
+    let folders: Vec<String> = (0..N)
+        .map(|i| format!("many/{:04}/", i * 7919 % N))
+        .collect();
+    let mut writers = tokio::task::JoinSet::new();
+    for chunk in folders.chunks(N / 10) {
+        let (store, chunk) = (store.clone(), chunk.to_vec());
+        writers.spawn(async move {
+            for folder in chunk {
+                store
+                    .put(&format!("{folder}k"), b"k".to_vec())
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.unwrap();
+    }
+    let mut folders = folders;
+    folders.sort();
+    let keys: Vec<String> = folders.iter().map(|f| format!("{f}k")).collect();
+    assert_eq!(listed_keys(&*store, "many/").await, keys);
+    assert_eq!(store.list_folders("many/").await.unwrap(), folders);
+    assert_eq!(listed_keys(&*store, "many/10").await, keys[1000..]);
+    // Ranges over more keys than a page, and ranges that end within the first page.
+    assert_eq!(
+        ranged_keys(&*store, "many/", &keys[10], Some(&keys[1090])).await,
+        keys[11..1090]
+    );
+    assert_eq!(
+        ranged_keys(&*store, "many/", "many/", None).await,
+        keys,
+        "every key, over two pages"
+    );
+    assert_eq!(
+        ranged_keys(&*store, "many/", &keys[99], Some(&keys[150])).await,
+        keys[100..150]
+    );
+    assert_eq!(
+        ranged_keys(&*store, "many/", &keys[1098], None).await,
+        keys[1099..]
+    );
+}
