@@ -420,6 +420,17 @@ impl Control {
     pub async fn requests(
         &self,
     ) -> Result<Vec<(BackfillRequest, Option<BackfillProgress>)>, HandoverError> {
+        self.requests_except(&std::collections::HashSet::new())
+            .await
+    }
+
+    /// [`Control::requests`] without reading the requests whose ids are in `skip` (a worker
+    /// skips those it has seen end: two reads per request ever made, every 30 s, would grow
+    /// with the history).
+    pub async fn requests_except(
+        &self,
+        skip: &std::collections::HashSet<String>,
+    ) -> Result<Vec<(BackfillRequest, Option<BackfillProgress>)>, HandoverError> {
         let listed = self.list("list the backfill requests", BACKFILLS).await?;
         let mut with_progress = std::collections::HashSet::new();
         let mut ids = Vec::new();
@@ -431,6 +442,7 @@ impl Control {
                 continue;
             };
             match file {
+                "request.json" if skip.contains(id) => {}
                 "request.json" => ids.push(id.to_string()),
                 "progress.json" => {
                     with_progress.insert(id.to_string());

@@ -98,6 +98,7 @@ async fn desk(
     let mut writes = tokio::time::interval(PROGRESS_EVERY);
     writes.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut passed_on: HashSet<String> = HashSet::new();
+    let mut ended: HashSet<String> = HashSet::new();
     let mut unwritten: Option<BackfillProgress> = None;
     loop {
         tokio::select! {
@@ -107,7 +108,7 @@ async fn desk(
                     tracing::warn!("cannot write this worker's heartbeat (backfills cannot hand over until it works): {e}");
                     continue;
                 }
-                take_requests(&control, &heartbeat.worker, &requests, &mut passed_on).await;
+                take_requests(&control, &heartbeat.worker, &requests, &mut passed_on, &mut ended).await;
             }
             changed = progress.changed() => {
                 if changed.is_err() {
@@ -135,14 +136,16 @@ async fn desk(
     }
 }
 
-/// Passes on the open requests this worker owns that it has not passed on yet.
+/// Passes on the open requests this worker owns that it has not passed on yet; remembers
+/// the ones that ended, so as not to read them again.
 async fn take_requests(
     control: &Control,
     me: &str,
     requests: &mpsc::Sender<BackfillRequest>,
     passed_on: &mut HashSet<String>,
+    ended: &mut HashSet<String>,
 ) {
-    let listed = match control.requests().await {
+    let listed = match control.requests_except(ended).await {
         Ok(listed) => listed,
         Err(e) => {
             tracing::warn!("cannot list the backfill requests: {e}");
@@ -158,6 +161,9 @@ async fn take_requests(
     };
     for (request, progress) in listed {
         let open = progress.as_ref().is_none_or(|p| !p.state.is_terminal());
+        if !open {
+            ended.insert(request.id.clone());
+        }
         if !open || passed_on.contains(&request.id) || owner(&request, &live) != Some(me) {
             continue;
         }
@@ -305,5 +311,93 @@ impl Backfill {
         self.progress.state = BackfillState::Incomplete;
         self.progress.message = Some(reason);
         self.progress.updated_at = unix_secs_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::currents::key::DateHour;
+    use crate::ledger::{Entry, Outcome};
+    use crate::store::ObjectMeta;
+
+    fn request() -> BackfillRequest {
+        BackfillRequest {
+            id: "1-abc".into(),
+            from: DateHour::from_hours_since_epoch(10),
+            to: DateHour::from_hours_since_epoch(12),
+            worker: "w".into(),
+            requested_at: 0,
+        }
+    }
+
+    fn done(key: &str, delivered: u64, parked: u64) -> Ended {
+        let meta = ObjectMeta {
+            key: key.into(),
+            size: 1,
+            etag: "e".into(),
+        };
+        let mut entry = Entry::new(&meta, Outcome::Done);
+        entry.delivered = delivered;
+        entry.parked = parked;
+        Ended::Object(ObjectResult::Done(entry))
+    }
+
+    fn retry(key: &str) -> Ended {
+        Ended::Object(ObjectResult::Retry {
+            key: key.into(),
+            reason: "outage".into(),
+        })
+    }
+
+    #[test]
+    fn objects_left_to_retry_get_another_pass_then_make_it_incomplete() {
+        let now = Instant::now();
+        let mut backfill = Backfill::start(request(), "w", now);
+        assert_eq!(backfill.progress.state, BackfillState::Running);
+        backfill.listed(2);
+        backfill.ended(&done("a", 5, 0));
+        assert!(!backfill.pass_over());
+        backfill.ended(&retry("b"));
+        assert!(backfill.pass_over());
+        assert!(!backfill.conclude(now), "a second pass for b");
+        assert_eq!(backfill.next_pass, Some(now));
+        for _ in 1..MAX_PASSES {
+            backfill.listed(1);
+            assert_eq!(backfill.progress.found, 2, "found counts the first pass");
+            backfill.ended(&retry("b"));
+            if backfill.conclude(now) {
+                break;
+            }
+        }
+        assert_eq!(backfill.progress.state, BackfillState::Incomplete);
+        assert!(
+            backfill
+                .progress
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("1 objects")
+        );
+        assert_eq!(backfill.progress.events_sent, 5);
+    }
+
+    #[test]
+    fn a_range_ends_done_or_done_with_failures() {
+        let now = Instant::now();
+        let mut clean = Backfill::start(request(), "w", now);
+        clean.listed(0);
+        assert!(clean.pass_over() && clean.conclude(now));
+        assert_eq!(clean.progress.state, BackfillState::Done);
+
+        let mut parked = Backfill::start(request(), "w", now);
+        parked.listed(1);
+        parked.ended(&done("a", 4, 1));
+        assert!(parked.conclude(now));
+        assert_eq!(parked.progress.state, BackfillState::DoneWithFailures);
+        assert_eq!(
+            (parked.progress.ended, parked.progress.events_parked),
+            (1, 1)
+        );
     }
 }
