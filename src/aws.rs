@@ -20,7 +20,7 @@ use aws_smithy_runtime_api::client::orchestrator::{HttpResponse, Metadata};
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 
 use crate::telemetry::Metrics;
-use crate::telemetry::events::AwsRequest;
+use crate::telemetry::events::StoreRequest;
 
 /// Counts every attempt a client transmits (a retried request counts once per attempt), by
 /// `service` (the label given to [`CountRequests::new`]) and the operation the SDK names.
@@ -60,7 +60,7 @@ impl Intercept for CountRequests {
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         let operation = cfg.load::<Metadata>().map_or("unknown", Metadata::name);
-        AwsRequest {
+        StoreRequest {
             service: self.service,
             operation,
         }

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use currents_heap::telemetry::Metrics;
-use currents_heap::telemetry::events::{AwsRequest, EventsRead, HeapRequest, NotificationDropped};
+use currents_heap::telemetry::events::{
+    EventsRead, HeapRequest, NotificationDropped, StoreRequest,
+};
 use serde::Deserialize;
 use serde_json::Value as Json;
 use support::TempDir;
@@ -197,7 +199,7 @@ fn the_dashboard_queries_only_exported_metrics() {
         latency: std::time::Duration::from_millis(5),
     }
     .emit(&metrics);
-    AwsRequest {
+    StoreRequest {
         service: "s3",
         operation: "ListObjectsV2",
     }

@@ -44,7 +44,8 @@ pub enum Exit {
 /// Where Currents objects and state live.
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct StoreArgs {
-    /// Currents objects: `s3://bucket/prefix`, or a local directory in the same layout.
+    /// Currents objects: `s3://bucket/prefix`, `az://container/prefix`, `gs://bucket/prefix`,
+    /// or a local directory in the same layout.
     #[arg(long, env = "CURRENTS_HEAP_SOURCE", default_value_t = DEFAULTS.source.clone())]
     #[serde(with = "as_text")]
     source: Location,
@@ -56,7 +57,8 @@ pub struct StoreArgs {
 /// Where the ledger and dead letters live (all `replay` needs besides Heap).
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct StateArgs {
-    /// The ledger and dead letters: `s3://bucket/prefix`, or a local directory.
+    /// The ledger and dead letters: `s3://`, `az://` or `gs://` `bucket/prefix`, or a local
+    /// directory.
     #[arg(long, env = "CURRENTS_HEAP_STATE", default_value_t = DEFAULTS.state.clone())]
     #[serde(with = "as_text")]
     state: Location,

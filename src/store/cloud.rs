@@ -37,7 +37,7 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::{ObjectMeta, ObjectReader, ObjectStore, StoreError, StoreFuture, in_range};
 use crate::telemetry::Metrics;
-use crate::telemetry::events::AwsRequest;
+use crate::telemetry::events::StoreRequest;
 
 /// Longest error reason kept: the service's answer can carry a whole XML body.
 const MAX_REASON: usize = 400;
@@ -361,7 +361,7 @@ impl HttpService for CountingService {
         &self,
         request: object_store::client::HttpRequest,
     ) -> Result<object_store::client::HttpResponse, object_store::client::HttpError> {
-        AwsRequest {
+        StoreRequest {
             service: self.counter.service,
             operation: operation(request.method(), request.uri()),
         }

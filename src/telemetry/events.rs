@@ -105,15 +105,16 @@ impl HeapRequest {
     }
 }
 
-/// One HTTP attempt to AWS, retries included (see [`crate::aws`]).
-pub struct AwsRequest<'a> {
-    /// `s3`, `sqs`.
+/// One HTTP attempt to a cloud service, retries included: S3 and SQS (see [`crate::aws`]),
+/// Azure Blob Storage and GCS (see [`crate::store::cloud`]).
+pub struct StoreRequest<'a> {
+    /// `s3`, `sqs`, `azure`, `gcs`.
     pub service: &'a str,
     /// The API operation, e.g. `ListObjectsV2`, `GetObject`; `unknown` if the SDK named none.
     pub operation: &'a str,
 }
 
-impl AwsRequest<'_> {
+impl StoreRequest<'_> {
     pub fn emit(&self, metrics: &Metrics) {
         metrics.of_operation(self.service, self.operation).inc();
     }

@@ -48,7 +48,7 @@ pub struct Metrics {
     /// The status counters cloned out of `heap_requests`, to read them back by status.
     statuses: Mutex<BTreeMap<String, Counter>>,
     heap_request_duration: Histogram,
-    /// Requests to AWS (S3, SQS) by service and operation: what the worker costs.
+    /// Requests to the cloud (S3, SQS, Azure, GCS) by service and operation: what the worker costs.
     aws_requests: Family<Labels, Counter>,
     /// The counters cloned out of `aws_requests`, to read them back.
     aws_operations: Mutex<BTreeMap<(String, String), Counter>>,
@@ -118,7 +118,7 @@ pub struct Counts {
     pub objects_panicked: u64,
     /// Polls that succeeded.
     pub polls: u64,
-    /// Requests to AWS by (service, operation), e.g. `("s3", "ListObjectsV2")`: every HTTP
+    /// Requests to cloud services by (service, operation), e.g. `("s3", "ListObjectsV2")`: every HTTP
     /// attempt, retries included.
     pub aws_requests: BTreeMap<(String, String), u64>,
     /// Events Heap accepted from live objects and from backfills handed to the worker.
@@ -147,7 +147,7 @@ impl Counts {
         )
     }
 
-    /// Requests to AWS of `service` (e.g. `s3`), every operation together.
+    /// Requests to the cloud service `service` (e.g. `s3`), every operation together.
     pub fn aws_requests_of(&self, service: &str) -> u64 {
         self.aws_requests
             .iter()
@@ -304,7 +304,7 @@ impl Metrics {
         );
         let aws_requests = family(
             "currents_heap_requests",
-            "Requests to AWS (S3, SQS) by service and operation, every attempt",
+            "Requests to cloud services (S3, SQS, Azure Blob Storage, GCS) by service and operation, every attempt",
         );
         let notifications_dropped = family(
             "currents_heap_notifications_dropped",
@@ -597,13 +597,13 @@ mod tests {
         }
         .emit(&metrics);
         for operation in ["ListObjectsV2", "ListObjectsV2", "GetObject"] {
-            AwsRequest {
+            StoreRequest {
                 service: "s3",
                 operation,
             }
             .emit(&metrics);
         }
-        AwsRequest {
+        StoreRequest {
             service: "sqs",
             operation: "ReceiveMessage",
         }

@@ -46,12 +46,13 @@ use crate::worker::Lookback;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Where Braze Currents writes: `s3://bucket/prefix`, or a local directory in the same
-    /// layout. Default `fixtures/bucket`.
+    /// Where Braze Currents writes: `s3://bucket/prefix`, `az://container/prefix` (or
+    /// `https://<account>.blob.core.windows.net/container/prefix`), `gs://bucket/prefix`, or a
+    /// local directory in the same layout. Default `fixtures/bucket`.
     #[serde(with = "as_text")]
     pub source: Location,
-    /// Where the ledger and dead letters live: `s3://bucket/prefix`, or a local directory.
-    /// Default `currents-heap-state`.
+    /// Where the ledger and dead letters live: an `s3://`, `az://` or `gs://` location, or a
+    /// local directory. Default `currents-heap-state`.
     #[serde(with = "as_text")]
     pub state: Location,
     /// Path-style S3 addressing, for S3-compatible stores (MinIO, ...). Default false.
