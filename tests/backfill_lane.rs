@@ -13,7 +13,7 @@ use currents_heap::clock::unix_secs_now;
 use currents_heap::currents::key::DateHour;
 use currents_heap::handover::{BackfillState, Control};
 use currents_heap::heap::pacer::RateLimits;
-use currents_heap::store::{LocalStore, ObjectStore};
+use currents_heap::store::{LocalStore, ObjectMeta, ObjectReader, ObjectStore, StoreFuture};
 use currents_heap::telemetry::Metrics;
 use currents_heap::worker::engine::HeapOutput;
 use currents_heap::worker::scheduler::{Admission, SMALL_OBJECT_BUDGET};
@@ -169,4 +169,73 @@ async fn a_backfill_handed_to_a_live_worker_leaves_room_for_live_objects() {
     );
     assert_eq!(counts.sent_live, live_ids.len() as u64);
     assert_eq!(counts.sent_backfill, backfill_ids.len() as u64);
+}
+
+/// A state whose control objects hang forever (a store that stopped answering), and whose
+/// other keys work.
+struct HungControl(LocalStore);
+
+impl ObjectStore for HungControl {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+    fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<ObjectMeta>> {
+        match prefix.starts_with("control/") {
+            true => Box::pin(std::future::pending()),
+            false => self.0.list(prefix),
+        }
+    }
+    fn list_folders<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
+        self.0.list_folders(prefix)
+    }
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<u8>> {
+        self.0.get(key)
+    }
+    fn open<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectReader> {
+        self.0.open(key)
+    }
+    fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> StoreFuture<'a, ()> {
+        match key.starts_with("control/") {
+            true => Box::pin(std::future::pending()),
+            false => self.0.put(key, bytes),
+        }
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        match key.starts_with("control/") {
+            true => Box::pin(std::future::pending()),
+            false => self.0.delete(key),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_state_does_not_hold_a_stop_past_its_timeout() {
+    let source = TempDir::new("hung-source");
+    let state = TempDir::new("hung-state");
+    let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let engine = Engine::start(
+        support::engine_settings(Admission::new(4, SMALL_OBJECT_BUDGET)),
+        Plan::Live {
+            lookback: Lookback::Hours(2),
+            poll_interval: POLL_INTERVAL,
+        },
+        Arc::new(LocalStore::new(&source.0)),
+        Arc::new(HungControl(LocalStore::lazy(&state.0))),
+        heap(&standin),
+        Arc::new(Metrics::new()),
+    );
+    let stop_at = Duration::from_secs(95);
+    let started = Instant::now();
+    let report = tokio::time::timeout(
+        stop_at + Duration::from_secs(120),
+        engine.drive(tokio::time::sleep(stop_at)),
+    )
+    .await
+    .expect("the stop never ended");
+    let stopped_in = started.elapsed() - stop_at;
+    assert_eq!(report.outcome, Outcome::Finished, "{}", report.render());
+    assert!(
+        stopped_in <= Duration::from_secs(30),
+        "a stop took {stopped_in:?} with the heartbeat's store hung"
+    );
 }

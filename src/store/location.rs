@@ -37,6 +37,19 @@ impl std::str::FromStr for Location {
         if text.is_empty() {
             return Err("a location is empty".into());
         }
+        // A pasted SAS or signed URL carries its signature in the query: refuse it without
+        // echoing it, since locations are logged everywhere.
+        if text.contains("://")
+            && let Some(cut) = text.find(['?', '#'])
+        {
+            return Err(format!(
+                "`{}…`: a location cannot carry a query string or fragment (a SAS token or \
+                 signed URL?); give Azure's SAS token in AZURE_STORAGE_SAS_TOKEN or \
+                 AZURE_STORAGE_CONNECTION_STRING, and drop everything from the `{}`",
+                &text[..cut],
+                &text[cut..cut + 1]
+            ));
+        }
         if let Some(rest) = text.strip_prefix("s3://") {
             let (bucket, prefix) = split_bucket(text, rest, "S3 bucket", valid_s3_bucket)?;
             return Ok(Location::S3 { bucket, prefix });
@@ -236,6 +249,25 @@ fn connect_error(root: &str, reason: String) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_with_a_query_is_refused_without_echoing_it() {
+        let sas = "https://acct.blob.core.windows.net/currents/p?sv=2022&sig=SECRETSIG%2B";
+        let error = sas.parse::<Location>().unwrap_err();
+        assert!(
+            !error.contains("SECRETSIG") && !error.contains("sv=2022"),
+            "{error}"
+        );
+        assert!(error.contains("AZURE_STORAGE_SAS_TOKEN"), "{error}");
+        for text in [
+            "az://c0n/p?sig=SECRETSIG",
+            "gs://bucket/p#SECRETSIG",
+            "ftp://x/y?sig=SECRETSIG",
+        ] {
+            let error = text.parse::<Location>().unwrap_err();
+            assert!(!error.contains("SECRETSIG"), "{error}");
+        }
+    }
 
     #[test]
     fn parses_s3_urls_and_directories() {

@@ -31,6 +31,8 @@ use crate::pipeline::ObjectResult;
 
 /// Progress is written at most this often while a backfill runs.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How long a stop waits for the last progress write and the heartbeat's deletion.
+pub const FINISH_WITHIN: Duration = Duration::from_secs(5);
 /// Passes over a range before objects that keep ending "retry later" make it incomplete.
 pub const MAX_PASSES: u32 = 3;
 
@@ -78,10 +80,20 @@ impl Desk {
         self.progress.send_replace(Some(progress.clone()));
     }
 
-    /// Writes the last progress, deletes the heartbeat, and waits for the actor to end.
-    pub async fn finish(self) {
+    /// Writes the last progress, deletes the heartbeat, and waits for the actor to end, for
+    /// at most [`FINISH_WITHIN`]: a hung state store must not hold a stop past its timeout
+    /// (the heartbeat then goes stale in 90 s, and the progress stays as last written).
+    pub async fn finish(mut self) {
         self.stop.cancel();
-        let _ = self.task.await;
+        if tokio::time::timeout(FINISH_WITHIN, &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+            tracing::warn!(
+                "the state did not answer within {FINISH_WITHIN:?}: this worker's heartbeat goes stale instead of being deleted"
+            );
+        }
     }
 }
 
