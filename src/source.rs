@@ -45,6 +45,10 @@ pub struct Discovery {
     /// objects). None means the source is empty or not a Currents bucket (a wrong prefix, a
     /// directory that moved): callers warn.
     pub folders: Vec<String>,
+    /// Folders whose listing failed, each with the error (which names the folder): the
+    /// others' objects are still found, so one folder a store cannot list (an Azure blob name
+    /// object_store refuses, an access error on one prefix) stops only itself.
+    pub failed: Vec<StoreError>,
 }
 
 type BoxedListing<'a> = std::pin::Pin<
@@ -103,7 +107,13 @@ pub async fn discover(store: &dyn ObjectStore, window: &Window) -> Result<Discov
                 .collect();
             let mut listings = futures_util::stream::iter(listings).buffered(LISTING_CONCURRENCY);
             while let Some(listed) = listings.next().await {
-                let (folder, listed) = listed?;
+                let (folder, listed) = match listed {
+                    Ok(listed) => listed,
+                    Err(e) => {
+                        discovery.failed.push(e);
+                        continue;
+                    }
+                };
                 for meta in listed {
                     // What sorts between two hours but is not in a `date=` hour of the
                     // window (`date=2026-11-27-13x/`, a key beside the hours) is no

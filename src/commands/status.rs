@@ -82,6 +82,12 @@ async fn report(config: &Config) -> Result<String, String> {
     let discovery = discover(&*source, &window)
         .await
         .map_err(|e| format!("cannot list the source: {e}"))?;
+    if let Some(e) = discovery.failed.first() {
+        return Err(format!(
+            "cannot list {} event_type= folders of the source: {e}",
+            discovery.failed.len()
+        ));
+    }
     let state_error = |e: StoreError| format!("cannot read the state: {e}");
     let (finished, failed) = read_ledger(&ledger, &window, &discovery)
         .await

@@ -90,12 +90,46 @@ pub fn azure_from_env(
 ) -> Result<(MicrosoftAzureBuilder, Vec<String>), String> {
     let mut builder = MicrosoftAzureBuilder::from_env();
     if let Ok(connection) = std::env::var("AZURE_STORAGE_CONNECTION_STRING") {
+        if let (Some(named), Some(theirs)) = (account, connection_account(&connection))
+            && named != theirs
+        {
+            // Its endpoint would win, and the worker would read and write another account
+            // than every message names.
+            return Err(format!(
+                "the location names the account `{named}`, but AZURE_STORAGE_CONNECTION_STRING is for `{theirs}`: use az://<container>/<prefix> with the connection string, or a connection string for `{named}`"
+            ));
+        }
         builder = apply_connection_string(builder, &connection)?;
     }
     if let Some(account) = account {
         builder = builder.with_account(account);
     }
     Ok((builder, secrets_in_env()))
+}
+
+/// The account a connection string is for: its `AccountName`, else the account in its
+/// `BlobEndpoint` (`https://<account>.blob…`, or an emulator's `http://host:port/<account>`).
+fn connection_account(connection: &str) -> Option<String> {
+    let field = |wanted: &str| {
+        connection.split(';').find_map(|field| {
+            let (name, value) = field.trim().split_once('=')?;
+            (name == wanted).then(|| value.trim().to_string())
+        })
+    };
+    if let Some(account) = field("AccountName") {
+        return Some(account);
+    }
+    let endpoint = field("BlobEndpoint")?;
+    let rest = endpoint.split_once("://")?.1;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    match host.split_once(".blob.") {
+        Some((account, _)) => Some(account.to_string()),
+        None => path
+            .split('/')
+            .next()
+            .filter(|a| !a.is_empty())
+            .map(str::to_string),
+    }
 }
 
 /// An Azure Storage connection string (`AccountName=…;AccountKey=…;BlobEndpoint=…`) as
@@ -195,6 +229,27 @@ mod tests {
             assert!(parts.iter().any(|p| p == secret), "{secret} in {parts:?}");
         }
         assert!(!parts.iter().any(|p| p.contains("blob.core")));
+    }
+
+    #[test]
+    fn the_account_a_connection_string_is_for() {
+        assert_eq!(
+            connection_account("AccountName=one;AccountKey=x"),
+            Some("one".into())
+        );
+        assert_eq!(
+            connection_account(
+                "BlobEndpoint=https://two.blob.core.windows.net/;SharedAccessSignature=sv=1"
+            ),
+            Some("two".into())
+        );
+        assert_eq!(
+            connection_account(
+                "BlobEndpoint=http://127.0.0.1:10000/three;SharedAccessSignature=sv=1"
+            ),
+            Some("three".into())
+        );
+        assert_eq!(connection_account("UseDevelopmentStorage=true"), None);
     }
 
     #[test]

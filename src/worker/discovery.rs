@@ -25,6 +25,8 @@ pub struct Unfinished {
     pub oldest: Option<DateHour>,
     /// `event_type=` folders in the source.
     pub folders: usize,
+    /// Folders that could not be listed, with why; their objects wait for a later poll.
+    pub failed: Vec<StoreError>,
 }
 
 /// Which side failed: the messages must say which location to fix.
@@ -112,11 +114,12 @@ pub async fn find_unfinished(
     window: &Window,
     known: Option<&mut FinishedSet>,
 ) -> Result<(Unfinished, Vec<Work>), DiscoveryError> {
-    let discovery = discover(source, window)
+    let mut discovery = discover(source, window)
         .await
         .map_err(DiscoveryError::Source)?;
     let mut unfinished = Unfinished {
         folders: discovery.folders.len(),
+        failed: std::mem::take(&mut discovery.failed),
         ..Unfinished::default()
     };
     // Each with the hour the lag is measured from (objects in the layout only).

@@ -316,6 +316,18 @@ impl Engine {
                             at_unix: now,
                         }
                         .emit(&metrics);
+                        if let Some(first) = unfinished.failed.first() {
+                            let e = format!(
+                                "cannot list {} of {} event_type= folders in the source (the others' objects are queued): {first}",
+                                unfinished.failed.len(),
+                                unfinished.folders
+                            );
+                            PollFailed { error: &e }.emit(&metrics);
+                            tracing::error!("{e}");
+                            if plan.is_bounded() {
+                                poll_failure = Some(e);
+                            }
+                        }
                         if unfinished.folders == 0 {
                             tracing::warn!(
                                 "the source {} holds no event_type= folders: check --source (a wrong prefix, or a directory that moved?)",
