@@ -38,7 +38,7 @@
 //!    in state `queued` and then `request.json`, addressed to [`owner`]'s choice. Writing the
 //!    progress first means a worker never sees a request whose queued progress could still
 //!    overwrite its own.
-//! 3. Each worker lists the requests ([`Control::requests`]) as it polls, and runs those that
+//! 3. Each worker lists the requests ([`Control::requests`]) at every heartbeat, and runs those that
 //!    are not terminal and whose [`owner`] among the live heartbeats is itself. It writes
 //!    `running` with its id as `worker` when it starts, the counts as it goes, and a terminal
 //!    state at the end: `done`, `done_with_failures` (events parked or objects failed) or
@@ -457,6 +457,16 @@ impl Control {
                     .get_json::<BackfillRequest>("read a backfill request", &request_key(&id))
                     .await
                 {
+                    // Its progress is written under its id: one that is not its folder's name
+                    // (or not a plain name) could never report, or would report elsewhere.
+                    Ok(Some(request)) if request.id != id => {
+                        tracing::warn!(
+                            "skipping the backfill request {}: its id `{}` is not its folder's name",
+                            request_key(&id),
+                            request.id.escape_debug()
+                        );
+                        return None;
+                    }
                     Ok(Some(request)) => request,
                     // Deleted since the listing.
                     Ok(None) => return None,

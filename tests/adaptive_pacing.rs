@@ -240,3 +240,27 @@ async fn attempts_heap_did_not_store_take_no_rate_room() {
         "a 2 s retry budget took {elapsed:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn batches_larger_than_the_lowered_budget_still_flow() {
+    // A reviewer's case: 1,000-event batches, a ceiling of 1,500/min and Heap at 600/min.
+    // The refused batch of 1,000 must go in parts under the lowered budget, not wait for
+    // the budget to grow back to 1,000 (and be parked at --retry-max-time meanwhile).
+    let standin = Standin::start(StandinConfig {
+        limits: limits(600),
+        ..StandinConfig::new(APP_ID)
+    })
+    .await
+    .unwrap();
+    let mut config = config(1_500, 1_000);
+    config.retry.max_elapsed = Duration::from_secs(120);
+    let run = run(&standin, config, events(6_000), |_| None).await;
+    assert_eq!(run.parked, 0, "nothing parked while Heap had room");
+    assert_eq!(standin.stored().len(), 6_000);
+    let steady = stored_between(&run, 2 * MINUTE, 8 * MINUTE);
+    eprintln!("{steady} events in minutes 2 to 8 at a 600/min limit");
+    assert!(
+        steady >= 6 * 360,
+        "{steady} events in six minutes at 600/min"
+    );
+}

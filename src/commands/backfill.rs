@@ -27,10 +27,10 @@ use crate::telemetry::{Counts, Metrics};
 use crate::worker::{Outcome, Plan, Report};
 use tokio_util::sync::CancellationToken;
 
-/// The longest range one backfill takes: discovery lists the whole range (one ranged listing
-/// per event type, a request per 1,000 objects) and holds what it found before sending, so a
-/// typo like `--to 9999-12-31` must not start that.
-const MAX_RANGE_HOURS: i64 = 400 * 24;
+// The longest range one backfill takes, here or in a worker: discovery lists the whole range
+// (one ranged listing per event type, a request per 1,000 objects) and holds what it found
+// before sending, so a typo like `--to 9999-12-31` must not start that.
+use crate::worker::backfills::MAX_RANGE_HOURS;
 
 /// How often a follower reads the progress of a handed-over range (one small GET).
 const FOLLOW_POLL: Duration = Duration::from_secs(2);

@@ -17,10 +17,12 @@
 //! The configured limits are ceilings: Heap's real limit may be lower, or shared with other
 //! server-side senders to the same app. Each limit has a current budget:
 //! - **Decrease**: on a 429, the budget becomes [`DECREASE`] (0.9) times the smaller of the
-//!   budget and the events Heap counted in the window when the 429 came (logged plus in
-//!   flight): that count is what Heap let through, so one 429 brings a budget far above the
-//!   real limit down to just under it. At most one decrease per round trip: a 429 for a
-//!   request sent before the last decrease says nothing new. Never below [`FLOOR_SHARE`] of
+//!   budget and the events this process had in the window when the 429 came (logged plus in
+//!   flight): that is what Heap let through, so one 429 brings a budget far above the real
+//!   limit down to just under it. But never less than half the budget: after a restart, or
+//!   beside another sender, Heap's window holds events this process never saw, and its own
+//!   count would drop the budget to the floor. At most one decrease per round trip: a 429 for
+//!   a request sent before the last decrease says nothing new. Never below [`FLOOR_SHARE`] of
 //!   the ceiling (1 %).
 //! - **Increase**: after each whole window without a decrease, the budget grows by
 //!   [`INCREASE_SHARE`] of the ceiling (4 %), up to the ceiling.
@@ -182,8 +184,12 @@ impl Budget {
             return false;
         }
         let floor = ((ceiling as f64 * FLOOR_SHARE) as u64).max(1);
-        let base = self.current.min(counted);
-        self.current = ((base as f64 * DECREASE) as u64).clamp(floor, ceiling);
+        // What this process counted is all it knows of Heap's window; after a restart, or
+        // beside another sender, it may be far less than Heap counted, so one 429 never takes
+        // more than half.
+        let toward_counted = (self.current.min(counted) as f64 * DECREASE) as u64;
+        let halved = self.current / 2;
+        self.current = toward_counted.max(halved).clamp(floor, ceiling);
         self.last_decrease = Some(now);
         self.steady_since = Some(now);
         true
@@ -541,6 +547,17 @@ mod tests {
         );
         assert_eq!(pacer.app_budget(t1 + Duration::from_secs(600)), 14_100);
         assert_eq!(pacer.app_budget(t1 + Duration::from_secs(3_600)), 15_000);
+    }
+
+    #[test]
+    fn one_429_never_takes_more_than_half() {
+        // A restarted process: Heap's window is full of its predecessor's events.
+        let t0 = Instant::now();
+        let mut pacer = Pacer::new(limits(1_200, 0));
+        let refused = counts(&[("a", 100)]);
+        pacer.start(&refused);
+        pacer.finish(&refused, Counted::Throttled { identity: false }, t0, t0);
+        assert_eq!(pacer.app_budget(t0), 600);
     }
 
     #[test]

@@ -31,6 +31,8 @@ use crate::pipeline::ObjectResult;
 
 /// Progress is written at most this often while a backfill runs.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// The longest range a worker runs, as `backfill` refuses longer ones.
+pub const MAX_RANGE_HOURS: i64 = 400 * 24;
 /// How long a stop waits for the last progress write and the heartbeat's deletion.
 pub const FINISH_WITHIN: Duration = Duration::from_secs(5);
 /// Passes over a range before objects that keep ending "retry later" make it incomplete.
@@ -246,6 +248,24 @@ impl Backfill {
         }
     }
 
+    /// Why the requested range cannot be run, if it cannot: a request written by hand (or by
+    /// another version) is not checked by the `backfill` command.
+    pub fn out_of_bounds(&self) -> Option<String> {
+        let (from, to) = (self.request.from, self.request.to);
+        let hours = to.hours_since_epoch() - from.hours_since_epoch();
+        if hours <= 0 {
+            Some(format!(
+                "the range {from} to {to} is empty: `from` must come before `to`"
+            ))
+        } else if hours > MAX_RANGE_HOURS {
+            Some(format!(
+                "the range {from} to {to} spans {hours} hours; a backfill takes at most {MAX_RANGE_HOURS} (400 days)"
+            ))
+        } else {
+            None
+        }
+    }
+
     /// A pass listed the range and queued `queued` objects.
     pub fn listed(&mut self, queued: usize) {
         self.pass += 1;
@@ -411,5 +431,26 @@ mod tests {
             (parked.progress.ended, parked.progress.events_parked),
             (1, 1)
         );
+    }
+
+    #[test]
+    fn a_range_written_by_hand_is_checked() {
+        let now = Instant::now();
+        let ok = Backfill::start(request(), "w", now);
+        assert_eq!(ok.out_of_bounds(), None);
+        let backwards = BackfillRequest {
+            from: DateHour::from_hours_since_epoch(12),
+            to: DateHour::from_hours_since_epoch(10),
+            ..request()
+        };
+        let reason = Backfill::start(backwards, "w", now)
+            .out_of_bounds()
+            .unwrap();
+        assert!(reason.contains("empty"), "{reason}");
+        let huge = BackfillRequest {
+            to: DateHour::from_hours_since_epoch(10 + MAX_RANGE_HOURS + 1),
+            ..request()
+        };
+        assert!(Backfill::start(huge, "w", now).out_of_bounds().is_some());
     }
 }

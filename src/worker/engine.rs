@@ -368,7 +368,12 @@ impl Engine {
                     && let Some(request) = waiting.pop_front()
                 {
                     tracing::info!(id = %request.id, "backfill {} to {}: running it on the backfill lane", request.from, request.to);
-                    backfill = Some(Backfill::start(request, desk.worker(), Instant::now()));
+                    let mut started = Backfill::start(request, desk.worker(), Instant::now());
+                    if let Some(wrong) = started.out_of_bounds() {
+                        started.give_up(wrong);
+                    }
+                    backfill = Some(started);
+                    settle(&mut backfill, desk, Instant::now());
                 }
                 if let Some(running) = backfill.as_mut()
                     && running.next_pass.is_some_and(|at| Instant::now() >= at)

@@ -227,7 +227,13 @@ impl Batcher {
     }
 
     /// The next batch to send: a due retry first, then new events, live before backfill.
+    ///
+    /// A due retry that does not fit the room left goes in part: the events that fit now,
+    /// the rest again at once. (Sent whole, a batch of 1,000 under a budget lowered to 450
+    /// would wait until the budget grew back, and block everything behind it.) A due retry
+    /// of which nothing fits lets new events of other identities go.
     pub fn next(&mut self, now: Instant) -> Next {
+        let mut blocked = false;
         if let Some(i) = self.retries.iter().position(|(due, _)| *due <= now) {
             let per_identity = self.retries[i].1.per_identity();
             let lane = self.retries[i].1.lane();
@@ -235,10 +241,13 @@ impl Batcher {
                 let (_, batch) = self.retries.swap_remove(i);
                 return Next::Send(batch);
             }
-            return Next::Blocked;
+            if let Some(part) = self.split_retry(i, lane, now) {
+                return Next::Send(part);
+            }
+            blocked = true;
         }
         if self.pending() == 0 {
-            return Next::Idle;
+            return if blocked { Next::Blocked } else { Next::Idle };
         }
         if !self.ready(Lane::Live, now) && !self.ready(Lane::Backfill, now) {
             return Next::Held;
@@ -247,6 +256,44 @@ impl Batcher {
             Some(batch) => Next::Send(batch),
             None => Next::Blocked,
         }
+    }
+
+    /// The part of due retry `i` that fits the room now, if any; the rest stays due.
+    fn split_retry(&mut self, i: usize, lane: Lane, now: Instant) -> Option<Batch> {
+        let mut app_room = self.lane_room(lane, now);
+        let mut rooms: HashMap<Arc<str>, u64> = HashMap::new();
+        let batch = &mut self.retries[i].1;
+        let (mut fit, mut rest) = (Vec::new(), Vec::new());
+        for item in batch.items.drain(..) {
+            let room = match rooms.get_mut(&item.identity) {
+                Some(room) => room,
+                None => {
+                    let room = self.pacer.identity_room(&item.identity, now);
+                    rooms.entry(item.identity.clone()).or_insert(room)
+                }
+            };
+            if app_room > 0 && *room > 0 {
+                app_room -= 1;
+                *room -= 1;
+                fit.push(item);
+            } else {
+                rest.push(item);
+            }
+        }
+        batch.items = rest;
+        if fit.is_empty() {
+            return None;
+        }
+        let part = Batch {
+            items: fit,
+            attempt: batch.attempt,
+            first_try: batch.first_try,
+            sent_at: now,
+        };
+        if batch.items.is_empty() {
+            self.retries.swap_remove(i);
+        }
+        Some(part)
     }
 
     /// Whether a lane's pending events go out now rather than wait for more (the module's
@@ -689,5 +736,42 @@ mod tests {
         };
         assert_eq!(identities(&late), ["late"]);
         assert_eq!(batcher.pending_in(Lane::Backfill), 111);
+    }
+
+    #[test]
+    fn a_due_retry_larger_than_the_room_goes_in_parts() {
+        let t0 = Instant::now();
+        let mut batcher = Batcher::new(limits(450, 0), 1000, 1 << 20, 10);
+        let ids: Vec<String> = (0..1000).map(|n| format!("u{n}")).collect();
+        let retry = Batch::new(ids.iter().map(|id| item(id, 1)).collect(), t0);
+        batcher.retry_at(t0, retry);
+        let Next::Send(mut part) = batcher.next(t0) else {
+            panic!("what fits goes now");
+        };
+        assert_eq!(part.items.len(), 450);
+        assert_eq!(part.first_try, t0, "the parts keep the retry's deadline");
+        batcher.started(&mut part, t0);
+        assert!(matches!(batcher.next(t0), Next::Blocked));
+        batcher.finished(&part, Counted::Stored, t0);
+        let later = t0 + Duration::from_secs(60);
+        let Next::Send(second) = batcher.next(later) else {
+            panic!("the rest goes when room frees")
+        };
+        assert_eq!(second.items.len(), 450);
+    }
+
+    #[test]
+    fn a_retry_whose_identity_is_out_of_room_lets_others_go() {
+        let t0 = Instant::now();
+        let mut batcher = Batcher::new(limits(100, 2), 1000, 1 << 20, 10);
+        let mut hot = Batch::new(vec![item("hot", 1), item("hot", 1)], t0);
+        batcher.started(&mut hot, t0);
+        batcher.finished(&hot, Counted::Stored, t0);
+        batcher.retry_at(t0, Batch::new(vec![item("hot", 1)], t0));
+        batcher.push(item("cold", 1), t0);
+        let Next::Send(cold) = batcher.next(t0) else {
+            panic!("the cold identity is not held behind the hot one's retry");
+        };
+        assert_eq!(identities(&cold), ["cold"]);
     }
 }

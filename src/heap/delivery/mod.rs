@@ -186,6 +186,11 @@ impl Delivery {
         live: mpsc::Receiver<Submission>,
         backfill: Option<mpsc::Receiver<Submission>>,
     ) -> Result<(), DeliveryError> {
+        RateBudget {
+            app_events: self.batcher.app_budget(Instant::now()),
+            lowered_identities: 0,
+        }
+        .emit(&self.metrics);
         let mut inputs = [Some(live), backfill];
         let result = self.drive(&mut inputs).await;
         self.in_flight.abort_all();
