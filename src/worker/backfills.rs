@@ -40,8 +40,9 @@ pub const MAX_PASSES: u32 = 3;
 
 /// The actor's handle (see the module docs).
 pub struct Desk {
-    /// Requests this worker is to run, each passed on once.
-    pub requests: mpsc::Receiver<BackfillRequest>,
+    /// Requests this worker is to run, each passed on once, with the progress written so far
+    /// (by another worker, if it is adopted mid-range).
+    pub requests: mpsc::Receiver<(BackfillRequest, Option<BackfillProgress>)>,
     progress: watch::Sender<Option<BackfillProgress>>,
     stop: CancellationToken,
     task: JoinHandle<()>,
@@ -103,7 +104,7 @@ async fn desk(
     control: Control,
     mut heartbeat: Heartbeat,
     interval: Duration,
-    requests: mpsc::Sender<BackfillRequest>,
+    requests: mpsc::Sender<(BackfillRequest, Option<BackfillProgress>)>,
     mut progress: watch::Receiver<Option<BackfillProgress>>,
     stop: CancellationToken,
 ) {
@@ -155,7 +156,7 @@ async fn desk(
 async fn take_requests(
     control: &Control,
     me: &str,
-    requests: &mpsc::Sender<BackfillRequest>,
+    requests: &mpsc::Sender<(BackfillRequest, Option<BackfillProgress>)>,
     passed_on: &mut HashSet<String>,
     ended: &mut HashSet<String>,
 ) {
@@ -200,7 +201,7 @@ async fn take_requests(
             }
         };
         passed_on.insert(request.id.clone());
-        if requests.send(request).await.is_err() {
+        if requests.send((request, progress)).await.is_err() {
             return;
         }
     }
@@ -266,6 +267,19 @@ impl Backfill {
         }
     }
 
+    /// Continues the counts `prior` wrote (a worker adopting a range another one began): the
+    /// ledger skips what that worker finished, so its objects and events are carried over.
+    pub fn resuming(mut self, prior: Option<&BackfillProgress>) -> Backfill {
+        if let Some(prior) = prior.filter(|p| p.started_at.is_some()) {
+            self.progress.ended = prior.ended;
+            self.progress.failed = prior.failed;
+            self.progress.events_sent = prior.events_sent;
+            self.progress.events_parked = prior.events_parked;
+            self.progress.started_at = prior.started_at;
+        }
+        self
+    }
+
     /// A pass listed the range and queued `queued` objects.
     pub fn listed(&mut self, queued: usize) {
         self.pass += 1;
@@ -273,7 +287,8 @@ impl Backfill {
         self.outstanding = queued;
         self.to_retry = 0;
         if self.pass == 1 {
-            self.progress.found = queued as u64;
+            // What is left, plus what an earlier worker finished of the range.
+            self.progress.found = self.progress.ended + queued as u64;
         }
         self.progress.updated_at = unix_secs_now();
     }
@@ -452,5 +467,27 @@ mod tests {
             ..request()
         };
         assert!(Backfill::start(huge, "w", now).out_of_bounds().is_some());
+    }
+
+    #[test]
+    fn an_adopted_range_carries_the_earlier_workers_counts() {
+        let now = Instant::now();
+        let mut prior = BackfillProgress::queued(&request(), 0);
+        prior.state = BackfillState::Running;
+        prior.started_at = Some(100);
+        (prior.ended, prior.events_sent) = (6, 300);
+        let mut adopted = Backfill::start(request(), "w2", now).resuming(Some(&prior));
+        adopted.listed(4);
+        assert_eq!((adopted.progress.found, adopted.progress.ended), (10, 6));
+        adopted.ended(&done("a", 50, 0));
+        assert_eq!(adopted.progress.events_sent, 350);
+        assert_eq!(adopted.progress.started_at, Some(100));
+        assert_eq!(adopted.progress.worker, "w2");
+        let queued = BackfillProgress::queued(&request(), 0);
+        let fresh = Backfill::start(request(), "w", now).resuming(Some(&queued));
+        assert_eq!(
+            fresh.progress.ended, 0,
+            "a queued request has nothing to carry"
+        );
     }
 }

@@ -44,7 +44,7 @@ use super::settings::{Plan, Settings};
 use super::summary::{Outcome, Report, Summary};
 use crate::clock::unix_secs_now;
 use crate::deadletter::DeadLetterStore;
-use crate::handover::{BackfillRequest, Control, HEARTBEAT_INTERVAL};
+use crate::handover::{BackfillProgress, BackfillRequest, Control, HEARTBEAT_INTERVAL};
 use crate::heap::client::HeapClient;
 use crate::heap::delivery::{Delivery, DeliveryConfig, Lane};
 use crate::heap::map::HeapMapper;
@@ -236,7 +236,8 @@ impl Engine {
         }
         // The backfill under way, and the requests waiting their turn.
         let mut backfill: Option<Backfill> = None;
-        let mut waiting: std::collections::VecDeque<BackfillRequest> = Default::default();
+        let mut waiting: std::collections::VecDeque<(BackfillRequest, Option<BackfillProgress>)> =
+            Default::default();
         let poll_every = match plan {
             Plan::Live { poll_interval, .. } => poll_interval,
             Plan::Once { .. } | Plan::Range { .. } => Duration::ZERO,
@@ -365,10 +366,11 @@ impl Engine {
             }
             if polling && let Some(desk) = &desk {
                 if backfill.is_none()
-                    && let Some(request) = waiting.pop_front()
+                    && let Some((request, prior)) = waiting.pop_front()
                 {
                     tracing::info!(id = %request.id, "backfill {} to {}: running it on the backfill lane", request.from, request.to);
-                    let mut started = Backfill::start(request, desk.worker(), Instant::now());
+                    let mut started = Backfill::start(request, desk.worker(), Instant::now())
+                        .resuming(prior.as_ref());
                     if let Some(wrong) = started.out_of_bounds() {
                         started.give_up(wrong);
                     }
