@@ -13,12 +13,13 @@ use currents_heap::clock::unix_secs_now;
 use currents_heap::currents::key::DateHour;
 use currents_heap::handover::{BackfillState, Control};
 use currents_heap::heap::pacer::RateLimits;
-use currents_heap::store::{LocalStore, ObjectMeta, ObjectReader, ObjectStore, StoreFuture};
+use currents_heap::store::{LocalStore, ObjectStore};
 use currents_heap::telemetry::Metrics;
 use currents_heap::worker::engine::HeapOutput;
 use currents_heap::worker::scheduler::{Admission, SMALL_OBJECT_BUDGET};
 use currents_heap::worker::{Engine, Lookback, Outcome, Output, Plan};
 use currents_heap_testkit::standin::{Standin, StandinConfig};
+use currents_heap_testkit::store::{FaultyStore, Keys, Ops};
 use currents_heap_testkit::synth::{SynthOptions, write_custom_events};
 use support::{TempDir, until};
 use tokio::time::Instant;
@@ -171,41 +172,14 @@ async fn a_backfill_handed_to_a_live_worker_leaves_room_for_live_objects() {
     assert_eq!(counts.sent_backfill, backfill_ids.len() as u64);
 }
 
-/// A state whose control objects hang forever (a store that stopped answering), and whose
-/// other keys work.
-struct HungControl(LocalStore);
-
-impl ObjectStore for HungControl {
-    fn describe(&self) -> String {
-        self.0.describe()
+/// A state whose control objects never answer (a store that stopped answering); the ledger
+/// and dead letters work.
+fn hung_control(state: &TempDir) -> Arc<dyn ObjectStore> {
+    let store = FaultyStore::new(Arc::new(LocalStore::lazy(&state.0)));
+    for ops in [Ops::Reads, Ops::Writes] {
+        store.hang(ops, Keys::prefix("control/"));
     }
-    fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<ObjectMeta>> {
-        match prefix.starts_with("control/") {
-            true => Box::pin(std::future::pending()),
-            false => self.0.list(prefix),
-        }
-    }
-    fn list_folders<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
-        self.0.list_folders(prefix)
-    }
-    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<u8>> {
-        self.0.get(key)
-    }
-    fn open<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectReader> {
-        self.0.open(key)
-    }
-    fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> StoreFuture<'a, ()> {
-        match key.starts_with("control/") {
-            true => Box::pin(std::future::pending()),
-            false => self.0.put(key, bytes),
-        }
-    }
-    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
-        match key.starts_with("control/") {
-            true => Box::pin(std::future::pending()),
-            false => self.0.delete(key),
-        }
-    }
+    Arc::new(store)
 }
 
 #[tokio::test(start_paused = true)]
@@ -220,7 +194,7 @@ async fn a_hung_state_does_not_hold_a_stop_past_its_timeout() {
             poll_interval: POLL_INTERVAL,
         },
         Arc::new(LocalStore::new(&source.0)),
-        Arc::new(HungControl(LocalStore::lazy(&state.0))),
+        hung_control(&state),
         heap(&standin),
         Arc::new(Metrics::new()),
     );

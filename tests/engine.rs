@@ -760,68 +760,16 @@ async fn many_small_objects_share_requests_and_every_event_arrives_once() {
     }
 }
 
-/// The fixture source, whose listings under one `event_type=` folder fail (as an Azure blob
-/// name object_store refuses fails the whole listing page).
-struct OneFolderUnlistable {
-    inner: Arc<dyn ObjectStore>,
-    folder: &'static str,
-}
-
-impl ObjectStore for OneFolderUnlistable {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn list<'a>(
-        &'a self,
-        prefix: &'a str,
-    ) -> currents_heap::store::StoreFuture<'a, Vec<currents_heap::store::ObjectMeta>> {
-        Box::pin(async move {
-            if prefix.contains(self.folder) {
-                return Err(currents_heap::store::StoreError {
-                    operation: "list",
-                    location: format!("{}{prefix}", self.describe()),
-                    reason: "Encountered object with invalid path".into(),
-                    not_found: false,
-                });
-            }
-            self.inner.list(prefix).await
-        })
-    }
-    fn list_folders<'a>(
-        &'a self,
-        prefix: &'a str,
-    ) -> currents_heap::store::StoreFuture<'a, Vec<String>> {
-        self.inner.list_folders(prefix)
-    }
-    fn get<'a>(&'a self, key: &'a str) -> currents_heap::store::StoreFuture<'a, Vec<u8>> {
-        self.inner.get(key)
-    }
-    fn open<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> currents_heap::store::StoreFuture<'a, currents_heap::store::ObjectReader> {
-        self.inner.open(key)
-    }
-    fn put<'a>(
-        &'a self,
-        key: &'a str,
-        bytes: Vec<u8>,
-    ) -> currents_heap::store::StoreFuture<'a, ()> {
-        self.inner.put(key, bytes)
-    }
-    fn delete<'a>(&'a self, key: &'a str) -> currents_heap::store::StoreFuture<'a, ()> {
-        self.inner.delete(key)
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_folder_that_cannot_be_listed_stops_only_itself() {
     let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
     let dirs = Dirs::new();
-    let source = Arc::new(OneFolderUnlistable {
-        inner: dirs.source(),
-        folder: "event_type=users.behaviors.Uninstall/",
-    });
+    // As an Azure blob name object_store refuses fails the whole listing of its folder.
+    let source = Arc::new(FaultyStore::new(dirs.source()));
+    source.fail_always(
+        Ops::Reads,
+        Keys::containing("event_type=users.behaviors.Uninstall/"),
+    );
     let report = Engine::start(
         settings(),
         Plan::Once {

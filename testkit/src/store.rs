@@ -42,6 +42,8 @@ pub enum Keys {
     /// Keys starting with this, e.g. `ledger/` or `dead-letters/`.
     Prefix(String),
     Exact(String),
+    /// Keys containing this anywhere, e.g. one `event_type=` folder below any prefix.
+    Containing(String),
 }
 
 impl Keys {
@@ -53,11 +55,16 @@ impl Keys {
         Keys::Exact(key.into())
     }
 
+    pub fn containing(part: impl Into<String>) -> Keys {
+        Keys::Containing(part.into())
+    }
+
     fn matches(&self, key: &str) -> bool {
         match self {
             Keys::Any => true,
             Keys::Prefix(prefix) => key.starts_with(prefix.as_str()),
             Keys::Exact(exact) => key == exact,
+            Keys::Containing(part) => key.contains(part.as_str()),
         }
     }
 }
@@ -82,6 +89,10 @@ struct Faults {
     nth: Vec<Nth>,
     cuts: Vec<Cut>,
     panic_on_open: Option<String>,
+    /// Calls of these kinds on matching keys fail, every one.
+    always: Vec<(Ops, Keys)>,
+    /// Calls of these kinds on matching keys never answer (a hung server).
+    hung: Vec<(Ops, Keys)>,
 }
 
 /// A store whose calls fail when told to. Every injected failure is an error the real stores
@@ -122,6 +133,17 @@ impl FaultyStore {
             n,
             seen: 0,
         });
+    }
+
+    /// Fails every call of `ops` on a key matching `keys` from now on (for a listing, the
+    /// prefix listed): a part of the store that cannot be read or written at all.
+    pub fn fail_always(&self, ops: Ops, keys: Keys) {
+        self.faults().always.push((ops, keys));
+    }
+
+    /// Calls of `ops` on a key matching `keys` never answer from now on: a server that hangs.
+    pub fn hang(&self, ops: Ops, keys: Keys) {
+        self.faults().hung.push((ops, keys));
     }
 
     /// The next `open` of a key matching `keys` returns a reader that yields the object's
@@ -169,6 +191,20 @@ impl FaultyStore {
         error
     }
 
+    /// Waits forever if this call hangs, else [`FaultyStore::check`].
+    async fn gate(&self, operation: &'static str, key: &str) -> Result<(), StoreError> {
+        let ops = Ops::of(operation);
+        let hangs = self
+            .faults()
+            .hung
+            .iter()
+            .any(|(hung, keys)| *hung == ops && keys.matches(key));
+        if hangs {
+            std::future::pending::<()>().await;
+        }
+        self.check(operation, key)
+    }
+
     /// Whether this call fails; counts it toward every `fail_nth` it matches.
     fn check(&self, operation: &'static str, key: &str) -> Result<(), StoreError> {
         let ops = Ops::of(operation);
@@ -189,8 +225,14 @@ impl FaultyStore {
                 }
                 true
             });
+            let always = faults
+                .always
+                .iter()
+                .any(|(failing, keys)| *failing == ops && keys.matches(key));
             if in_outage {
                 Some("injected outage: 503 Service Unavailable".to_string())
+            } else if always {
+                Some("injected failure: 403 Forbidden".to_string())
             } else {
                 nth_hit.map(|n| format!("injected failure of call {n}: 503 Service Unavailable"))
             }
@@ -220,21 +262,21 @@ impl ObjectStore for FaultyStore {
 
     fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<ObjectMeta>> {
         Box::pin(async move {
-            self.check("list", prefix)?;
+            self.gate("list", prefix).await?;
             self.inner.list(prefix).await
         })
     }
 
     fn list_folders<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
         Box::pin(async move {
-            self.check("list", prefix)?;
+            self.gate("list", prefix).await?;
             self.inner.list_folders(prefix).await
         })
     }
 
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<u8>> {
         Box::pin(async move {
-            self.check("get", key)?;
+            self.gate("get", key).await?;
             self.inner.get(key).await
         })
     }
@@ -255,7 +297,7 @@ impl ObjectStore for FaultyStore {
                 (panic_now, cut)
             };
             assert!(!panic_now, "injected panic while opening {key}");
-            self.check("get", key)?;
+            self.gate("get", key).await?;
             let reader = self.inner.open(key).await?;
             Ok(match cut {
                 Some(after) => Box::new(CutReader {
@@ -273,14 +315,14 @@ impl ObjectStore for FaultyStore {
 
     fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            self.check("put", key)?;
+            self.gate("put", key).await?;
             self.inner.put(key, bytes).await
         })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            self.check("delete", key)?;
+            self.gate("delete", key).await?;
             self.inner.delete(key).await
         })
     }
