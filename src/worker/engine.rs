@@ -399,7 +399,9 @@ impl Engine {
                         Some(Ok((_, work))) => {
                             let queued = work
                                 .into_iter()
-                                .filter(|work| scheduler.enqueue_in(Lane::Backfill, work.clone()))
+                                .filter_map(|work| {
+                                    scheduler.enqueue_in(Lane::Backfill, work).then_some(())
+                                })
                                 .count();
                             found += queued as u64;
                             running.listed(queued);
