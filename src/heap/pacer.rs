@@ -387,17 +387,11 @@ impl Pacer {
     /// those are skipped.
     pub fn next_expiry(&self, now: Instant) -> Option<Instant> {
         let span = self.limits.window;
+        // The end of the first whole window after `since` that ends after `now`.
         let growth = |budget: &Budget| {
-            budget
-                .steady_since
-                .map(|since| {
-                    let mut at = since + span;
-                    while at <= now && !span.is_zero() {
-                        at += span;
-                    }
-                    at
-                })
-                .filter(|_| !span.is_zero())
+            let since = budget.steady_since.filter(|_| !span.is_zero())?;
+            let windows = now.saturating_duration_since(since).as_nanos() / span.as_nanos() + 1;
+            Some(since + span * u32::try_from(windows).unwrap_or(u32::MAX))
         };
         let app_growth = (self.limits.app_events > 0
             && self.app_budget.is_lowered(self.limits.app_events))
