@@ -9,9 +9,50 @@ use currents_heap::commands::{Cli, Command, LogFormat, backfill, inspect, replay
 use currents_heap::heap::map::HeapMapper;
 use tracing_subscriber::EnvFilter;
 
+/// Exits as clap would, but without the query string of any URL given as an argument or a
+/// `CURRENTS_HEAP_*` variable: clap repeats a refused value whole (`invalid value '…'`), and
+/// a pasted Azure SAS URL carries its signature there.
+fn exit_without_url_secrets(error: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        error.exit();
+    }
+    let message = without_url_secrets(error.render().to_string());
+    eprint!("{message}");
+    std::process::exit(error.exit_code());
+}
+
+/// `message` with the query string of any URL given as an argument or a `CURRENTS_HEAP_*`
+/// variable cut off.
+fn without_url_secrets(mut message: String) -> String {
+    let values = std::env::args().chain(
+        std::env::vars()
+            .filter(|(name, _)| name.starts_with("CURRENTS_HEAP_"))
+            .map(|(_, value)| value),
+    );
+    for value in values {
+        // `--source=URL` is one argument: the URL starts after the `=`.
+        let url = value
+            .split_once('=')
+            .filter(|(flag, _)| flag.starts_with("--"))
+            .map_or(value.as_str(), |(_, url)| url);
+        if url.contains("://")
+            && let Some(cut) = url.find(['?', '#'])
+        {
+            message = message.replace(url, &format!("{}…", &url[..cut]));
+        }
+    }
+    message
+}
+
 fn main() -> ExitCode {
     // clap itself exits 2 on usage errors, as the exit-code contract wants.
-    let matches = Cli::command().get_matches();
+    let matches = Cli::command()
+        .try_get_matches()
+        .unwrap_or_else(|e| exit_without_url_secrets(e));
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if cli.command.is_none() && !cli.print_config {
         Cli::command()
@@ -24,7 +65,7 @@ fn main() -> ExitCode {
     let resolved = match config::resolve(&cli, &matches) {
         Ok(resolved) => resolved,
         Err(message) => {
-            eprintln!("error: {message}");
+            eprintln!("error: {}", without_url_secrets(message));
             return ExitCode::from(2);
         }
     };

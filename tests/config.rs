@@ -615,3 +615,24 @@ fn notification_settings_are_checked_before_anything_starts() {
         );
     }
 }
+
+#[test]
+fn a_sas_url_as_a_location_is_refused_without_its_signature() {
+    let sas = "https://acct.blob.core.windows.net/c0n/p?sv=2022&sig=SECRETSIG";
+    let flag = format!("--source={sas}");
+    for (args, env) in [
+        (vec!["run", "--once", "--source", sas], vec![]),
+        (vec!["status", "--state", sas], vec![]),
+        (vec!["run", "--once", flag.as_str()], vec![]),
+        (vec!["run", "--once"], vec![("CURRENTS_HEAP_SOURCE", sas)]),
+        (vec!["--print-config"], vec![("CURRENTS_HEAP_STATE", sas)]),
+    ] {
+        let (code, stdout, stderr) = cli(&args, &env);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(
+            !stdout.contains("SECRETSIG") && !stderr.contains("SECRETSIG"),
+            "{args:?} printed the signature: {stderr}"
+        );
+        assert!(stderr.contains("query string"), "{args:?}: {stderr}");
+    }
+}
