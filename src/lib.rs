@@ -20,7 +20,6 @@ pub mod handover;
 pub mod heap;
 pub mod ledger;
 pub mod notifications;
-pub mod pipeline;
 pub mod server;
 pub mod source;
 pub mod store;

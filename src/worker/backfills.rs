@@ -22,12 +22,12 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::pipeline::ObjectResult;
 use super::scheduler::Ended;
 use crate::clock::unix_secs_now;
 use crate::handover::{
     BackfillProgress, BackfillRequest, BackfillState, Control, Heartbeat, owner,
 };
-use crate::pipeline::ObjectResult;
 
 /// Progress is written at most this often while a backfill runs.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);

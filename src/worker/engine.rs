@@ -39,6 +39,7 @@ use super::discovery::{Sightings, find_unfinished, queue_missed, queue_unfinishe
 use super::finished::FinishedSet;
 use super::inbox::KeyEnd;
 use super::listener::{Listener, ListenerSettings};
+use super::pipeline::{ObjectResult, Pipeline, Sink};
 use super::scheduler::{Ended, Scheduler};
 use super::settings::{Plan, Settings};
 use super::summary::{Outcome, Report, Summary};
@@ -50,7 +51,6 @@ use crate::heap::delivery::{Delivery, DeliveryConfig, Lane};
 use crate::heap::map::HeapMapper;
 use crate::ledger::Ledger;
 use crate::notifications::sqs::Queue;
-use crate::pipeline::{ObjectResult, Pipeline, Sink};
 use crate::source::Window;
 use crate::store::ObjectStore;
 use crate::telemetry::events::{ObjectEnded, PollFailed, PollSucceeded};

@@ -12,6 +12,8 @@
 //! - [`listener`]: objects from S3 notifications in an SQS queue, with [`inbox`] deciding
 //!   when a message may be deleted.
 //! - [`scheduler`]: objects in flight, a bounded number at a time.
+//! - [`pipeline`]: one object from the source through decoding and mapping to delivery, then
+//!   the ledger.
 //! - [`delivery_task`]: delivery on its own task; how it ended is never lost.
 //! - [`engine`]: the one drive loop, with shutdown passed in as a future.
 //! - [`summary`]: what failed, what remains, and the outcome that is the exit code.
@@ -29,6 +31,7 @@ pub mod engine;
 pub mod finished;
 pub mod inbox;
 pub mod listener;
+pub mod pipeline;
 pub mod replay;
 pub mod scheduler;
 pub mod settings;

@@ -37,8 +37,8 @@ use std::sync::Arc;
 use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use super::pipeline::{ObjectResult, Pipeline};
 use crate::heap::delivery::Lane;
-use crate::pipeline::{ObjectResult, Pipeline};
 use crate::store::ObjectMeta;
 
 /// Work for the scheduler.

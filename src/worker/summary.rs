@@ -16,8 +16,8 @@
 //! stop is how every rollout ends, parked events are already reported by `/metrics`, the logs
 //! and `status`, and an exit code of 3 would mark every rollout as a failed pod.
 
+use super::pipeline::ObjectResult;
 use super::scheduler::Ended;
-use crate::pipeline::ObjectResult;
 use crate::telemetry::Counts;
 
 /// How a run ended, and so its exit code.
