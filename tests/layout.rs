@@ -2,6 +2,10 @@
 //! (`currents-heap-testkit`) or to the modules that moved there (`standin`, `synth`,
 //! `fixtures`), and the package's normal dependencies do not include it, so
 //! `cargo tree -e normal -p currents-heap` never lists it.
+//!
+//! The module tree shows the data flow, and no import runs back up it: each top-level module
+//! of `src/` has a layer, and code (not comments) may name `crate::m` only for a module of a
+//! lower layer ([`LAYERS`]).
 
 use std::path::{Path, PathBuf};
 
@@ -234,4 +238,96 @@ fn the_testkit_is_a_dev_dependency_only() {
             "workspace.{key}: {members:?}"
         );
     }
+}
+
+/// The top-level modules of `src/`, from the top of the data flow down: the command line
+/// builds the engine, the engine joins the Braze side to the Heap side, and both stand on
+/// the stores, telemetry, the Currents format and the clock. Modules on one line are
+/// siblings and import neither each other nor anything above them.
+const LAYERS: &[&[&str]] = &[
+    &["commands"],
+    &["worker"],
+    &["handover", "heap"],
+    &["ledger", "deadletter"],
+    &["source"],
+    &["notifications", "store"],
+    &["aws", "server"],
+    &["telemetry"],
+    &["currents"],
+    &["clock"],
+];
+
+fn layer(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|layer| layer.contains(&module))
+}
+
+/// `module -> crate::other` arrows of the code under `src`, as (where, from, to).
+fn upward_imports(src: &Path) -> (Vec<String>, Vec<String>) {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    let mut unplaced = Vec::new();
+    let mut upward = Vec::new();
+    for path in files {
+        let relative = path
+            .strip_prefix(src)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        let top = relative
+            .split('/')
+            .next()
+            .unwrap()
+            .trim_end_matches(".rs")
+            .to_string();
+        if top == "main" || top == "lib" {
+            continue;
+        }
+        let Some(own) = layer(&top) else {
+            unplaced.push(relative);
+            continue;
+        };
+        let text = std::fs::read_to_string(&path).unwrap();
+        let ids = tokens(&text).identifiers;
+        for pair in ids.windows(2) {
+            let ((line, first), (_, module)) = (&pair[0], &pair[1]);
+            if first != "crate" || *module == top {
+                continue;
+            }
+            match layer(module) {
+                Some(theirs) if theirs > own => {}
+                Some(_) => upward.push(format!("{relative}:{line}: {top} -> {module}")),
+                None => unplaced.push(format!("{relative}:{line}: crate::{module}")),
+            }
+        }
+    }
+    (unplaced, upward)
+}
+
+#[test]
+fn no_import_runs_back_up_the_tree() {
+    let (unplaced, upward) = upward_imports(&root().join("src"));
+    assert!(
+        unplaced.is_empty(),
+        "modules without a layer in LAYERS: {unplaced:?}"
+    );
+    assert!(
+        upward.is_empty(),
+        "imports that run back up (or across) the tree:\n{}",
+        upward.join("\n")
+    );
+}
+
+#[test]
+fn an_upward_import_is_found_and_a_doc_link_is_not() {
+    let dir = std::env::temp_dir().join(format!("layout-probe-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("heap")).unwrap();
+    std::fs::write(
+        dir.join("heap/x.rs"),
+        "//! See [`crate::worker`].\nuse crate::store::Thing;\nfn f() { crate::worker::go(); }\n",
+    )
+    .unwrap();
+    let (unplaced, upward) = upward_imports(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(unplaced.is_empty(), "{unplaced:?}");
+    assert_eq!(upward, ["heap/x.rs:3: heap -> worker"]);
 }
