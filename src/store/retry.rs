@@ -356,14 +356,9 @@ mod tests {
         let unavailable = error(StoreErrorKind::Unavailable);
         let mut now = start;
         let mut tries = vec![];
-        loop {
-            match retry.on_failure(now, &unavailable).next {
-                Next::RetryAt(at) => {
-                    tries.push((at - start).as_secs());
-                    now = at;
-                }
-                Next::GiveUp => break,
-            }
+        while let Next::RetryAt(at) = retry.on_failure(now, &unavailable).next {
+            tries.push((at - start).as_secs());
+            now = at;
         }
         assert_eq!(tries, [1, 3, 7, 10]);
         assert_eq!(now, start + secs(10));
