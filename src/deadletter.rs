@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::{now_iso8601, unix_millis_now};
 use crate::currents::event::CustomHttpEvent;
 use crate::currents::key::CurrentsKey;
-use crate::store::{ObjectMeta, ObjectStore, StoreError};
+use crate::store::{ObjectMeta, ObjectStore, StoreError, StoreErrorKind};
 
 pub const DEAD_LETTER_PREFIX: &str = "dead-letters/";
 
@@ -216,14 +216,16 @@ fn to_json_lines(letters: &[&DeadLetter]) -> Vec<u8> {
 /// 128 random bits from the operating system, as 32 hex digits.
 fn random_name(store: &Arc<dyn ObjectStore>, event_type: &str) -> Result<String, StoreError> {
     let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| StoreError {
-        operation: "name a dead-letter object in",
-        location: format!(
-            "{}/{DEAD_LETTER_PREFIX}event_type={event_type}/",
-            store.describe()
-        ),
-        reason: format!("the operating system's random source failed: {e}"),
-        not_found: false,
+    getrandom::fill(&mut bytes).map_err(|e| {
+        StoreError::new(
+            "name a dead-letter object in",
+            format!(
+                "{}/{DEAD_LETTER_PREFIX}event_type={event_type}/",
+                store.describe()
+            ),
+            StoreErrorKind::Unavailable,
+            format!("the operating system's random source failed: {e}"),
+        )
     })?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -19,8 +19,15 @@
 //! they mirror. A re-uploaded object (new ETag or size) is a new version and is processed
 //! again.
 //!
-//! One worker per source and state location: the ledger takes no leases, because conditional
-//! writes are not reliably atomic on every S3-compatible store.
+//! # Several writers
+//! The ledger takes no leases, because conditional writes are not reliably atomic on every
+//! S3-compatible store. In polling mode one worker runs per source and state location (two
+//! pollers would each send every object). In SQS mode several `run` replicas may share one
+//! state: each notification goes to one replica at a time, and the guarantee above still
+//! holds, because every record is a whole-object PUT of its own key: two replicas that finish
+//! the same object (a message received twice) write the same marker, and no write can tear
+//! or undo another's. What they share is Heap's rate limit, not the ledger; dividing that
+//! budget between replicas is issue 20's.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -543,7 +543,7 @@ impl Control {
     ) -> Result<Option<T>, HandoverError> {
         let bytes = match self.store.get(key).await {
             Ok(bytes) => bytes,
-            Err(e) if e.not_found => return Ok(None),
+            Err(e) if e.is_not_found() => return Ok(None),
             Err(source) => {
                 return Err(HandoverError::Store {
                     operation,

@@ -35,7 +35,9 @@ use object_store::path::Path;
 use object_store::{ObjectStore as _, ObjectStoreExt as _, PutPayload};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use super::{ObjectMeta, ObjectReader, ObjectStore, StoreError, StoreFuture, in_range};
+use super::{
+    ObjectMeta, ObjectReader, ObjectStore, StoreError, StoreErrorKind, StoreFuture, in_range,
+};
 use crate::telemetry::Metrics;
 use crate::telemetry::events::StoreRequest;
 
@@ -78,13 +80,14 @@ impl CloudStore {
         format!("{}{key}", self.prefix)
     }
 
+    /// A key this store cannot name or list under: refused before any request.
     fn error(&self, operation: &'static str, key: &str, reason: String) -> StoreError {
-        StoreError {
+        StoreError::new(
             operation,
-            location: format!("{}{}", self.root, self.full_key(key)),
-            reason: self.one_line(&reason),
-            not_found: false,
-        }
+            format!("{}{}", self.root, self.full_key(key)),
+            StoreErrorKind::Invalid,
+            self.one_line(&reason),
+        )
     }
 
     fn store_error(
@@ -94,7 +97,7 @@ impl CloudStore {
         e: &object_store::Error,
     ) -> StoreError {
         StoreError {
-            not_found: matches!(e, object_store::Error::NotFound { .. }),
+            kind: error_kind(e),
             ..self.error(operation, key, e.to_string())
         }
     }
@@ -211,6 +214,41 @@ impl CloudStore {
             .await
             .map_err(|e| self.store_error("get", key, &e))
     }
+}
+
+/// The kind of an object_store error. object_store maps 404, 401, 403, 409 and 412 of a get,
+/// put or delete to their own variants; other answers, and every answer to a listing, come as
+/// `Generic`, whose status type is private. Its text states the status in a fixed form
+/// (`Server returned non-2xx status code: 403 Forbidden`), read by [`generic_status`]; a
+/// `Generic` without one (a connection error, retried already) is an outage.
+fn error_kind(e: &object_store::Error) -> StoreErrorKind {
+    use object_store::Error as E;
+    match e {
+        E::NotFound { .. } => StoreErrorKind::NotFound,
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => StoreErrorKind::Denied,
+        E::Precondition { .. } | E::AlreadyExists { .. } | E::NotModified { .. } => {
+            StoreErrorKind::PreconditionFailed
+        }
+        E::InvalidPath { .. }
+        | E::NotSupported { .. }
+        | E::NotImplemented { .. }
+        | E::UnknownConfigurationKey { .. } => StoreErrorKind::Invalid,
+        E::Generic { .. } => match generic_status(&e.to_string()) {
+            Some(401 | 403) => StoreErrorKind::Denied,
+            Some(404) => StoreErrorKind::NotFound,
+            Some(409 | 412) => StoreErrorKind::PreconditionFailed,
+            Some(429) => StoreErrorKind::Throttled,
+            Some(400..=499) => StoreErrorKind::Invalid,
+            _ => StoreErrorKind::Unavailable,
+        },
+        _ => StoreErrorKind::Unavailable,
+    }
+}
+
+/// The HTTP status object_store's client states in an error's text, if any.
+fn generic_status(text: &str) -> Option<u16> {
+    let (_, after) = text.split_once("non-2xx status code: ")?;
+    after.get(..3)?.parse().ok()
 }
 
 /// Why object_store's `Path` cannot name `key` exactly, if it cannot.
@@ -414,6 +452,93 @@ mod tests {
         ] {
             assert!(unnameable(key).is_some(), "{key:?}");
         }
+    }
+
+    #[test]
+    fn errors_map_to_kinds() {
+        use object_store::Error as E;
+        let source = || Box::<dyn std::error::Error + Send + Sync>::from("answer");
+        let path = || "c/k".to_string();
+        let cases = [
+            (
+                E::NotFound {
+                    path: path(),
+                    source: source(),
+                },
+                StoreErrorKind::NotFound,
+            ),
+            (
+                E::PermissionDenied {
+                    path: path(),
+                    source: source(),
+                },
+                StoreErrorKind::Denied,
+            ),
+            (
+                E::Unauthenticated {
+                    path: path(),
+                    source: source(),
+                },
+                StoreErrorKind::Denied,
+            ),
+            (
+                E::Precondition {
+                    path: path(),
+                    source: source(),
+                },
+                StoreErrorKind::PreconditionFailed,
+            ),
+            (
+                E::NotSupported { source: source() },
+                StoreErrorKind::Invalid,
+            ),
+            (
+                E::Generic {
+                    store: "MicrosoftAzure",
+                    source: source(),
+                },
+                StoreErrorKind::Unavailable,
+            ),
+            (
+                E::Generic {
+                    store: "MicrosoftAzure",
+                    source: "Error performing GET REDACTED in 8ms - Server returned non-2xx \
+                             status code: 403 Forbidden: <Error>"
+                        .into(),
+                },
+                StoreErrorKind::Denied,
+            ),
+            (
+                E::Generic {
+                    store: "GCS",
+                    source: "Server returned non-2xx status code: 429 Too Many Requests".into(),
+                },
+                StoreErrorKind::Throttled,
+            ),
+        ];
+        for (error, kind) in cases {
+            assert_eq!(error_kind(&error), kind, "{error}");
+        }
+        let store = CloudStore::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            "az://c",
+            "p",
+            Vec::new(),
+        );
+        let refused = store.path("put", "a//b").unwrap_err();
+        assert_eq!(refused.kind, StoreErrorKind::Invalid, "{refused}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_key_is_not_found() {
+        let store = CloudStore::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            "az://c",
+            "p",
+            Vec::new(),
+        );
+        let missing = store.get("no/such").await.unwrap_err();
+        assert!(missing.is_not_found(), "{missing}");
     }
 
     #[test]

@@ -50,7 +50,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{ObjectMeta, ObjectReader, ObjectStore, StoreError, StoreFuture};
+use super::{ObjectMeta, ObjectReader, ObjectStore, StoreError, StoreErrorKind, StoreFuture};
 
 #[derive(Clone)]
 pub struct LocalStore {
@@ -280,6 +280,19 @@ fn is_missing(e: &io::Error) -> bool {
     )
 }
 
+/// The kind of a file-system error. A full disk or a read-only mount may be fixed while the
+/// worker waits, as an outage may pass, so they count as unavailable; a permission does not
+/// change by itself.
+fn io_kind(kind: io::ErrorKind) -> StoreErrorKind {
+    match kind {
+        io::ErrorKind::NotFound => StoreErrorKind::NotFound,
+        io::ErrorKind::PermissionDenied => StoreErrorKind::Denied,
+        io::ErrorKind::AlreadyExists => StoreErrorKind::PreconditionFailed,
+        io::ErrorKind::InvalidInput | io::ErrorKind::InvalidFilename => StoreErrorKind::Invalid,
+        _ => StoreErrorKind::Unavailable,
+    }
+}
+
 /// Makes a directory's entries durable: a renamed or created name survives a crash.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     let dir = if dir.as_os_str().is_empty() {
@@ -338,27 +351,27 @@ impl LocalStore {
         format!("{}/{key}", root.trim_end_matches('/'))
     }
 
-    fn error(&self, operation: &'static str, key: &str, reason: String) -> StoreError {
-        StoreError {
-            operation,
-            location: self.location(key),
-            reason,
-            not_found: false,
-        }
+    fn error(
+        &self,
+        operation: &'static str,
+        key: &str,
+        kind: StoreErrorKind,
+        reason: String,
+    ) -> StoreError {
+        StoreError::new(operation, self.location(key), kind, reason)
     }
 
     fn io_error(&self, operation: &'static str, key: &str, e: io::Error) -> StoreError {
-        StoreError {
-            not_found: e.kind() == io::ErrorKind::NotFound,
-            ..self.error(operation, key, e.to_string())
-        }
+        self.error(operation, key, io_kind(e.kind()), e.to_string())
     }
 
     fn read_error(&self, operation: &'static str, key: &str, e: io::Error) -> StoreError {
-        StoreError {
-            not_found: is_missing(&e),
-            ..self.error(operation, key, e.to_string())
-        }
+        let kind = if is_missing(&e) {
+            StoreErrorKind::NotFound
+        } else {
+            io_kind(e.kind())
+        };
+        self.error(operation, key, kind, e.to_string())
     }
 
     /// The path of the folder `dir` (a key without its trailing `/`; empty is the one empty
@@ -376,6 +389,7 @@ impl LocalStore {
             return Err(self.error(
                 operation,
                 key,
+                StoreErrorKind::Invalid,
                 "the empty key names the store's root, not an object".into(),
             ));
         }
@@ -405,14 +419,17 @@ impl LocalStore {
                         return Err(self.error(
                             "list",
                             prefix,
+                            StoreErrorKind::Invalid,
                             "the root is not a directory".into(),
                         ));
                     }
                     Err(_) => {
-                        return Err(StoreError {
-                            not_found: true,
-                            ..self.error("list", prefix, "the directory does not exist".into())
-                        });
+                        return Err(self.error(
+                            "list",
+                            prefix,
+                            StoreErrorKind::NotFound,
+                            "the directory does not exist".into(),
+                        ));
                     }
                 }
                 // Folders are created lazily (`ledger/` may not exist yet), and a walk can
@@ -531,6 +548,7 @@ impl LocalStore {
             return Err(self.error(
                 "put",
                 key,
+                StoreErrorKind::NotFound,
                 format!(
                     "the directory {} is gone (deleted or moved while running?); it is not created again, since an empty one would forget what is finished",
                     self.root.display()
@@ -538,7 +556,12 @@ impl LocalStore {
             ));
         }
         let Some(parent) = path.parent() else {
-            return Err(self.error("put", key, "the key has no parent directory".into()));
+            return Err(self.error(
+                "put",
+                key,
+                StoreErrorKind::Invalid,
+                "the key has no parent directory".into(),
+            ));
         };
         let mut attempt = 1;
         loop {
@@ -605,9 +628,14 @@ async fn blocking<T: Send + 'static>(
     key: &str,
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| store.error(operation, key, format!("worker thread failed: {e}")))?
+    tokio::task::spawn_blocking(work).await.map_err(|e| {
+        store.error(
+            operation,
+            key,
+            StoreErrorKind::Unavailable,
+            format!("worker thread failed: {e}"),
+        )
+    })?
 }
 
 impl ObjectStore for LocalStore {
@@ -840,6 +868,33 @@ mod tests {
     }
 
     /// A directory of its own under the system temp dir, removed when dropped.
+    #[test]
+    fn file_errors_map_to_kinds() {
+        let cases = [
+            (io::ErrorKind::NotFound, StoreErrorKind::NotFound),
+            (io::ErrorKind::PermissionDenied, StoreErrorKind::Denied),
+            (io::ErrorKind::InvalidInput, StoreErrorKind::Invalid),
+            (io::ErrorKind::StorageFull, StoreErrorKind::Unavailable),
+            (io::ErrorKind::TimedOut, StoreErrorKind::Unavailable),
+        ];
+        for (io, kind) in cases {
+            assert_eq!(io_kind(io), kind, "{io:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_carry_their_kind() {
+        let scratch = Scratch::new("kinds");
+        let store = LocalStore::new(&scratch.0);
+        let empty = store.put("", b"x".to_vec()).await.unwrap_err();
+        assert_eq!(empty.kind, StoreErrorKind::Invalid, "{empty}");
+        let missing = store.get("no/such").await.unwrap_err();
+        assert_eq!(missing.kind, StoreErrorKind::NotFound, "{missing}");
+        let gone = LocalStore::new(scratch.0.join("gone"));
+        let error = gone.put("ledger/a", b"x".to_vec()).await.unwrap_err();
+        assert_eq!(error.kind, StoreErrorKind::NotFound, "{error}");
+    }
+
     struct Scratch(PathBuf);
 
     impl Scratch {
@@ -954,7 +1009,7 @@ mod tests {
             store.list("currents").await.unwrap_err(),
             store.list_folders("").await.unwrap_err(),
         ] {
-            assert!(error.not_found, "{error}");
+            assert!(error.is_not_found(), "{error}");
             assert!(error.to_string().contains("does not exist"), "{error}");
             assert!(error.to_string().contains("moved-away"), "{error}");
         }
@@ -1096,9 +1151,9 @@ mod tests {
         store.put("a/b", b"1".to_vec()).await.unwrap();
         for key in ["a", "a/b/c"] {
             let error = store.get(key).await.unwrap_err();
-            assert!(error.not_found, "{error}");
+            assert!(error.is_not_found(), "{error}");
             let error = store.open(key).await.err().unwrap();
-            assert!(error.not_found, "{error}");
+            assert!(error.is_not_found(), "{error}");
             assert!(error.location.ends_with(key), "{error}");
             store.delete(key).await.unwrap();
         }

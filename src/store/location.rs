@@ -238,12 +238,14 @@ impl Location {
 }
 
 fn connect_error(root: &str, reason: String) -> StoreError {
-    StoreError {
-        operation: "connect to",
-        location: root.to_string(),
-        reason: reason.split_whitespace().collect::<Vec<_>>().join(" "),
-        not_found: false,
-    }
+    // A client that cannot be built is a configuration to fix (a malformed account name,
+    // an unreadable service-account file), not an outage.
+    StoreError::new(
+        "connect to",
+        root,
+        super::StoreErrorKind::Invalid,
+        reason.split_whitespace().collect::<Vec<_>>().join(" "),
+    )
 }
 
 #[cfg(test)]

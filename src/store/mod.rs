@@ -15,6 +15,7 @@ pub mod cloud;
 pub mod cloud_env;
 pub mod local;
 pub mod location;
+pub mod retry;
 pub mod s3;
 
 use std::future::Future;
@@ -24,6 +25,7 @@ use std::pin::Pin;
 pub use cloud::CloudStore;
 pub use local::LocalStore;
 pub use location::Location;
+pub use retry::{Next, Notice, StateRetry};
 pub use s3::S3Store;
 
 /// A blocking reader over an object's bytes, streamed as they arrive. Use it only on a
@@ -43,15 +45,85 @@ pub struct ObjectMeta {
     pub etag: String,
 }
 
-/// Why a store operation failed, naming the store and the key. Never holds credentials.
+/// Why a store operation failed, naming the store and the key, and what kind of failure it
+/// was: the kind decides the advice (a denied write needs a credential fixed, an outage needs
+/// waiting). Never holds credentials or a URL's query string.
 #[derive(Debug, thiserror::Error)]
 #[error("{operation} {location}: {reason}")]
 pub struct StoreError {
     pub operation: &'static str,
     /// `store/key`, e.g. `s3://bucket/prefix/key` or `/var/lib/state/key`.
     pub location: String,
+    pub kind: StoreErrorKind,
+    /// The back-end's own words (its error code and message), one line.
     pub reason: String,
-    pub not_found: bool,
+}
+
+/// What kind of failure a [`StoreError`] is, as every back-end maps its own errors (an HTTP
+/// status or S3 error code, an object_store variant, an `io::ErrorKind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreErrorKind {
+    /// No such key (or bucket, container, directory).
+    NotFound,
+    /// The credentials were refused or lack the permission (HTTP 401/403, a file mode).
+    Denied,
+    /// The store asked to slow down (HTTP 429, S3's `SlowDown`).
+    Throttled,
+    /// The store did not answer or failed on its side (5xx, a timeout, a refused or reset
+    /// connection, a full disk): a cause that may pass.
+    Unavailable,
+    /// A condition of the request did not hold (HTTP 412, an object that already exists).
+    PreconditionFailed,
+    /// The store refused the request as malformed, or cannot hold the key (HTTP 400, a key
+    /// object_store cannot name, the empty key).
+    Invalid,
+}
+
+impl StoreErrorKind {
+    /// Whether waiting may help by itself: an outage or throttling. A denied or invalid
+    /// request needs someone to change the credentials or the configuration.
+    pub fn may_pass(self) -> bool {
+        matches!(
+            self,
+            StoreErrorKind::Throttled
+                | StoreErrorKind::Unavailable
+                | StoreErrorKind::PreconditionFailed
+        )
+    }
+}
+
+impl std::fmt::Display for StoreErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StoreErrorKind::NotFound => "not found",
+            StoreErrorKind::Denied => "permission denied",
+            StoreErrorKind::Throttled => "throttled",
+            StoreErrorKind::Unavailable => "unavailable",
+            StoreErrorKind::PreconditionFailed => "precondition failed",
+            StoreErrorKind::Invalid => "invalid request",
+        })
+    }
+}
+
+impl StoreError {
+    pub fn new(
+        operation: &'static str,
+        location: impl Into<String>,
+        kind: StoreErrorKind,
+        reason: impl Into<String>,
+    ) -> Self {
+        StoreError {
+            operation,
+            location: location.into(),
+            kind,
+            reason: reason.into(),
+        }
+    }
+
+    /// The key (or the bucket, container or directory) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.kind == StoreErrorKind::NotFound
+    }
 }
 
 pub trait ObjectStore: Send + Sync {

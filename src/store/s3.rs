@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use tokio_util::io::SyncIoBridge;
 
-use super::{ObjectMeta, ObjectReader, ObjectStore, StoreError, StoreFuture, in_range};
+use super::{
+    ObjectMeta, ObjectReader, ObjectStore, StoreError, StoreErrorKind, StoreFuture, in_range,
+};
 use crate::aws::CountRequests;
 use crate::telemetry::Metrics;
 
@@ -39,12 +41,12 @@ impl S3Store {
             .load()
             .await;
         if config.region().is_none() {
-            return Err(StoreError {
-                operation: "connect to",
-                location: format!("s3://{bucket}/{prefix}"),
-                reason: "no AWS region is configured: set AWS_REGION (any value for S3-compatible stores)".into(),
-                not_found: false,
-            });
+            return Err(StoreError::new(
+                "connect to",
+                format!("s3://{bucket}/{prefix}"),
+                StoreErrorKind::Invalid,
+                "no AWS region is configured: set AWS_REGION (any value for S3-compatible stores)",
+            ));
         }
         let s3_config = aws_sdk_s3::config::Builder::from(&config)
             .force_path_style(path_style)
@@ -85,14 +87,22 @@ impl S3Store {
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        let not_found = matches!(e.code(), Some("NoSuchKey" | "NotFound"))
-            || e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
-        StoreError {
+        let kind = match e {
+            SdkError::ServiceError(_) | SdkError::ResponseError(_) => {
+                error_kind(e.raw_response().map(|r| r.status().as_u16()), e.code())
+            }
+            // A request the SDK could not build (a bad key, a missing region).
+            SdkError::ConstructionFailure(_) => StoreErrorKind::Invalid,
+            // No answer: a timeout, a refused or reset connection, DNS, or credentials the
+            // chain could not fetch (the instance metadata service is an endpoint too).
+            _ => StoreErrorKind::Unavailable,
+        };
+        StoreError::new(
             operation,
-            location: format!("s3://{}/{}", self.bucket, self.full_key(key)),
-            reason: crate::aws::error_text(e),
-            not_found,
-        }
+            format!("s3://{}/{}", self.bucket, self.full_key(key)),
+            kind,
+            crate::aws::error_text(e),
+        )
     }
 
     async fn get_object(
@@ -179,6 +189,39 @@ impl S3Store {
     }
 }
 
+/// The kind of an S3 answer, from its error code first (S3 and S3-compatible stores name the
+/// cause: `SlowDown` comes as a 503, `AccessDenied` as a 403) and its HTTP status second.
+fn error_kind(status: Option<u16>, code: Option<&str>) -> StoreErrorKind {
+    match code {
+        Some("NoSuchKey" | "NoSuchBucket" | "NotFound") => return StoreErrorKind::NotFound,
+        Some(
+            "AccessDenied"
+            | "AllAccessDisabled"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "ExpiredToken"
+            | "InvalidToken"
+            | "AccountProblem",
+        ) => return StoreErrorKind::Denied,
+        Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded") => {
+            return StoreErrorKind::Throttled;
+        }
+        Some("PreconditionFailed" | "ConditionalRequestConflict") => {
+            return StoreErrorKind::PreconditionFailed;
+        }
+        _ => {}
+    }
+    match status {
+        Some(404) => StoreErrorKind::NotFound,
+        Some(401 | 403) => StoreErrorKind::Denied,
+        Some(412 | 409) => StoreErrorKind::PreconditionFailed,
+        Some(429) => StoreErrorKind::Throttled,
+        Some(408) => StoreErrorKind::Unavailable,
+        Some(400..=499) => StoreErrorKind::Invalid,
+        _ => StoreErrorKind::Unavailable,
+    }
+}
+
 /// The ETag, or, from stores that list none, the last-modified time: either tells a
 /// re-uploaded object from the one already processed. (Discovery never uses the time.)
 fn version_tag(object: &aws_sdk_s3::types::Object) -> String {
@@ -239,11 +282,13 @@ impl ObjectStore for S3Store {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<u8>> {
         Box::pin(async move {
             let output = self.get_object(key).await?;
-            let bytes = output.body.collect().await.map_err(|e| StoreError {
-                operation: "get",
-                location: format!("s3://{}/{}", self.bucket, self.full_key(key)),
-                reason: e.to_string(),
-                not_found: false,
+            let bytes = output.body.collect().await.map_err(|e| {
+                StoreError::new(
+                    "get",
+                    format!("s3://{}/{}", self.bucket, self.full_key(key)),
+                    StoreErrorKind::Unavailable,
+                    e.to_string(),
+                )
             })?;
             Ok(bytes.to_vec())
         })
@@ -283,5 +328,39 @@ impl ObjectStore for S3Store {
                 .map_err(|e| self.error("delete", key, &e))?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use StoreErrorKind::*;
+
+    #[test]
+    fn answers_map_to_kinds_by_code_then_status() {
+        let cases = [
+            (Some(403), Some("AccessDenied"), Denied),
+            (Some(403), None, Denied),
+            (Some(401), None, Denied),
+            (Some(403), Some("InvalidAccessKeyId"), Denied),
+            (Some(400), Some("ExpiredToken"), Denied),
+            (Some(404), Some("NoSuchKey"), NotFound),
+            (Some(404), Some("NoSuchBucket"), NotFound),
+            (Some(404), None, NotFound),
+            (Some(412), Some("PreconditionFailed"), PreconditionFailed),
+            (Some(412), None, PreconditionFailed),
+            (Some(503), Some("SlowDown"), Throttled),
+            (Some(503), None, Unavailable),
+            (Some(429), None, Throttled),
+            (Some(500), Some("InternalError"), Unavailable),
+            (Some(502), None, Unavailable),
+            (Some(408), None, Unavailable),
+            (None, None, Unavailable),
+            (Some(400), Some("InvalidArgument"), Invalid),
+            (Some(400), None, Invalid),
+        ];
+        for (status, code, kind) in cases {
+            assert_eq!(error_kind(status, code), kind, "{status:?} {code:?}");
+        }
     }
 }

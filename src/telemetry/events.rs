@@ -321,8 +321,13 @@ impl PollFailed<'_> {
     }
 }
 
-/// A ledger or dead-letter write failed; readiness reports the outage until one succeeds.
+/// A ledger or dead-letter write failed: counted every time; readiness reports it, by its
+/// cause, until one succeeds. Its log lines are the retry's, once per cause
+/// ([`crate::store::retry`]), not one per failure.
 pub struct StateWriteFailed<'a> {
+    /// What the operator reads first: "state writes have failed" for an outage, or the
+    /// cause to fix ("permission denied writing the state at …: check the credentials/role").
+    pub cause: &'a str,
     pub error: &'a str,
 }
 
@@ -336,8 +341,12 @@ impl StateWriteFailed<'_> {
             .unwrap_or_else(|p| p.into_inner());
         let since = outage
             .as_ref()
-            .map_or_else(crate::clock::unix_secs_now, |(since, _)| *since);
-        *outage = Some((since, self.error.to_string()));
+            .map_or_else(crate::clock::unix_secs_now, |failing| failing.since);
+        *outage = Some(super::StateFailing {
+            since,
+            cause: self.cause.to_string(),
+            error: self.error.to_string(),
+        });
     }
 }
 

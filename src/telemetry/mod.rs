@@ -36,6 +36,15 @@ struct TypeCounters {
     parked: Counter,
 }
 
+/// Failing state writes, for `/readyz`.
+struct StateFailing {
+    /// Unix seconds of the first failure.
+    since: i64,
+    /// What to fix or wait for ([`events::StateWriteFailed::cause`]).
+    cause: String,
+    error: String,
+}
+
 /// The registry and every metric in it. One per process (or per test).
 pub struct Metrics {
     registry: Registry,
@@ -71,8 +80,8 @@ pub struct Metrics {
     source_folders: Gauge,
     state_write_failures: Counter,
     state_write_failing: Gauge,
-    /// Since when (Unix seconds) state writes fail, and the last error; `None` while they work.
-    state_outage: Mutex<Option<(i64, String)>>,
+    /// Since when state writes fail, why, and the last error; `None` while they work.
+    state_outage: Mutex<Option<StateFailing>>,
     polls: Counter,
     poll_failures: Counter,
     /// Why the last poll failed; `None` after a poll succeeds.
@@ -455,11 +464,12 @@ impl Metrics {
     /// Why the worker is not ready, or `None` if it is: the last poll succeeded, within
     /// `ready_within`, it found `event_type=` folders, and state writes are not failing.
     pub fn not_ready(&self, now_unix: i64, ready_within: Duration) -> Option<String> {
-        if let Some((since, error)) = &*self.state_outage.lock().unwrap_or_else(|p| p.into_inner())
-        {
+        if let Some(failing) = &*self.state_outage.lock().unwrap_or_else(|p| p.into_inner()) {
             return Some(format!(
-                "state writes have failed for {}s: {error}",
-                now_unix - since
+                "{}; failing for {}s: {}",
+                failing.cause,
+                now_unix - failing.since,
+                failing.error
             ));
         }
         if let Some(error) = &*self.poll_failure.lock().unwrap_or_else(|p| p.into_inner()) {

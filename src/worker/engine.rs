@@ -143,8 +143,7 @@ impl Engine {
                 ledger: ledger.clone(),
                 sink,
                 metrics: metrics.clone(),
-                state_retry_max,
-                state_failing_since: std::sync::Mutex::new(None),
+                ledger_retry: crate::store::retry::SharedRetry::new(state_retry_max),
             })
         };
         let pipeline = pipeline_to(sink);

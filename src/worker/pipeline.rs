@@ -5,15 +5,15 @@
 //! channel, so a slow Heap slows reading instead of filling memory. The object is recorded
 //! in the ledger only when every event it held has an outcome (see [`crate::ledger`]).
 //!
-//! A failed ledger write does not lose the object's progress: the write is tried again with
-//! backoff (0.5 s doubling to 30 s) while the object holds its slot, for as long as the state
-//! store is down, or up to `state_retry_max` in bounded runs. Given up, the object is left
-//! unrecorded ([`ObjectResult::Unrecorded`]) and the next run reads it again. The outage is
-//! timed from its first failure, across objects, so once the budget is spent the objects
-//! after it give up at their first failed write instead of each waiting it out again.
+//! A failed ledger write does not lose the object's progress: the write is tried again while
+//! the object holds its slot, by the pipeline's one [`SharedRetry`] (backoff, budget, causes
+//! and logging are described in [`crate::store::retry`]): for as long as the state store is
+//! down, or up to the budget in bounded runs. Given up, the object is left unrecorded
+//! ([`ObjectResult::Unrecorded`]) and the next run reads it again. The outage is timed from
+//! its first failure, across objects, so once the budget is spent the objects after it give
+//! up at their first failed write instead of each waiting it out again.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +23,7 @@ use crate::currents::decode::{DecodeError, EventReader};
 use crate::heap::delivery::{Submission, Tracker};
 use crate::heap::map::{HeapMapper, Mapped};
 use crate::ledger::{Entry, Ledger, Outcome};
+use crate::store::retry::{Cause, Next, SharedRetry};
 use crate::store::{ObjectMeta, ObjectStore};
 use crate::telemetry::Metrics;
 use crate::telemetry::events::{
@@ -75,11 +76,10 @@ pub struct Pipeline {
     pub ledger: Arc<Ledger>,
     pub sink: Sink,
     pub metrics: Arc<Metrics>,
-    /// How long a failing ledger write is retried before the object is left for the next
-    /// run; `None`: until the object is abandoned (a long-lived `run`).
-    pub state_retry_max: Option<Duration>,
-    /// When the current run of failed ledger writes began (any success resets it).
-    pub state_failing_since: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// The retry of failing ledger writes, shared by the objects in flight. Its budget is
+    /// how long they are retried before an object is left for the next run; `None`: until
+    /// the object is abandoned (a long-lived `run`).
+    pub ledger_retry: SharedRetry,
 }
 
 /// Decoding warnings logged per object; the rest are counted in one line.
@@ -104,7 +104,7 @@ impl Pipeline {
     pub async fn process(&self, object: &ObjectMeta, abandon: &CancellationToken) -> ObjectResult {
         let reader = match self.source.open(&object.key).await {
             Ok(reader) => reader,
-            Err(e) if e.not_found => {
+            Err(e) if e.is_not_found() => {
                 return ObjectResult::Gone {
                     key: object.key.clone(),
                     reason: format!("the object no longer exists: {e}"),
@@ -238,47 +238,48 @@ impl Pipeline {
 
     /// Records the entry, trying again with backoff while the state store fails.
     async fn record(&self, entry: Entry, abandon: &CancellationToken) -> ObjectResult {
-        let mut attempt = 0u32;
+        let retry = &self.ledger_retry;
+        // Counts this object among those waiting for the ledger from its first failure.
+        let mut waiting = None;
         loop {
             let error = match self.ledger.record(&entry).await {
                 Ok(()) => {
-                    *self.failing_since() = None;
+                    if let Some(healed) = retry.on_success(tokio::time::Instant::now()) {
+                        healed.log("ledger", "", None);
+                    }
                     StateWriteSucceeded.emit(&self.metrics);
                     return finished(entry);
                 }
                 Err(e) => e,
             };
+            waiting.get_or_insert_with(|| retry.wait());
+            let failed = retry.on_failure(tokio::time::Instant::now(), &error);
             StateWriteFailed {
+                cause: &Cause::of(error.kind).headline(&error.location),
                 error: &error.to_string(),
             }
             .emit(&self.metrics);
-            let now = tokio::time::Instant::now();
-            let failing_for = now - *self.failing_since().get_or_insert(now);
-            attempt += 1;
-            let backoff = Duration::from_millis(500)
-                .saturating_mul(1 << attempt.min(6))
-                .min(Duration::from_secs(30));
-            if self
-                .state_retry_max
-                .is_some_and(|max| failing_for + backoff > max)
-            {
-                return ObjectResult::Unrecorded {
-                    key: entry.key,
-                    reason: format!("cannot record it in the state's ledger: {error}"),
+            if let Some(notice) = failed.notice {
+                let objects = match retry.waiting() {
+                    1 => "1 object".to_string(),
+                    n => format!("{n} objects"),
                 };
+                notice.log("ledger", &objects, Some(&error));
             }
-            tracing::warn!(object = %entry.key, "cannot record the object in the state's ledger, trying again in {backoff:?}: {error}");
+            let at = match failed.next {
+                Next::RetryAt(at) => at,
+                Next::GiveUp => {
+                    return ObjectResult::Unrecorded {
+                        key: entry.key,
+                        reason: format!("cannot record it in the state's ledger: {error}"),
+                    };
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep_until(at) => {}
                 _ = abandon.cancelled() => return ObjectResult::Abandoned { key: entry.key },
             }
         }
-    }
-
-    fn failing_since(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
-        self.state_failing_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records a key outside the Currents layout as failed, without reading it.

@@ -2,7 +2,8 @@
 //! [`ObjectStore`] and passes every call through to it, after injecting a fault or a delay.
 //!
 //! - [`FaultyStore`] fails the n-th read or write (of any key, or of keys under a prefix),
-//!   fails reads or writes over a window of time (an outage), cuts the stream an `open`
+//!   fails reads or writes over a window of time (an outage), each failure of a chosen
+//!   [`StoreErrorKind`] (an outage is `Unavailable` unless told otherwise), cuts the stream an `open`
 //!   returns after n bytes (a connection reset mid-object, the way an S3 GetObject body fails),
 //!   and panics once on opening a key.
 //! - [`SlowStore`] waits before every call.
@@ -14,7 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use currents_heap::store::{ObjectMeta, ObjectReader, ObjectStore, StoreError, StoreFuture};
+use currents_heap::store::{
+    ObjectMeta, ObjectReader, ObjectStore, StoreError, StoreErrorKind, StoreFuture,
+};
 use tokio::time::Instant;
 
 /// Which calls a fault or a delay applies to.
@@ -85,18 +88,19 @@ struct Cut {
 
 #[derive(Default)]
 struct Faults {
-    outage: Option<(Instant, Instant, Ops)>,
+    outage: Option<(Instant, Instant, Ops, StoreErrorKind)>,
     nth: Vec<Nth>,
     cuts: Vec<Cut>,
     panic_on_open: Option<String>,
-    /// Calls of these kinds on matching keys fail, every one.
-    always: Vec<(Ops, Keys)>,
+    /// Calls of these kinds on matching keys fail, every one, with this kind.
+    always: Vec<(Ops, Keys, StoreErrorKind)>,
     /// Calls of these kinds on matching keys never answer (a hung server).
     hung: Vec<(Ops, Keys)>,
 }
 
 /// A store whose calls fail when told to. Every injected failure is an error the real stores
-/// return for a passing cause (a 503, a reset connection), never "not found".
+/// return, of the kind asked for: a passing cause (a 503, a reset connection) by default, a
+/// denied one (a 403) for [`FaultyStore::fail_always`].
 pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     faults: Mutex<Faults>,
@@ -120,7 +124,13 @@ impl FaultyStore {
 
     /// Fails `ops` from `from` until `until` (tokio time).
     pub fn outage(&self, from: Instant, until: Instant, ops: Ops) {
-        self.faults().outage = Some((from, until, ops));
+        self.outage_of(from, until, ops, StoreErrorKind::Unavailable);
+    }
+
+    /// Fails `ops` from `from` until `until` with errors of `kind`: e.g. `Denied` for a role
+    /// whose permission was removed mid-run and given back later.
+    pub fn outage_of(&self, from: Instant, until: Instant, ops: Ops, kind: StoreErrorKind) {
+        self.faults().outage = Some((from, until, ops, kind));
     }
 
     /// Fails the `n`-th call (1-based, counted from now) of `ops` on a key matching `keys`;
@@ -138,7 +148,12 @@ impl FaultyStore {
     /// Fails every call of `ops` on a key matching `keys` from now on (for a listing, the
     /// prefix listed): a part of the store that cannot be read or written at all.
     pub fn fail_always(&self, ops: Ops, keys: Keys) {
-        self.faults().always.push((ops, keys));
+        self.fail_always_with(ops, keys, StoreErrorKind::Denied);
+    }
+
+    /// [`FaultyStore::fail_always`] with errors of `kind`.
+    pub fn fail_always_with(&self, ops: Ops, keys: Keys, kind: StoreErrorKind) {
+        self.faults().always.push((ops, keys, kind));
     }
 
     /// Calls of `ops` on a key matching `keys` never answer from now on: a server that hangs.
@@ -180,13 +195,19 @@ impl FaultyStore {
         lock(&self.faults)
     }
 
-    fn error(&self, operation: &'static str, key: &str, reason: String) -> StoreError {
-        let error = StoreError {
+    fn error(
+        &self,
+        operation: &'static str,
+        key: &str,
+        kind: StoreErrorKind,
+        reason: String,
+    ) -> StoreError {
+        let error = StoreError::new(
             operation,
-            location: format!("{}/{key}", self.inner.describe()),
+            format!("{}/{key}", self.inner.describe()),
+            kind,
             reason,
-            not_found: false,
-        };
+        );
         lock(&self.injected).push(error.to_string());
         error
     }
@@ -211,8 +232,14 @@ impl FaultyStore {
         let now = Instant::now();
         let failure = {
             let mut faults = self.faults();
-            let in_outage = matches!(faults.outage, Some((from, until, failing))
-                if failing == ops && now >= from && now < until);
+            let in_outage = match faults.outage {
+                Some((from, until, failing, kind))
+                    if failing == ops && now >= from && now < until =>
+                {
+                    Some(kind)
+                }
+                _ => None,
+            };
             let mut nth_hit = None;
             faults.nth.retain_mut(|nth| {
                 if nth.ops != ops || !nth.keys.matches(key) {
@@ -228,17 +255,24 @@ impl FaultyStore {
             let always = faults
                 .always
                 .iter()
-                .any(|(failing, keys)| *failing == ops && keys.matches(key));
-            if in_outage {
-                Some("injected outage: 503 Service Unavailable".to_string())
-            } else if always {
-                Some("injected failure: 403 Forbidden".to_string())
+                .find(|(failing, keys, _)| *failing == ops && keys.matches(key))
+                .map(|(_, _, kind)| *kind);
+            if let Some(kind) = in_outage {
+                Some((kind, format!("injected outage: {}", answer(kind))))
+            } else if let Some(kind) = always {
+                Some((kind, format!("injected failure: {}", answer(kind))))
             } else {
-                nth_hit.map(|n| format!("injected failure of call {n}: 503 Service Unavailable"))
+                nth_hit.map(|n| {
+                    let kind = StoreErrorKind::Unavailable;
+                    (
+                        kind,
+                        format!("injected failure of call {n}: {}", answer(kind)),
+                    )
+                })
             }
         };
         match failure {
-            Some(reason) => Err(self.error(operation, key, reason)),
+            Some((kind, reason)) => Err(self.error(operation, key, kind, reason)),
             None => {
                 match ops {
                     Ops::Reads => &self.reads,
@@ -248,6 +282,18 @@ impl FaultyStore {
                 Ok(())
             }
         }
+    }
+}
+
+/// What a real store answers for a failure of `kind`.
+fn answer(kind: StoreErrorKind) -> &'static str {
+    match kind {
+        StoreErrorKind::NotFound => "404 NoSuchKey",
+        StoreErrorKind::Denied => "403 Forbidden",
+        StoreErrorKind::Throttled => "503 SlowDown",
+        StoreErrorKind::Unavailable => "503 Service Unavailable",
+        StoreErrorKind::PreconditionFailed => "412 Precondition Failed",
+        StoreErrorKind::Invalid => "400 Bad Request",
     }
 }
 
@@ -481,7 +527,7 @@ mod tests {
         store.put("other/a", b"x".to_vec()).await.unwrap();
         store.put("ledger/a", b"x".to_vec()).await.unwrap();
         let error = store.put("ledger/b", b"x".to_vec()).await.unwrap_err();
-        assert!(!error.not_found);
+        assert_eq!(error.kind, StoreErrorKind::Unavailable);
         assert!(error.to_string().contains("ledger/b"), "{error}");
         store.put("ledger/b", b"x".to_vec()).await.unwrap();
         store.get("ledger/b").await.unwrap();
@@ -538,6 +584,25 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         store.put("a", vec![3]).await.unwrap();
         assert_eq!(store.failures(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_carry_the_kind_asked_for() {
+        let dir = Dir::new("kinds");
+        let store = FaultyStore::new(dir.store());
+        let start = Instant::now();
+        store.outage_of(
+            start,
+            start + Duration::from_secs(1),
+            Ops::Writes,
+            StoreErrorKind::Denied,
+        );
+        let denied = store.put("a", vec![1]).await.unwrap_err();
+        assert_eq!(denied.kind, StoreErrorKind::Denied);
+        assert!(denied.to_string().contains("403"), "{denied}");
+        store.fail_always_with(Ops::Reads, Keys::prefix("t/"), StoreErrorKind::Throttled);
+        let throttled = store.get("t/x").await.unwrap_err();
+        assert_eq!(throttled.kind, StoreErrorKind::Throttled);
     }
 
     #[tokio::test(start_paused = true)]

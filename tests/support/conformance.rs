@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use currents_heap::store::ObjectStore;
+use currents_heap::store::{ObjectStore, StoreErrorKind};
 
 /// The same behaviour from every store, for keys every store can hold (s3s-fs included).
 pub async fn conformance(store: &dyn ObjectStore, secrets: &[&str]) {
@@ -36,14 +36,14 @@ pub async fn conformance(store: &dyn ObjectStore, secrets: &[&str]) {
     store.delete("a/b/one.txt").await.unwrap();
     store.delete("never/was.txt").await.unwrap();
     let missing = store.get("a/b/one.txt").await.unwrap_err();
-    assert!(missing.not_found, "{missing}");
+    assert_eq!(missing.kind, StoreErrorKind::NotFound, "{missing}");
     assert!(missing.to_string().contains("a/b/one.txt"), "{missing}");
     for secret in secrets {
         assert!(!missing.to_string().contains(secret), "{missing}");
     }
     assert!(!missing.to_string().contains('\n'), "one line: {missing}");
     let missing = store.open("a/b/one.txt").await.err().unwrap();
-    assert!(missing.not_found, "{missing}");
+    assert_eq!(missing.kind, StoreErrorKind::NotFound, "{missing}");
     assert!(missing.to_string().contains("a/b/one.txt"), "{missing}");
 }
 
@@ -197,7 +197,7 @@ pub async fn awkward_conformance_of(store: &dyn ObjectStore, holds: fn(&str) -> 
         let get = store.get(key).await.unwrap_err();
         let delete = store.delete(key).await.unwrap_err();
         for error in [put, get, delete] {
-            assert!(!error.not_found, "{error}");
+            assert_eq!(error.kind, StoreErrorKind::Invalid, "{error}");
             assert!(error.to_string().contains(key.as_str()), "{error}");
             assert!(error.to_string().contains("cannot hold"), "{error}");
         }
@@ -273,7 +273,7 @@ pub async fn awkward_conformance_of(store: &dyn ObjectStore, holds: fn(&str) -> 
     for key in &keys {
         store.delete(key).await.unwrap();
         let missing = store.get(key).await.unwrap_err();
-        assert!(missing.not_found, "{missing}");
+        assert_eq!(missing.kind, StoreErrorKind::NotFound, "{missing}");
         assert!(missing.to_string().contains(key.as_str()), "{missing}");
     }
     assert!(store.list("").await.unwrap().is_empty());

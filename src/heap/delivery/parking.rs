@@ -1,9 +1,10 @@
 //! Dead letters on their way to the state store, and their accounting.
 //!
 //! An event counts as parked only after its dead letter was written. A failed write keeps the
-//! letters queued and tries again after a backoff (0.5 s doubling to 30 s), for as long as
-//! the store is down, or up to `retry_max` (bounded runs); past it, the events are given back
-//! unfinished (see [`super::outcome`]).
+//! letters queued and tries again by the state-write retry ([`crate::store::retry`]: its
+//! backoff, causes and once-per-cause logging), for as long as the store is down, or up to
+//! `retry_max` (bounded runs); past it, the events are given back unfinished (see
+//! [`super::outcome`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tokio::time::Instant;
 
 use super::outcome::{Resolution, Tracker};
 use crate::deadletter::{DeadLetter, DeadLetterStore};
+use crate::store::retry::{Cause, Next, StateRetry};
 use crate::telemetry::Metrics;
 use crate::telemetry::events::{EventsParked, StateWriteFailed, StateWriteSucceeded};
 
@@ -23,19 +25,11 @@ pub struct ToPark {
     pub tracker: Arc<Tracker>,
 }
 
-/// Dead-letter writes that are failing: when to try again, and since when.
-struct Failing {
-    since: Instant,
-    attempts: u32,
-    next_try: Instant,
-}
-
 pub struct Parking {
     store: Arc<DeadLetterStore>,
     queue: Vec<ToPark>,
-    failing: Option<Failing>,
-    /// `None`: retry until delivery ends.
-    retry_max: Option<Duration>,
+    /// Its budget: `None`, retry until delivery ends.
+    retry: StateRetry,
 }
 
 impl Parking {
@@ -43,8 +37,7 @@ impl Parking {
         Parking {
             store,
             queue: Vec::new(),
-            failing: None,
-            retry_max,
+            retry: StateRetry::new(retry_max),
         }
     }
 
@@ -62,16 +55,13 @@ impl Parking {
 
     /// When a failed write is tried again, if letters are waiting for it.
     pub fn next_try(&self) -> Option<Instant> {
-        self.failing
-            .as_ref()
-            .filter(|_| !self.queue.is_empty())
-            .map(|f| f.next_try)
+        self.retry.next_try().filter(|_| !self.queue.is_empty())
     }
 
     /// Writes the queued letters (one object per event type and hour), unless a failed write
     /// is still backing off.
     pub async fn flush(&mut self, now: Instant, metrics: &Metrics) {
-        if self.queue.is_empty() || self.failing.as_ref().is_some_and(|f| f.next_try > now) {
+        if self.queue.is_empty() || self.retry.next_try().is_some_and(|at| at > now) {
             return;
         }
         let letters: Vec<&DeadLetter> = self.queue.iter().map(|p| &p.letter).collect();
@@ -79,41 +69,36 @@ impl Parking {
         drop(letters);
         match written {
             Ok(_) => {
-                if self.failing.take().is_some() {
-                    tracing::info!("dead letters can be written again");
+                if let Some(healed) = self.retry.on_success(now) {
+                    healed.log("dead-letter", "", None);
                 }
                 StateWriteSucceeded.emit(metrics);
                 self.resolve_all(metrics);
             }
             Err(e) => {
-                let error = e.to_string();
-                StateWriteFailed { error: &error }.emit(metrics);
-                let failing = self.failing.get_or_insert(Failing {
-                    since: now,
-                    attempts: 0,
-                    next_try: now,
-                });
-                failing.attempts += 1;
-                let backoff = Duration::from_millis(500)
-                    .saturating_mul(1 << failing.attempts.min(6))
-                    .min(Duration::from_secs(30));
-                failing.next_try = now + backoff;
-                let failing_for = now - failing.since;
-                if self.retry_max.is_some_and(|max| failing_for >= max) {
+                let failed = self.retry.on_failure(now, &e);
+                StateWriteFailed {
+                    cause: &Cause::of(e.kind).headline(&e.location),
+                    error: &e.to_string(),
+                }
+                .emit(metrics);
+                if let Some(notice) = failed.notice {
+                    let events = format!("{} events", self.queue.len());
+                    notice.log("dead-letter", &events, Some(&e));
+                }
+                if failed.next == Next::GiveUp {
+                    let failing_for = self
+                        .retry
+                        .failing_since()
+                        .map_or(Duration::ZERO, |since| now - since);
                     tracing::error!(
                         events = self.queue.len(),
-                        "cannot write dead letters for {}s, giving up: their objects are left unrecorded for the next run: {error}",
+                        "cannot write dead letters for {}s, giving up: their objects are left unrecorded for the next run: {e}",
                         failing_for.as_secs()
                     );
                     for park in self.queue.drain(..) {
                         park.tracker.resolve(Resolution::GivenBack);
                     }
-                    self.failing = None;
-                } else {
-                    tracing::warn!(
-                        events = self.queue.len(),
-                        "cannot write dead letters, trying again in {backoff:?}: {error}"
-                    );
                 }
             }
         }
