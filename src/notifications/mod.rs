@@ -1,23 +1,44 @@
-//! S3 event notifications, as S3 writes them into an SQS queue, read into source keys.
+//! S3 event notifications, as S3 or EventBridge writes them into an SQS queue, read into
+//! source keys.
 //!
-//! A message body is one of (AWS S3 User Guide, "Event message structure"):
-//! - `{"Records":[{"eventName":"ObjectCreated:Put","s3":{"bucket":{"name":…},"object":{"key":…,"size":…,"eTag":…}}}, …]}`;
+//! A message body is one of:
+//! - an S3 event notification (AWS S3 User Guide, "Event message structure"):
+//!   `{"Records":[{"eventName":"ObjectCreated:Put","s3":{"bucket":{"name":…},"object":{"key":…,"size":…,"eTag":…}}}, …]}`;
 //! - the test message S3 sends when notifications are configured:
 //!   `{"Service":"Amazon S3","Event":"s3:TestEvent",…}`;
-//! - either of those wrapped by SNS, when the bucket notifies a topic the queue subscribes to:
-//!   `{"Type":"Notification","Message":"<the JSON above, as a string>"}`.
+//! - an EventBridge event, when an EventBridge rule targets the queue (AWS S3 User Guide,
+//!   "EventBridge event message structure"): one object per message,
+//!   `{"source":"aws.s3","detail-type":"Object Created","detail":{"bucket":{"name":…},"object":{"key":…,"size":…,"etag":…}}}`;
+//! - any of those wrapped by SNS, when the bucket or the rule notifies a topic the queue
+//!   subscribes to: `{"Type":"Notification","Message":"<the JSON above, as a string>"}`.
 //!
-//! Keys arrive URL-encoded the way HTML forms encode them: `%XX` for reserved bytes and `+`
-//! for a space. Currents file names contain `+` themselves, so a key ending in
-//! `…+0+0000004000.avro` arrives as `…%2B0%2B0000004000.avro`; decoding `+` first and `%XX`
-//! second is the only order that gives the key back. Some emulators also encode `/` as `%2F`,
-//! which the same decoding handles.
+//! # Keys
+//! In S3 event notifications, keys arrive URL-encoded the way HTML forms encode them: `%XX`
+//! for reserved bytes and `+` for a space. Currents file names contain `+` themselves, so a
+//! key ending in `…+0+0000004000.avro` arrives as `…%2B0%2B0000004000.avro`; decoding `+`
+//! first and `%XX` second is the only order that gives the key back. Some emulators also
+//! encode `/` as `%2F`, which the same decoding handles.
+//!
+//! EventBridge events carry the key as it is, not encoded: the S3 guide's EventBridge page
+//! documents `object.key` as the key name with no encoding (its notification page says "URL
+//! encoded"), and consumers that decoded it broke keys holding `+` or `%`
+//! (aws-solutions-library-samples/guidance-for-medialake-on-aws#21). Decoding it would turn
+//! every Currents `+` into a space, so it is taken verbatim.
+//!
+//! # What is read and what is left out
+//! Records that are not `ObjectCreated:*` and EventBridge events that are not `Object
+//! Created` (`Object Deleted`, `Object Restore Completed`, …) are counted as
+//! `other_events`. A record that names a created object but cannot be read (no `s3` entity,
+//! a key that does not decode, a field of the wrong type) is reported in `unreadable` beside
+//! the records that can: one broken record does not hide the others. Only a body that is
+//! not JSON, or not one of the shapes above, is an error.
 //!
 //! - [`sqs`]: the queue, through aws-sdk-sqs.
 
 pub mod sqs;
 
 use serde::Deserialize;
+use serde_json::Value;
 
 /// One object that a notification says was created.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,42 +58,33 @@ pub enum Body {
     /// Created objects; other records (removals, restores) are left out.
     Created {
         objects: Vec<Created>,
-        /// Records that are not `ObjectCreated:*`.
+        /// Records or events that are not object creations.
         other_events: usize,
+        /// Records that name a created object but cannot be read, in body order.
+        unreadable: Vec<RecordError>,
     },
     /// `s3:TestEvent`, sent once when the notification is configured.
     Test,
 }
 
-/// Why a message body could not be read; the message is named by the caller.
+/// Why a message body could not be read at all; the message is named by the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BodyError {
     #[error("the body is not JSON: {0}")]
     NotJson(String),
-    #[error("the body is JSON but not an S3 event notification (no `Records` or `Event`)")]
+    #[error(
+        "the body is JSON but not an S3 event notification (no `Records` or `Event`) nor an S3 EventBridge event (`source` aws.s3 with a `detail-type`)"
+    )]
     NotNotification,
-    #[error("record {index}: {reason}")]
-    Record { index: usize, reason: String },
 }
 
-#[derive(Deserialize)]
-struct Envelope {
-    #[serde(rename = "Records")]
-    records: Option<Vec<Record>>,
-    #[serde(rename = "Event")]
-    event: Option<String>,
-    /// SNS: the notification as a string.
-    #[serde(rename = "Type")]
-    sns_type: Option<String>,
-    #[serde(rename = "Message")]
-    message: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Record {
-    #[serde(rename = "eventName", default)]
-    event_name: String,
-    s3: Option<S3Entity>,
+/// One record of a body that names a created object but cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("record {index}: {reason}")]
+pub struct RecordError {
+    /// The record's index in `Records` (0 for an EventBridge event).
+    pub index: usize,
+    pub reason: String,
 }
 
 #[derive(Deserialize)]
@@ -86,58 +98,118 @@ struct Bucket {
     name: String,
 }
 
+/// An object as both shapes name it: `eTag` in notifications, `etag` in EventBridge.
 #[derive(Deserialize)]
 struct Object {
     key: String,
     #[serde(default)]
     size: Option<u64>,
-    #[serde(rename = "eTag", default)]
+    #[serde(rename = "eTag", alias = "etag", default)]
     etag: Option<String>,
+}
+
+impl Object {
+    fn created(self, bucket: Bucket, key: String) -> Created {
+        Created {
+            bucket: bucket.name,
+            key,
+            size: self.size.unwrap_or(0),
+            etag: self.etag.unwrap_or_default().trim_matches('"').into(),
+        }
+    }
 }
 
 /// Reads a message body.
 pub fn parse_body(body: &str) -> Result<Body, BodyError> {
-    let envelope: Envelope =
-        serde_json::from_str(body).map_err(|e| BodyError::NotJson(e.to_string()))?;
-    if envelope.sns_type.as_deref() == Some("Notification")
-        && let Some(inner) = &envelope.message
+    let value: Value = serde_json::from_str(body).map_err(|e| BodyError::NotJson(e.to_string()))?;
+    let Value::Object(envelope) = value else {
+        return Err(BodyError::NotNotification);
+    };
+    let text = |field: &str| envelope.get(field).and_then(Value::as_str);
+    if text("Type") == Some("Notification")
+        && let Some(inner) = text("Message")
     {
         return parse_body(inner);
     }
-    if envelope.event.as_deref() == Some("s3:TestEvent") {
+    if text("Event") == Some("s3:TestEvent") {
         return Ok(Body::Test);
     }
-    let Some(records) = envelope.records else {
-        return Err(BodyError::NotNotification);
-    };
+    if let Some(Value::Array(records)) = envelope.get("Records") {
+        return Ok(notification(records));
+    }
+    if text("source") == Some("aws.s3")
+        && let Some(detail_type) = text("detail-type")
+    {
+        return Ok(eventbridge(detail_type, envelope.get("detail")));
+    }
+    Err(BodyError::NotNotification)
+}
+
+/// The records of an S3 event notification, each read on its own.
+fn notification(records: &[Value]) -> Body {
     let mut objects = Vec::new();
     let mut other_events = 0;
-    for (index, record) in records.into_iter().enumerate() {
-        if !record.event_name.starts_with("ObjectCreated:") {
+    let mut unreadable = Vec::new();
+    for (index, record) in records.iter().enumerate() {
+        let event_name = record.get("eventName").and_then(Value::as_str);
+        if !event_name.is_some_and(|name| name.starts_with("ObjectCreated:")) {
             other_events += 1;
             continue;
         }
-        let Some(s3) = record.s3 else {
-            return Err(BodyError::Record {
-                index,
-                reason: "an ObjectCreated record without its `s3` entity".into(),
-            });
+        let read = match record.get("s3") {
+            None => Err("an ObjectCreated record without its `s3` entity".to_string()),
+            Some(s3) => S3Entity::deserialize(s3)
+                .map_err(|e| format!("its `s3` entity cannot be read: {e}"))
+                .and_then(|s3| {
+                    let key = decode_key(&s3.object.key)
+                        .map_err(|reason| format!("key `{}`: {reason}", s3.object.key))?;
+                    Ok(s3.object.created(s3.bucket, key))
+                }),
         };
-        let key = decode_key(&s3.object.key).map_err(|reason| BodyError::Record {
-            index,
-            reason: format!("key `{}`: {reason}", s3.object.key),
-        })?;
-        objects.push(Created {
-            bucket: s3.bucket.name,
-            key,
-            size: s3.object.size.unwrap_or(0),
-            etag: s3.object.etag.unwrap_or_default().trim_matches('"').into(),
-        });
+        match read {
+            Ok(created) => objects.push(created),
+            Err(reason) => unreadable.push(RecordError { index, reason }),
+        }
     }
-    Ok(Body::Created {
+    Body::Created {
         objects,
         other_events,
-    })
+        unreadable,
+    }
+}
+
+/// An S3 event delivered by EventBridge: one object, its key not encoded.
+fn eventbridge(detail_type: &str, detail: Option<&Value>) -> Body {
+    #[derive(Deserialize)]
+    struct Detail {
+        bucket: Bucket,
+        object: Object,
+    }
+    if detail_type != "Object Created" {
+        return Body::Created {
+            objects: Vec::new(),
+            other_events: 1,
+            unreadable: Vec::new(),
+        };
+    }
+    let read = match detail {
+        None => Err("an Object Created event without its `detail`".to_string()),
+        Some(detail) => Detail::deserialize(detail)
+            .map_err(|e| format!("its `detail` cannot be read: {e}"))
+            .map(|detail| {
+                let key = detail.object.key.clone();
+                detail.object.created(detail.bucket, key)
+            }),
+    };
+    let (objects, unreadable) = match read {
+        Ok(created) => (vec![created], Vec::new()),
+        Err(reason) => (Vec::new(), vec![RecordError { index: 0, reason }]),
+    };
+    Body::Created {
+        objects,
+        other_events: 0,
+        unreadable,
+    }
 }
 
 /// Decodes a key as S3 writes it into a notification: `+` is a space, then `%XX` bytes.
@@ -196,7 +268,8 @@ mod tests {
                     size: 12,
                     etag: "0123abc".into()
                 }],
-                other_events: 1
+                other_events: 1,
+                unreadable: vec![]
             }
         );
     }
@@ -223,10 +296,109 @@ mod tests {
             parse_body(r#"{"hello":1}"#),
             Err(BodyError::NotNotification)
         );
-        let no_entity = r#"{"Records":[{"eventName":"ObjectCreated:Put"}]}"#;
-        assert!(matches!(
-            parse_body(no_entity),
-            Err(BodyError::Record { index: 0, .. })
-        ));
+        // A source other than S3 on the same queue.
+        let other = r#"{"source":"aws.ec2","detail-type":"EC2 Instance State-change Notification","detail":{}}"#;
+        assert_eq!(parse_body(other), Err(BodyError::NotNotification));
+        assert_eq!(parse_body("[1]"), Err(BodyError::NotNotification));
+    }
+
+    /// An EventBridge event as the S3 guide shows it, for `key` (verbatim JSON text).
+    fn eventbridge(detail_type: &str, key: &str) -> String {
+        format!(
+            r#"{{"version":"0","id":"17793124-05d4-b198-2fde-7ededc63b103","detail-type":"{detail_type}","source":"aws.s3","account":"111122223333","time":"2026-11-12T00:00:00Z","region":"ca-central-1","resources":["arn:aws:s3:::b"],"detail":{{"version":"0","bucket":{{"name":"b"}},"object":{{"key":"{key}","size":5,"etag":"b1946ac92492d2347c6235b4d2611184","sequencer":"00617F08299329D189"}},"request-id":"N4N7GDK58NMKJ12R","requester":"123456789012","source-ip-address":"1.2.3.4","reason":"PutObject"}}}}"#
+        )
+    }
+
+    #[test]
+    fn reads_eventbridge_object_created_with_the_key_verbatim() {
+        // The key is not encoded in EventBridge: `+` stays a plus, `%2B` stays as written.
+        let key = "currents/event_type=users.messages.email.Open/date=2026-11-27-13/277540.+0+0000004000 %2B.avro";
+        assert_eq!(
+            parse_body(&eventbridge("Object Created", key)).unwrap(),
+            Body::Created {
+                objects: vec![Created {
+                    bucket: "b".into(),
+                    key: key.into(),
+                    size: 5,
+                    etag: "b1946ac92492d2347c6235b4d2611184".into()
+                }],
+                other_events: 0,
+                unreadable: vec![]
+            }
+        );
+        // Wrapped by SNS when the rule targets a topic the queue subscribes to.
+        let sns = serde_json::json!({"Type": "Notification", "Message": eventbridge("Object Created", "a+b.avro")})
+            .to_string();
+        match parse_body(&sns).unwrap() {
+            Body::Created { objects, .. } => assert_eq!(objects[0].key, "a+b.avro"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn other_eventbridge_events_are_counted_and_a_broken_one_is_reported() {
+        for detail_type in [
+            "Object Deleted",
+            "Object Restore Completed",
+            "Object Tags Added",
+        ] {
+            assert_eq!(
+                parse_body(&eventbridge(detail_type, "a.avro")).unwrap(),
+                Body::Created {
+                    objects: vec![],
+                    other_events: 1,
+                    unreadable: vec![]
+                },
+                "{detail_type}"
+            );
+        }
+        let no_key = r#"{"source":"aws.s3","detail-type":"Object Created","detail":{"bucket":{"name":"b"},"object":{"size":1}}}"#;
+        let no_detail = r#"{"source":"aws.s3","detail-type":"Object Created"}"#;
+        for body in [no_key, no_detail] {
+            match parse_body(body).unwrap() {
+                Body::Created {
+                    objects,
+                    unreadable,
+                    ..
+                } => {
+                    assert!(objects.is_empty(), "{body}");
+                    assert_eq!(unreadable.len(), 1, "{body}");
+                    assert_eq!(unreadable[0].index, 0);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_broken_record_is_reported_beside_the_good_ones() {
+        let body = format!(
+            r#"{{"Records":[{},{{"eventName":"ObjectCreated:Put"}},{},{},{}]}}"#,
+            record("ObjectCreated:Put", "good1.avro"),
+            record("ObjectCreated:Put", "bad%FF.avro"),
+            r#"{"eventName":"ObjectCreated:Copy","s3":{"bucket":{"name":"b"},"object":{"key":7}}}"#,
+            record("ObjectCreated:Post", "good2.avro"),
+        );
+        let Body::Created {
+            objects,
+            other_events,
+            unreadable,
+        } = parse_body(&body).unwrap()
+        else {
+            panic!("not created")
+        };
+        let keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["good1.avro", "good2.avro"]);
+        assert_eq!(other_events, 0);
+        let indexes: Vec<usize> = unreadable.iter().map(|r| r.index).collect();
+        assert_eq!(indexes, [1, 2, 3]);
+        assert!(unreadable[0].reason.contains("without its `s3` entity"));
+        assert!(unreadable[1].reason.contains("UTF-8"), "{}", unreadable[1]);
+        assert!(
+            unreadable[2].reason.contains("cannot be read"),
+            "{}",
+            unreadable[2]
+        );
+        assert!(unreadable[2].to_string().starts_with("record 3: "));
     }
 }

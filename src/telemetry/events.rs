@@ -399,6 +399,9 @@ pub enum NotificationDropped<'a> {
     NothingNew,
     /// Not an S3 notification; the reconciliation finds any object it stood for.
     Unreadable { message: &'a str, error: &'a str },
+    /// Nothing new, and some records could not be read (each reported on its own by
+    /// [`NotificationRecordUnreadable`]): counted as unreadable.
+    UnreadableRecords,
 }
 
 impl NotificationDropped<'_> {
@@ -413,11 +416,30 @@ impl NotificationDropped<'_> {
                 );
                 "unreadable"
             }
+            NotificationDropped::UnreadableRecords => "unreadable",
         };
         metrics
             .notifications_dropped
             .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
+    }
+}
+
+/// A record of a notification names a created object but cannot be read; the records
+/// beside it are queued. Emitted once per message, not at every receipt.
+pub struct NotificationRecordUnreadable<'a> {
+    pub message: &'a str,
+    pub error: &'a str,
+}
+
+impl NotificationRecordUnreadable<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::warn!(
+            message_id = %self.message,
+            "skipping a notification record that cannot be read (the reconciliation finds its object): {}",
+            self.error
+        );
+        metrics.notification_records_unreadable.inc();
     }
 }
 

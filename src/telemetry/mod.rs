@@ -89,6 +89,7 @@ pub struct Metrics {
     notifications_received: Counter,
     notifications_dropped: Family<Labels, Counter>,
     notification_objects: Counter,
+    notification_records_unreadable: Counter,
     /// Why the last receive from the queue failed; `None` after one succeeds.
     queue_failure: Mutex<Option<String>>,
     /// Events Heap accepted per lane (live, backfill), cloned out of their family.
@@ -256,6 +257,10 @@ impl Metrics {
             "currents_heap_notification_objects",
             "Objects named by notifications and queued (not yet recorded)",
         );
+        let notification_records_unreadable = counter(
+            "currents_heap_notification_records_unreadable",
+            "Records of notifications that name a created object but cannot be read, each counted once; the reconciliation finds their objects",
+        );
         let polls = counter(
             "currents_heap_polls",
             "Polls that listed the source and read what they needed of the ledger",
@@ -398,6 +403,7 @@ impl Metrics {
             notifications_received,
             notifications_dropped,
             notification_objects,
+            notification_records_unreadable,
             queue_failure: Mutex::new(None),
         }
     }

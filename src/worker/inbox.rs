@@ -6,8 +6,14 @@
 //! in the ledger, at the version the message named. Any other end gives the message back to
 //! the queue (made visible again, at once or after a delay), so a later receipt, here or on
 //! another replica, tries again. A message is never forgotten without one of the two.
+//!
+//! "Every object it named" means every object the listener could read from it: a record
+//! that cannot be read (a broken record beside good ones) never holds a message, since no
+//! later receipt would read it better; the listing reconciliation finds its object. Such
+//! records are reported once per message ([`Inbox::first_report`]), not at every receipt
+//! of a message that comes back because another of its objects was not recorded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 /// A message held until its objects end.
@@ -48,7 +54,17 @@ pub struct Inbox {
     messages: HashMap<String, Held>,
     /// Object key → ids of the messages waiting on it.
     by_key: HashMap<String, Vec<String>>,
+    /// Messages whose unreadable records were reported, oldest first: a message given back
+    /// and received again does not report them again. Bounded by [`REPORTED_KEPT`]; a
+    /// message deleted here is forgotten at once.
+    reported: VecDeque<String>,
+    reported_ids: HashSet<String>,
 }
+
+/// Message ids remembered as reported. A message given back to the queue may be received
+/// by another replica and never come back here, so the memory must not grow with them;
+/// forgetting the oldest only means a long-lived broken record is reported once more.
+pub const REPORTED_KEPT: usize = 10_000;
 
 impl Inbox {
     /// Messages held.
@@ -58,6 +74,43 @@ impl Inbox {
 
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
+    }
+
+    /// A message received again while held (its visibility ran out, or SQS delivered it
+    /// twice) takes the new receipt, since the old one may no longer work, and keeps its
+    /// wait: true if it was held, and then there is nothing else to do with it.
+    pub fn renew(&mut self, id: &str, receipt: &str) -> bool {
+        match self.messages.get_mut(id) {
+            Some(held) => {
+                held.receipt = receipt.to_string();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// True the first time it is asked for `id` (until the message is deleted here, or
+    /// [`REPORTED_KEPT`] other messages were reported since): whether to report the
+    /// message's unreadable records now.
+    pub fn first_report(&mut self, id: &str) -> bool {
+        if !self.reported_ids.insert(id.to_string()) {
+            return false;
+        }
+        self.reported.push_back(id.to_string());
+        while self.reported.len() > REPORTED_KEPT {
+            if let Some(oldest) = self.reported.pop_front() {
+                self.reported_ids.remove(&oldest);
+            }
+        }
+        true
+    }
+
+    /// A deleted message does not come back (SQS may rarely deliver one twice; then its
+    /// records are reported again): its report is forgotten.
+    fn deleted(&mut self, id: &str) {
+        if self.reported_ids.remove(id) {
+            self.reported.retain(|m| m != id);
+        }
     }
 
     /// Holds a message until `objects` (key, size, etag) end. With none to wait for, the
@@ -74,6 +127,7 @@ impl Inbox {
             return None;
         }
         if objects.is_empty() {
+            self.deleted(id);
             return Some(Action::Delete { receipt });
         }
         let mut waiting = HashMap::new();
@@ -117,6 +171,7 @@ impl Inbox {
             match release_after {
                 None if held.waiting.is_empty() => {
                     let held = self.messages.remove(&id).expect("held above");
+                    self.deleted(&id);
                     actions.push(Action::Delete {
                         receipt: held.receipt,
                     });
@@ -299,5 +354,52 @@ mod tests {
             }]
         );
         assert_eq!(inbox.ended("a", &recorded()), vec![]);
+    }
+
+    #[test]
+    fn a_message_received_again_while_held_only_takes_the_new_receipt() {
+        let mut inbox = Inbox::default();
+        assert!(!inbox.renew("m1", "r0"), "not held yet");
+        inbox.hold("m1", "r1".into(), vec![object("a")]);
+        assert!(inbox.renew("m1", "r2"));
+        assert_eq!(inbox.len(), 1);
+        assert_eq!(
+            inbox.ended("a", &recorded()),
+            vec![Action::Delete {
+                receipt: "r2".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn unreadable_records_are_reported_once_per_message_until_it_is_deleted() {
+        let mut inbox = Inbox::default();
+        assert!(inbox.first_report("m1"));
+        // Its good object was not recorded: the message comes back, and is not reported
+        // again.
+        inbox.hold("m1", "r1".into(), vec![object("a")]);
+        let after = Duration::from_secs(60);
+        inbox.ended("a", &KeyEnd::NotRecorded { after });
+        assert!(!inbox.first_report("m1"));
+        // Received again and recorded: deleted, and forgotten.
+        inbox.hold("m1", "r2".into(), vec![object("a")]);
+        inbox.ended("a", &recorded());
+        assert!(inbox.first_report("m1"), "a deleted message is forgotten");
+        // A message with nothing readable is deleted at once, and forgotten too.
+        assert!(inbox.first_report("m2"));
+        inbox.hold("m2", "r3".into(), vec![]);
+        assert!(inbox.first_report("m2"));
+    }
+
+    #[test]
+    fn the_memory_of_reports_is_bounded() {
+        let mut inbox = Inbox::default();
+        for n in 0..REPORTED_KEPT + 5 {
+            assert!(inbox.first_report(&format!("m{n}")));
+        }
+        assert_eq!(inbox.reported.len(), REPORTED_KEPT);
+        assert_eq!(inbox.reported_ids.len(), REPORTED_KEPT);
+        assert!(inbox.first_report("m0"), "the oldest was forgotten");
+        assert!(!inbox.first_report(&format!("m{}", REPORTED_KEPT + 4)));
     }
 }

@@ -4,10 +4,13 @@
 //! 1. Receive with long polling (up to 10 messages, waiting up to 10 s), hiding each message
 //!    for `visibility`. Receiving pauses while `max_held` messages are held, so a slow Heap
 //!    does not hide the whole queue from other replicas.
-//! 2. Each message is read ([`crate::notifications::parse_body`]). Test events, records that
-//!    are not `ObjectCreated`, other buckets, keys outside the source prefix and keys that are
-//!    not `.avro` are dropped, and so is a body that cannot be read (counted and warned): the
-//!    listing reconciliation finds any object such a message stood for.
+//! 2. Each message is read ([`crate::notifications::parse_body`]): S3 event notifications
+//!    and S3 events from EventBridge, either wrapped by SNS or not. Test events, records that
+//!    are not object creations, other buckets, keys outside the source prefix and keys that
+//!    are not `.avro` are dropped, and so is a body that cannot be read (counted and warned):
+//!    the listing reconciliation finds any object such a message stood for. A record that
+//!    cannot be read beside records that can is warned and counted once per message, and
+//!    the others are queued. A message received again while held only renews its receipt.
 //! 3. Each remaining object is checked against the ledger (one listing of its own ledger
 //!    prefix, so another replica's record counts) and, unless recorded at that version, sent
 //!    on to the engine. The message is held ([`super::inbox`]) until every object it named has
@@ -37,11 +40,12 @@ use super::scheduler::Work;
 use crate::currents::key::CurrentsKey;
 use crate::ledger::Ledger;
 use crate::notifications::sqs::{Message, Queue};
-use crate::notifications::{Body, parse_body};
+use crate::notifications::{Body, Created, parse_body};
 use crate::store::ObjectMeta;
 use crate::telemetry::Metrics;
 use crate::telemetry::events::{
-    NotificationDropped, NotificationObjectsQueued, NotificationsReceived, QueueFailed,
+    NotificationDropped, NotificationObjectsQueued, NotificationRecordUnreadable,
+    NotificationsReceived, QueueFailed,
 };
 
 /// How the listener works; the command line documents each.
@@ -244,30 +248,38 @@ impl Actor {
                 return;
             }
         };
-        let (objects, test_event) = match body {
+        // Held already: its objects are in flight, the new receipt is all that changes.
+        if self.inbox.renew(&message.id, &message.receipt) {
+            return;
+        }
+        let (objects, unreadable) = match body {
             Body::Test => {
                 NotificationDropped::TestEvent.emit(&self.metrics);
-                (Vec::new(), true)
+                self.apply(vec![Action::Delete {
+                    receipt: message.receipt,
+                }])
+                .await;
+                return;
             }
-            Body::Created { objects, .. } => (objects, false),
+            Body::Created {
+                objects,
+                unreadable,
+                ..
+            } => (objects, unreadable),
         };
+        if !unreadable.is_empty() && self.inbox.first_report(&message.id) {
+            for record in &unreadable {
+                NotificationRecordUnreadable {
+                    message: &message.id,
+                    error: &record.to_string(),
+                }
+                .emit(&self.metrics);
+            }
+        }
         let mut waiting = Vec::new();
         for created in objects {
-            if created.bucket != self.settings.bucket {
-                tracing::debug!(bucket = %created.bucket, "a notification for another bucket");
+            let Some(meta) = self.in_source(created) else {
                 continue;
-            }
-            let Some(key) = created.key.strip_prefix(&self.settings.prefix) else {
-                tracing::debug!(key = %created.key, "a notification outside the source prefix");
-                continue;
-            };
-            if !key.ends_with(".avro") || key.is_empty() {
-                continue;
-            }
-            let meta = ObjectMeta {
-                key: key.to_string(),
-                size: created.size,
-                etag: created.etag,
             };
             match self.ledger.finished(&format!("{}/", meta.key)).await {
                 Ok(finished) if finished.outcome(&meta.key, meta.size, &meta.etag).is_some() => {
@@ -298,8 +310,12 @@ impl Actor {
                     Work::OutsideLayout(meta)
                 });
         }
-        if waiting.is_empty() && !test_event {
-            NotificationDropped::NothingNew.emit(&self.metrics);
+        if waiting.is_empty() {
+            if unreadable.is_empty() {
+                NotificationDropped::NothingNew.emit(&self.metrics);
+            } else {
+                NotificationDropped::UnreadableRecords.emit(&self.metrics);
+            }
         }
         NotificationObjectsQueued {
             objects: waiting.len() as u64,
@@ -308,6 +324,27 @@ impl Actor {
         if let Some(action) = self.inbox.hold(&message.id, message.receipt, waiting) {
             self.apply(vec![action]).await;
         }
+    }
+
+    /// The object as a source key, or `None` for other buckets, keys outside the source
+    /// prefix and keys that are not `.avro`.
+    fn in_source(&self, created: Created) -> Option<ObjectMeta> {
+        if created.bucket != self.settings.bucket {
+            tracing::debug!(bucket = %created.bucket, "a notification for another bucket");
+            return None;
+        }
+        let Some(key) = created.key.strip_prefix(&self.settings.prefix) else {
+            tracing::debug!(key = %created.key, "a notification outside the source prefix");
+            return None;
+        };
+        if !key.ends_with(".avro") || key.is_empty() {
+            return None;
+        }
+        Some(ObjectMeta {
+            key: key.to_string(),
+            size: created.size,
+            etag: created.etag,
+        })
     }
 
     async fn heartbeat(&self) {

@@ -9,9 +9,12 @@
 //!   [`fixtures`]: the committed set under `fixtures/bucket/` made from them.
 //! - [`store`]: wrappers around any [`currents_heap::store::ObjectStore`] that inject faults
 //!   (failed calls, outages, a stream cut mid-object, a panic) or delay every call.
+//! - [`queue`]: an in-memory SQS queue ([`queue::MemoryQueue`]) with visibility, redelivery
+//!   and injected failures on tokio's clock, so the listener runs on a paused clock.
 //! - [`rng`]: the seeded generator behind all of the above.
 
 pub mod fixtures;
+pub mod queue;
 pub mod rng;
 pub mod standin;
 pub mod store;
