@@ -9,9 +9,10 @@ use currents_heap::commands::{Cli, Command, LogFormat, backfill, inspect, replay
 use currents_heap::heap::map::HeapMapper;
 use tracing_subscriber::EnvFilter;
 
-/// Exits as clap would, but without the query string of any URL given as an argument or a
-/// `CURRENTS_HEAP_*` variable: clap repeats a refused value whole (`invalid value '…'`), and
-/// a pasted Azure SAS URL carries its signature there.
+/// Exits as clap would, but naming the variable of a refused value that came from one, and
+/// without the query string of any URL given as an argument or a `CURRENTS_HEAP_*` variable:
+/// clap repeats a refused value whole (`invalid value '…'`), and a pasted Azure SAS URL
+/// carries its signature there.
 fn exit_without_url_secrets(error: clap::Error) -> ! {
     use clap::error::ErrorKind;
     if matches!(
@@ -20,7 +21,13 @@ fn exit_without_url_secrets(error: clap::Error) -> ! {
     ) {
         error.exit();
     }
-    let message = without_url_secrets(error.render().to_string());
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let message =
+        config::refused_value(&error, &args).unwrap_or_else(|| error.render().to_string());
+    let message = without_url_secrets(message);
     eprint!("{message}");
     std::process::exit(error.exit_code());
 }
@@ -28,11 +35,14 @@ fn exit_without_url_secrets(error: clap::Error) -> ! {
 /// `message` with the query string of any URL given as an argument or a `CURRENTS_HEAP_*`
 /// variable cut off.
 fn without_url_secrets(mut message: String) -> String {
-    let values = std::env::args().chain(
-        std::env::vars()
-            .filter(|(name, _)| name.starts_with("CURRENTS_HEAP_"))
-            .map(|(_, value)| value),
-    );
+    // Lossy, not `std::env::args`: that panics on an argument that is not UTF-8.
+    let values = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .chain(
+            std::env::vars_os()
+                .filter(|(name, _)| name.to_string_lossy().starts_with("CURRENTS_HEAP_"))
+                .map(|(_, value)| value.to_string_lossy().into_owned()),
+        );
     for value in values {
         // `--source=URL` is one argument: the URL starts after the `=`.
         let url = value

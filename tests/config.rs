@@ -636,3 +636,63 @@ fn a_sas_url_as_a_location_is_refused_without_its_signature() {
         assert!(stderr.contains("query string"), "{args:?}: {stderr}");
     }
 }
+
+/// Every option an environment variable can set, as clap declares them: (variable, flag).
+fn env_backed() -> Vec<(String, String)> {
+    use clap::CommandFactory;
+    let mut found = std::collections::BTreeMap::new();
+    let top = currents_heap::commands::Cli::command();
+    for command in std::iter::once(&top).chain(top.get_subcommands()) {
+        for arg in command.get_arguments() {
+            if let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) {
+                found.insert(env.to_string_lossy().into_owned(), format!("--{long}"));
+            }
+        }
+    }
+    found.into_iter().collect()
+}
+
+/// Kubernetes and Helm set a variable to "" when a template value is missing: the error
+/// names the variable that holds the value, never a flag that was not passed.
+#[test]
+fn a_bad_environment_value_names_its_variable() {
+    let vars = env_backed();
+    assert!(vars.len() >= 20, "{vars:?}");
+    let mut refused = 0;
+    for (var, flag) in &vars {
+        for bad in ["", "garbage ☃"] {
+            let (code, _, stderr) = cli(&["run", "--print-config"], &[(var, bad)]);
+            if code == 0 {
+                // Some values are fine: an empty prefix, a file name.
+                continue;
+            }
+            refused += 1;
+            assert_eq!(code, 2, "{var}={bad:?}: {stderr}");
+            let first = stderr.lines().next().unwrap_or_default();
+            assert!(
+                first.contains(var.as_str()) && !first.contains(flag.as_str()),
+                "{var}={bad:?} must be named, not {flag}: {stderr}"
+            );
+        }
+    }
+    // The listen address, the numbers, durations, locations, enums, ...
+    assert!(refused >= 25, "only {refused} values were refused");
+
+    // The same value from a flag names the flag.
+    let (code, _, stderr) = cli(&["run", "--listen", "", "--print-config"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--listen"), "{stderr}");
+    let (code, _, stderr) = cli(
+        &["run", "--listen=nope", "--print-config"],
+        &[("CURRENTS_HEAP_LISTEN", "")],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--listen") && !stderr.contains("CURRENTS_HEAP_LISTEN"),
+        "{stderr}"
+    );
+    // Without a command, `--print-config` reads the environment as `run` would.
+    let (code, _, stderr) = cli(&["--print-config"], &[("CURRENTS_HEAP_LISTEN", "")]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("CURRENTS_HEAP_LISTEN"), "{stderr}");
+}

@@ -263,11 +263,21 @@ pub async fn engine(config: &Config, plan: Plan) -> Result<Engine, Exit> {
         bounded_state_retry: config.retry_max_time.get(),
         dry_run: config.dry_run,
     };
+    // A bounded plan (`backfill`, `run --once`) lists its range: the queue tells only of
+    // objects uploaded from now on, and its old hours would never come. The Deployment and
+    // the backfill Job share one config file, so a queue named there is no mistake here.
+    let live = matches!(plan, Plan::Live { .. });
     let engine = Engine::start(settings, plan, source, state, output, metrics.clone());
     let (Some(url), Location::S3 { bucket, prefix }) = (&config.sqs_queue_url, &config.source)
     else {
         return Ok(engine);
     };
+    if !live {
+        tracing::info!(
+            "the SQS queue is not used: a bounded run lists its range (the queue is for `run`)"
+        );
+        return Ok(engine);
+    }
     let queue = SqsQueue::connect(url, metrics)
         .await
         .map_err(|e| Exit::Usage(format!("--sqs-queue-url: {e}")))?;

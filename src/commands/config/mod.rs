@@ -23,7 +23,7 @@ mod values;
 mod tests;
 
 pub use render::render;
-pub use resolve::{Resolved, from_file, resolve};
+pub use resolve::{Resolved, from_file, refused_value, resolve};
 pub use validate::{Invalid, ranges};
 pub use values::{HumanDuration, Secret, as_text, identity_names, renames_as_table};
 

@@ -3,7 +3,7 @@
 //! key the user has to fix.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
@@ -17,7 +17,8 @@ use crate::commands::{Cli, Command};
 /// Where a value came from, to name it in an error.
 #[derive(Debug, Clone)]
 enum Origin {
-    File(PathBuf),
+    /// The file as the user named it: `--config PATH` or `CURRENTS_HEAP_CONFIG=PATH`.
+    File(String),
     Env(String),
     Flag(String),
 }
@@ -25,7 +26,7 @@ enum Origin {
 impl Origin {
     fn name(&self, key: &str) -> String {
         match self {
-            Origin::File(path) => format!("--config {}: config key `{key}`", path.display()),
+            Origin::File(file) => format!("{file}: config key `{key}`"),
             Origin::Env(var) => format!("environment variable {var}"),
             Origin::Flag(flag) => flag.clone(),
         }
@@ -50,7 +51,11 @@ pub fn resolve(cli: &Cli, matches: &ArgMatches) -> Result<Resolved, String> {
     let mut layers = Layers::new();
     let mut warnings = Vec::new();
     if let Some(path) = &cli.config {
-        read_file(path, &mut layers, &mut warnings)?;
+        let name = match matches.value_source("config") {
+            Some(ValueSource::EnvVariable) => format!("CURRENTS_HEAP_CONFIG={}", path.display()),
+            _ => format!("--config {}", path.display()),
+        };
+        read_file(path, name, &mut layers, &mut warnings)?;
     }
     let top = Cli::command();
     given(cli, matches, &top, &mut layers)?;
@@ -70,7 +75,8 @@ pub fn resolve(cli: &Cli, matches: &ArgMatches) -> Result<Resolved, String> {
                 .clone()
                 .try_get_matches_from(["run"])
                 .map_err(|e| {
-                    let message = e.to_string();
+                    // No argument but `run`: whatever clap refused came from a variable.
+                    let message = refused_value(&e, &[]).unwrap_or_else(|| e.to_string());
                     let message = message.trim_start_matches("error: ").trim_end();
                     message.lines().next().unwrap_or_default().to_string()
                 })?;
@@ -93,7 +99,7 @@ fn settle(layers: &Layers) -> Result<Config, String> {
     for (key, (value, origin)) in layers {
         if !keys().contains(&key.as_str()) {
             let prefix = match origin {
-                Origin::File(path) => format!("--config {}", path.display()),
+                Origin::File(file) => file.clone(),
                 other => other.name(key),
             };
             return Err(format!(
@@ -121,6 +127,55 @@ fn settle(layers: &Layers) -> Result<Config, String> {
         format!("{name}: {}", invalid.reason)
     })?;
     Ok(config)
+}
+
+/// clap's error for a value it refused, naming the environment variable the value came from
+/// when no flag in `args` (the command line, without the program) gave it; `None` when clap's
+/// own message names the right thing.
+///
+/// clap names the flag even for a value read from its variable (`invalid value '' for
+/// '--listen <LISTEN>'` for `CURRENTS_HEAP_LISTEN=""`), a flag the user never passed; and
+/// Kubernetes and Helm set a variable to "" when a template value is missing.
+pub fn refused_value(error: &clap::Error, args: &[String]) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    // What clap wrote about the value, and what it becomes once the variable is named.
+    let (refused, named) = match (error.kind(), error.get(ContextKind::InvalidValue)) {
+        // clap's wording for an empty value it refuses outright.
+        (ErrorKind::InvalidValue, Some(ContextValue::String(v))) if v.is_empty() => (
+            format!("a value is required for '{arg}' but none was supplied"),
+            "a value is required, but the variable is empty".to_string(),
+        ),
+        (ErrorKind::InvalidValue | ErrorKind::ValueValidation, Some(ContextValue::String(v))) => (
+            format!("invalid value '{v}' for '{arg}'"),
+            format!("invalid value '{v}'"),
+        ),
+        _ => return None,
+    };
+    // `--listen <LISTEN>`, `--identity <IDENTITY>...`
+    let long = arg.strip_prefix("--")?.split([' ', '=']).next()?;
+    let flag = format!("--{long}");
+    if args
+        .iter()
+        .any(|a| *a == flag || a.strip_prefix(&flag).is_some_and(|v| v.starts_with('=')))
+    {
+        return None;
+    }
+    let top = Cli::command();
+    let var = std::iter::once(&top)
+        .chain(top.get_subcommands())
+        .flat_map(|command| command.get_arguments())
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())?
+        .to_string_lossy()
+        .into_owned();
+    std::env::var_os(&var)?;
+    let message = error.render().to_string();
+    message
+        .contains(&refused)
+        .then(|| message.replacen(&refused, &format!("{var}: {named}"), 1))
 }
 
 /// Lays what clap was given for a command over `layers`; returns the Heap app id, if given.
@@ -177,8 +232,13 @@ fn given(
 
 /// Reads the `--config` file into `layers`. Errors name the file and give the line, but never
 /// quote it: a mistyped line could hold a secret.
-fn read_file(path: &Path, layers: &mut Layers, warnings: &mut Vec<String>) -> Result<(), String> {
-    let name = format!("--config {}", path.display());
+/// `name` says how the user named the file.
+fn read_file(
+    path: &Path,
+    name: String,
+    layers: &mut Layers,
+    warnings: &mut Vec<String>,
+) -> Result<(), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
     let mut table: toml::Table = toml::from_str(&text).map_err(|e| {
         let line = e.span().map(|span| {
@@ -213,7 +273,7 @@ fn read_file(path: &Path, layers: &mut Layers, warnings: &mut Vec<String>) -> Re
     }
     for (key, value) in table {
         let value = serde_json::to_value(&value).map_err(|e| format!("{name}: `{key}`: {e}"))?;
-        layers.insert(key, (value, Origin::File(path.to_path_buf())));
+        layers.insert(key, (value, Origin::File(name.clone())));
     }
     Ok(())
 }
@@ -248,6 +308,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// What `--config FILE` alone yields: the defaults with the file laid over them, validated.
 pub fn from_file(path: &Path) -> Result<Config, String> {
     let mut layers = Layers::new();
-    read_file(path, &mut layers, &mut Vec::new())?;
+    let name = format!("--config {}", path.display());
+    read_file(path, name, &mut layers, &mut Vec::new())?;
     settle(&layers)
 }
