@@ -215,17 +215,6 @@ pub fn hours_between(from: DateHour, to: DateHour) -> Vec<DateHour> {
         .collect()
 }
 
-/// Parses a `--from`/`--to` date: `YYYY-MM-DD` (hour 00) or `YYYY-MM-DDTHH`.
-pub fn parse_date_arg(text: &str) -> Result<DateHour, String> {
-    let text = text.trim();
-    let candidate = match text.split_once('T') {
-        Some((day, hour)) => format!("{day}-{hour}"),
-        None => format!("{text}-00"),
-    };
-    DateHour::parse(&candidate)
-        .ok_or_else(|| format!("`{text}` is not a date: expected YYYY-MM-DD or YYYY-MM-DDTHH"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,23 +263,5 @@ mod tests {
         assert!(start.as_str() < key.as_str() && key.as_str() < end.as_str());
         assert!(format!("{folder}date=2026-11-27-12/~").as_str() < start.as_str());
         assert!(format!("{folder}date=2026-11-27-14/ ").as_str() > end.as_str());
-    }
-
-    #[test]
-    fn parses_backfill_dates() {
-        assert_eq!(
-            parse_date_arg("2026-11-27").unwrap().to_string(),
-            "2026-11-27-00"
-        );
-        assert_eq!(
-            parse_date_arg("2026-11-27T13").unwrap().to_string(),
-            "2026-11-27-13"
-        );
-        assert!(parse_date_arg("2026-11-27T24").is_err());
-        assert!(
-            parse_date_arg("27/11/2026")
-                .unwrap_err()
-                .contains("YYYY-MM-DD")
-        );
     }
 }

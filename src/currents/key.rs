@@ -70,6 +70,18 @@ impl DateHour {
         let exists = days_from_civil(i32::from(year), date.month, date.day).is_some();
         (exists && date.hour < 24).then_some(date)
     }
+
+    /// Parses a date as people type it (`backfill --from`/`--to`): `YYYY-MM-DD` (hour 00) or
+    /// `YYYY-MM-DDTHH`; the error says which forms are taken.
+    pub fn parse_arg(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let candidate = match text.split_once('T') {
+            Some((day, hour)) => format!("{day}-{hour}"),
+            None => format!("{text}-00"),
+        };
+        DateHour::parse(&candidate)
+            .ok_or_else(|| format!("`{text}` is not a date: expected YYYY-MM-DD or YYYY-MM-DDTHH"))
+    }
 }
 
 impl DateHour {
@@ -198,5 +210,23 @@ mod tests {
             assert_eq!(DateHour::parse(bad), None, "{bad}");
         }
         assert!(DateHour::parse("2024-02-29-23").is_some());
+    }
+
+    #[test]
+    fn parses_backfill_dates() {
+        assert_eq!(
+            DateHour::parse_arg("2026-11-27").unwrap().to_string(),
+            "2026-11-27-00"
+        );
+        assert_eq!(
+            DateHour::parse_arg("2026-11-27T13").unwrap().to_string(),
+            "2026-11-27-13"
+        );
+        assert!(DateHour::parse_arg("2026-11-27T24").is_err());
+        assert!(
+            DateHour::parse_arg("27/11/2026")
+                .unwrap_err()
+                .contains("YYYY-MM-DD")
+        );
     }
 }

@@ -26,13 +26,12 @@ use super::pipeline::ObjectResult;
 use super::scheduler::Ended;
 use crate::clock::unix_secs_now;
 use crate::handover::{
-    BackfillProgress, BackfillRequest, BackfillState, Control, Heartbeat, owner,
+    BackfillProgress, BackfillRequest, BackfillState, Control, Heartbeat, check_range, owner,
 };
 
 /// Progress is written at most this often while a backfill runs.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-/// The longest range a worker runs, as `backfill` refuses longer ones.
-pub const MAX_RANGE_HOURS: i64 = 400 * 24;
+pub use crate::handover::MAX_RANGE_HOURS;
 /// How long a stop waits for the last progress write and the heartbeat's deletion.
 pub const FINISH_WITHIN: Duration = Duration::from_secs(5);
 /// Passes over a range before objects that keep ending "retry later" make it incomplete.
@@ -252,19 +251,9 @@ impl Backfill {
     /// Why the requested range cannot be run, if it cannot: a request written by hand (or by
     /// another version) is not checked by the `backfill` command.
     pub fn out_of_bounds(&self) -> Option<String> {
-        let (from, to) = (self.request.from, self.request.to);
-        let hours = to.hours_since_epoch() - from.hours_since_epoch();
-        if hours <= 0 {
-            Some(format!(
-                "the range {from} to {to} is empty: `from` must come before `to`"
-            ))
-        } else if hours > MAX_RANGE_HOURS {
-            Some(format!(
-                "the range {from} to {to} spans {hours} hours; a backfill takes at most {MAX_RANGE_HOURS} (400 days)"
-            ))
-        } else {
-            None
-        }
+        check_range(self.request.from, self.request.to)
+            .err()
+            .map(|e| e.to_string())
     }
 
     /// Continues the counts `prior` wrote (a worker adopting a range another one began): the
