@@ -199,8 +199,9 @@ async fn report(config: &Config) -> Result<String, String> {
     Ok(out)
 }
 
-/// How many finished backfills `status` lists; older ones are counted.
-const FINISHED_SHOWN: usize = 20;
+/// How many finished backfills `status` lists; older ones are counted. The live workers keep
+/// at least these (the retention rule in [`crate::handover`]).
+const FINISHED_SHOWN: usize = crate::handover::FINISHED_KEPT;
 
 /// The live workers, and the backfills handed to them: every open one, and the most recent
 /// [`FINISHED_SHOWN`] finished ones. `requests` is oldest first.

@@ -8,7 +8,10 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::objects::random_hex;
-use super::{BackfillProgress, BackfillRequest, Heartbeat, RangeError, check_range};
+use super::{
+    BackfillProgress, BackfillRequest, FINISHED_KEPT, HEARTBEAT_RETENTION, Heartbeat,
+    REQUEST_RETENTION, RangeError, STALE_AFTER, check_range,
+};
 use crate::currents::key::DateHour;
 use crate::store::{ObjectStore, StoreError};
 
@@ -52,6 +55,13 @@ impl HandoverError {
             HandoverError::InvalidName { .. } | HandoverError::Range(_) => None,
         }
     }
+}
+
+/// What one [`Control::prune`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub heartbeats: usize,
+    pub requests: usize,
 }
 
 /// The control objects of one state store.
@@ -118,17 +128,48 @@ impl Control {
         Ok(workers)
     }
 
-    /// Deletes the heartbeats not live for longer than `older_than` (workers killed without a
-    /// clean stop leave theirs); returns how many. For a worker to call now and then.
+    /// Applies the retention rule (see [`crate::handover`]): deletes the heartbeats stale for
+    /// over [`HEARTBEAT_RETENTION`] and the requests that ended over [`REQUEST_RETENTION`] ago
+    /// beyond the [`FINISHED_KEPT`] most recent. The live worker's desk calls it every
+    /// [`super::PRUNE_EVERY`]. A failure is logged: the next turn tries again.
+    pub async fn prune(&self, now: i64) -> Pruned {
+        let heartbeats = self
+            .prune_workers(now, HEARTBEAT_RETENTION)
+            .await
+            .map_err(|e| tracing::warn!("cannot delete stale heartbeats: {e}"))
+            .unwrap_or(0);
+        let requests = self
+            .prune_requests(now, REQUEST_RETENTION, FINISHED_KEPT)
+            .await
+            .map_err(|e| tracing::warn!("cannot delete old backfill requests: {e}"))
+            .unwrap_or(0);
+        if heartbeats + requests > 0 {
+            tracing::info!(
+                heartbeats,
+                requests,
+                "deleted control objects past their retention"
+            );
+        }
+        Pruned {
+            heartbeats,
+            requests,
+        }
+    }
+
+    /// Deletes the heartbeats not live for longer than `older_than` (never less than
+    /// [`STALE_AFTER`], so a live worker's stays), either way (a writer whose clock ran far
+    /// ahead left one dated in the future); returns how many.
     pub async fn prune_workers(
         &self,
         now: i64,
         older_than: Duration,
     ) -> Result<usize, HandoverError> {
-        let limit = i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX);
+        let limit = older_than.max(STALE_AFTER).as_secs();
         let mut pruned = 0;
         for hb in self.workers().await? {
-            if hb.age_secs(now) > limit && check_name("worker id", &hb.worker).is_ok() {
+            if hb.age_secs(now).unsigned_abs() > limit
+                && check_name("worker id", &hb.worker).is_ok()
+            {
                 self.retire(&hb.worker).await?;
                 pruned += 1;
             }
@@ -164,6 +205,77 @@ impl Control {
         )
         .await?;
         Ok(request)
+    }
+
+    /// Deletes the requests that ended (terminal progress) more than `older_than` before
+    /// `now`, except the `keep` most recent finished ones (those `status` lists); an open
+    /// request, or one whose progress is missing or unreadable, is never deleted. Also
+    /// deletes a progress left without its request for longer than `older_than` (a deletion
+    /// interrupted, or a `backfill` stopped between its two writes). Returns how many.
+    pub async fn prune_requests(
+        &self,
+        now: i64,
+        older_than: Duration,
+        keep: usize,
+    ) -> Result<usize, HandoverError> {
+        let limit = i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX);
+        let old = |p: &BackfillProgress| now.saturating_sub(p.updated_at) > limit;
+        let requests = self.requests().await?;
+        // Oldest first, as `status` orders them.
+        let finished: Vec<&BackfillProgress> = requests
+            .iter()
+            .filter_map(|(_, p)| p.as_ref().filter(|p| p.state.is_terminal()))
+            .collect();
+        let kept_from = finished.len().saturating_sub(keep);
+        let mut pruned = 0;
+        for progress in finished[..kept_from].iter().filter(|p| old(p)) {
+            self.delete_request(&progress.id).await?;
+            pruned += 1;
+        }
+        let with_request: std::collections::HashSet<&str> =
+            requests.iter().map(|(r, _)| r.id.as_str()).collect();
+        for key in self.list("list the backfill requests", BACKFILLS).await? {
+            let Some(id) = key
+                .strip_prefix(BACKFILLS)
+                .and_then(|rest| rest.strip_suffix("/progress.json"))
+            else {
+                continue;
+            };
+            if with_request.contains(id) || check_name("backfill request id", id).is_err() {
+                continue;
+            }
+            // The request may have been written since the listing: only an old progress goes.
+            if let Ok(Some(progress)) = self.progress(id).await
+                && old(&progress)
+                && self.get_request(id).await?.is_none()
+            {
+                self.delete_object("delete an orphaned backfill progress", &key)
+                    .await?;
+                pruned += 1;
+            }
+        }
+        Ok(pruned)
+    }
+
+    /// Deletes a request: `request.json` first, so that no worker finds a request without
+    /// its terminal progress (and runs it again) if the second deletion never happens.
+    async fn delete_request(&self, id: &str) -> Result<(), HandoverError> {
+        check_name("backfill request id", id)?;
+        self.delete_object("delete a backfill request", &request_key(id))
+            .await?;
+        self.delete_object("delete a backfill progress", &progress_key(id))
+            .await
+    }
+
+    async fn delete_object(&self, operation: &'static str, key: &str) -> Result<(), HandoverError> {
+        self.store
+            .delete(key)
+            .await
+            .map_err(|source| HandoverError::Store {
+                operation,
+                key: key.to_string(),
+                source,
+            })
     }
 
     /// Re-addresses `request` to `worker` (a worker adopting a request whose addressee is no

@@ -14,7 +14,7 @@
 //!
 //! | key | written by | when |
 //! |---|---|---|
-//! | `control/workers/<worker>.json` ([`Heartbeat`]) | each `run` worker | at start, then every [`HEARTBEAT_INTERVAL`]; deleted at a clean stop |
+//! | `control/workers/<worker>.json` ([`Heartbeat`]) | each `run` worker | at start, then every [`HEARTBEAT_INTERVAL`]; deleted at a clean stop, or by a live worker once stale for a day (see Retention) |
 //! | `control/backfills/<id>/request.json` ([`BackfillRequest`]) | `backfill` | once, when it hands a range over; a worker that adopts it rewrites only its `worker` ([`Control::adopt`]) |
 //! | `control/backfills/<id>/progress.json` ([`BackfillProgress`]) | `backfill` (queued), then the worker running it | before the request; then as the worker makes progress, at most every few seconds, and once in a terminal state |
 //!
@@ -48,6 +48,22 @@
 //! 4. `backfill` reads `progress.json` every 2 s until the state is terminal and exits by it
 //!    (0, 3 or 4). `--detach` exits after step 2. A signal stops only the following: the
 //!    request stays, and `status` shows it.
+//!
+//! # Retention
+//! The live workers delete what no one needs any more, so that the control objects every
+//! worker, `backfill` and `status` lists do not grow with history. Each worker applies the rule
+//! once at its start and then every [`PRUNE_EVERY`] (1 h), on a task of its own so that a long
+//! history never delays its heartbeat ([`Control::prune`]):
+//! - a heartbeat stale for over [`HEARTBEAT_RETENTION`] (1 day; a live one never is): its
+//!   worker was killed without a clean stop, and a worker is never reborn under the same id;
+//! - a request that ended (terminal progress) over [`REQUEST_RETENTION`] (14 days) ago,
+//!   except the [`FINISHED_KEPT`] (20) most recent finished ones, which `status` lists;
+//!   `request.json` goes first, so that a deletion cut short never leaves a request that looks
+//!   open. An open request, or one whose progress is missing or unreadable, is never deleted;
+//!   a progress left without its request for 14 days is.
+//!
+//! Two workers pruning at once delete the same objects; a deletion of what is gone is not an
+//! error.
 //!
 //! # Guarantee
 //! While a worker is live, a `backfill` sends nothing itself, so the app's events go through
@@ -92,7 +108,7 @@ mod tests;
 
 use std::time::Duration;
 
-pub use control::{Control, HandoverError, addressee, owner};
+pub use control::{Control, HandoverError, Pruned, addressee, owner};
 pub use follow::{
     FOLLOW_POLL, FollowExit, Followed, final_exit, follow, hand_over, render_final,
     worker_comes_up, worker_label,
@@ -106,3 +122,12 @@ pub const CONTROL_PREFIX: &str = "control/";
 /// How often a live worker rewrites its heartbeat; a heartbeat older than STALE_AFTER is not live.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 pub const STALE_AFTER: Duration = Duration::from_secs(90);
+/// How often the live worker applies the retention rule (and once at its start).
+pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// A heartbeat stale for longer than this is deleted: its worker is gone.
+pub const HEARTBEAT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// A request that ended longer ago than this is deleted, beyond the [`FINISHED_KEPT`] most
+/// recent finished ones.
+pub const REQUEST_RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
+/// Finished requests kept whatever their age: the ones `status` lists.
+pub const FINISHED_KEPT: usize = 20;

@@ -340,3 +340,102 @@ async fn a_range_is_checked_once_for_every_side() {
     ));
     assert!(!dir.0.exists(), "nothing was written");
 }
+
+#[tokio::test]
+async fn retention_deletes_only_what_ended_long_ago_beyond_the_most_recent() {
+    let (_dir, control, store) = State::new("prune");
+    const DAY: i64 = 24 * 3600;
+    let (from, to) = (hour("2026-11-01-00"), hour("2026-11-02-00"));
+    let ended_at = |request: &BackfillRequest, state, updated_at| BackfillProgress {
+        state,
+        updated_at,
+        ..BackfillProgress::queued(request, request.requested_at)
+    };
+    // Oldest first: an open one from long ago, three that ended 15 days ago, one yesterday.
+    let open = control
+        .request(from, to, "w", NOW - 90 * DAY)
+        .await
+        .unwrap();
+    let mut old = Vec::new();
+    for n in 0..3 {
+        let request = control
+            .request(from, to, "w", NOW - 20 * DAY + n)
+            .await
+            .unwrap();
+        control
+            .report(&ended_at(&request, BackfillState::Done, NOW - 15 * DAY))
+            .await
+            .unwrap();
+        old.push(request);
+    }
+    let recent = control.request(from, to, "w", NOW - DAY).await.unwrap();
+    control
+        .report(&ended_at(&recent, BackfillState::Incomplete, NOW - DAY))
+        .await
+        .unwrap();
+    // Unreadable progress: never deleted. An old progress without its request: deleted.
+    let unreadable = control
+        .request(from, to, "w", NOW - 30 * DAY)
+        .await
+        .unwrap();
+    let key = format!("control/backfills/{}/progress.json", unreadable.id);
+    store.put(&key, b"{".to_vec()).await.unwrap();
+    let orphan = BackfillProgress {
+        id: "1-0000000a".into(),
+        ..ended_at(&open, BackfillState::Queued, NOW - 15 * DAY)
+    };
+    control.report(&orphan).await.unwrap();
+
+    let retention = Duration::from_secs(14 * 24 * 3600);
+    // Keeping the 3 most recent finished: old[1], old[2] and recent stay.
+    assert_eq!(
+        control.prune_requests(NOW, retention, 3).await.unwrap(),
+        2,
+        "old[0] and the orphaned progress"
+    );
+    let ids: Vec<String> = control
+        .requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(r, _)| r.id)
+        .collect();
+    let expected: Vec<String> = [&open, &unreadable, &old[1], &old[2], &recent]
+        .map(|r| r.id.clone())
+        .to_vec();
+    assert_eq!(ids, expected);
+    assert_eq!(control.progress(&old[0].id).await.unwrap(), None);
+    assert_eq!(control.progress(&orphan.id).await.unwrap(), None);
+    // With none kept beyond the rule, the rest of the old ones go; nothing else ever does.
+    assert_eq!(control.prune_requests(NOW, retention, 0).await.unwrap(), 2);
+    assert_eq!(
+        control
+            .prune_requests(NOW + 100 * DAY, retention, 0)
+            .await
+            .unwrap(),
+        1,
+        "recent, once it too is old"
+    );
+    let left: Vec<String> = control
+        .requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(r, _)| r.id)
+        .collect();
+    assert_eq!(left, [open.id.clone(), unreadable.id.clone()]);
+
+    // Heartbeats: a live one stays whatever the limit; one dated far ahead goes.
+    control.beat(&beat("w-live", NOW)).await.unwrap();
+    control.beat(&beat("w-ahead", NOW + 2 * DAY)).await.unwrap();
+    control.beat(&beat("w-dead", NOW - 2 * DAY)).await.unwrap();
+    assert_eq!(
+        control.prune(NOW).await,
+        Pruned {
+            heartbeats: 2,
+            requests: 0
+        }
+    );
+    assert_eq!(control.prune_workers(NOW, Duration::ZERO).await.unwrap(), 0);
+    assert_eq!(control.workers().await.unwrap(), [beat("w-live", NOW)]);
+}

@@ -26,7 +26,8 @@ use super::pipeline::ObjectResult;
 use super::scheduler::Ended;
 use crate::clock::unix_secs_now;
 use crate::handover::{
-    BackfillProgress, BackfillRequest, BackfillState, Control, Heartbeat, check_range, owner,
+    BackfillProgress, BackfillRequest, BackfillState, Control, Heartbeat, PRUNE_EVERY, check_range,
+    owner,
 };
 
 /// Progress is written at most this often while a backfill runs.
@@ -114,8 +115,19 @@ async fn desk(
     let mut passed_on: HashSet<String> = HashSet::new();
     let mut ended: HashSet<String> = HashSet::new();
     let mut unwritten: Option<BackfillProgress> = None;
+    // The retention rule, at start and then hourly, on its own task: a long history must not
+    // delay the heartbeat.
+    let mut prunes = tokio::time::interval(PRUNE_EVERY);
+    prunes.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut pruning: Option<JoinHandle<()>> = None;
     loop {
         tokio::select! {
+            _ = prunes.tick(), if pruning.as_ref().is_none_or(JoinHandle::is_finished) => {
+                let control = control.clone();
+                pruning = Some(tokio::spawn(async move {
+                    control.prune(unix_secs_now()).await;
+                }));
+            }
             _ = beats.tick() => {
                 heartbeat.beat_at = unix_secs_now();
                 if let Err(e) = control.beat(&heartbeat).await {
@@ -140,6 +152,9 @@ async fn desk(
             _ = writes.tick(), if unwritten.is_some() => write(&control, &mut unwritten).await,
             _ = stop.cancelled() => break,
         }
+    }
+    if let Some(pruning) = pruning {
+        pruning.abort();
     }
     if let Some(latest) = progress.borrow().clone() {
         unwritten = Some(latest);
