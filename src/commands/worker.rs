@@ -9,7 +9,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::MappingArgs;
-use super::config::{Config, DEFAULTS, HumanDuration, as_text};
+use super::config::{Config, DEFAULTS, HumanDuration, as_text, heap_app_id};
 use crate::heap::client::HeapClient;
 use crate::heap::delivery::DeliveryConfig;
 use crate::heap::map::HeapMapper;
@@ -142,26 +142,26 @@ pub struct WorkerArgs {
     batch_linger: HumanDuration,
 }
 
-/// The Heap app id from `--heap-app-id`/`HEAP_APP_ID` or the file named by `heap_app_id_file`.
+/// The Heap app id from `--heap-app-id`/`HEAP_APP_ID` (checked when the configuration was
+/// resolved) or the file named by `heap_app_id_file`, checked by the same rule.
 fn app_id(config: &Config) -> Result<String, Exit> {
     if let Some(id) = &config.heap_app_id {
         return Ok(id.expose().to_string());
     }
     let from_file = match &config.heap_app_id_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| Exit::Usage(format!("--heap-app-id-file {}: {e}", path.display())))?,
-        ),
+        Some(path) => {
+            let name = format!("the Heap app id file {}", path.display());
+            let text =
+                std::fs::read_to_string(path).map_err(|e| Exit::Usage(format!("{name}: {e}")))?;
+            heap_app_id(&text, &name).map_err(Exit::Usage)?
+        }
         None => None,
     };
-    from_file
-        .map(|id| id.trim().to_string())
-        .filter(|id| !id.is_empty())
-        .ok_or_else(|| {
-            Exit::Usage(
-                "the Heap app id is missing: set HEAP_APP_ID, --heap-app-id or --heap-app-id-file (or use --dry-run)".into(),
-            )
-        })
+    from_file.map(|id| id.expose().to_string()).ok_or_else(|| {
+        Exit::Usage(
+            "the Heap app id is missing: set HEAP_APP_ID, --heap-app-id or --heap-app-id-file (or use --dry-run)".into(),
+        )
+    })
 }
 
 /// Opens the state store, named in its error; its S3 requests are counted in `metrics`.

@@ -25,7 +25,7 @@ mod tests;
 pub use render::render;
 pub use resolve::{Resolved, from_file, refused_value, resolve};
 pub use validate::{Invalid, ranges};
-pub use values::{HumanDuration, Secret, as_text, identity_names, renames_as_table};
+pub use values::{HumanDuration, Secret, as_text, heap_app_id, identity_names, renames_as_table};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -10,7 +10,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
-use super::{Config, Secret, keys};
+use super::{Config, heap_app_id, keys};
 use crate::commands::run::RunArgs;
 use crate::commands::{Cli, Command};
 
@@ -82,15 +82,15 @@ pub fn resolve(cli: &Cli, matches: &ArgMatches) -> Result<Resolved, String> {
                 })?;
             let run = RunArgs::from_arg_matches(&env_only).map_err(|e| e.to_string())?;
             given(&run, &env_only, &definition, &mut layers)?;
-            run.worker.heap.heap_app_id
+            run.worker.heap.heap_app_id.map(|id| (id, "HEAP_APP_ID"))
         }
     };
 
     let mut config = settle(&layers)?;
-    config.heap_app_id = app_id
-        .map(|id| id.trim().to_string())
-        .filter(|id| !id.is_empty())
-        .map(Secret);
+    config.heap_app_id = match app_id {
+        Some((id, origin)) => heap_app_id(&id, origin)?,
+        None => None,
+    };
     Ok(Resolved { config, warnings })
 }
 
@@ -178,13 +178,14 @@ pub fn refused_value(error: &clap::Error, args: &[String]) -> Option<String> {
         .then(|| message.replacen(&refused, &format!("{var}: {named}"), 1))
 }
 
-/// Lays what clap was given for a command over `layers`; returns the Heap app id, if given.
+/// Lays what clap was given for a command over `layers`; returns the Heap app id, if given,
+/// with the flag or variable it came from.
 fn command_given(
     command: &Command,
     matches: &ArgMatches,
     definition: &clap::Command,
     layers: &mut Layers,
-) -> Result<Option<String>, String> {
+) -> Result<Option<(String, &'static str)>, String> {
     match command {
         Command::Inspect { mapping, .. } => given(mapping, matches, definition, layers)?,
         Command::Run(args) => given(args, matches, definition, layers)?,
@@ -192,12 +193,17 @@ fn command_given(
         Command::Replay(args) => given(args, matches, definition, layers)?,
         Command::Status(args) => given(args, matches, definition, layers)?,
     }
-    Ok(match command {
+    let id = match command {
         Command::Run(args) => args.worker.heap.heap_app_id.clone(),
         Command::Backfill(args) => args.worker.heap.heap_app_id.clone(),
         Command::Replay(args) => args.heap.heap_app_id.clone(),
         Command::Inspect { .. } | Command::Status(_) => None,
-    })
+    };
+    // Asked only with an id: clap panics when asked of an argument the command lacks.
+    Ok(id.map(|id| match matches.value_source("heap_app_id") {
+        Some(ValueSource::CommandLine) => (id, "--heap-app-id"),
+        _ => (id, "HEAP_APP_ID"),
+    }))
 }
 
 /// Lays over `layers` each of `args`' values that came from a flag or the environment, not

@@ -260,3 +260,18 @@ fn secrets_stay_out_of_debug() {
     };
     assert!(!format!("{config:?}").contains("app-id-4f9c2e"));
 }
+
+#[test]
+fn an_app_id_is_digits_with_a_byte_order_mark_and_whitespace_dropped() {
+    use super::heap_app_id;
+    let id = |text: &str| heap_app_id(text, "HEAP_APP_ID").map(|s| s.map(|s| s.0));
+    assert_eq!(id("\u{feff}77\r\n"), Ok(Some("77".into())));
+    assert_eq!(id("  1234567890 "), Ok(Some("1234567890".into())));
+    assert_eq!(id(" \n"), Ok(None));
+    for bad in ["HEAP_APP_ID=42", "42 43", "４２", "-42", &"4".repeat(21)] {
+        let error = id(bad).unwrap_err();
+        assert!(error.starts_with("HEAP_APP_ID: "), "{error}");
+        assert!(!error.contains("42") && !error.contains("444"), "{error}");
+    }
+    assert!(id("HEAP_APP_ID=42").unwrap_err().contains("NAME=VALUE"));
+}

@@ -89,6 +89,32 @@ impl Secret {
     }
 }
 
+/// The longest Heap environment id taken: ids are up to about 10 digits; 20 holds any u64.
+const APP_ID_MAX_DIGITS: usize = 20;
+
+/// The Heap environment (app) id in `text`, from `origin` (`HEAP_APP_ID`, `--heap-app-id` or
+/// the file): a UTF-8 byte order mark (Notepad, PowerShell) and surrounding whitespace are
+/// dropped; `None` if nothing is left. Anything but digits is refused, so that a line copied
+/// from a .env file (`HEAP_APP_ID=…`) is not sent as the id; the error never holds the value,
+/// which is a secret.
+pub fn heap_app_id(text: &str, origin: &str) -> Result<Option<Secret>, String> {
+    let id = text.trim_start_matches('\u{feff}').trim();
+    if id.is_empty() {
+        return Ok(None);
+    }
+    if id.len() <= APP_ID_MAX_DIGITS && id.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(Some(Secret(id.to_string())));
+    }
+    let hint = if id.contains('=') {
+        "; it looks like a NAME=VALUE line: give the id alone"
+    } else {
+        ""
+    };
+    Err(format!(
+        "{origin}: not a Heap environment id, which is digits only (the value is not shown){hint}"
+    ))
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
