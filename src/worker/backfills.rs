@@ -10,11 +10,13 @@
 //!   turn; it never ends the run.
 //! - [`Backfill`]: one request being run, as pure bookkeeping: found, ended, events; passes
 //!   over the range until nothing is left to retry or [`MAX_PASSES`] have run.
+//! - [`BackfillLane`]: what the engine holds: the desk, the backfill under way and the
+//!   requests waiting; it lists each pass and queues it on the scheduler's backfill lane.
 //!
 //! One request runs at a time, oldest first: the lane's room is shared anyway, and progress
 //! per request stays exact.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -22,13 +24,18 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::discovery::find_unfinished;
 use super::pipeline::ObjectResult;
-use super::scheduler::Ended;
+use super::scheduler::{Ended, Scheduler};
 use crate::clock::unix_secs_now;
 use crate::handover::{
     BackfillProgress, BackfillRequest, BackfillState, Control, Heartbeat, PRUNE_EVERY, check_range,
     owner,
 };
+use crate::heap::delivery::Lane;
+use crate::ledger::Ledger;
+use crate::source::Window;
+use crate::store::ObjectStore;
 
 /// Progress is written at most this often while a backfill runs.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -362,6 +369,154 @@ impl Backfill {
         self.progress.state = BackfillState::Incomplete;
         self.progress.message = Some(reason);
         self.progress.updated_at = unix_secs_now();
+    }
+}
+
+/// The backfills a long-lived run takes on, run on the scheduler's backfill lane one at a
+/// time: the [`Desk`] that hands them over, the one under way, and those waiting their turn.
+pub struct BackfillLane {
+    desk: Desk,
+    running: Option<Backfill>,
+    waiting: VecDeque<(BackfillRequest, Option<BackfillProgress>)>,
+    /// How long after a pass (or a failed listing) the next one lists the range: the plan's
+    /// poll interval.
+    every: Duration,
+}
+
+impl BackfillLane {
+    /// Starts the desk (see [`Desk::spawn`]); passes are `every` apart.
+    pub fn spawn(control: Control, heartbeat_interval: Duration, every: Duration) -> Self {
+        BackfillLane {
+            desk: Desk::spawn(control, heartbeat_interval),
+            running: None,
+            waiting: VecDeque::new(),
+            every,
+        }
+    }
+
+    /// The next request the desk hands over (pending while there is none).
+    pub async fn next_request(&mut self) -> Option<(BackfillRequest, Option<BackfillProgress>)> {
+        self.desk.requests.recv().await
+    }
+
+    /// Queues a request behind the one under way.
+    pub fn wait(&mut self, request: (BackfillRequest, Option<BackfillProgress>)) {
+        self.waiting.push_back(request);
+    }
+
+    /// Starts the oldest waiting request if none is under way.
+    pub fn start_next(&mut self) {
+        if self.running.is_some() {
+            return;
+        }
+        let Some((request, prior)) = self.waiting.pop_front() else {
+            return;
+        };
+        tracing::info!(id = %request.id, "backfill {} to {}: running it on the backfill lane", request.from, request.to);
+        let mut started =
+            Backfill::start(request, self.desk.worker(), Instant::now()).resuming(prior.as_ref());
+        if let Some(wrong) = started.out_of_bounds() {
+            started.give_up(wrong);
+        }
+        self.running = Some(started);
+        self.settle(Instant::now());
+    }
+
+    /// Whether the backfill under way is due to list its range.
+    pub fn pass_due(&self) -> bool {
+        self.running
+            .as_ref()
+            .and_then(|b| b.next_pass)
+            .is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// Lists the range less the ledger and queues it on the backfill lane. Returns how many
+    /// objects it queued. Dropped mid-listing (a stop), nothing is queued.
+    pub async fn pass(
+        &mut self,
+        source: &dyn ObjectStore,
+        ledger: &Ledger,
+        scheduler: &mut Scheduler,
+    ) -> u64 {
+        let Some(running) = self.running.as_mut() else {
+            return 0;
+        };
+        let window = Window::Hours {
+            from: running.request.from,
+            to: running.request.to,
+        };
+        let mut found = 0;
+        match find_unfinished(source, ledger, &window, None).await {
+            Ok((_, work)) => {
+                let queued = work
+                    .into_iter()
+                    .filter_map(|work| scheduler.enqueue_in(Lane::Backfill, work).then_some(()))
+                    .count();
+                found = queued as u64;
+                running.listed(queued);
+            }
+            Err(e) if running.out_of_passes() => {
+                running.give_up(format!("listing the range failed: {e}"));
+            }
+            Err(e) => {
+                tracing::warn!(id = %running.request.id, "backfill listing failed, trying again: {e}");
+                running.listing_failed(&e.to_string(), Instant::now() + self.every);
+            }
+        }
+        self.settle(Instant::now() + self.every);
+        found
+    }
+
+    /// An object ended on `lane`: one of the running backfill's if it ran on the backfill
+    /// lane.
+    pub fn on_ended(&mut self, ended: &Ended, lane: Lane) {
+        if lane != Lane::Backfill {
+            return;
+        }
+        let Some(running) = self.running.as_mut() else {
+            return;
+        };
+        running.ended(ended);
+        self.desk.report(&running.progress);
+        self.settle(Instant::now() + self.every);
+    }
+
+    /// When the backfill under way next lists its range, if it waits to.
+    pub fn next_wake(&self) -> Option<Instant> {
+        self.running.as_ref().and_then(|b| b.next_pass)
+    }
+
+    /// At a stop: the backfill under way stays open for the next live worker; the desk
+    /// writes the last progress and deletes the heartbeat.
+    pub async fn finish(mut self) {
+        if let Some(running) = self.running.as_mut() {
+            running.progress.message =
+                Some("the worker stopped; the range resumes when a worker is live".into());
+            self.desk.report(&running.progress);
+        }
+        self.desk.finish().await;
+    }
+
+    /// Ends the backfill under way if its pass is over and nothing is left to retry (or
+    /// passes ran out); else schedules its next pass at `next`. Reports either way.
+    fn settle(&mut self, next: Instant) {
+        let Some(running) = self.running.as_mut() else {
+            return;
+        };
+        let ended =
+            running.progress.state.is_terminal() || (running.pass_over() && running.conclude(next));
+        self.desk.report(&running.progress);
+        if ended {
+            let progress = &running.progress;
+            tracing::info!(
+                id = %progress.id,
+                state = %progress.state,
+                objects = progress.ended,
+                events = progress.events_sent,
+                "backfill {} to {} ended", running.request.from, running.request.to
+            );
+            self.running = None;
+        }
     }
 }
 

@@ -1,30 +1,35 @@
 //! The engine and its one drive loop, shared by `run`, `run --once` and `backfill`.
 //!
 //! # Protocol
-//! 1. Poll: discover the plan's window, queue what the ledger has not finished. A long-lived
-//!    run polls every `poll_interval`, keeping what it read of the ledger and what it
-//!    recorded since (see [`super::finished`]); a bounded run polls once. A failed poll is
-//!    logged and retried at the next interval (long-lived), or ends a bounded run as
+//! 1. Poll ([`Poller`]): discover the plan's window, queue what the ledger has not finished.
+//!    A long-lived run polls every `poll_interval`, keeping what it read of the ledger and
+//!    what it recorded since (see [`super::finished`]); a bounded run polls once. A failed
+//!    poll is logged and retried at the next interval (long-lived), or ends a bounded run as
 //!    incomplete.
 //!    With notifications ([`Engine::with_notifications`]), the listener queues objects as
-//!    their messages arrive, and each poll is a reconciliation ([`queue_missed`]) that
-//!    catches what no notification brought. Each object's end goes back to the listener,
-//!    which deletes its message only if it was recorded.
+//!    their messages arrive, and each poll is a reconciliation
+//!    ([`super::discovery::queue_missed`]) that catches what no notification brought. Each
+//!    object's end goes back to the listener, which deletes its message only if it was
+//!    recorded.
 //! 2. Objects run through the pipeline, `object_concurrency` at a time. Each ends done,
 //!    failed, to retry, abandoned, or panicked; only done and failed are recorded.
-//! 3. Shutdown, when the future passed to [`Engine::drive`] resolves: no more polls, queued
-//!    objects are dropped (not started, so not recorded), objects in flight keep going and
-//!    delivery keeps sending their events. `shutdown_timeout` later, or when
+//! 3. Shutdown, when the future passed to [`Engine::drive`] resolves ([`Stop`]): no more
+//!    polls, queued objects are dropped (not started, so not recorded), objects in flight
+//!    keep going and delivery keeps sending their events. `shutdown_timeout` later, or when
 //!    [`Engine::abandon_token`] is cancelled, whatever is still in flight is abandoned.
 //! 4. If delivery stops on its own (a fatal answer from Heap), objects in flight are cut
 //!    short, nothing more is started, and the run ends fatal.
 //! 5. The input to delivery closes once every object has ended; delivery drains; the outcome
-//!    follows from the summary and how delivery ended (see [`super::summary`]).
+//!    follows from the summary and how delivery ended ([`decide`], [`super::summary`]).
 //!
 //! A long-lived run that records also keeps a heartbeat in the state and runs the backfills
-//! handed to it ([`super::backfills`]), one at a time, on the scheduler's and delivery's
+//! handed to it ([`BackfillLane`]), one at a time, on the scheduler's and delivery's
 //! backfill lane: each pass lists the range less the ledger, like a poll. At a stop, a
 //! backfill under way stays open (running), for the next live worker to resume.
+//!
+//! [`Engine::drive`] is only the `select!` over these parts: each owns its state (the
+//! poller its schedule and what it knows finished, the lane its backfills, [`Stop`] the
+//! deadline), so a new kind of work gets a part of its own instead of locals in the loop.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -33,27 +38,24 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use super::backfills::{Backfill, Desk};
+use super::backfills::BackfillLane;
 use super::delivery_task::{DeliveryEnd, DeliveryTask};
-use super::discovery::{Sightings, find_unfinished, queue_missed, queue_unfinished};
-use super::finished::FinishedSet;
 use super::inbox::KeyEnd;
 use super::listener::{Listener, ListenerSettings};
 use super::pipeline::{ObjectResult, Pipeline, Sink};
-use super::scheduler::{Ended, Scheduler};
+use super::poller::Poller;
+use super::scheduler::{Ended, Scheduler, Work};
 use super::settings::{Plan, Settings};
 use super::summary::{Outcome, Report, Summary};
-use crate::clock::unix_secs_now;
 use crate::deadletter::DeadLetterStore;
-use crate::handover::{BackfillProgress, BackfillRequest, Control, HEARTBEAT_INTERVAL};
+use crate::handover::{Control, HEARTBEAT_INTERVAL};
 use crate::heap::client::HeapClient;
 use crate::heap::delivery::{Delivery, DeliveryConfig, Lane};
 use crate::heap::map::HeapMapper;
 use crate::ledger::Ledger;
 use crate::notifications::sqs::Queue;
-use crate::source::Window;
 use crate::store::ObjectStore;
-use crate::telemetry::events::{ObjectEnded, PollFailed, PollSucceeded};
+use crate::telemetry::events::ObjectEnded;
 use crate::telemetry::{Counts, Metrics};
 
 /// Where mapped events go.
@@ -208,6 +210,69 @@ impl Engine {
 
     /// Runs the plan until it is done, `shutdown` resolves, or delivery stops fatally.
     pub async fn drive(self, shutdown: impl Future<Output = ()>) -> Report {
+        let (mut run, delivery) = self.into_parts();
+        let mut shutdown = std::pin::pin!(shutdown);
+        let delivery_stopped = delivery.as_ref().map(DeliveryTask::stopped_token);
+        let mut delivery_ended = std::pin::pin!(async {
+            match &delivery_stopped {
+                Some(token) => token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        });
+        run.log_start();
+        loop {
+            let polling = !run.stop.stopping();
+            if polling && run.poller.due() {
+                // A first listing of a large window can take minutes: a stop must not wait.
+                tokio::select! {
+                    polled = run.poller.poll(&mut run.scheduler) => run.found += polled,
+                    _ = &mut shutdown => {
+                        run.begin_stop(Cause::Signal("during a poll"));
+                        continue;
+                    }
+                }
+            }
+            if polling && let Some(lane) = run.lane.as_mut() {
+                lane.start_next();
+                if lane.pass_due() {
+                    tokio::select! {
+                        queued = lane.pass(&*run.source, &run.ledger, &mut run.scheduler) => run.found += queued,
+                        _ = &mut shutdown => {
+                            run.begin_stop(Cause::Signal("during a backfill's listing"));
+                            continue;
+                        }
+                    }
+                }
+            }
+            if (run.stop.stopping() || run.poller.finished()) && run.scheduler.is_idle() {
+                break;
+            }
+            let backfill_wake = run.lane.as_ref().and_then(BackfillLane::next_wake);
+            let poll_wake = run.poller.next_wake();
+            let receiving = run.listener.is_some() && run.stop.receiving();
+            tokio::select! {
+                work = async { run.listener.as_mut().expect("checked").work.recv().await }, if receiving => {
+                    run.received(work);
+                }
+                Some(request) = async { run.lane.as_mut().expect("checked").next_request().await }, if run.lane.is_some() && polling => {
+                    run.lane.as_mut().expect("checked").wait(request);
+                }
+                _ = sleep_until(backfill_wake.unwrap_or_else(Instant::now)), if polling && backfill_wake.is_some() => {}
+                Some((ended, ran_on)) = run.scheduler.next_with_lane() => run.ended(ended, ran_on),
+                _ = sleep_until(poll_wake.unwrap_or_else(Instant::now)), if polling && poll_wake.is_some() => {}
+                _ = &mut shutdown, if run.stop.deadline.is_none() => run.begin_stop(Cause::Signal("")),
+                _ = sleep_until(run.stop.deadline.unwrap_or_else(Instant::now)), if run.stop.deadline.is_some() && !run.stop.abandon.is_cancelled() => {
+                    tracing::warn!(in_flight = run.scheduler.in_flight(), "shutdown timeout reached: abandoning objects in flight");
+                    run.stop.abandon.cancel();
+                }
+                _ = &mut delivery_ended, if !run.stop.delivery_stopped => run.begin_stop(Cause::DeliveryStopped),
+            }
+        }
+        run.finish(delivery).await
+    }
+
+    /// The parts [`Engine::drive`] selects over, and delivery apart (it outlives them).
+    fn into_parts(self) -> (Parts, Option<DeliveryTask>) {
         let Engine {
             settings,
             plan,
@@ -217,318 +282,254 @@ impl Engine {
             metrics,
             delivery,
             abandon,
-            mut progress,
+            progress,
             notifications,
             handover,
             heartbeat_interval,
         } = self;
-        let mut scheduler = Scheduler::new(
-            pipeline.clone(),
-            settings.object_concurrency,
-            abandon.clone(),
-        );
-        drop(pipeline);
-        let mut desk = None;
-        if let Some((backfill_pipeline, control)) = handover {
-            scheduler = scheduler.with_backfill(backfill_pipeline);
-            desk = Some(Desk::spawn(control, heartbeat_interval));
-        }
-        // The backfill under way, and the requests waiting their turn.
-        let mut backfill: Option<Backfill> = None;
-        let mut waiting: std::collections::VecDeque<(BackfillRequest, Option<BackfillProgress>)> =
-            Default::default();
+        let mut scheduler = Scheduler::new(pipeline, settings.object_concurrency, abandon.clone());
         let poll_every = match plan {
             Plan::Live { poll_interval, .. } => poll_interval,
             Plan::Once { .. } | Plan::Range { .. } => Duration::ZERO,
         };
-        let mut summary = Summary::default();
-        let mut shutdown = std::pin::pin!(shutdown);
-        // Set once shutdown begins: when objects still in flight are abandoned.
-        let mut deadline: Option<Instant> = None;
-        let mut next_poll = Some(Instant::now());
-        let mut poll_failure: Option<String> = None;
-        let mut delivery_stopped = false;
-        let mut found: u64 = 0;
-        // Only a long-lived run polls again, so only it keeps what the ledger said; with
-        // notifications, another replica may record too, so each reconciliation reads afresh.
-        let mut known = (matches!(plan, Plan::Live { .. }) && notifications.is_none())
-            .then(FinishedSet::default);
-        let listener_stop = CancellationToken::new();
-        let retry_after = notifications.as_ref().map(|n| n.settings.retry_after);
-        let mut listener = notifications.map(|n| {
-            Listener::spawn(
-                n.queue,
-                ledger.clone(),
-                n.settings,
-                metrics.clone(),
-                listener_stop.clone(),
-            )
-        });
-        let mut sightings = Sightings::new();
-        let delivery_stopped_token = delivery.as_ref().map(DeliveryTask::stopped_token);
-        let delivery_ended = async {
-            match &delivery_stopped_token {
-                Some(token) => token.cancelled().await,
-                None => std::future::pending().await,
-            }
-        };
-        let mut delivery_ended = std::pin::pin!(delivery_ended);
-        tracing::info!(source = %source.describe(), state = %ledger.describe(), "started: {plan}");
-        loop {
-            let polling = deadline.is_none() && !delivery_stopped;
-            if polling && next_poll.is_some_and(|at| Instant::now() >= at) {
-                // A first listing of a large window can take minutes: a stop must not wait.
-                let window = plan.window();
-                let polled = tokio::select! {
-                    polled = async {
-                        if listener.is_some() {
-                            queue_missed(&*source, &ledger, &window, &mut sightings, &mut scheduler).await
-                        } else {
-                            queue_unfinished(&*source, &ledger, &window, known.as_mut(), &mut scheduler).await
-                        }
-                    } => Some(polled),
-                    _ = &mut shutdown => None,
-                };
-                let Some(polled) = polled else {
-                    deadline = Some(Instant::now() + settings.shutdown_timeout);
-                    listener_stop.cancel();
-                    summary.not_started(give_back(scheduler.clear_queue(), listener.as_ref()));
-                    tracing::info!(
-                        in_flight = scheduler.in_flight(),
-                        "stopping during a poll: finishing objects in flight (up to {:?})",
-                        settings.shutdown_timeout
-                    );
-                    continue;
-                };
-                match polled {
-                    Ok(unfinished) => {
-                        found += unfinished.count as u64;
-                        let now = unix_secs_now();
-                        let lag = unfinished.oldest.map(|hour| {
-                            Duration::from_secs(
-                                (now - hour.hours_since_epoch() * 3600).max(0) as u64
-                            )
-                        });
-                        PollSucceeded {
-                            pending: unfinished.count as u64,
-                            lag,
-                            folders: unfinished.folders as u64,
-                            at_unix: now,
-                        }
-                        .emit(&metrics);
-                        if let Some(first) = unfinished.failed.first() {
-                            let e = format!(
-                                "cannot list {} of {} event_type= folders in the source (the others' objects are queued): {first}",
-                                unfinished.failed.len(),
-                                unfinished.folders
-                            );
-                            PollFailed { error: &e }.emit(&metrics);
-                            tracing::error!("{e}");
-                            if plan.is_bounded() {
-                                poll_failure = Some(e);
-                            }
-                        }
-                        if unfinished.folders == 0 {
-                            tracing::warn!(
-                                "the source {} holds no event_type= folders: check --source (a wrong prefix, or a directory that moved?)",
-                                source.describe()
-                            );
-                        }
-                        tracing::info!(
-                            unfinished = unfinished.count,
-                            queued = scheduler.queued(),
-                            in_flight = scheduler.in_flight(),
-                            "polled {}",
-                            source.describe()
-                        );
-                    }
-                    Err(e) if plan.is_bounded() => {
-                        PollFailed {
-                            error: &e.to_string(),
-                        }
-                        .emit(&metrics);
-                        tracing::error!("{e}");
-                        poll_failure = Some(e.to_string());
-                    }
-                    Err(e) => {
-                        PollFailed {
-                            error: &e.to_string(),
-                        }
-                        .emit(&metrics);
-                        tracing::error!("poll failed, trying again next interval: {e}");
-                    }
-                }
-                next_poll = match plan {
-                    Plan::Live { poll_interval, .. } => Some(Instant::now() + poll_interval),
-                    Plan::Once { .. } | Plan::Range { .. } => None,
-                };
-            }
-            if polling && let Some(desk) = &desk {
-                if backfill.is_none()
-                    && let Some((request, prior)) = waiting.pop_front()
-                {
-                    tracing::info!(id = %request.id, "backfill {} to {}: running it on the backfill lane", request.from, request.to);
-                    let mut started = Backfill::start(request, desk.worker(), Instant::now())
-                        .resuming(prior.as_ref());
-                    if let Some(wrong) = started.out_of_bounds() {
-                        started.give_up(wrong);
-                    }
-                    backfill = Some(started);
-                    settle(&mut backfill, desk, Instant::now());
-                }
-                if let Some(running) = backfill.as_mut()
-                    && running.next_pass.is_some_and(|at| Instant::now() >= at)
-                {
-                    let window = Window::Hours {
-                        from: running.request.from,
-                        to: running.request.to,
-                    };
-                    let listed = tokio::select! {
-                        listed = find_unfinished(&*source, &ledger, &window, None) => Some(listed),
-                        _ = &mut shutdown => None,
-                    };
-                    match listed {
-                        None => {
-                            deadline = Some(Instant::now() + settings.shutdown_timeout);
-                            listener_stop.cancel();
-                            summary
-                                .not_started(give_back(scheduler.clear_queue(), listener.as_ref()));
-                            continue;
-                        }
-                        Some(Ok((_, work))) => {
-                            let queued = work
-                                .into_iter()
-                                .filter_map(|work| {
-                                    scheduler.enqueue_in(Lane::Backfill, work).then_some(())
-                                })
-                                .count();
-                            found += queued as u64;
-                            running.listed(queued);
-                        }
-                        Some(Err(e)) if running.out_of_passes() => {
-                            running.give_up(format!("listing the range failed: {e}"));
-                        }
-                        Some(Err(e)) => {
-                            tracing::warn!(id = %running.request.id, "backfill listing failed, trying again: {e}");
-                            running.listing_failed(&e.to_string(), Instant::now() + poll_every);
-                        }
-                    }
-                    settle(&mut backfill, desk, Instant::now() + poll_every);
-                }
-            }
-            let nothing_more = deadline.is_some() || delivery_stopped || next_poll.is_none();
-            if nothing_more && scheduler.is_idle() {
-                break;
-            }
-            let receiving = listener.is_some() && !listener_stop.is_cancelled();
-            tokio::select! {
-                work = async { listener.as_mut().expect("checked").work.recv().await }, if receiving => {
-                    match work {
-                        Some(work) if deadline.is_none() && !delivery_stopped => {
-                            found += 1;
-                            scheduler.enqueue(work);
-                        }
-                        // Stopping: its message goes back to the queue at once.
-                        Some(work) => {
-                            give_back(vec![work.key().to_string()], listener.as_ref());
-                        }
-                        // The listener stopped on its own (it never does but by panicking):
-                        // the reconciliations still find everything.
-                        None => listener_stop.cancel(),
-                    }
-                }
-                Some(request) = async { desk.as_mut().expect("checked").requests.recv().await }, if desk.is_some() && polling => {
-                    waiting.push_back(request);
-                }
-                _ = sleep_until(backfill.as_ref().and_then(|b| b.next_pass).unwrap_or_else(Instant::now)), if polling && backfill.as_ref().is_some_and(|b| b.next_pass.is_some()) => {}
-                Some((ended, lane)) = scheduler.next_with_lane() => {
-                    emit_ended(&ended, &metrics);
-                    if lane == Lane::Backfill
-                        && let (Some(running), Some(desk)) = (backfill.as_mut(), &desk)
-                    {
-                        running.ended(&ended);
-                        desk.report(&running.progress);
-                        settle(&mut backfill, desk, Instant::now() + poll_every);
-                    }
-                    if let (Some(listener), Some(retry_after)) = (&listener, retry_after) {
-                        listener.ended(ended.key(), key_end(&ended, retry_after));
-                    }
-                    // What was just recorded need not be read back from the ledger (a dry
-                    // run records nothing).
-                    if let Some(known) = known.as_mut()
-                        && !settings.dry_run
-                        && let Ended::Object(ObjectResult::Done(entry) | ObjectResult::Failed(entry)) = &ended
-                    {
-                        known.insert(entry);
-                    }
-                    match &ended {
-                        Ended::Object(ObjectResult::Unrecorded { .. }) => {
-                            // A bounded run has spent its state budget: starting more objects
-                            // would only send events that cannot be recorded.
-                            let cleared = give_back(scheduler.clear_queue(), listener.as_ref());
-                            if !cleared.is_empty() {
-                                tracing::warn!(objects = cleared.len(), "the state cannot be written: not starting the objects left");
-                            }
-                            summary.not_started(cleared);
-                        }
-                        Ended::Object(_) | Ended::Panicked { .. } => {}
-                    }
-                    summary.add(&ended);
-                    if let Some(progress) = progress.as_mut() {
-                        progress(&metrics.counts(), found);
-                    }
-                }
-                _ = sleep_until(next_poll.unwrap_or_else(Instant::now)), if polling && next_poll.is_some() => {}
-                _ = &mut shutdown, if deadline.is_none() => {
-                    deadline = Some(Instant::now() + settings.shutdown_timeout);
-                    listener_stop.cancel();
-                    summary.not_started(give_back(scheduler.clear_queue(), listener.as_ref()));
-                    tracing::info!(in_flight = scheduler.in_flight(), "stopping: finishing objects in flight (up to {:?})", settings.shutdown_timeout);
-                }
-                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && !abandon.is_cancelled() => {
-                    tracing::warn!(in_flight = scheduler.in_flight(), "shutdown timeout reached: abandoning objects in flight");
-                    abandon.cancel();
-                }
-                _ = &mut delivery_ended, if !delivery_stopped => {
-                    delivery_stopped = true;
-                    listener_stop.cancel();
-                    summary.not_started(give_back(scheduler.clear_queue(), listener.as_ref()));
-                    abandon.cancel();
-                }
-            }
+        let mut lane = None;
+        if let Some((backfill_pipeline, control)) = handover {
+            scheduler = scheduler.with_backfill(backfill_pipeline);
+            lane = Some(BackfillLane::spawn(control, heartbeat_interval, poll_every));
         }
+        let stop = Stop::new(settings.shutdown_timeout, abandon);
+        let retry_after = notifications.as_ref().map(|n| n.settings.retry_after);
+        let poller = Poller::new(
+            plan,
+            source.clone(),
+            ledger.clone(),
+            metrics.clone(),
+            notifications.is_some(),
+            settings.dry_run,
+        );
+        let listener = notifications.map(|n| {
+            let stop = stop.listener.clone();
+            Listener::spawn(n.queue, ledger.clone(), n.settings, metrics.clone(), stop)
+        });
+        let parts = Parts {
+            settings,
+            plan,
+            source,
+            ledger,
+            metrics,
+            scheduler,
+            poller,
+            lane,
+            listener,
+            stop,
+            summary: Summary::default(),
+            progress,
+            found: 0,
+            retry_after,
+        };
+        (parts, delivery)
+    }
+}
+
+/// What [`Engine::drive`] holds while it runs: each part owns its own state, and the loop
+/// only routes what happens to the part it concerns.
+struct Parts {
+    settings: Settings,
+    plan: Plan,
+    source: Arc<dyn ObjectStore>,
+    ledger: Arc<Ledger>,
+    metrics: Arc<Metrics>,
+    scheduler: Scheduler,
+    poller: Poller,
+    lane: Option<BackfillLane>,
+    listener: Option<Listener>,
+    stop: Stop,
+    summary: Summary,
+    progress: Option<ProgressFn>,
+    /// Objects found to do so far: by polls, notifications and backfill passes.
+    found: u64,
+    /// With notifications: when an object that could not be finished may come back.
+    retry_after: Option<Duration>,
+}
+
+impl Parts {
+    fn log_start(&self) {
+        tracing::info!(source = %self.source.describe(), state = %self.ledger.describe(), "started: {}", self.plan);
+    }
+
+    fn begin_stop(&mut self, cause: Cause) {
+        let listener = self.listener.as_ref();
+        self.stop
+            .begin(cause, &mut self.scheduler, listener, &mut self.summary);
+    }
+
+    /// The listener handed on an object (or ended).
+    fn received(&mut self, work: Option<Work>) {
+        match work {
+            Some(work) if !self.stop.stopping() => {
+                self.found += 1;
+                self.scheduler.enqueue(work);
+            }
+            // Stopping: its message goes back to the queue at once.
+            Some(work) => {
+                give_back(vec![work.key().to_string()], self.listener.as_ref());
+            }
+            // The listener stopped on its own (it never does but by panicking): the
+            // reconciliations still find everything.
+            None => self.stop.listener.cancel(),
+        }
+    }
+
+    /// An object ended on lane `ran_on`: every part that cares hears of it.
+    fn ended(&mut self, ended: Ended, ran_on: Lane) {
+        emit_ended(&ended, &self.metrics);
+        if let Some(lane) = self.lane.as_mut() {
+            lane.on_ended(&ended, ran_on);
+        }
+        if let (Some(listener), Some(retry_after)) = (&self.listener, self.retry_after) {
+            listener.ended(ended.key(), key_end(&ended, retry_after));
+        }
+        self.poller.on_ended(&ended);
+        if let Ended::Object(ObjectResult::Unrecorded { .. }) = &ended {
+            // A bounded run has spent its state budget: starting more objects would only
+            // send events that cannot be recorded.
+            let listener = self.listener.as_ref();
+            Stop::start_nothing_more(&mut self.scheduler, listener, &mut self.summary);
+        }
+        self.summary.add(&ended);
+        if let Some(progress) = self.progress.as_mut() {
+            progress(&self.metrics.counts(), self.found);
+        }
+    }
+
+    /// After the loop: every object has ended. Closes the parts, lets delivery drain, and
+    /// decides the outcome.
+    async fn finish(self, delivery: Option<DeliveryTask>) -> Report {
+        let Parts {
+            settings,
+            plan,
+            metrics,
+            scheduler,
+            poller,
+            lane,
+            listener,
+            stop,
+            summary,
+            ..
+        } = self;
         // Every object has ended, so every sender is gone: delivery sees its input close.
         drop(scheduler);
-        if let Some(desk) = desk {
-            if let Some(running) = backfill.as_mut() {
-                running.progress.message =
-                    Some("the worker stopped; the range resumes when a worker is live".into());
-                desk.report(&running.progress);
-            }
-            desk.finish().await;
+        if let Some(lane) = lane {
+            lane.finish().await;
         }
         if let Some(listener) = listener {
             listener.finish().await;
         }
         let end = match delivery {
-            Some(task) => task.finish(deadline, &abandon).await,
+            Some(task) => task.finish(stop.deadline, &stop.abandon).await,
             None => DeliveryEnd::default(),
         };
         let counts = metrics.counts();
-        let outcome = decide(
-            &plan,
-            &summary,
-            &counts,
-            &end,
-            deadline.is_some(),
-            poll_failure,
-        );
+        let stopped = stop.deadline.is_some();
+        let failure = poller.into_failure();
+        let outcome = decide(&plan, &summary, &counts, &end, stopped, failure);
         Report {
             summary,
             counts,
             outcome,
             dry_run: settings.dry_run,
         }
+    }
+}
+
+/// Why a run stops taking work.
+enum Cause {
+    /// The shutdown future resolved; the text says what the loop was doing then.
+    Signal(&'static str),
+    /// Delivery stopped on its own (a fatal answer from Heap).
+    DeliveryStopped,
+}
+
+/// Stopping: once it begins, nothing more is polled, received or started, and objects in
+/// flight get until `deadline` (a signal) or are cut short at once (delivery stopped).
+struct Stop {
+    /// Set once a signal's stop begins: when objects still in flight are abandoned.
+    deadline: Option<Instant>,
+    delivery_stopped: bool,
+    /// Ends the listener's receiving.
+    listener: CancellationToken,
+    timeout: Duration,
+    abandon: CancellationToken,
+}
+
+impl Stop {
+    fn new(timeout: Duration, abandon: CancellationToken) -> Self {
+        Stop {
+            deadline: None,
+            delivery_stopped: false,
+            listener: CancellationToken::new(),
+            timeout,
+            abandon,
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.deadline.is_some() || self.delivery_stopped
+    }
+
+    /// Whether the listener is still to be read.
+    fn receiving(&self) -> bool {
+        !self.listener.is_cancelled()
+    }
+
+    /// Begins stopping: no more receiving, the queue dropped unstarted (its messages given
+    /// back), and either a deadline for the objects in flight or, when delivery stopped, an
+    /// abandon at once.
+    fn begin(
+        &mut self,
+        cause: Cause,
+        scheduler: &mut Scheduler,
+        listener: Option<&Listener>,
+        summary: &mut Summary,
+    ) {
+        self.listener.cancel();
+        summary.not_started(give_back(scheduler.clear_queue(), listener));
+        match cause {
+            Cause::Signal(during) => {
+                self.deadline = Some(Instant::now() + self.timeout);
+                let during = if during.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {during}")
+                };
+                tracing::info!(
+                    in_flight = scheduler.in_flight(),
+                    "stopping{during}: finishing objects in flight (up to {:?})",
+                    self.timeout
+                );
+            }
+            Cause::DeliveryStopped => {
+                self.delivery_stopped = true;
+                self.abandon.cancel();
+            }
+        }
+    }
+
+    /// Starts none of the objects queued (a bounded run that cannot write its state), without
+    /// stopping the run: the objects in flight end as they will.
+    fn start_nothing_more(
+        scheduler: &mut Scheduler,
+        listener: Option<&Listener>,
+        summary: &mut Summary,
+    ) {
+        let cleared = give_back(scheduler.clear_queue(), listener);
+        if !cleared.is_empty() {
+            tracing::warn!(
+                objects = cleared.len(),
+                "the state cannot be written: not starting the objects left"
+            );
+        }
+        summary.not_started(cleared);
     }
 }
 
@@ -568,28 +569,6 @@ fn decide(
             Outcome::FinishedWithFailures
         }
         None => Outcome::Finished,
-    }
-}
-
-/// Ends the backfill under way if its pass is over and nothing is left to retry (or passes
-/// ran out); else schedules its next pass at `next`. Reports either way.
-fn settle(backfill: &mut Option<Backfill>, desk: &Desk, next: Instant) {
-    let Some(running) = backfill.as_mut() else {
-        return;
-    };
-    let ended =
-        running.progress.state.is_terminal() || (running.pass_over() && running.conclude(next));
-    desk.report(&running.progress);
-    if ended {
-        let progress = &running.progress;
-        tracing::info!(
-            id = %progress.id,
-            state = %progress.state,
-            objects = progress.ended,
-            events = progress.events_sent,
-            "backfill {} to {} ended", running.request.from, running.request.to
-        );
-        *backfill = None;
     }
 }
 

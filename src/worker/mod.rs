@@ -7,6 +7,7 @@
 //! ```
 //!
 //! - [`settings`]: the plan (which hours, once or polling) and the bounds of a run.
+//! - [`poller`]: when the window is polled (or reconciled), and what each poll reports.
 //! - [`discovery`]: unfinished objects in the window, queued on the scheduler.
 //! - [`finished`]: what a long-lived run knows finished between polls.
 //! - [`listener`]: objects from S3 notifications in an SQS queue, with [`inbox`] deciding
@@ -15,11 +16,13 @@
 //! - [`pipeline`]: one object from the source through decoding and mapping to delivery, then
 //!   the ledger.
 //! - [`delivery_task`]: delivery on its own task; how it ended is never lost.
-//! - [`engine`]: the one drive loop, with shutdown passed in as a future.
+//! - [`engine`]: the one drive loop (a `select!` over the poller, the backfill lane, the
+//!   listener, the scheduler and the stop), with shutdown passed in as a future.
 //! - [`summary`]: what failed, what remains, and the outcome that is the exit code.
 //! - [`replay`]: dead letters re-sent through the same delivery.
 //! - [`backfills`]: a long-lived run's heartbeat, and the backfills handed to it
-//!   ([`crate::handover`]), run on the scheduler's and delivery's backfill lane.
+//!   ([`crate::handover`]), run by the [`backfills::BackfillLane`] on the scheduler's and
+//!   delivery's backfill lane.
 //!
 //! Nothing here reads arguments or prints: `commands` builds an [`Engine`] (or calls
 //! [`replay::replay`]) and prints its report.
@@ -32,6 +35,7 @@ pub mod finished;
 pub mod inbox;
 pub mod listener;
 pub mod pipeline;
+pub mod poller;
 pub mod replay;
 pub mod scheduler;
 pub mod settings;

@@ -1,0 +1,184 @@
+//! Polls and reconciliations: when the plan's window is listed again, what a long-lived run
+//! keeps between listings, and what each listing tells telemetry.
+//!
+//! - Without notifications, a poll queues the window less the ledger
+//!   ([`queue_unfinished`]). A long-lived run keeps what it read of the ledger, and what it
+//!   recorded since, in a [`FinishedSet`]; a bounded run polls once and keeps nothing.
+//! - With notifications, each poll is a reconciliation ([`queue_missed`]) that catches what
+//!   no notification brought; it reads the ledger afresh (another replica records too) and
+//!   remembers the versions it saw unrecorded ([`Sightings`]).
+//!
+//! Every poll emits [`PollSucceeded`] or [`PollFailed`] and logs. A failed poll of a
+//! long-lived run is tried again at the next interval; a bounded run keeps the failure, and
+//! ends incomplete with it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::discovery::{DiscoveryError, Sightings, Unfinished, queue_missed, queue_unfinished};
+use super::finished::FinishedSet;
+use super::pipeline::ObjectResult;
+use super::scheduler::{Ended, Scheduler};
+use super::settings::Plan;
+use crate::clock::unix_secs_now;
+use crate::ledger::Ledger;
+use crate::store::ObjectStore;
+use crate::telemetry::Metrics;
+use crate::telemetry::events::{PollFailed, PollSucceeded};
+
+/// Lists the plan's window, now and then (see the module docs).
+pub struct Poller {
+    plan: Plan,
+    source: Arc<dyn ObjectStore>,
+    ledger: Arc<Ledger>,
+    metrics: Arc<Metrics>,
+    /// When the next poll is due; `None` once a bounded run has polled.
+    next_poll: Option<Instant>,
+    /// What a long-lived run without notifications knows finished.
+    known: Option<FinishedSet>,
+    /// With notifications: what the last reconciliation saw unrecorded.
+    sightings: Option<Sightings>,
+    /// Why a bounded run's poll failed.
+    failure: Option<String>,
+    /// A dry run records nothing, so its ends teach `known` nothing.
+    dry_run: bool,
+}
+
+impl Poller {
+    /// Polls at once, then (long-lived) every poll interval. `reconciling`: notifications
+    /// discover new objects, and polls only catch what they missed.
+    pub fn new(
+        plan: Plan,
+        source: Arc<dyn ObjectStore>,
+        ledger: Arc<Ledger>,
+        metrics: Arc<Metrics>,
+        reconciling: bool,
+        dry_run: bool,
+    ) -> Poller {
+        // Only a long-lived run polls again, so only it keeps what the ledger said; with
+        // notifications, another replica may record too, so each reconciliation reads afresh.
+        let known = (!plan.is_bounded() && !reconciling).then(FinishedSet::default);
+        Poller {
+            plan,
+            source,
+            ledger,
+            metrics,
+            next_poll: Some(Instant::now()),
+            known,
+            sightings: reconciling.then(Sightings::new),
+            failure: None,
+            dry_run,
+        }
+    }
+
+    /// Whether a poll is due now.
+    pub fn due(&self) -> bool {
+        self.next_poll.is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// When the next poll is due; `None` once a bounded run has polled.
+    pub fn next_wake(&self) -> Option<Instant> {
+        self.next_poll
+    }
+
+    /// Whether no poll is left (a bounded run has polled).
+    pub fn finished(&self) -> bool {
+        self.next_poll.is_none()
+    }
+
+    /// Why a bounded run's poll failed, if it did.
+    pub fn into_failure(self) -> Option<String> {
+        self.failure
+    }
+
+    /// Lists the window, queues what is unfinished on `scheduler`, and schedules the next
+    /// poll. Returns how many objects it found to do. Cancel-safe in the sense a stop needs:
+    /// dropped mid-listing, nothing is queued.
+    pub async fn poll(&mut self, scheduler: &mut Scheduler) -> u64 {
+        let window = self.plan.window();
+        let (source, ledger) = (&*self.source, &*self.ledger);
+        let polled = match self.sightings.as_mut() {
+            Some(seen) => queue_missed(source, ledger, &window, seen, scheduler).await,
+            None => queue_unfinished(source, ledger, &window, self.known.as_mut(), scheduler).await,
+        };
+        let found = match polled {
+            Ok(unfinished) => {
+                self.succeeded(&unfinished, scheduler);
+                unfinished.count as u64
+            }
+            Err(e) => {
+                self.failed(&e);
+                0
+            }
+        };
+        self.next_poll = match self.plan {
+            Plan::Live { poll_interval, .. } => Some(Instant::now() + poll_interval),
+            Plan::Once { .. } | Plan::Range { .. } => None,
+        };
+        found
+    }
+
+    /// An object ended: what was just recorded need not be read back from the ledger.
+    pub fn on_ended(&mut self, ended: &Ended) {
+        if let Some(known) = self.known.as_mut()
+            && !self.dry_run
+            && let Ended::Object(ObjectResult::Done(entry) | ObjectResult::Failed(entry)) = ended
+        {
+            known.insert(entry);
+        }
+    }
+
+    fn succeeded(&mut self, unfinished: &Unfinished, scheduler: &Scheduler) {
+        let now = unix_secs_now();
+        let lag = unfinished
+            .oldest
+            .map(|hour| Duration::from_secs((now - hour.hours_since_epoch() * 3600).max(0) as u64));
+        PollSucceeded {
+            pending: unfinished.count as u64,
+            lag,
+            folders: unfinished.folders as u64,
+            at_unix: now,
+        }
+        .emit(&self.metrics);
+        if let Some(first) = unfinished.failed.first() {
+            let e = format!(
+                "cannot list {} of {} event_type= folders in the source (the others' objects are queued): {first}",
+                unfinished.failed.len(),
+                unfinished.folders
+            );
+            PollFailed { error: &e }.emit(&self.metrics);
+            tracing::error!("{e}");
+            if self.plan.is_bounded() {
+                self.failure = Some(e);
+            }
+        }
+        if unfinished.folders == 0 {
+            tracing::warn!(
+                "the source {} holds no event_type= folders: check --source (a wrong prefix, or a directory that moved?)",
+                self.source.describe()
+            );
+        }
+        tracing::info!(
+            unfinished = unfinished.count,
+            queued = scheduler.queued(),
+            in_flight = scheduler.in_flight(),
+            "polled {}",
+            self.source.describe()
+        );
+    }
+
+    fn failed(&mut self, e: &DiscoveryError) {
+        PollFailed {
+            error: &e.to_string(),
+        }
+        .emit(&self.metrics);
+        if self.plan.is_bounded() {
+            tracing::error!("{e}");
+            self.failure = Some(e.to_string());
+        } else {
+            tracing::error!("poll failed, trying again next interval: {e}");
+        }
+    }
+}
