@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use currents_heap::commands::worker::Exit;
 use currents_heap::deadletter::{DeadLetter, DeadLetterFilter, DeadLetterStore};
 use currents_heap::store::{LocalStore, ObjectStore};
 use currents_heap::telemetry::Metrics;
@@ -204,7 +205,7 @@ async fn replay_stopped_by_a_signal_keeps_what_it_did_not_finish_and_exits_4() {
         &Default::default(),
     )
     .await;
-    assert_eq!(report.outcome().exit_code(), 4, "{}", report.render());
+    assert_eq!(Exit::from(report.outcome()).code(), 4, "{}", report.render());
     assert!(
         started.elapsed() <= Duration::from_secs(33),
         "stop + 30 s at most"
