@@ -108,24 +108,14 @@ fn main() -> ExitCode {
         Command::Replay(args) => runtime().block_on(replay::replay(args, config)),
         Command::Status(_) => runtime().block_on(status::status(config)),
     };
-    match exit {
-        Exit::Success => ExitCode::SUCCESS,
-        Exit::Parked => ExitCode::from(3),
-        Exit::Usage(message) => {
-            tracing::error!("{message}");
-            ExitCode::from(2)
-        }
-        Exit::Fatal(message) => {
-            tracing::error!("{message}");
-            ExitCode::FAILURE
-        }
-        Exit::Incomplete(message) => {
-            tracing::warn!(
-                "stopped before the work was done: {message}; run the same command again to resume"
-            );
-            ExitCode::from(4)
-        }
+    match &exit {
+        Exit::Success | Exit::Parked => {}
+        Exit::Usage(message) | Exit::Fatal(message) => tracing::error!("{message}"),
+        Exit::Incomplete(message) => tracing::warn!(
+            "stopped before the work was done: {message}; run the same command again to resume"
+        ),
     }
+    ExitCode::from(exit.code())
 }
 
 fn init_logging(format: LogFormat) {

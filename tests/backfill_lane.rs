@@ -16,15 +16,13 @@ use currents_heap::heap::pacer::RateLimits;
 use currents_heap::store::{LocalStore, ObjectStore};
 use currents_heap::telemetry::Metrics;
 use currents_heap::worker::engine::HeapOutput;
-use currents_heap::worker::scheduler::{Admission, SMALL_OBJECT_BUDGET};
 use currents_heap::worker::{Engine, Lookback, Outcome, Output, Plan};
 use currents_heap_testkit::standin::{Standin, StandinConfig};
 use currents_heap_testkit::store::{FaultyStore, Keys, Ops};
 use currents_heap_testkit::synth::{SynthOptions, write_custom_events};
-use support::{TempDir, until};
+use support::{APP_ID, TempDir, until};
 use tokio::time::Instant;
 
-const APP_ID: &str = "77";
 const POLL_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Heap's documented limits at a tenth of the app limit, so a backfill of a few minutes
@@ -38,8 +36,7 @@ fn limits() -> RateLimits {
 }
 
 fn heap(standin: &Standin) -> Output {
-    let Output::Heap(mut heap) = support::heap_output(standin, APP_ID, Duration::from_secs(30))
-    else {
+    let Output::Heap(mut heap) = support::heap(standin) else {
         unreachable!()
     };
     let HeapOutput { config, .. } = &mut *heap;
@@ -72,7 +69,7 @@ async fn a_backfill_handed_to_a_live_worker_leaves_room_for_live_objects() {
 
     let metrics = Arc::new(Metrics::new());
     let engine = Engine::start(
-        support::engine_settings(Admission::new(4, SMALL_OBJECT_BUDGET)),
+        support::settings(),
         Plan::Live {
             lookback: Lookback::Hours(2),
             poll_interval: POLL_INTERVAL,
@@ -188,7 +185,7 @@ async fn a_hung_state_does_not_hold_a_stop_past_its_timeout() {
     let state = TempDir::new("hung-state");
     let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
     let engine = Engine::start(
-        support::engine_settings(Admission::new(4, SMALL_OBJECT_BUDGET)),
+        support::settings(),
         Plan::Live {
             lookback: Lookback::Hours(2),
             poll_interval: POLL_INTERVAL,

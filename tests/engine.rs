@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use currents_heap::commands::worker::Exit;
 use currents_heap::deadletter::{DeadLetterFilter, DeadLetterStore};
 use currents_heap::ledger::{Ledger, Outcome as Recorded};
 use currents_heap::store::{LocalStore, ObjectStore};
 use currents_heap::telemetry::Metrics;
-use currents_heap::worker::scheduler::{Admission, SMALL_OBJECT_BUDGET};
+use currents_heap::worker::scheduler::Admission;
 use currents_heap::worker::{Engine, Lookback, Outcome, Output, Plan, Report, Settings};
 use currents_heap_testkit::apache_avro::Codec;
 use currents_heap_testkit::fixtures::fixture_specs;
@@ -29,13 +30,12 @@ use tokio::time::Instant;
 const APP_ID: &str = "91";
 const OBJECTS: usize = 19;
 
-/// The defaults `run` starts with: 4 objects at a time, more while they are small.
+/// The defaults `run` starts with ([`support::settings`]), with `--retry-max-time`'s default
+/// as a bounded run's patience with a failing state.
 fn settings() -> Settings {
     Settings {
-        object_concurrency: Admission::new(4, SMALL_OBJECT_BUDGET),
-        shutdown_timeout: Duration::from_secs(30),
         bounded_state_retry: Duration::from_secs(15 * 60),
-        dry_run: false,
+        ..support::settings()
     }
 }
 
@@ -171,7 +171,7 @@ async fn objects_in_flight_at_the_shutdown_timeout_are_abandoned_and_never_recor
                     "{:?}",
                     report.outcome
                 );
-                assert_eq!(report.outcome.exit_code(), 4);
+                assert_eq!(Exit::from(report.outcome.clone()).code(), 4);
                 assert!(report.render().contains("Run the same command again"));
             }
         }
@@ -389,7 +389,12 @@ async fn a_bounded_run_gives_up_on_a_long_outage_with_exit_4_and_the_next_run_re
     )
     .drive(std::future::pending())
     .await;
-    assert_eq!(report.outcome.exit_code(), 4, "{}", report.render());
+    assert_eq!(
+        Exit::from(report.outcome.clone()).code(),
+        4,
+        "{}",
+        report.render()
+    );
     assert!(
         start.elapsed() < Duration::from_secs(120),
         "gave up after about --retry-max-time, not the outage: {:?}",
@@ -505,7 +510,7 @@ async fn a_read_error_mid_object_leaves_it_to_retry_and_the_next_run_delivers_ev
         "{:?}\n{rendered}",
         report.outcome
     );
-    assert_eq!(report.outcome.exit_code(), 4);
+    assert_eq!(Exit::from(report.outcome.clone()).code(), 4);
     assert_eq!(report.counts.objects_retried, 1, "{rendered}");
     assert_eq!(report.counts.objects_done, OBJECTS as u64 - 1, "{rendered}");
     assert_eq!(

@@ -1,5 +1,6 @@
 //! Exit codes as a user sees them: the binary, a local bucket, the Heap stand-in, and
-//! signals. Races are repeated many times in one test.
+//! signals. Races are repeated many times in one test. A stop during the first listing
+//! exits like any stop; configuration mistakes exit 2, not 4.
 
 mod support;
 
@@ -7,7 +8,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use currents_heap_testkit::standin::{Standin, StandinConfig};
-use support::{APP_ID, Setup, all_sendable, stored_ids};
+use support::{APP_ID, Setup, TempDir, all_sendable, stored_ids};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[cfg(unix)]
 fn sigterm(pid: u32) {
@@ -175,5 +177,168 @@ async fn a_long_lived_run_stopped_by_sigterm_exits_0_even_after_parking() {
         Some(0),
         "a stopped long-lived run exits 0 whatever it parked: {}",
         String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_during_the_first_listing_is_a_clean_stop() {
+    let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let state = TempDir::new("silent-source-state");
+    // An S3 endpoint that takes connections and never answers: the first listing lasts
+    // until the signal, as a listing of a slow or vast bucket would.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    for (args, expected) in [(&["run"][..], 0), (&["run", "--once"][..], 4)] {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_currents-heap"));
+        command
+            .args(args)
+            .args(["--source", "s3://currents/c", "--s3-path-style", "--state"])
+            .arg(&state.0)
+            .env("AWS_ACCESS_KEY_ID", "AKIDSILENTSOURCE")
+            .env("AWS_SECRET_ACCESS_KEY", "silent-source-secret")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env_remove("AWS_PROFILE")
+            .env("HEAP_API_URL", standin.url())
+            .env("HEAP_APP_ID", APP_ID)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        // The engine logs `started:` just before its first listing, which never ends: the
+        // signal lands during it.
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if line.contains("started:") {
+                break;
+            }
+        }
+        let pid = child.id().unwrap().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let mut rest = Vec::new();
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            rest.push(line);
+        }
+        let status = child.wait().await.unwrap();
+        assert_eq!(
+            status.code(),
+            Some(expected),
+            "{args:?}: a stop during the first poll exits like any stop, not by the signal"
+        );
+        assert!(
+            rest.iter().any(|l| l.contains("stopping during a poll")),
+            "{args:?}: the signal landed in the listing and cut it short: {rest:#?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_mistakes_exit_2_not_4() {
+    let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let setup = Setup::new();
+    let file = setup.state.0.join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let state_under_a_file = file.join("state");
+    let (source, state) = (
+        setup.source.0.to_str().unwrap().to_string(),
+        setup.state.0.to_str().unwrap().to_string(),
+    );
+    for (args, expected) in [
+        (
+            vec![
+                "run",
+                "--once",
+                "--source",
+                "/nonexistent/currents-bucket",
+                "--state",
+                &state,
+            ],
+            "no such directory",
+        ),
+        (
+            vec![
+                "run",
+                "--once",
+                "--source",
+                &source,
+                "--state",
+                state_under_a_file.to_str().unwrap(),
+            ],
+            "cannot create the directory",
+        ),
+        (
+            vec![
+                "backfill",
+                "--from",
+                "2026-11-27",
+                "--to",
+                "9999-12-31",
+                "--source",
+                &source,
+                "--state",
+                &state,
+            ],
+            "at most 9600",
+        ),
+    ] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_currents-heap"))
+            .args(&args)
+            .env("HEAP_API_URL", standin.url())
+            .env("HEAP_APP_ID", APP_ID)
+            .env("NO_COLOR", "1")
+            .output()
+            .await
+            .unwrap();
+        let (code, stdout, stderr) = (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        assert_eq!(code, 2, "{args:?}\n{stdout}\n{stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    assert_eq!(standin.report().requests, 0, "no work was started");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_errors_exit_2_before_any_work() {
+    let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let setup = Setup::new();
+    let mut missing_app = setup.command(&standin, &["run", "--once"]);
+    missing_app.env_remove("HEAP_APP_ID");
+    let output = missing_app.output().await.unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("HEAP_APP_ID"));
+    for args in [
+        &["run", "--once", "--heap-url", "not a url"][..],
+        &["run", "--once", "--lookback", "soon"],
+        &["backfill", "--from", "yesterday", "--to", "2026-11-28"],
+        &["run", "--once", "--max-batch-events", "5000"],
+    ] {
+        let (code, _, stderr) = setup.run(&standin, args).await;
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+    }
+    assert_eq!(standin.report().requests, 0);
+    assert!(
+        std::fs::read_dir(&setup.state.0).unwrap().next().is_none(),
+        "no state was written"
     );
 }

@@ -1,5 +1,5 @@
 //! The worker binary end to end: a local source laid out like a Currents bucket, local state,
-//! and the Heap stand-in. Covers run/backfill/replay/status, bad objects, exit codes,
+//! and the Heap stand-in. Covers run/backfill/replay/status, bad objects,
 //! graceful shutdown, and SIGKILL at several points of a run.
 
 mod support;
@@ -223,31 +223,6 @@ async fn parked_events_are_replayed_once_the_cause_is_fixed() {
         .run(&fixed_heap, &["status", "--lookback", "all"])
         .await;
     assert!(status.contains("dead letters: 0"), "{status}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn configuration_errors_exit_2_before_any_work() {
-    let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
-    let setup = Setup::new();
-    let mut missing_app = setup.command(&standin, &["run", "--once"]);
-    missing_app.env_remove("HEAP_APP_ID");
-    let output = missing_app.output().await.unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("HEAP_APP_ID"));
-    for args in [
-        &["run", "--once", "--heap-url", "not a url"][..],
-        &["run", "--once", "--lookback", "soon"],
-        &["backfill", "--from", "yesterday", "--to", "2026-11-28"],
-        &["run", "--once", "--max-batch-events", "5000"],
-    ] {
-        let (code, _, stderr) = setup.run(&standin, args).await;
-        assert_eq!(code, 2, "{args:?}: {stderr}");
-    }
-    assert_eq!(standin.report().requests, 0);
-    assert!(
-        std::fs::read_dir(&setup.state.0).unwrap().next().is_none(),
-        "no state was written"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

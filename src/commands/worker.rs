@@ -23,7 +23,9 @@ use crate::worker::listener::ListenerSettings;
 use crate::worker::scheduler::Admission;
 use crate::worker::{Engine, Outcome, Output, Plan, Settings};
 
-/// How a command ended, as an exit code (the README and `--help` list them).
+/// How a command ended, as an exit code (the README and `--help` list them). [`Exit::code`]
+/// is the one place the codes are written; an engine's [`Outcome`] becomes an `Exit` by
+/// `From`.
 #[derive(Debug)]
 pub enum Exit {
     /// 0: everything asked for is finished (or a long-lived `run` was stopped).
@@ -36,6 +38,21 @@ pub enum Exit {
     Fatal(String),
     /// 4: a bounded run stopped before its work was done; running it again resumes.
     Incomplete(String),
+}
+
+impl Exit {
+    /// The process's exit code. When several apply, the README's precedence (1, then 4, then
+    /// 3) is decided before: the engine's outcome and a handed-over range's final state each
+    /// name one.
+    pub fn code(&self) -> u8 {
+        match self {
+            Exit::Success => 0,
+            Exit::Fatal(_) => 1,
+            Exit::Usage(_) => 2,
+            Exit::Parked => 3,
+            Exit::Incomplete(_) => 4,
+        }
+    }
 }
 
 // Each option's help states its range: `Config::validate` enforces it for flags, environment

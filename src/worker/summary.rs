@@ -10,7 +10,8 @@
 //! | 3 | [`Outcome::FinishedWithFailures`] | everything was tried, but events were parked or objects failed |
 //! | 4 | [`Outcome::Incomplete`] | a bounded run (`run --once`, `backfill`) stopped before its work was done |
 //!
-//! (2, a usage or configuration error, is decided before the engine starts.)
+//! (2, a usage or configuration error, is decided before the engine starts.) The numbers
+//! are written once, in `commands::worker::Exit::code`, which an `Outcome` becomes.
 //!
 //! A long-lived `run` stopped by SIGTERM exits 0 whatever it parked earlier in its life: a
 //! stop is how every rollout ends, parked events are already reported by `/metrics`, the logs
@@ -31,17 +32,6 @@ pub enum Outcome {
     },
     /// What to fix.
     Fatal(String),
-}
-
-impl Outcome {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Outcome::Finished => 0,
-            Outcome::Fatal(_) => 1,
-            Outcome::FinishedWithFailures => 3,
-            Outcome::Incomplete { .. } => 4,
-        }
-    }
 }
 
 /// Why an object is not finished.

@@ -251,3 +251,15 @@ pub fn heap_output(
         mapper: HeapMapper::new(MappingConfig::default()),
     }))
 }
+
+/// Engine settings as `run` starts with them: 4 objects at a time, more while they are
+/// small (see [`engine_settings`]).
+pub fn settings() -> currents_heap::worker::Settings {
+    use currents_heap::worker::scheduler::{Admission, SMALL_OBJECT_BUDGET};
+    engine_settings(Admission::new(4, SMALL_OBJECT_BUDGET))
+}
+
+/// Delivery to the stand-in as [`APP_ID`], with 30 s requests (see [`heap_output`]).
+pub fn heap(standin: &Standin) -> currents_heap::worker::Output {
+    heap_output(standin, APP_ID, std::time::Duration::from_secs(30))
+}
