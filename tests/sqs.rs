@@ -1,6 +1,8 @@
 //! Event-driven discovery against moto, which serves S3 and SQS and delivers the bucket's
 //! ObjectCreated notifications to a queue: keys as S3 encodes them, what is dropped, the
-//! visibility heartbeat, and messages deleted only once their objects are recorded.
+//! visibility heartbeat, and messages deleted only once their objects are recorded. These test
+//! the real client against moto; the listener's logic on a paused clock, with the testkit's
+//! in-memory queue, is in tests/listener.rs.
 
 mod support;
 
