@@ -331,3 +331,41 @@ fn an_upward_import_is_found_and_a_doc_link_is_not() {
     assert!(unplaced.is_empty(), "{unplaced:?}");
     assert_eq!(upward, ["heap/x.rs:3: heap -> worker"]);
 }
+
+/// The README's Layout block names every file of `src/` (by its name in its folder) and every
+/// folder, so the map a reader is given cannot fall behind the tree.
+#[test]
+fn the_readme_layout_names_every_source_file() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme.find("## Layout").expect("a Layout section");
+    let block = &readme[start..];
+    let block = &block[..block.find("\n```\n").expect("the Layout code block ends")];
+    let mut files = Vec::new();
+    rust_files(&root().join("src"), &mut files);
+    let mut missing = Vec::new();
+    for path in files {
+        let relative = path.strip_prefix(root().join("src")).unwrap();
+        let name = relative.file_name().unwrap().to_string_lossy().to_string();
+        let named = match name.as_str() {
+            // A folder's root and its tests: the folder itself must be named.
+            "mod.rs" | "tests.rs" => {
+                let folder = relative
+                    .parent()
+                    .unwrap()
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy();
+                block.contains(&format!("{folder}/"))
+            }
+            "lib.rs" | "main.rs" => true,
+            _ => block.contains(&name),
+        };
+        if !named {
+            missing.push(relative.display().to_string());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "README.md's Layout does not name: {missing:?}"
+    );
+}

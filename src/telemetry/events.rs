@@ -1,5 +1,7 @@
-//! One typed event per outcome. Each `emit` updates its metric and writes its log line, so
-//! the two cannot drift apart, and nothing else counts outcomes.
+//! One typed event per outcome. Each `emit` updates its metric, and most write their log line
+//! too, so the two cannot drift apart; nothing else counts outcomes. A few only count
+//! (`PollFailed`, `StateWriteFailed`): their callers log, because the line depends on
+//! context the event does not hold (a poll's plan, an outage's first failure or summary).
 //!
 //! Logging policy: what an operator must act on is `error`/`warn`, once per occurrence of the
 //! cause, never once per event. Parked events are logged once per dead-letter write, with
