@@ -55,7 +55,7 @@ use crate::heap::map::HeapMapper;
 use crate::ledger::Ledger;
 use crate::notifications::sqs::Queue;
 use crate::store::ObjectStore;
-use crate::telemetry::events::ObjectEnded;
+use crate::telemetry::events::{ListeningToQueue, ObjectEnded};
 use crate::telemetry::{Counts, Metrics};
 
 /// Where mapped events go.
@@ -300,6 +300,14 @@ impl Engine {
         }
         let stop = Stop::new(settings.shutdown_timeout, abandon);
         let retry_after = notifications.as_ref().map(|n| n.settings.retry_after);
+        // A queue URL names no secret, but a query string could carry one: never logged.
+        let queue = notifications.as_ref().map(|n| {
+            let described = n.queue.describe();
+            described.split('?').next().unwrap_or_default().to_string()
+        });
+        if notifications.is_some() {
+            ListeningToQueue.emit(&metrics);
+        }
         let poller = Poller::new(
             plan,
             source.clone(),
@@ -327,6 +335,7 @@ impl Engine {
             progress,
             found: 0,
             retry_after,
+            queue,
         };
         (parts, delivery)
     }
@@ -351,11 +360,29 @@ struct Parts {
     found: u64,
     /// With notifications: when an object that could not be finished may come back.
     retry_after: Option<Duration>,
+    /// With notifications: the queue, as the start line names it.
+    queue: Option<String>,
 }
 
 impl Parts {
+    /// The start line: with notifications, which queue it listens to and how often it
+    /// reconciles (the plan's poll interval), instead of "polling every".
     fn log_start(&self) {
-        tracing::info!(source = %self.source.describe(), state = %self.ledger.describe(), "started: {}", self.plan);
+        let (source, state) = (self.source.describe(), self.ledger.describe());
+        match (&self.queue, self.plan) {
+            (
+                Some(queue),
+                Plan::Live {
+                    lookback,
+                    poll_interval,
+                },
+            ) => tracing::info!(
+                %source,
+                %state,
+                "started: listening to the queue {queue} for new objects, reconciling every {poll_interval:?} over a lookback of {lookback}"
+            ),
+            _ => tracing::info!(%source, %state, "started: {}", self.plan),
+        }
     }
 
     fn begin_stop(&mut self, cause: Cause) {
@@ -369,6 +396,7 @@ impl Parts {
         match work {
             Some(work) if !self.stop.stopping() => {
                 self.found += 1;
+                self.poller.on_notified(work.key());
                 self.scheduler.enqueue(work);
             }
             // Stopping: its message goes back to the queue at once.
@@ -383,6 +411,8 @@ impl Parts {
 
     /// An object ended, on either lane: every part that cares hears of it.
     fn ended(&mut self, ended: Ended) {
+        // Pending first: whoever reads an object's end in the counters sees it pending no more.
+        self.poller.on_ended(&ended);
         emit_ended(&ended, &self.metrics);
         if let Some(lane) = self.lane.as_mut() {
             lane.on_ended(&ended);
@@ -390,7 +420,6 @@ impl Parts {
         if let (Some(listener), Some(retry_after)) = (&self.listener, self.retry_after) {
             listener.ended(ended.key(), key_end(&ended, retry_after));
         }
-        self.poller.on_ended(&ended);
         if let Ended::Object(ObjectResult::Unrecorded { .. }) = &ended {
             // A bounded run has spent its state budget: starting more objects would only
             // send events that cannot be recorded.
