@@ -703,6 +703,17 @@ async fn the_binary_runs_from_notifications_and_stops_cleanly_on_sigterm() {
     );
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("objects: 2 done"), "{stdout}");
+    // The start line says where new objects come from, and how often it reconciles.
+    let start = stderr
+        .lines()
+        .find(|l| l.contains("started:"))
+        .unwrap_or_else(|| panic!("no start line in\n{stderr}"));
+    assert!(
+        start.contains(&format!("listening to the queue {}", wired.queue_url))
+            && start.contains("reconciling every 3600s")
+            && !start.contains("polling every"),
+        "{start}"
+    );
     assert_eq!(standin.report().duplicates, 0);
     for secret in [SECRET_KEY, ACCESS_KEY] {
         assert!(

@@ -464,3 +464,32 @@ impl QueueFailed<'_> {
             .unwrap_or_else(|p| p.into_inner()) = Some(self.error.to_string());
     }
 }
+
+/// Objects found unfinished that have not ended since, and the age of the oldest one's
+/// `date=` hour: kept true as objects end, between polls.
+pub struct PendingObjects {
+    pub pending: u64,
+    pub lag: Option<Duration>,
+}
+
+impl PendingObjects {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.objects_pending.set(self.pending as i64);
+        metrics
+            .lag_seconds
+            .set(self.lag.map_or(0, |l| l.as_secs() as i64));
+    }
+}
+
+/// The worker receives S3 notifications from a queue: new objects come without a listing,
+/// so a source without `event_type=` folders yet (a new integration) is no reason to be
+/// unready.
+pub struct ListeningToQueue;
+
+impl ListeningToQueue {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics
+            .listening
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -92,6 +92,8 @@ pub struct Metrics {
     notification_records_unreadable: Counter,
     /// Why the last receive from the queue failed; `None` after one succeeds.
     queue_failure: Mutex<Option<String>>,
+    /// Whether notifications bring new objects in (see [`events::ListeningToQueue`]).
+    listening: std::sync::atomic::AtomicBool,
     /// Events Heap accepted per lane (live, backfill), cloned out of their family.
     lane_sent: [Counter; 2],
     rate_budget_app: Gauge,
@@ -405,6 +407,7 @@ impl Metrics {
             notification_objects,
             notification_records_unreadable,
             queue_failure: Mutex::new(None),
+            listening: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -468,7 +471,9 @@ impl Metrics {
     }
 
     /// Why the worker is not ready, or `None` if it is: the last poll succeeded, within
-    /// `ready_within`, it found `event_type=` folders, and state writes are not failing.
+    /// `ready_within`, it found `event_type=` folders (unless notifications bring objects
+    /// in: a new integration has none yet, and the worker can still receive), and state
+    /// writes are not failing.
     pub fn not_ready(&self, now_unix: i64, ready_within: Duration) -> Option<String> {
         if let Some(failing) = &*self.state_outage.lock().unwrap_or_else(|p| p.into_inner()) {
             return Some(format!(
@@ -491,7 +496,9 @@ impl Metrics {
         if now_unix - last > ready_within.as_secs() as i64 {
             return Some(format!("last successful poll was {}s ago", now_unix - last));
         }
-        if self.source_folders.get() == 0 {
+        if self.source_folders.get() == 0
+            && !self.listening.load(std::sync::atomic::Ordering::Relaxed)
+        {
             return Some(
                 "the source holds no event_type= folders: check --source / CURRENTS_HEAP_SOURCE"
                     .into(),

@@ -244,8 +244,10 @@ pub struct Backfill {
     pub request: BackfillRequest,
     pub progress: BackfillProgress,
     pass: u32,
-    /// Objects queued or in flight for this pass.
-    outstanding: usize,
+    /// The keys of this pass not ended yet, on whichever lane they run: a key of the range
+    /// the live lane had queued or in flight already (a range that overlaps the lookback)
+    /// is the range's all the same.
+    outstanding: HashSet<String>,
     /// Objects of this pass that ended without a record (to find again next pass).
     to_retry: u64,
     /// When the next pass lists the range again; `None` while one is under way.
@@ -264,7 +266,7 @@ impl Backfill {
             request,
             progress,
             pass: 0,
-            outstanding: 0,
+            outstanding: HashSet::new(),
             to_retry: 0,
             next_pass: Some(now),
         }
@@ -291,15 +293,15 @@ impl Backfill {
         self
     }
 
-    /// A pass listed the range and queued `queued` objects.
-    pub fn listed(&mut self, queued: usize) {
+    /// A pass listed the range and found these keys unfinished, now queued or in flight.
+    pub fn listed(&mut self, keys: impl IntoIterator<Item = String>) {
         self.pass += 1;
         self.next_pass = None;
-        self.outstanding = queued;
+        self.outstanding = keys.into_iter().collect();
         self.to_retry = 0;
         if self.pass == 1 {
             // What is left, plus what an earlier worker finished of the range.
-            self.progress.found = self.progress.ended + queued as u64;
+            self.progress.found = self.progress.ended + self.outstanding.len() as u64;
         }
         self.progress.updated_at = unix_secs_now();
     }
@@ -312,9 +314,12 @@ impl Backfill {
         self.progress.updated_at = unix_secs_now();
     }
 
-    /// One of this backfill's objects ended.
-    pub fn ended(&mut self, ended: &Ended) {
-        self.outstanding = self.outstanding.saturating_sub(1);
+    /// An object ended, on either lane; counted if it is one of this pass's. Returns whether
+    /// it was.
+    pub fn ended(&mut self, ended: &Ended) -> bool {
+        if !self.outstanding.remove(ended.key()) {
+            return false;
+        }
         match ended {
             Ended::Object(ObjectResult::Done(entry)) => {
                 self.progress.ended += 1;
@@ -330,11 +335,12 @@ impl Backfill {
             Ended::Object(_) | Ended::Panicked { .. } => self.to_retry += 1,
         }
         self.progress.updated_at = unix_secs_now();
+        true
     }
 
     /// Whether the pass under way has nothing queued or in flight.
     pub fn pass_over(&self) -> bool {
-        self.next_pass.is_none() && self.outstanding == 0
+        self.next_pass.is_none() && self.outstanding.is_empty()
     }
 
     /// After a pass is over: another pass at `next` if objects are left to retry and passes
@@ -430,7 +436,8 @@ impl BackfillLane {
             .is_some_and(|at| Instant::now() >= at)
     }
 
-    /// Lists the range less the ledger and queues it on the backfill lane. Returns how many
+    /// Lists the range less the ledger and queues it on the backfill lane. A key the live
+    /// lane holds already stays there, and the pass waits for it too. Returns how many
     /// objects it queued. Dropped mid-listing (a stop), nothing is queued.
     pub async fn pass(
         &mut self,
@@ -448,12 +455,12 @@ impl BackfillLane {
         let mut found = 0;
         match find_unfinished(source, ledger, &window, None).await {
             Ok((_, work)) => {
-                let queued = work
-                    .into_iter()
-                    .filter_map(|work| scheduler.enqueue_in(Lane::Backfill, work).then_some(()))
-                    .count();
-                found = queued as u64;
-                running.listed(queued);
+                let keys: Vec<String> = work.iter().map(|w| w.key().to_string()).collect();
+                for work in work {
+                    // Not queued: queued or in flight already, the end counted all the same.
+                    found += u64::from(scheduler.enqueue_in(Lane::Backfill, work));
+                }
+                running.listed(keys);
             }
             Err(e) if running.out_of_passes() => {
                 running.give_up(format!("listing the range failed: {e}"));
@@ -467,16 +474,14 @@ impl BackfillLane {
         found
     }
 
-    /// An object ended on `lane`: one of the running backfill's if it ran on the backfill
-    /// lane.
-    pub fn on_ended(&mut self, ended: &Ended, lane: Lane) {
-        if lane != Lane::Backfill {
-            return;
-        }
+    /// An object ended, on either lane: counted if it is one of the running pass's.
+    pub fn on_ended(&mut self, ended: &Ended) {
         let Some(running) = self.running.as_mut() else {
             return;
         };
-        running.ended(ended);
+        if !running.ended(ended) {
+            return;
+        }
         self.desk.report(&running.progress);
         self.settle(Instant::now() + self.every);
     }
@@ -549,6 +554,24 @@ mod tests {
         Ended::Object(ObjectResult::Done(entry))
     }
 
+    fn keys(keys: &[&str]) -> Vec<String> {
+        keys.iter().map(|k| k.to_string()).collect()
+    }
+
+    #[test]
+    fn an_end_outside_the_pass_is_not_counted() {
+        let mut backfill = Backfill::start(request(), "w", Instant::now());
+        backfill.listed(keys(&["a"]));
+        assert!(!backfill.ended(&done("live-only", 9, 0)));
+        assert!(!backfill.pass_over());
+        assert!(backfill.ended(&done("a", 5, 0)));
+        assert!(backfill.pass_over());
+        assert_eq!(
+            (backfill.progress.ended, backfill.progress.events_sent),
+            (1, 5)
+        );
+    }
+
     fn retry(key: &str) -> Ended {
         Ended::Object(ObjectResult::Retry {
             key: key.into(),
@@ -561,7 +584,7 @@ mod tests {
         let now = Instant::now();
         let mut backfill = Backfill::start(request(), "w", now);
         assert_eq!(backfill.progress.state, BackfillState::Running);
-        backfill.listed(2);
+        backfill.listed(keys(&["a", "b"]));
         backfill.ended(&done("a", 5, 0));
         assert!(!backfill.pass_over());
         backfill.ended(&retry("b"));
@@ -569,7 +592,7 @@ mod tests {
         assert!(!backfill.conclude(now), "a second pass for b");
         assert_eq!(backfill.next_pass, Some(now));
         for _ in 1..MAX_PASSES {
-            backfill.listed(1);
+            backfill.listed(keys(&["b"]));
             assert_eq!(backfill.progress.found, 2, "found counts the first pass");
             backfill.ended(&retry("b"));
             if backfill.conclude(now) {
@@ -592,12 +615,12 @@ mod tests {
     fn a_range_ends_done_or_done_with_failures() {
         let now = Instant::now();
         let mut clean = Backfill::start(request(), "w", now);
-        clean.listed(0);
+        clean.listed(keys(&[]));
         assert!(clean.pass_over() && clean.conclude(now));
         assert_eq!(clean.progress.state, BackfillState::Done);
 
         let mut parked = Backfill::start(request(), "w", now);
-        parked.listed(1);
+        parked.listed(keys(&["a"]));
         parked.ended(&done("a", 4, 1));
         assert!(parked.conclude(now));
         assert_eq!(parked.progress.state, BackfillState::DoneWithFailures);
@@ -636,7 +659,7 @@ mod tests {
         prior.started_at = Some(100);
         (prior.ended, prior.events_sent) = (6, 300);
         let mut adopted = Backfill::start(request(), "w2", now).resuming(Some(&prior));
-        adopted.listed(4);
+        adopted.listed(keys(&["a", "b", "c", "d"]));
         assert_eq!((adopted.progress.found, adopted.progress.ended), (10, 6));
         adopted.ended(&done("a", 50, 0));
         assert_eq!(adopted.progress.events_sent, 350);

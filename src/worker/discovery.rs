@@ -13,15 +13,18 @@ use futures_util::StreamExt;
 
 use super::finished::{FinishedSet, Hours};
 use super::scheduler::{Scheduler, Work};
-use crate::currents::key::DateHour;
+use crate::currents::key::{CurrentsKey, DateHour};
 use crate::ledger::Ledger;
 use crate::source::{LISTING_CONCURRENCY, Window, discover, event_type_folder};
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 
-/// What a poll found that is not finished: queued now or already in flight.
+/// What a poll found that is not finished: queued now or already in flight (or, beside
+/// notifications, left to them).
 #[derive(Debug, Default)]
 pub struct Unfinished {
     pub count: usize,
+    /// The keys found, each with its `date=` hour (none outside the layout).
+    pub keys: Vec<(String, Option<DateHour>)>,
     pub oldest: Option<DateHour>,
     /// `event_type=` folders in the source.
     pub folders: usize,
@@ -59,22 +62,31 @@ pub async fn queue_unfinished(
 pub type Sightings = std::collections::HashSet<(String, u64, String)>;
 
 /// A reconciliation beside event-driven discovery: the window less the ledger, as read now
-/// (another replica's records count), queueing only what the previous reconciliation saw
-/// unrecorded too, at the same version. An object a notification brought in is recorded
-/// well within one reconcile interval, on this replica or another, so what is still
-/// unrecorded a whole interval later is one whose notification was lost or expired: queueing
-/// it cannot race a replica that is processing it. Each is checked once more against its own
-/// ledger prefix just before it is queued. `seen` is replaced with this pass's sightings.
+/// (another replica's records count), queueing what no notification can still bring in:
+/// - what the previous reconciliation saw unrecorded too, at the same version. An object a
+///   notification brought in is recorded well within one reconcile interval, on this
+///   replica or another, so what is still unrecorded a whole interval later is one whose
+///   notification was lost or expired: queueing it cannot race a replica processing it.
+/// - at the first reconciliation after a start (`seen` is `None`), also what lies in a
+///   `date=` hour older than the previous one: such an object predates this worker's
+///   notifications (or their loss), and waiting a whole interval for a second sighting
+///   would delay it after every restart, or forever for a pod restarted more often. The
+///   newest two hours may still have a notification in flight, so they keep the rule above.
+///
+/// Each object is checked once more against its own ledger prefix just before it is
+/// queued, and the scheduler never queues a key already queued or in flight (the listener
+/// may have queued it). `seen` is replaced with this pass's sightings. The count returned
+/// is every object found unrecorded, queued or not; `keys` lists them with their hours.
 pub async fn queue_missed(
     source: &dyn ObjectStore,
     ledger: &Ledger,
     window: &Window,
-    seen: &mut Sightings,
+    seen: &mut Option<Sightings>,
     scheduler: &mut Scheduler,
 ) -> Result<Unfinished, DiscoveryError> {
-    let (mut unfinished, work) = find_unfinished(source, ledger, window, None).await?;
+    let (unfinished, work) = find_unfinished(source, ledger, window, None).await?;
+    let settled_before = DateHour::now().hours_since_epoch() - 1;
     let mut sightings = Sightings::new();
-    let mut queued = 0;
     for work in work {
         let meta = meta_of(&work);
         let version = (
@@ -82,27 +94,35 @@ pub async fn queue_missed(
             meta.size,
             meta.etag.trim_matches('"').to_string(),
         );
-        if seen.contains(&version) {
-            let recorded = ledger
-                .finished(&format!("{}/", meta.key))
-                .await
-                .map_err(DiscoveryError::State)?
-                .outcome(&meta.key, meta.size, &meta.etag)
-                .is_some();
-            if !recorded {
+        let due = match seen.as_ref() {
+            Some(seen) => seen.contains(&version),
+            None => CurrentsKey::parse(&meta.key)
+                .date
+                .is_none_or(|date| date.hours_since_epoch() < settled_before),
+        };
+        if !due {
+            sightings.insert(version);
+            continue;
+        }
+        let recorded = ledger
+            .finished(&format!("{}/", meta.key))
+            .await
+            .map_err(DiscoveryError::State)?
+            .outcome(&meta.key, meta.size, &meta.etag)
+            .is_some();
+        if !recorded {
+            if seen.is_some() {
                 tracing::warn!(
                     object = %meta.key,
                     "no notification brought this object in within a reconcile interval: processing it now"
                 );
-                scheduler.enqueue(work);
-                queued += 1;
+            } else {
+                tracing::info!(object = %meta.key, "unrecorded at the first reconciliation: processing it now");
             }
-        } else {
-            sightings.insert(version);
+            scheduler.enqueue(work);
         }
     }
-    *seen = sightings;
-    unfinished.count = queued;
+    *seen = Some(sightings);
     Ok(unfinished)
 }
 
@@ -151,6 +171,9 @@ pub async fn find_unfinished(
         if known.contains(meta_of(&candidate)) {
             continue;
         }
+        unfinished
+            .keys
+            .push((meta_of(&candidate).key.clone(), date));
         work.push(candidate);
         unfinished.count += 1;
         if let Some(date) = date {

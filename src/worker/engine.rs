@@ -50,12 +50,12 @@ use super::summary::{Outcome, Report, Summary};
 use crate::deadletter::DeadLetterStore;
 use crate::handover::{Control, HEARTBEAT_INTERVAL};
 use crate::heap::client::HeapClient;
-use crate::heap::delivery::{Delivery, DeliveryConfig, Lane};
+use crate::heap::delivery::{Delivery, DeliveryConfig};
 use crate::heap::map::HeapMapper;
 use crate::ledger::Ledger;
 use crate::notifications::sqs::Queue;
 use crate::store::ObjectStore;
-use crate::telemetry::events::ObjectEnded;
+use crate::telemetry::events::{ListeningToQueue, ObjectEnded};
 use crate::telemetry::{Counts, Metrics};
 
 /// Where mapped events go.
@@ -258,7 +258,7 @@ impl Engine {
                     run.lane.as_mut().expect("checked").wait(request);
                 }
                 _ = sleep_until(backfill_wake.unwrap_or_else(Instant::now)), if polling && backfill_wake.is_some() => {}
-                Some((ended, ran_on)) = run.scheduler.next_with_lane() => run.ended(ended, ran_on),
+                Some(ended) = run.scheduler.next() => run.ended(ended),
                 _ = sleep_until(poll_wake.unwrap_or_else(Instant::now)), if polling && poll_wake.is_some() => {}
                 _ = &mut shutdown, if run.stop.deadline.is_none() => run.begin_stop(Cause::Signal("")),
                 _ = sleep_until(run.stop.deadline.unwrap_or_else(Instant::now)), if run.stop.deadline.is_some() && !run.stop.abandon.is_cancelled() => {
@@ -299,6 +299,14 @@ impl Engine {
         }
         let stop = Stop::new(settings.shutdown_timeout, abandon);
         let retry_after = notifications.as_ref().map(|n| n.settings.retry_after);
+        // A queue URL names no secret, but a query string could carry one: never logged.
+        let queue = notifications.as_ref().map(|n| {
+            let described = n.queue.describe();
+            described.split('?').next().unwrap_or_default().to_string()
+        });
+        if notifications.is_some() {
+            ListeningToQueue.emit(&metrics);
+        }
         let poller = Poller::new(
             plan,
             source.clone(),
@@ -326,6 +334,7 @@ impl Engine {
             progress,
             found: 0,
             retry_after,
+            queue,
         };
         (parts, delivery)
     }
@@ -350,11 +359,29 @@ struct Parts {
     found: u64,
     /// With notifications: when an object that could not be finished may come back.
     retry_after: Option<Duration>,
+    /// With notifications: the queue, as the start line names it.
+    queue: Option<String>,
 }
 
 impl Parts {
+    /// The start line: with notifications, which queue it listens to and how often it
+    /// reconciles (the plan's poll interval), instead of "polling every".
     fn log_start(&self) {
-        tracing::info!(source = %self.source.describe(), state = %self.ledger.describe(), "started: {}", self.plan);
+        let (source, state) = (self.source.describe(), self.ledger.describe());
+        match (&self.queue, self.plan) {
+            (
+                Some(queue),
+                Plan::Live {
+                    lookback,
+                    poll_interval,
+                },
+            ) => tracing::info!(
+                %source,
+                %state,
+                "started: listening to the queue {queue} for new objects, reconciling every {poll_interval:?} over a lookback of {lookback}"
+            ),
+            _ => tracing::info!(%source, %state, "started: {}", self.plan),
+        }
     }
 
     fn begin_stop(&mut self, cause: Cause) {
@@ -368,6 +395,7 @@ impl Parts {
         match work {
             Some(work) if !self.stop.stopping() => {
                 self.found += 1;
+                self.poller.on_notified(work.key());
                 self.scheduler.enqueue(work);
             }
             // Stopping: its message goes back to the queue at once.
@@ -380,16 +408,17 @@ impl Parts {
         }
     }
 
-    /// An object ended on lane `ran_on`: every part that cares hears of it.
-    fn ended(&mut self, ended: Ended, ran_on: Lane) {
+    /// An object ended, on either lane: every part that cares hears of it.
+    fn ended(&mut self, ended: Ended) {
+        // Pending first: whoever reads an object's end in the counters sees it pending no more.
+        self.poller.on_ended(&ended);
         emit_ended(&ended, &self.metrics);
         if let Some(lane) = self.lane.as_mut() {
-            lane.on_ended(&ended, ran_on);
+            lane.on_ended(&ended);
         }
         if let (Some(listener), Some(retry_after)) = (&self.listener, self.retry_after) {
             listener.ended(ended.key(), key_end(&ended, retry_after));
         }
-        self.poller.on_ended(&ended);
         if let Ended::Object(ObjectResult::Unrecorded { .. }) = &ended {
             // A bounded run has spent its state budget: starting more objects would only
             // send events that cannot be recorded.

@@ -12,6 +12,7 @@
 //! long-lived run is tried again at the next interval; a bounded run keeps the failure, and
 //! ends incomplete with it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,10 +24,11 @@ use super::pipeline::ObjectResult;
 use super::scheduler::{Ended, Scheduler};
 use super::settings::Plan;
 use crate::clock::unix_secs_now;
+use crate::currents::key::{CurrentsKey, DateHour};
 use crate::ledger::Ledger;
 use crate::store::ObjectStore;
 use crate::telemetry::Metrics;
-use crate::telemetry::events::{PollFailed, PollSucceeded};
+use crate::telemetry::events::{PendingObjects, PollFailed, PollSucceeded};
 
 /// Lists the plan's window, now and then (see the module docs).
 pub struct Poller {
@@ -38,8 +40,15 @@ pub struct Poller {
     next_poll: Option<Instant>,
     /// What a long-lived run without notifications knows finished.
     known: Option<FinishedSet>,
-    /// With notifications: what the last reconciliation saw unrecorded.
+    /// Notifications discover new objects; polls only reconcile.
+    reconciling: bool,
+    /// With notifications: what the last reconciliation saw unrecorded; `None` before the
+    /// first one.
     sightings: Option<Sightings>,
+    /// What the last poll found unfinished, with each key's `date=` hour, less what has
+    /// ended since (plus what notifications brought): `objects_pending` and `lag_seconds`
+    /// follow it as objects end, not only at the next poll.
+    pending: HashMap<String, Option<DateHour>>,
     /// Why a bounded run's poll failed.
     failure: Option<String>,
     /// A dry run records nothing, so its ends teach `known` nothing.
@@ -67,7 +76,9 @@ impl Poller {
             metrics,
             next_poll: Some(Instant::now()),
             known,
-            sightings: reconciling.then(Sightings::new),
+            reconciling,
+            sightings: None,
+            pending: HashMap::new(),
             failure: None,
             dry_run,
         }
@@ -99,14 +110,21 @@ impl Poller {
     pub async fn poll(&mut self, scheduler: &mut Scheduler) -> u64 {
         let window = self.plan.window();
         let (source, ledger) = (&*self.source, &*self.ledger);
-        let polled = match self.sightings.as_mut() {
-            Some(seen) => queue_missed(source, ledger, &window, seen, scheduler).await,
-            None => queue_unfinished(source, ledger, &window, self.known.as_mut(), scheduler).await,
+        let polled = if self.reconciling {
+            queue_missed(source, ledger, &window, &mut self.sightings, scheduler).await
+        } else {
+            queue_unfinished(source, ledger, &window, self.known.as_mut(), scheduler).await
         };
         let found = match polled {
-            Ok(unfinished) => {
+            Ok(mut unfinished) => {
+                self.pending = std::mem::take(&mut unfinished.keys).into_iter().collect();
                 self.succeeded(&unfinished, scheduler);
-                unfinished.count as u64
+                // Beside notifications, a reconciliation's finds are mostly theirs.
+                if self.reconciling {
+                    0
+                } else {
+                    unfinished.count as u64
+                }
             }
             Err(e) => {
                 self.failed(&e);
@@ -120,7 +138,8 @@ impl Poller {
         found
     }
 
-    /// An object ended: what was just recorded need not be read back from the ledger.
+    /// An object ended: what was just recorded need not be read back from the ledger, and
+    /// is no longer pending.
     pub fn on_ended(&mut self, ended: &Ended) {
         if let Some(known) = self.known.as_mut()
             && !self.dry_run
@@ -128,16 +147,46 @@ impl Poller {
         {
             known.insert(entry);
         }
+        // What ends to be tried again is still pending.
+        if let Ended::Object(
+            ObjectResult::Done(_) | ObjectResult::Failed(_) | ObjectResult::Gone { .. },
+        ) = ended
+            && self.pending.remove(ended.key()).is_some()
+        {
+            self.emit_pending();
+        }
+    }
+
+    /// A notification brought an object in: pending until it ends.
+    pub fn on_notified(&mut self, key: &str) {
+        if !self.pending.contains_key(key) {
+            self.pending
+                .insert(key.to_string(), CurrentsKey::parse(key).date);
+            self.emit_pending();
+        }
+    }
+
+    fn emit_pending(&self) {
+        PendingObjects {
+            pending: self.pending.len() as u64,
+            lag: self.lag(unix_secs_now()),
+        }
+        .emit(&self.metrics);
+    }
+
+    /// The age of the oldest pending `date=` hour.
+    fn lag(&self, now: i64) -> Option<Duration> {
+        let oldest = self.pending.values().flatten().min()?;
+        Some(Duration::from_secs(
+            (now - oldest.hours_since_epoch() * 3600).max(0) as u64,
+        ))
     }
 
     fn succeeded(&mut self, unfinished: &Unfinished, scheduler: &Scheduler) {
         let now = unix_secs_now();
-        let lag = unfinished
-            .oldest
-            .map(|hour| Duration::from_secs((now - hour.hours_since_epoch() * 3600).max(0) as u64));
         PollSucceeded {
-            pending: unfinished.count as u64,
-            lag,
+            pending: self.pending.len() as u64,
+            lag: self.lag(now),
             folders: unfinished.folders as u64,
             at_unix: now,
         }
