@@ -47,7 +47,7 @@ use crate::clock::unix_secs_now;
 use crate::deadletter::DeadLetterStore;
 use crate::handover::{BackfillProgress, BackfillRequest, Control, HEARTBEAT_INTERVAL};
 use crate::heap::client::HeapClient;
-use crate::heap::delivery::{Delivery, DeliveryConfig, Lane};
+use crate::heap::delivery::{Delivery, DeliveryConfig, Disposer, Lane};
 use crate::heap::map::HeapMapper;
 use crate::ledger::Ledger;
 use crate::notifications::sqs::Queue;
@@ -59,7 +59,7 @@ use crate::telemetry::{Counts, Metrics};
 /// Where mapped events go.
 pub enum Output {
     /// Map and count; nothing is sent, parked or recorded.
-    DryRun(HeapMapper),
+    DryRun(Disposer),
     Heap(Box<HeapOutput>),
 }
 
@@ -117,7 +117,7 @@ impl Engine {
         let lanes = matches!(plan, Plan::Live { .. });
         let control = Control::new(state.clone());
         let (sink, delivery, backfill_sink) = match output {
-            Output::DryRun(mapper) => (Sink::DryRun(Arc::new(mapper)), None, None),
+            Output::DryRun(disposer) => (Sink::DryRun(Arc::new(disposer)), None, None),
             Output::Heap(heap) => {
                 let HeapOutput {
                     client,
