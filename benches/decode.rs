@@ -24,6 +24,7 @@ use currents_heap::commands::inspect::{Output, inspect};
 use currents_heap::currents::container::ContainerReader;
 use currents_heap::currents::decode::EventReader;
 use currents_heap::currents::event::CustomHttpEvent;
+use currents_heap::heap::delivery::{BodyLimit, Disposer};
 use currents_heap::heap::map::{HeapMapper, Mapped, MappingConfig};
 use currents_heap_testkit::apache_avro::{Codec, DeflateSettings};
 use currents_heap_testkit::fixtures::BEHAVIOR_TYPES;
@@ -174,7 +175,10 @@ fn mixed(runs: usize) {
     );
     let paths = [dir.clone()];
     let custom_http = Output::CustomHttp;
-    let heap = Output::Heap(HeapMapper::new(MappingConfig::default()));
+    let heap = Output::Heap(Disposer::new(
+        HeapMapper::new(MappingConfig::default()),
+        BodyLimit::unknown_app(1 << 20),
+    ));
     let mut out = Vec::with_capacity(bytes as usize * 3);
     let mut printed = 0;
     let mut run_inspect = |output: &Output| {

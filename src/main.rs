@@ -6,6 +6,7 @@ use clap::{CommandFactory, FromArgMatches};
 use currents_heap::commands::config::{self, Config};
 use currents_heap::commands::worker::Exit;
 use currents_heap::commands::{Cli, Command, LogFormat, backfill, inspect, replay, run, status};
+use currents_heap::heap::delivery::{BodyLimit, Disposer};
 use currents_heap::heap::map::HeapMapper;
 use tracing_subscriber::EnvFilter;
 
@@ -141,7 +142,10 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn inspect_command(paths: &[PathBuf], heap: bool, config: &Config) -> ExitCode {
     let output = if heap {
-        inspect::Output::Heap(HeapMapper::new(config.mapping()))
+        inspect::Output::Heap(Disposer::new(
+            HeapMapper::new(config.mapping()),
+            BodyLimit::unknown_app(config.max_body_bytes as usize),
+        ))
     } else {
         inspect::Output::CustomHttp
     };

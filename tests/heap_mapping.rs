@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use currents_heap::commands::inspect::{Output, inspect};
 use currents_heap::currents::event::Property;
+use currents_heap::heap::delivery::{BodyLimit, Disposer};
 use currents_heap::heap::map::{HeapMapper, IdentitySource, Mapped, MappingConfig};
 use currents_heap_testkit::standin::check_event;
 use proptest::prelude::*;
@@ -58,7 +59,10 @@ proptest! {
 fn every_fixture_maps_to_valid_heap_events_or_is_counted() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bucket");
     let mut out = Vec::new();
-    let output = Output::Heap(HeapMapper::new(MappingConfig::default()));
+    let output = Output::Heap(Disposer::new(
+        HeapMapper::new(MappingConfig::default()),
+        BodyLimit::unknown_app(1 << 20),
+    ));
     let report = inspect(&[root], &output, &mut out).unwrap();
     assert!(report.failures.is_empty());
     let lines: Vec<&str> = std::str::from_utf8(&out).unwrap().lines().collect();

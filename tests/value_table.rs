@@ -14,6 +14,7 @@ use currents_heap::currents::datum::Datum;
 use currents_heap::currents::event::{CUSTOM_EVENT, CustomHttpEvent, EventMapper, Property, User};
 use currents_heap::currents::schema::compile_event_schema;
 use currents_heap::deadletter::DeadLetter;
+use currents_heap::heap::delivery::{BodyLimit, Disposer};
 use currents_heap::heap::map::{HeapMapper, Mapped, MappingConfig};
 use currents_heap_testkit::standin::{Standin, StandinConfig, check_event};
 use proptest::prelude::*;
@@ -113,7 +114,10 @@ fn inspect_prints_each_odd_value_in_its_table_form_and_counts_it() {
 
 #[test]
 fn inspect_heap_sends_every_custom_property_separately() {
-    let (events, _) = inspected(&Output::Heap(HeapMapper::new(MappingConfig::default())));
+    let (events, _) = inspected(&Output::Heap(Disposer::new(
+        HeapMapper::new(MappingConfig::default()),
+        BodyLimit::unknown_app(1 << 20),
+    )));
     assert_heap_values(&events);
 }
 
@@ -124,7 +128,10 @@ fn the_property_prefix_applies_to_every_key_within_heaps_limits() {
         event_prefix: "braze-".into(),
         ..MappingConfig::default()
     };
-    let (events, _) = inspected(&Output::Heap(HeapMapper::new(config)));
+    let (events, _) = inspected(&Output::Heap(Disposer::new(
+        HeapMapper::new(config),
+        BodyLimit::unknown_app(1 << 20),
+    )));
     let event = by_id(&events, "idempotency_key", "evt-surrogate");
     assert_eq!(event["event"], "braze-Viewed Product");
     assert_eq!(event["properties"]["braze-plan"], "pro");
@@ -140,7 +147,10 @@ fn the_property_prefix_applies_to_every_key_within_heaps_limits() {
         property_prefix: "p".repeat(1022),
         ..MappingConfig::default()
     };
-    let (events, _) = inspected(&Output::Heap(HeapMapper::new(long)));
+    let (events, _) = inspected(&Output::Heap(Disposer::new(
+        HeapMapper::new(long),
+        BodyLimit::unknown_app(1 << 20),
+    )));
     for event in &events {
         assert_eq!(check_event(event), Ok(()), "{event}");
     }

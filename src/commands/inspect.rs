@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 use std::collections::BTreeMap;
 
 use crate::currents::decode::EventReader;
-use crate::heap::map::{HeapMapper, Mapped};
+use crate::heap::delivery::{Disposer, Disposition};
 
 /// What to print for each event.
 pub enum Output {
     /// Braze's Custom HTTP connector shape.
     CustomHttp,
-    /// The Heap track event that would be sent.
-    Heap(HeapMapper),
+    /// The Heap track event that would be sent, under the body limit delivery applies.
+    Heap(Disposer),
 }
 
 /// What one `inspect` run did.
@@ -92,16 +92,16 @@ fn inspect_file(
                 report.events += 1;
                 match output {
                     Output::CustomHttp => serde_json::to_writer(&mut *out, &event)?,
-                    Output::Heap(mapper) => match mapper.map(&event) {
-                        Mapped::Track { event, .. } => out.write_all(&event.json)?,
-                        Mapped::NoIdentity => {
+                    Output::Heap(disposer) => match disposer.dispose(&event) {
+                        Disposition::Send { event, .. } => out.write_all(&event.json)?,
+                        Disposition::Skip => {
                             *report
                                 .skipped_no_identity
                                 .entry(event.event_type.to_string())
                                 .or_insert(0) += 1;
                             continue;
                         }
-                        Mapped::Unsendable(reason) => {
+                        Disposition::Park(reason) => {
                             tracing::warn!(object = %name, event_id = %event.id, "would be parked: {reason}");
                             *report.unsendable.entry(reason).or_insert(0) += 1;
                             continue;

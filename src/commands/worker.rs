@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::MappingArgs;
 use super::config::{Config, DEFAULTS, HumanDuration, as_text, heap_app_id};
 use crate::heap::client::HeapClient;
-use crate::heap::delivery::DeliveryConfig;
+use crate::heap::delivery::{BodyLimit, DeliveryConfig, Disposer};
 use crate::heap::map::HeapMapper;
 use crate::heap::pacer::RateLimits;
 use crate::heap::retry::RetryPolicy;
@@ -235,7 +235,11 @@ pub async fn open_stores(
 pub fn output(config: &Config) -> Result<Output, Exit> {
     let mapper = HeapMapper::new(config.mapping());
     if config.dry_run {
-        return Ok(Output::DryRun(mapper));
+        let limit = match app_id(config) {
+            Ok(app_id) => BodyLimit::new(config.max_body_bytes as usize, &app_id),
+            Err(_) => BodyLimit::unknown_app(config.max_body_bytes as usize),
+        };
+        return Ok(Output::DryRun(Disposer::new(mapper, limit)));
     }
     let app_id = app_id(config)?;
     let client = HeapClient::new(&config.heap_url, config.request_timeout.get())

@@ -11,6 +11,8 @@ use std::time::{Duration, SystemTime};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 
+pub use super::pacer::Scope;
+
 /// What Heap's answer means for the events in a request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
@@ -19,6 +21,9 @@ pub enum Answer {
     Retry {
         reason: String,
         retry_after: Option<Duration>,
+        /// For a 429: the rate limit the body names, read from the whole body (the reason
+        /// holds only its start); `None` when it names none, or for other answers.
+        scope: Option<Scope>,
     },
     /// Heap refused the content: split the batch to find the offending events.
     Rejected {
@@ -130,6 +135,7 @@ impl HeapClient {
                     answer: Answer::Retry {
                         reason: format!("Heap answered {status} but the body was cut off: {e}"),
                         retry_after: None,
+                        scope: None,
                     },
                 };
             }
@@ -143,7 +149,7 @@ impl HeapClient {
     }
 }
 
-fn classify(status: StatusCode, body: &str, retry_after: Option<Duration>) -> Answer {
+pub(crate) fn classify(status: StatusCode, body: &str, retry_after: Option<Duration>) -> Answer {
     let reason = || format!("Heap answered {status}{}", excerpt(body));
     match status.as_u16() {
         200..=299 => Answer::Accepted,
@@ -156,15 +162,37 @@ fn classify(status: StatusCode, body: &str, retry_after: Option<Duration>) -> An
         300..=399 => Answer::Fatal {
             reason: format!("{} (a redirect): check --heap-url / HEAP_API_URL", reason()),
         },
-        408 | 425 | 429 | 500..=599 => Answer::Retry {
+        429 => Answer::Retry {
             reason: reason(),
             retry_after,
+            scope: scope_named(body),
+        },
+        408 | 425 | 500..=599 => Answer::Retry {
+            reason: reason(),
+            retry_after,
+            scope: None,
         },
         400..=499 => Answer::Rejected { reason: reason() },
         _ => Answer::Retry {
             reason: reason(),
             retry_after,
+            scope: None,
         },
+    }
+}
+
+/// The rate limit a 429's body names, searched in the whole body. Heap documents no 429 body
+/// (heap-facts §5), so this reads words: "identity" names the per-identity limit (it wins,
+/// being the narrower claim); the word "app" or "app_id" the app's. Anything else names none.
+fn scope_named(body: &str) -> Option<Scope> {
+    let lower = body.to_ascii_lowercase();
+    let mut words = lower.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+    if lower.contains("identity") {
+        Some(Scope::Identity)
+    } else if words.any(|w| w == "app" || w == "app_id") {
+        Some(Scope::App)
+    } else {
+        None
     }
 }
 
@@ -186,6 +214,7 @@ fn transport_failure(e: &reqwest::Error) -> Answer {
     Answer::Retry {
         reason,
         retry_after: None,
+        scope: None,
     }
 }
 
@@ -235,7 +264,8 @@ mod tests {
             classify(s(429), "", after),
             Answer::Retry {
                 reason: "Heap answered 429 Too Many Requests".into(),
-                retry_after: after
+                retry_after: after,
+                scope: None,
             }
         );
         for code in [408, 500, 502, 503, 504] {

@@ -85,6 +85,11 @@ impl Default for MappingConfig {
     }
 }
 
+/// 0000-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z in milliseconds since 1970: the span
+/// of RFC 3339 timestamps.
+const RFC3339_FIRST_MS: i64 = -62_167_219_200_000;
+const RFC3339_LAST_MS: i64 = 253_402_300_799_999;
+
 /// What became of one event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mapped {
@@ -140,10 +145,15 @@ impl HeapMapper {
             .property("time_ms")
             .and_then(integer)
             .unwrap_or(event.time.saturating_mul(1000));
-        let Some(timestamp) = iso8601_utc(millis) else {
-            return Mapped::Unsendable(format!(
-                "the event time ({millis} ms since 1970) is outside the years -9999 to 9999 that a timestamp can hold"
-            ));
+        // RFC 3339 has four-digit years and no sign: a year before 0000 or after 9999 would
+        // go out in a form a strict ISO 8601 parser refuses, so it is parked before sending.
+        let timestamp = match iso8601_utc(millis) {
+            Some(timestamp) if (RFC3339_FIRST_MS..=RFC3339_LAST_MS).contains(&millis) => timestamp,
+            _ => {
+                return Mapped::Unsendable(format!(
+                    "the event time ({millis} ms since 1970) is outside the years 0000 to 9999 that an RFC 3339 timestamp can hold"
+                ));
+            }
         };
 
         // The event's JSON is written here, once, in `TrackEvent`'s field order; the

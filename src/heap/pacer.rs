@@ -32,7 +32,8 @@
 //! (`tests/adaptive_pacing.rs` measures it).
 //!
 //! Which limit a 429 is about is not documented (heap-facts §5, UNVERIFIED). A 429 whose body
-//! mentions the identity limit lowers the budgets of the batch's identities. Any other is
+//! names the identity limit lowers the budgets of the batch's identities, one that names the
+//! app's lowers the app's (the client reads the scope from the whole body). Any other is
 //! taken to be about the limit the refused request came closest to filling: the app's, or
 //! its fullest identity's (then every identity of the batch is lowered).
 //!
@@ -79,8 +80,8 @@ pub enum Counted {
     /// take room in the window.
     Stored,
     /// Heap refused the request for its rate (429): no room taken, and the budget shrinks.
-    /// `identity`: the answer named the identity limit.
-    Throttled { identity: bool },
+    /// `scope`: the limit the answer named, if it named one (else the pacer infers it).
+    Throttled { scope: Option<Scope> },
     /// Heap did not store the events (another 4xx, a 5xx, or no connection): no room taken.
     NotStored,
 }
@@ -200,10 +201,12 @@ impl Budget {
     }
 }
 
-/// Which limit a 429 is taken to be about.
+/// Which of Heap's rate limits a 429 is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scope {
+pub enum Scope {
+    /// The app's events per window.
     App,
+    /// One identity's events per window.
     Identity,
 }
 
@@ -314,8 +317,8 @@ impl Pacer {
         }
         let throttled = matches!(counted, Counted::Throttled { .. });
         let scope = match counted {
-            Counted::Throttled { identity: true } => Scope::Identity,
-            Counted::Throttled { identity: false } => self.likely_scope(per_identity, now),
+            Counted::Throttled { scope: Some(scope) } => scope,
+            Counted::Throttled { scope: None } => self.likely_scope(per_identity, now),
             _ => Scope::App,
         };
         if throttled && scope == Scope::App && limits.app_events > 0 {
@@ -524,12 +527,12 @@ mod tests {
         let refused = counts(&[("b", 1_000)]);
         let t1 = t0 + Duration::from_secs(10);
         pacer.start(&refused);
-        pacer.finish(&refused, Counted::Throttled { identity: false }, t1, t1);
+        pacer.finish(&refused, Counted::Throttled { scope: None }, t1, t1);
         assert_eq!(pacer.app_budget(t1), 8_100, "0.9 of the 9,000 Heap counted");
         assert_eq!(pacer.app_room(t1), 0, "the refused events took no room");
         // A 429 for a request sent before the decrease says nothing new.
         pacer.start(&refused);
-        pacer.finish(&refused, Counted::Throttled { identity: false }, t0, t1);
+        pacer.finish(&refused, Counted::Throttled { scope: None }, t0, t1);
         assert_eq!(pacer.app_budget(t1), 8_100);
         // Each whole window without a 429 adds 4 % of the ceiling (600), up to the ceiling.
         assert_eq!(pacer.app_budget(t1 + Duration::from_secs(59)), 8_100);
@@ -550,7 +553,7 @@ mod tests {
         let mut pacer = Pacer::new(limits(1_200, 0));
         let refused = counts(&[("a", 100)]);
         pacer.start(&refused);
-        pacer.finish(&refused, Counted::Throttled { identity: false }, t0, t0);
+        pacer.finish(&refused, Counted::Throttled { scope: None }, t0, t0);
         assert_eq!(pacer.app_budget(t0), 600);
     }
 
@@ -562,7 +565,7 @@ mod tests {
         for i in 0..50 {
             let at = t0 + Duration::from_secs(i);
             pacer.start(&refused);
-            pacer.finish(&refused, Counted::Throttled { identity: false }, at, at);
+            pacer.finish(&refused, Counted::Throttled { scope: None }, at, at);
         }
         assert_eq!(pacer.app_budget(t0 + Duration::from_secs(50)), 150);
     }
@@ -592,14 +595,21 @@ mod tests {
         pacer.finish(&hot, Counted::Stored, t0, t0);
         let more = counts(&[("hot", 100)]);
         pacer.start(&more);
-        pacer.finish(&more, Counted::Throttled { identity: false }, t0, t0);
+        pacer.finish(&more, Counted::Throttled { scope: None }, t0, t0);
         assert_eq!(pacer.identity_room("hot", t0), 0, "budget 450 < 500 used");
         assert_eq!(pacer.lowered_identities(), 1);
         assert_eq!(pacer.identity_room("cold", t0), 1_000);
         // A 429 naming the identity limit leaves the app budget alone.
         let mixed = counts(&[("x", 10), ("y", 10)]);
         pacer.start(&mixed);
-        pacer.finish(&mixed, Counted::Throttled { identity: true }, t0, t0);
+        pacer.finish(
+            &mixed,
+            Counted::Throttled {
+                scope: Some(Scope::Identity),
+            },
+            t0,
+            t0,
+        );
         assert_eq!(pacer.lowered_identities(), 3);
         assert_eq!(
             pacer.app_budget(t0),

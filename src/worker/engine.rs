@@ -50,7 +50,7 @@ use super::summary::{Outcome, Report, Summary};
 use crate::deadletter::DeadLetterStore;
 use crate::handover::{Control, HEARTBEAT_INTERVAL};
 use crate::heap::client::HeapClient;
-use crate::heap::delivery::{Delivery, DeliveryConfig};
+use crate::heap::delivery::{Delivery, DeliveryConfig, Disposer};
 use crate::heap::map::HeapMapper;
 use crate::ledger::Ledger;
 use crate::notifications::sqs::Queue;
@@ -61,7 +61,7 @@ use crate::telemetry::{Counts, Metrics};
 /// Where mapped events go.
 pub enum Output {
     /// Map and count; nothing is sent, parked or recorded.
-    DryRun(HeapMapper),
+    DryRun(Disposer),
     Heap(Box<HeapOutput>),
 }
 
@@ -119,7 +119,7 @@ impl Engine {
         let lanes = matches!(plan, Plan::Live { .. });
         let control = Control::new(state.clone());
         let (sink, delivery, backfill_sink) = match output {
-            Output::DryRun(mapper) => (Sink::DryRun(Arc::new(mapper)), None, None),
+            Output::DryRun(disposer) => (Sink::DryRun(Arc::new(disposer)), None, None),
             Output::Heap(heap) => {
                 let HeapOutput {
                     client,

@@ -20,8 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::currents::container::ContainerError;
 use crate::currents::decode::{DecodeError, EventReader};
-use crate::heap::delivery::{Submission, Tracker};
-use crate::heap::map::{HeapMapper, Mapped};
+use crate::heap::delivery::{Disposer, Disposition, Submission, Tracker};
 use crate::ledger::{Entry, Ledger, Outcome};
 use crate::store::retry::{Cause, Next, SharedRetry};
 use crate::store::{ObjectMeta, ObjectStore};
@@ -36,7 +35,7 @@ use crate::telemetry::events::{
 pub enum Sink {
     Deliver(mpsc::Sender<Submission>),
     /// Map and count only: nothing is sent, parked or recorded.
-    DryRun(Arc<HeapMapper>),
+    DryRun(Arc<Disposer>),
 }
 
 /// How processing one object ended.
@@ -100,45 +99,17 @@ struct Decoded {
 }
 
 impl Pipeline {
-    /// Processes one object. `abandon` cuts it short (shutdown deadline, stopped delivery).
+    /// Processes one object. `abandon` cuts it short (shutdown deadline, stopped delivery):
+    /// at once, whatever the object is waiting for (see the module docs).
     pub async fn process(&self, object: &ObjectMeta, abandon: &CancellationToken) -> ObjectResult {
-        let reader = match self.source.open(&object.key).await {
-            Ok(reader) => reader,
-            Err(e) if e.is_not_found() => {
-                return ObjectResult::Gone {
-                    key: object.key.clone(),
-                    reason: format!("the object no longer exists: {e}"),
-                };
-            }
-            Err(e) => {
-                return ObjectResult::Retry {
-                    key: object.key.clone(),
-                    reason: format!("cannot read the source object: {e}"),
-                };
-            }
-        };
-        let tracker = Arc::new(Tracker::default());
-        let decoded = {
-            let (key, sink, tracker, abandon, metrics) = (
-                object.key.clone(),
-                self.sink.clone(),
-                tracker.clone(),
-                abandon.clone(),
-                self.metrics.clone(),
-            );
-            match tokio::task::spawn_blocking(move || {
-                decode(reader, &key, &sink, &tracker, &abandon, &metrics)
-            })
-            .await
-            {
-                Ok(decoded) => decoded,
-                // The scheduler owns what a panic means (the object is given back): pass it on.
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(_) => {
-                    return ObjectResult::Abandoned {
-                        key: object.key.clone(),
-                    };
-                }
+        let key = || object.key.clone();
+        // Withdrawn with the object: when it is abandoned, or its read fails part way.
+        let tracker = Arc::new(Tracker::under(abandon));
+        let decoded = match self.read(object, &tracker, abandon).await {
+            Ok(decoded) => decoded,
+            Err(ended) => {
+                tracker.withdraw();
+                return ended;
             }
         };
         if decoded.warnings > WARNINGS_SHOWN {
@@ -149,15 +120,22 @@ impl Pipeline {
             );
         }
         if decoded.abandoned {
-            return ObjectResult::Abandoned {
-                key: object.key.clone(),
-            };
+            tracker.withdraw();
+            return ObjectResult::Abandoned { key: key() };
         }
         if let Some(e) = &decoded.error
             && matches!(e.source, ContainerError::Io(_))
         {
+            // The object is read again from its start later: the events handed over are
+            // withdrawn (those not yet sent are dropped, never parked), and the object ends
+            // only once every one has an outcome, so they are never pending twice.
+            tracker.withdraw();
+            tokio::select! {
+                _ = tracker.wait_resolved(decoded.events) => {}
+                _ = abandon.cancelled() => return ObjectResult::Abandoned { key: key() },
+            }
             return ObjectResult::Retry {
-                key: object.key.clone(),
+                key: key(),
                 reason: format!("cannot read the source object: {e}"),
             };
         }
@@ -181,14 +159,17 @@ impl Pipeline {
             Sink::Deliver(_) => {
                 tokio::select! {
                     _ = tracker.wait_resolved(decoded.events) => {}
-                    _ = abandon.cancelled() => return ObjectResult::Abandoned { key: object.key.clone() },
+                    _ = abandon.cancelled() => {
+                        tracker.withdraw();
+                        return ObjectResult::Abandoned { key: key() };
+                    }
                 }
-                if tracker.unfinished() > 0 {
+                if tracker.unfinished() + tracker.withdrawn() > 0 {
                     return ObjectResult::Unrecorded {
-                        key: object.key.clone(),
+                        key: key(),
                         reason: format!(
                             "{} of its events could not be written as dead letters to the state",
-                            tracker.unfinished()
+                            tracker.unfinished() + tracker.withdrawn()
                         ),
                     };
                 }
@@ -197,6 +178,64 @@ impl Pipeline {
             }
         }
         self.record(entry, abandon).await
+    }
+
+    /// Opens the object and decodes it on a blocking thread, handing its events to the sink.
+    /// `Err`: how the object ended before it could be decoded (gone, unreadable, abandoned).
+    async fn read(
+        &self,
+        object: &ObjectMeta,
+        tracker: &Arc<Tracker>,
+        abandon: &CancellationToken,
+    ) -> Result<Decoded, ObjectResult> {
+        let key = || object.key.clone();
+        let opened = tokio::select! {
+            opened = self.source.open(&object.key) => opened,
+            _ = abandon.cancelled() => return Err(ObjectResult::Abandoned { key: key() }),
+        };
+        let reader = match opened {
+            Ok(reader) => reader,
+            Err(e) if e.is_not_found() => {
+                return Err(ObjectResult::Gone {
+                    key: key(),
+                    reason: format!("the object no longer exists: {e}"),
+                });
+            }
+            Err(e) => {
+                return Err(ObjectResult::Retry {
+                    key: key(),
+                    reason: format!("cannot read the source object: {e}"),
+                });
+            }
+        };
+        let (thread_key, sink, thread_tracker, thread_abandon, metrics, runtime) = (
+            key(),
+            self.sink.clone(),
+            tracker.clone(),
+            abandon.clone(),
+            self.metrics.clone(),
+            tokio::runtime::Handle::current(),
+        );
+        let decoding = tokio::task::spawn_blocking(move || {
+            let to = Destination {
+                sink: &sink,
+                tracker: &thread_tracker,
+                abandon: &thread_abandon,
+                runtime: &runtime,
+            };
+            decode(reader, &thread_key, &to, &metrics)
+        });
+        // An abandoned object does not wait for its thread: a read stuck on the network
+        // ends on its own, and the thread sees the abandon at its next event or send.
+        tokio::select! {
+            joined = decoding => match joined {
+                Ok(decoded) => Ok(decoded),
+                // The scheduler owns what a panic means (the object is given back): pass it on.
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => Err(ObjectResult::Abandoned { key: key() }),
+            },
+            _ = abandon.cancelled() => Err(ObjectResult::Abandoned { key: key() }),
+        }
     }
 
     /// A dry run counts what delivery would have counted.
@@ -306,14 +345,27 @@ fn finished(entry: Entry) -> ObjectResult {
     }
 }
 
+/// Where the decoding thread hands its events, and what cuts it short.
+struct Destination<'a> {
+    sink: &'a Sink,
+    tracker: &'a Arc<Tracker>,
+    abandon: &'a CancellationToken,
+    /// The runtime the thread waits on for room in delivery's channel.
+    runtime: &'a tokio::runtime::Handle,
+}
+
 fn decode(
     reader: crate::store::ObjectReader,
     key: &str,
-    sink: &Sink,
-    tracker: &Arc<Tracker>,
-    abandon: &CancellationToken,
+    to: &Destination<'_>,
     metrics: &Metrics,
 ) -> Decoded {
+    let Destination {
+        sink,
+        tracker,
+        abandon,
+        runtime,
+    } = to;
     let mut decoded = Decoded {
         events: 0,
         counts: (0, 0, 0),
@@ -366,17 +418,26 @@ fn decode(
                 let submission = Submission {
                     event,
                     object: object.clone(),
-                    tracker: tracker.clone(),
+                    tracker: Arc::clone(tracker),
                 };
-                if tx.blocking_send(submission).is_err() {
+                // Waiting for room races the abandon: a rate-bound delivery may leave none
+                // for minutes, and a stop must not wait for it (issue 18).
+                let sent = runtime.block_on(async {
+                    tokio::select! {
+                        biased;
+                        _ = abandon.cancelled() => false,
+                        sent = tx.send(submission) => sent.is_ok(),
+                    }
+                });
+                if !sent {
                     decoded.abandoned = true;
                     return decoded;
                 }
             }
-            Sink::DryRun(mapper) => match mapper.map(&event) {
-                Mapped::Track { .. } => decoded.counts.0 += 1,
-                Mapped::NoIdentity => decoded.counts.1 += 1,
-                Mapped::Unsendable(reason) => {
+            Sink::DryRun(disposer) => match disposer.dispose(&event) {
+                Disposition::Send { .. } => decoded.counts.0 += 1,
+                Disposition::Skip => decoded.counts.1 += 1,
+                Disposition::Park(reason) => {
                     tracing::debug!(object = %key, event_id = %event.id, "would be parked: {reason}");
                     *decoded.would_park.entry(reason).or_insert(0) += 1;
                     decoded.counts.2 += 1;

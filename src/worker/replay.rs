@@ -19,8 +19,8 @@ use super::engine::Output;
 use super::settings::Settings;
 use super::summary::{Outcome, render_delivery};
 use crate::deadletter::{DeadLetterFilter, DeadLetterStore};
+use crate::heap::delivery::Disposition;
 use crate::heap::delivery::{Delivery, Submission, Tracker};
-use crate::heap::map::Mapped;
 use crate::store::ObjectStore;
 use crate::telemetry::Metrics;
 
@@ -114,7 +114,7 @@ pub async fn replay(
     report.objects = files.len();
     let metrics = Arc::new(Metrics::new());
     let (dry_run, delivery) = match output {
-        Output::DryRun(mapper) => (Some(mapper), None),
+        Output::DryRun(disposer) => (Some(disposer), None),
         Output::Heap(heap) => {
             let mut config = heap.config;
             // A bounded command: a state outage must end it (exit 4), not hang it.
@@ -153,12 +153,12 @@ pub async fn replay(
         report.unreadable_lines += unreadable.len() as u64;
         let total = letters.len() as u64;
         report.replayed += total;
-        if let Some(mapper) = &dry_run {
+        if let Some(disposer) = &dry_run {
             for letter in &letters {
-                let outcome = match mapper.map(&letter.event) {
-                    Mapped::Track { .. } => "would be sent",
-                    Mapped::NoIdentity => "would be skipped (no identity)",
-                    Mapped::Unsendable(_) => "would be parked again",
+                let outcome = match disposer.dispose(&letter.event) {
+                    Disposition::Send { .. } => "would be sent",
+                    Disposition::Skip => "would be skipped (no identity)",
+                    Disposition::Park(_) => "would be parked again",
                 };
                 *report.would.entry(outcome).or_insert(0) += 1;
             }

@@ -198,6 +198,34 @@ impl Batcher {
         self.live.events.len() + self.backfill.events.len()
     }
 
+    /// Takes out every event, queued or waiting for a retry, whose unit was withdrawn: they
+    /// are never to be sent. Batches on the wire are not here (see [`super::outcome`]).
+    pub fn withdraw(&mut self) -> Vec<Item> {
+        let mut out = Vec::new();
+        for queue in [&mut self.live, &mut self.backfill] {
+            if !queue.events.iter().any(|(_, i)| i.tracker.is_withdrawn()) {
+                continue;
+            }
+            let (gone, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut queue.events)
+                .into_iter()
+                .partition(|(_, i)| i.tracker.is_withdrawn());
+            for (_, item) in gone {
+                queue.bytes -= item.json.len() + 1;
+                out.push(item);
+            }
+            queue.events = kept;
+        }
+        for (_, batch) in &mut self.retries {
+            let (gone, kept) = std::mem::take(&mut batch.items)
+                .into_iter()
+                .partition(|i| i.tracker.is_withdrawn());
+            batch.items = kept;
+            out.extend::<Vec<Item>>(gone);
+        }
+        self.retries.retain(|(_, batch)| !batch.items.is_empty());
+        out
+    }
+
     /// Events of one lane waiting to be sent.
     pub fn pending_in(&self, lane: Lane) -> usize {
         match lane {

@@ -6,10 +6,12 @@
 //!   small objects share requests (pure, takes `now`);
 //! - [`policy`]: Heap's answer → accept, retry at, bisect, park or fatal (pure);
 //! - [`parking`]: dead letters on their way to the state store, with their accounting;
+//! - [`dispose`]: the one decision, send / skip / park, for each mapped event;
 //! - this module: the thin async driver that maps events in, sends what the batcher offers
 //!   through a [`Transport`], and applies the policy to each answer.
 
 pub mod batcher;
+pub mod dispose;
 pub mod outcome;
 pub mod parking;
 pub mod policy;
@@ -17,10 +19,11 @@ pub mod policy;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 
+pub use dispose::{BodyLimit, Disposer, Disposition, dispose};
 pub use outcome::{Submission, Tracker};
 
 pub use self::batcher::Lane;
@@ -29,7 +32,7 @@ use self::outcome::Resolution;
 use self::parking::{Parking, ToPark};
 use self::policy::{Action, Attempted, decide};
 use super::client::{Answer, Reply, Transport};
-use super::map::{HeapMapper, Mapped};
+use super::map::HeapMapper;
 use super::pacer::{Counted, RateLimits};
 use super::retry::RetryPolicy;
 use super::track::{bulk_body, bulk_overhead};
@@ -98,6 +101,7 @@ pub struct Delivery {
     config: DeliveryConfig,
     transport: Arc<dyn Transport>,
     mapper: HeapMapper,
+    limit: BodyLimit,
     batcher: Batcher,
     parking: Parking,
     rng: Rng,
@@ -105,11 +109,14 @@ pub struct Delivery {
     /// Whether the last dispatch left events waiting for rate-limit room.
     blocked: bool,
     metrics: Arc<Metrics>,
+    /// Notified when a unit whose events this delivery took is withdrawn.
+    withdrawals: Arc<Notify>,
 }
 
 enum Wake {
     Replied(Batch, Reply, Duration),
     Received(Option<Submission>, Lane),
+    Withdrawn,
     Timer,
 }
 
@@ -125,10 +132,8 @@ async fn recv(input: &mut Option<mpsc::Receiver<Submission>>) -> Option<Submissi
 fn counted(reply: &Reply) -> Counted {
     match (reply.status, &reply.answer) {
         (Some(200..=299), _) => Counted::Stored,
-        (Some(429), Answer::Retry { reason, .. }) => Counted::Throttled {
-            identity: reason.to_ascii_lowercase().contains("identity"),
-        },
-        (Some(429), _) => Counted::Throttled { identity: false },
+        (Some(429), Answer::Retry { scope, .. }) => Counted::Throttled { scope: *scope },
+        (Some(429), _) => Counted::Throttled { scope: None },
         (Some(_), _) => Counted::NotStored,
         (None, _) if reply.connected => Counted::Stored,
         (None, _) => Counted::NotStored,
@@ -152,12 +157,14 @@ impl Delivery {
             )
             .lingering(config.batch_linger),
             parking: Parking::new(dead_letters, config.park_retry_max),
+            limit: BodyLimit::new(config.max_body_bytes, &config.app_id),
             config,
             transport,
             mapper,
             in_flight: JoinSet::new(),
             blocked: false,
             metrics: Arc::new(Metrics::new()),
+            withdrawals: Arc::new(Notify::new()),
         }
     }
 
@@ -250,6 +257,7 @@ impl Delivery {
                 }
                 received = recv(live), if receive_live => Wake::Received(received, Lane::Live),
                 received = recv(backfill), if receive_backfill => Wake::Received(received, Lane::Backfill),
+                _ = self.withdrawals.notified() => Wake::Withdrawn,
                 _ = sleep_until(wake_at.unwrap_or(now)), if wake_at.is_some() => Wake::Timer,
                 // Nothing to wait for but work left would be a bug in the pacer's bookkeeping:
                 // look again shortly rather than stall or panic.
@@ -264,6 +272,7 @@ impl Delivery {
                 Wake::Received(Some(submission), lane) => self.intake(submission, lane),
                 Wake::Received(None, Lane::Live) => inputs[0] = None,
                 Wake::Received(None, Lane::Backfill) => inputs[1] = None,
+                Wake::Withdrawn => self.withdraw(),
                 Wake::Timer => {}
             }
         }
@@ -276,38 +285,28 @@ impl Delivery {
     }
 
     fn intake(&mut self, submission: Submission, lane: Lane) {
+        submission.tracker.held_by(&self.withdrawals);
+        if submission.tracker.is_withdrawn() {
+            submission.tracker.resolve(Resolution::Withdrawn);
+            return;
+        }
         let event_type = submission.event.event_type.clone();
         EventsRead {
             event_type: &event_type,
             count: 1,
         }
         .emit(&self.metrics);
-        match self.mapper.map(&submission.event) {
-            Mapped::Track { event, adjustments } => {
+        match dispose(&self.mapper, &submission.event, self.limit) {
+            Disposition::Send { event, adjustments } => {
                 MappingAdjusted {
                     truncated: u64::from(adjustments.truncated),
                     collisions_dropped: u64::from(adjustments.collisions_dropped),
                 }
                 .emit(&self.metrics);
-                let json = event.json;
-                if !self.batcher.fits_alone(json.len()) {
-                    let reason = format!(
-                        "the mapped event is {} bytes, over the {}-byte request limit (--max-body-bytes)",
-                        json.len(),
-                        self.config.max_body_bytes
-                    );
-                    self.park(
-                        submission.event,
-                        reason,
-                        submission.object,
-                        submission.tracker,
-                    );
-                    return;
-                }
                 self.batcher.push(
                     Item {
                         identity: event.identity,
-                        json: json.into_boxed_slice(),
+                        json: event.json.into_boxed_slice(),
                         original: Box::new(submission.event),
                         event_type,
                         object: submission.object,
@@ -317,7 +316,7 @@ impl Delivery {
                     Instant::now(),
                 );
             }
-            Mapped::NoIdentity => {
+            Disposition::Skip => {
                 EventsSkipped {
                     event_type: &event_type,
                     count: 1,
@@ -325,12 +324,34 @@ impl Delivery {
                 .emit(&self.metrics);
                 submission.tracker.resolve(Resolution::Skipped);
             }
-            Mapped::Unsendable(reason) => self.park(
+            Disposition::Park(reason) => self.park(
                 submission.event,
                 reason,
                 submission.object,
                 submission.tracker,
             ),
+        }
+    }
+
+    /// Drops the events of withdrawn units, queued or waiting for their dead letter: they are
+    /// never sent nor parked (see [`outcome`]).
+    fn withdraw(&mut self) {
+        let queued = self.batcher.withdraw();
+        let parking = self.parking.withdraw();
+        let dropped = queued.len() + parking.len();
+        for item in queued {
+            item.tracker.resolve(Resolution::Withdrawn);
+        }
+        for park in parking {
+            park.tracker.resolve(Resolution::Withdrawn);
+        }
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                still_queued = self.batcher.pending(),
+                requests_on_the_wire = self.in_flight.len(),
+                "dropped the unsent events of withdrawn objects (abandoned, or their read failed)"
+            );
         }
     }
 
@@ -341,6 +362,10 @@ impl Delivery {
         object: Arc<str>,
         tracker: Arc<Tracker>,
     ) {
+        if tracker.is_withdrawn() {
+            tracker.resolve(Resolution::Withdrawn);
+            return;
+        }
         self.parking.push(ToPark {
             event_type: event.event_type.clone(),
             letter: DeadLetter::new(event, reason, &*object),
@@ -379,6 +404,20 @@ impl Delivery {
     }
 
     fn send(&mut self, mut batch: Batch, now: Instant) {
+        // The check that makes a withdrawal exact: nothing of a withdrawn unit goes out, even
+        // before the wake-up that drops its queued events has run.
+        if batch.items.iter().any(|i| i.tracker.is_withdrawn()) {
+            let (gone, kept): (Vec<Item>, Vec<Item>) = std::mem::take(&mut batch.items)
+                .into_iter()
+                .partition(|i| i.tracker.is_withdrawn());
+            for item in gone {
+                item.tracker.resolve(Resolution::Withdrawn);
+            }
+            if kept.is_empty() {
+                return;
+            }
+            batch.items = kept;
+        }
         self.batcher.started(&mut batch, now);
         let body = bulk_body(&self.config.app_id, batch.items.iter().map(|i| &*i.json));
         let transport = self.transport.clone();
@@ -452,6 +491,9 @@ impl Delivery {
                 }
             }
             Action::RetryAt { at, reason } => {
+                if withdrawn(&mut batch) {
+                    return Ok(());
+                }
                 batch.attempt += 1;
                 HeapRetry {
                     events: batch.items.len(),
@@ -463,6 +505,9 @@ impl Delivery {
                 self.batcher.retry_at(at, batch);
             }
             Action::Bisect => {
+                if withdrawn(&mut batch) {
+                    return Ok(());
+                }
                 BatchBisected {
                     events: batch.items.len(),
                 }
@@ -480,6 +525,19 @@ impl Delivery {
         }
         Ok(())
     }
+}
+
+/// Resolves the events of withdrawn units in an answered batch, which is not to be sent
+/// again; says whether nothing is left of it.
+fn withdrawn(batch: &mut Batch) -> bool {
+    batch.items.retain(|item| {
+        let gone = item.tracker.is_withdrawn();
+        if gone {
+            item.tracker.resolve(Resolution::Withdrawn);
+        }
+        !gone
+    });
+    batch.items.is_empty()
 }
 
 #[cfg(test)]

@@ -8,6 +8,11 @@
 //! - **parked**: written as a dead letter, durably, before it is counted;
 //! - **given back** unfinished: its dead letter could not be written within a bounded run's
 //!   budget. Its object is not recorded, so the next run reads it again.
+//! - **withdrawn** unsent: its unit was withdrawn ([`Tracker::withdraw`]: the object was
+//!   abandoned at a stop, or its read failed) before the event was sent. It is dropped from
+//!   delivery's queues, never sent, never parked; its object is not recorded, so the next
+//!   run reads it again. An event already on the wire when its unit is withdrawn ends as
+//!   Heap answers (accepted), or withdrawn if the answer would have it retried or parked.
 //!
 //! A configuration error from Heap (401, 403, 404, a redirect) stops delivery with the events
 //! still unresolved: nothing is parked, nothing is dropped, and a later run sends them again.
@@ -21,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::currents::event::CustomHttpEvent;
 
@@ -39,6 +45,7 @@ pub enum Resolution {
     Skipped,
     Parked,
     GivenBack,
+    Withdrawn,
 }
 
 /// Counts how the events of one unit of work (an object, a replay) ended.
@@ -48,7 +55,12 @@ pub struct Tracker {
     skipped: AtomicU64,
     parked: AtomicU64,
     unfinished: AtomicU64,
+    withdrawn: AtomicU64,
     changed: Notify,
+    /// Cancelled when the unit is withdrawn; a child of the token that abandons it.
+    withdrawal: CancellationToken,
+    /// Wakes the delivery that holds this unit's events, so it drops them at once.
+    holder: std::sync::OnceLock<Arc<Notify>>,
 }
 
 impl Tracker {
@@ -65,8 +77,42 @@ impl Tracker {
     pub fn unfinished(&self) -> u64 {
         self.unfinished.load(Ordering::Acquire)
     }
+    /// Events dropped unsent because the unit was withdrawn.
+    pub fn withdrawn(&self) -> u64 {
+        self.withdrawn.load(Ordering::Acquire)
+    }
     pub fn resolved(&self) -> u64 {
-        self.delivered() + self.skipped() + self.parked() + self.unfinished()
+        self.delivered() + self.skipped() + self.parked() + self.unfinished() + self.withdrawn()
+    }
+
+    /// A tracker withdrawn when `abandon` is cancelled (or by [`Tracker::withdraw`]).
+    pub fn under(abandon: &CancellationToken) -> Self {
+        Tracker {
+            withdrawal: abandon.child_token(),
+            ..Tracker::default()
+        }
+    }
+
+    /// Withdraws the unit: delivery sends none of its events from now on, parks none, and
+    /// drops those it holds (resolved [`Resolution::Withdrawn`]). Requests already on the
+    /// wire are answered as usual.
+    pub fn withdraw(&self) {
+        self.withdrawal.cancel();
+        if let Some(holder) = self.holder.get() {
+            holder.notify_one();
+        }
+    }
+
+    /// Whether the unit was withdrawn (or the token it lives under was cancelled).
+    pub fn is_withdrawn(&self) -> bool {
+        self.withdrawal.is_cancelled()
+    }
+
+    /// The delivery holding this unit's events registers its wake-up (once).
+    pub(super) fn held_by(&self, holder: &Arc<Notify>) {
+        if self.holder.get().is_none() {
+            let _ = self.holder.set(holder.clone());
+        }
     }
 
     /// Waits until `total` events have ended one way or another.
@@ -86,6 +132,7 @@ impl Tracker {
             Resolution::Skipped => &self.skipped,
             Resolution::Parked => &self.parked,
             Resolution::GivenBack => &self.unfinished,
+            Resolution::Withdrawn => &self.withdrawn,
         };
         counter.fetch_add(1, Ordering::AcqRel);
         self.changed.notify_waiters();

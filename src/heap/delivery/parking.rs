@@ -45,6 +45,15 @@ impl Parking {
         self.queue.push(park);
     }
 
+    /// Takes out the letters of withdrawn units: they are not to be written.
+    pub fn withdraw(&mut self) -> Vec<ToPark> {
+        let (gone, kept) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|p| p.tracker.is_withdrawn());
+        self.queue = kept;
+        gone
+    }
+
     pub fn len(&self) -> usize {
         self.queue.len()
     }

@@ -52,6 +52,7 @@ pub fn decide(
         Answer::Retry {
             reason,
             retry_after,
+            ..
         } => {
             let delay = retry.delay(batch.attempt, *retry_after, rng);
             let deadline = batch.first_try + retry.max_elapsed;
@@ -98,6 +99,7 @@ mod tests {
         Answer::Retry {
             reason: "Heap answered 429".into(),
             retry_after: after.map(Duration::from_secs),
+            scope: None,
         }
     }
 

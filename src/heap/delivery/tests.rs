@@ -171,6 +171,7 @@ async fn a_retryable_answer_sends_the_same_batch_again() {
             answer: Answer::Retry {
                 reason: "Heap answered 503".into(),
                 retry_after: Some(Duration::from_secs(2)),
+                scope: None,
             },
         }],
         &[],
@@ -252,4 +253,51 @@ async fn events_arriving_apart_share_a_request_sent_when_the_oldest_has_lingered
     assert_eq!(requests.len(), 1, "{requests:?}");
     assert_eq!(requests[0].len(), 5);
     assert_eq!(transport.posted.lock().unwrap()[0] - start, linger);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_naming_the_identity_limit_late_in_its_body_lowers_the_identity_not_the_app() {
+    // The reason keeps only the body's first 200 characters; the scope is read from all of it.
+    let body = format!(
+        r#"{{"message":"{}","limit":"identity events per minute"}}"#,
+        "x".repeat(250)
+    );
+    let throttled = Reply {
+        status: Some(429),
+        connected: true,
+        answer: crate::heap::client::classify(reqwest::StatusCode::TOO_MANY_REQUESTS, &body, None),
+    };
+    let transport = Scripted::new(vec![throttled], &[]);
+    let (_state, dead_letters) = temp_state();
+    // 8 events against an app limit of 10: inferred, the scope would be the app's.
+    let limits = RateLimits {
+        app_events: 10,
+        identity_events: 1_000,
+        window: Duration::from_secs(60),
+    };
+    let delivery = Delivery::new(
+        DeliveryConfig { limits, ..config() },
+        transport.clone(),
+        HeapMapper::new(MappingConfig::default()),
+        dead_letters,
+    );
+    let metrics = delivery.metrics();
+    let tracker = Arc::new(Tracker::default());
+    let (tx, rx) = mpsc::channel(8);
+    for n in 0..8 {
+        let submission = Submission {
+            event: event(n),
+            object: Arc::from("o/event_type=T/date=2026-11-27-13/x.avro"),
+            tracker: tracker.clone(),
+        };
+        assert!(tx.send(submission).await.is_ok());
+    }
+    drop(tx);
+    assert!(delivery.run(rx).await.is_ok());
+    assert_eq!(tracker.delivered(), 8);
+    assert_eq!(
+        metrics.counts().rate_budget_app,
+        10,
+        "the app's budget is untouched: the 429 named the identity limit"
+    );
 }
