@@ -22,6 +22,8 @@ use crate::store::{ObjectMeta, ObjectStore, StoreError};
 #[derive(Debug, Default)]
 pub struct Unfinished {
     pub count: usize,
+    /// Objects the listing found in the window, finished ones included.
+    pub listed: usize,
     pub oldest: Option<DateHour>,
     /// `event_type=` folders in the source.
     pub folders: usize,
@@ -141,6 +143,7 @@ pub async fn find_unfinished(
                 .map(|meta| (Work::OutsideLayout(meta), None)),
         )
         .collect();
+    unfinished.listed = candidates.len();
     let mut this_poll = FinishedSet::default();
     let known = known.unwrap_or(&mut this_poll);
     load(ledger, window, known, &candidates)

@@ -98,6 +98,10 @@ impl Summary {
             }
             Ended::Object(ObjectResult::Done(_)) => {}
         }
+        // A later pass over a range finished what an earlier one left.
+        if let Ended::Object(ObjectResult::Done(entry) | ObjectResult::Failed(entry)) = ended {
+            self.remaining.retain(|(key, _)| *key != entry.key);
+        }
     }
 
     /// Objects queued but not started because the run stopped.
@@ -122,6 +126,8 @@ pub struct Report {
     pub counts: Counts,
     pub outcome: Outcome,
     pub dry_run: bool,
+    /// A range's (`backfill` run here) final progress, as a worker would write it.
+    pub backfill: Option<crate::handover::BackfillProgress>,
 }
 
 /// How many remaining objects the report names; the rest are counted.
