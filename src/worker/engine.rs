@@ -3,7 +3,8 @@
 //! # Protocol
 //! 1. Poll ([`Poller`]): discover the plan's window, queue what the ledger has not finished.
 //!    A long-lived run polls every `poll_interval`, keeping what it read of the ledger and
-//!    what it recorded since (see [`super::finished`]); a bounded run polls once. A failed
+//!    what it recorded since (see [`super::finished`]); `run --once` polls once, and a
+//!    range (`backfill` run here) is listed pass by pass by its [`BackfillLane`]. A failed
 //!    poll is logged and retried at the next interval (long-lived), or ends a bounded run as
 //!    incomplete.
 //!    With notifications ([`Engine::with_notifications`]), the listener queues objects as
@@ -21,6 +22,9 @@
 //!    short, nothing more is started, and the run ends fatal.
 //! 5. The input to delivery closes once every object has ended; delivery drains; the outcome
 //!    follows from the summary and how delivery ended ([`decide`], [`super::summary`]).
+//!
+//! A range run here is the same [`BackfillLane`] with one request, on the only lane, and its
+//! outcome is the backfill's final state (a fatal delivery still wins).
 //!
 //! A long-lived run that records also keeps a heartbeat in the state and runs the backfills
 //! handed to it ([`BackfillLane`]), one at a time, on the scheduler's and delivery's
