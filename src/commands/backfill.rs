@@ -203,20 +203,27 @@ async fn run_here(
     };
     let (report, ()) = tokio::join!(engine.drive(shutdown), show);
     display.finish();
-    print!("{}", report.render());
+    let worker_came_up = came_up.into_inner();
+    let handing_over = worker_came_up.is_some()
+        && !matches!(report.outcome, Outcome::Fatal(_))
+        && report
+            .backfill
+            .as_ref()
+            .is_some_and(|p| p.state == BackfillState::Incomplete);
+    if handing_over {
+        // Not "incomplete: run again": the worker takes the rest.
+        print!("{}", report.render_counts());
+    } else {
+        print!("{}", report.render());
+    }
     print!("{}", report.counts.render_odd_values());
     let exit = match (&report.outcome, &report.backfill) {
         (Outcome::Fatal(_), _) | (_, None) => report.outcome.clone().into(),
         (_, Some(progress)) => final_exit(&request, progress).into(),
     };
-    let worker_came_up = came_up.into_inner();
     match (&report.backfill, worker_came_up) {
-        (Some(progress), Some(live))
-            if progress.state == BackfillState::Incomplete
-                && !matches!(report.outcome, Outcome::Fatal(_)) =>
-        {
-            // Not "incomplete: run again": the worker takes the rest. What this process
-            // parked or failed still counts.
+        (Some(progress), Some(live)) if handing_over => {
+            // What this process parked or failed still counts.
             let mine = BackfillState::finished(progress.failed, progress.events_parked);
             Ran {
                 exit: FollowExit::of(mine, String::new).into(),

@@ -134,8 +134,9 @@ pub struct Report {
 const REMAINING_SHOWN: usize = 20;
 
 impl Report {
-    /// The closing report, for stdout.
-    pub fn render(&self) -> String {
+    /// What the run did (objects, events per type, delivery, failures), without its
+    /// outcome: for a range handed over mid-run, whose outcome is the worker's.
+    pub fn render_counts(&self) -> String {
         let (s, c) = (&self.summary, &self.counts);
         let (sent, parked) = if self.dry_run {
             ("would be sent", "would be parked")
@@ -166,6 +167,12 @@ impl Report {
         for failure in &s.failures {
             out += &format!("failed: {failure}\n");
         }
+        out
+    }
+
+    /// The closing report, for stdout.
+    pub fn render(&self) -> String {
+        let (s, mut out) = (&self.summary, self.render_counts());
         if let Outcome::Incomplete { reason } = &self.outcome {
             out += &format!("incomplete: {reason}\n");
             for (key, why) in s.remaining.iter().take(REMAINING_SHOWN) {
