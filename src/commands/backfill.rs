@@ -20,11 +20,11 @@ use crate::clock::unix_secs_now;
 use crate::currents::key::DateHour;
 use crate::handover::{
     BackfillProgress, BackfillRequest, BackfillState, Control, FollowExit, Followed,
-    HEARTBEAT_INTERVAL, Heartbeat, check_range, follow, hand_over, render_final, worker_comes_up,
-    worker_label,
+    HEARTBEAT_INTERVAL, Heartbeat, check_range, final_exit, follow, hand_over, render_final,
+    worker_comes_up, worker_label,
 };
-use crate::telemetry::{Counts, Metrics};
-use crate::worker::{Outcome, Plan, Report};
+use crate::telemetry::Metrics;
+use crate::worker::{Outcome, Plan};
 use tokio_util::sync::CancellationToken;
 
 /// How often a log line reports progress when stderr is not a terminal.
@@ -167,12 +167,12 @@ async fn run_here(
         }
     };
     tracing::info!("backfill {} to {}", args.from, args.to);
-    let mut progress = Progress::new("{bar:40} {pos}/{len} objects, {msg}, ETA {eta}");
-    let bar = progress.bar.clone();
-    let started = Instant::now();
-    let engine = engine.with_progress(Box::new(move |counts, found| {
-        progress.engine_update(counts, found, started)
-    }));
+    let Some((request, mut reports)) = engine.range_progress() else {
+        return Ran {
+            exit: Exit::Fatal("a range's engine reports no progress".into()),
+            worker_came_up: None,
+        };
+    };
     let came_up = OnceLock::new();
     let shutdown = async {
         tokio::select! {
@@ -191,44 +191,50 @@ async fn run_here(
             }
         }
     };
-    let report = engine.drive(shutdown).await;
-    if let Some(bar) = bar {
-        bar.finish();
-    }
+    // The same progress a follower of a handed-over range shows, as the lane reports it.
+    let mut display = Progress::new("{bar:40} {pos}/{len} objects, {msg}");
+    let show = async {
+        while reports.changed().await.is_ok() {
+            let latest = reports.borrow_and_update().clone();
+            if let Some(progress) = latest {
+                display.follow_update(&request, &progress, unix_secs_now());
+            }
+        }
+    };
+    let (report, ()) = tokio::join!(engine.drive(shutdown), show);
+    display.finish();
     let worker_came_up = came_up.into_inner();
-    match (&report.outcome, worker_came_up) {
-        (Outcome::Incomplete { .. }, Some(live)) => {
-            // Not "incomplete: run again": the worker takes the rest.
-            let Report {
-                summary,
-                counts,
-                dry_run,
-                ..
-            } = report;
-            let handed = Report {
-                summary,
-                counts,
-                outcome: Outcome::Finished,
-                dry_run,
-            };
-            print!("{}", handed.render());
-            print!("{}", handed.counts.render_odd_values());
-            let mine =
-                BackfillState::finished(handed.counts.objects_failed, handed.counts.total().parked);
+    let handing_over = worker_came_up.is_some()
+        && !matches!(report.outcome, Outcome::Fatal(_))
+        && report
+            .backfill
+            .as_ref()
+            .is_some_and(|p| p.state == BackfillState::Incomplete);
+    if handing_over {
+        // Not "incomplete: run again": the worker takes the rest.
+        print!("{}", report.render_counts());
+    } else {
+        print!("{}", report.render());
+    }
+    print!("{}", report.counts.render_odd_values());
+    let exit = match (&report.outcome, &report.backfill) {
+        (Outcome::Fatal(_), _) | (_, None) => report.outcome.clone().into(),
+        (_, Some(progress)) => final_exit(&request, progress).into(),
+    };
+    match (&report.backfill, worker_came_up) {
+        (Some(progress), Some(live)) if handing_over => {
+            // What this process parked or failed still counts.
+            let mine = BackfillState::finished(progress.failed, progress.events_parked);
             Ran {
                 exit: FollowExit::of(mine, String::new).into(),
                 worker_came_up: Some(live),
             }
         }
         // Finished (or failed) before the stop took effect: nothing to hand over.
-        _ => {
-            print!("{}", report.render());
-            print!("{}", report.counts.render_odd_values());
-            Ran {
-                exit: report.outcome.into(),
-                worker_came_up: None,
-            }
-        }
+        _ => Ran {
+            exit,
+            worker_came_up: None,
+        },
     }
 }
 
@@ -327,29 +333,8 @@ impl Progress {
         due
     }
 
-    /// This process's own progress, from the engine's counters.
-    fn engine_update(&mut self, counts: &Counts, total: u64, started: Instant) {
-        let done = counts.objects_ended();
-        let events = counts.total().read;
-        if let Some(bar) = &self.bar {
-            bar.set_length(total);
-            bar.set_position(done);
-            bar.set_message(format!("{events} events"));
-        }
-        if self.log_due(done == total) {
-            let eta = (done > 0 && total >= done).then(|| {
-                started
-                    .elapsed()
-                    .mul_f64((total - done) as f64 / done as f64)
-            });
-            tracing::info!(
-                "backfill: {done}/{total} objects, {events} events, ETA {}",
-                eta.map_or_else(|| "unknown".to_string(), |d| format!("{}s", d.as_secs()))
-            );
-        }
-    }
-
-    /// A handed-over range's progress, as the worker wrote it.
+    /// A range's progress, as the lane running it reported it (a worker's, or this
+    /// process's own).
     fn follow_update(&mut self, request: &BackfillRequest, p: &BackfillProgress, now: i64) {
         let eta = p
             .eta_secs(now)
@@ -358,15 +343,17 @@ impl Progress {
             bar.set_length(p.found);
             bar.set_position(p.ended);
             bar.set_message(format!(
-                "{} events sent, {} on worker {}, ETA {eta}",
-                p.events_sent, p.state, p.worker
+                "{} events sent, {} on {}, ETA {eta}",
+                p.events_sent,
+                p.activity(),
+                worker_label(&p.worker)
             ));
         }
         if self.log_due(false) {
             tracing::info!(
                 "backfill {}: {} on {}, {}/{} objects, {} events sent, {} parked, ETA {eta}",
                 request.id,
-                p.state,
+                p.activity(),
                 worker_label(&p.worker),
                 p.ended,
                 p.found,

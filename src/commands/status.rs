@@ -297,6 +297,9 @@ fn render_request(
             |s| humantime::format_duration(std::time::Duration::from_secs(s)).to_string(),
         );
         line.push_str(&format!(", ETA {eta}"));
+        if p.waiting_for_rate {
+            line.push_str(", waiting for rate room");
+        }
     }
     if let Some(message) = &p.message {
         line.push_str(&format!(": {message}"));

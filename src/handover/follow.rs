@@ -72,10 +72,16 @@ pub async fn hand_over(
     Ok(request)
 }
 
+/// The runner a range run by `backfill` itself names in its progress (never a worker id,
+/// which has no spaces).
+pub const HERE: &str = "this process";
+
 /// A worker as a request names it, for people: an empty name is "the next `run` worker to
-/// start" (a request made while none was live).
+/// start" (a request made while none was live); [`HERE`] is this process.
 pub fn worker_label(worker: &str) -> String {
-    if worker.is_empty() {
+    if worker == HERE {
+        HERE.into()
+    } else if worker.is_empty() {
         "the next `run` worker to start".into()
     } else {
         format!("worker {worker}")
@@ -135,9 +141,9 @@ impl FollowExit {
 pub fn final_exit(request: &BackfillRequest, p: &BackfillProgress) -> FollowExit {
     FollowExit::of(p.state, || {
         format!(
-            "backfill {} on worker {}: {}",
+            "backfill {} on {}: {}",
             request.id,
-            p.worker,
+            worker_label(&p.worker),
             p.message
                 .as_deref()
                 .unwrap_or("the worker stopped before the range was done")
@@ -148,12 +154,12 @@ pub fn final_exit(request: &BackfillRequest, p: &BackfillProgress) -> FollowExit
 /// The closing lines for stdout once a handed-over range is terminal.
 pub fn render_final(request: &BackfillRequest, p: &BackfillProgress) -> String {
     let mut out = format!(
-        "backfill {}: {} to {} {} on worker {}\nobjects: {} of {} ended, {} failed\nevents: {} sent, {} parked\n",
+        "backfill {}: {} to {} {} on {}\nobjects: {} of {} ended, {} failed\nevents: {} sent, {} parked\n",
         request.id,
         request.from,
         request.to,
         p.state,
-        p.worker,
+        worker_label(&p.worker),
         p.ended,
         p.found,
         p.failed,

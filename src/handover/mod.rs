@@ -110,7 +110,7 @@ use std::time::Duration;
 
 pub use control::{Control, HandoverError, Pruned, addressee, owner};
 pub use follow::{
-    FOLLOW_POLL, FollowExit, Followed, final_exit, follow, hand_over, render_final,
+    FOLLOW_POLL, FollowExit, Followed, HERE, final_exit, follow, hand_over, render_final,
     worker_comes_up, worker_label,
 };
 pub use objects::{

@@ -155,9 +155,9 @@ pub struct BackfillProgress {
     pub state: BackfillState,
     /// The worker running it (the addressee while queued).
     pub worker: String,
-    /// Currents objects found in the range so far.
+    /// Currents objects of the range in its first listing, finished ones included.
     pub found: u64,
-    /// Objects ended: done, failed, or skipped as already done.
+    /// Objects ended: done, failed, or found already in the ledger (whoever ran them).
     pub ended: u64,
     /// Objects that could not be read as Currents data.
     pub failed: u64,
@@ -168,6 +168,15 @@ pub struct BackfillProgress {
     pub updated_at: i64,
     /// Why it is incomplete, or anything else a reader should know.
     pub message: Option<String>,
+    /// Seconds left as the runner estimated them at `updated_at`: the events still to send
+    /// (events per byte so far times the bytes of the objects not ended) over the rate the
+    /// pacer allows the lane. Absent in progress written by older versions.
+    #[serde(default)]
+    pub eta_at_update: Option<u64>,
+    /// Events are queued but the pacer has no room for them: the range waits for the rate
+    /// limit, not for the source or Heap.
+    #[serde(default)]
+    pub waiting_for_rate: bool,
 }
 
 impl BackfillProgress {
@@ -184,12 +193,22 @@ impl BackfillProgress {
             started_at: None,
             updated_at: now,
             message: None,
+            eta_at_update: None,
+            waiting_for_rate: false,
         }
     }
 
-    /// Seconds left at the pace so far: the time since `started_at` times the objects left
-    /// over those ended. `None` before the first object ends; 0 once all found have ended.
+    /// Seconds left at `now`: the runner's estimate at `updated_at`, less the time since.
+    /// Older progress (no estimate) falls back to the pace of ended objects so far. `None`
+    /// while nothing tells; 0 once terminal.
     pub fn eta_secs(&self, now: i64) -> Option<u64> {
+        if self.state.is_terminal() {
+            return Some(0);
+        }
+        let since = u64::try_from(now.saturating_sub(self.updated_at)).unwrap_or(0);
+        if let Some(eta) = self.eta_at_update {
+            return Some(eta.saturating_sub(since));
+        }
         let started = self.started_at?;
         if self.ended == 0 || self.found == 0 {
             return None;
@@ -198,6 +217,15 @@ impl BackfillProgress {
         let elapsed = u128::from(now.saturating_sub(started).max(0).unsigned_abs());
         let eta = elapsed * u128::from(left) / u128::from(self.ended);
         Some(u64::try_from(eta).unwrap_or(u64::MAX))
+    }
+
+    /// What the range is doing, for people: its state, or "waiting for rate room".
+    pub fn activity(&self) -> String {
+        if self.waiting_for_rate && !self.state.is_terminal() {
+            "waiting for rate room".into()
+        } else {
+            self.state.to_string()
+        }
     }
 }
 

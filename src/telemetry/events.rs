@@ -165,6 +165,11 @@ impl RateLimitWait {
     pub fn emit(&self, metrics: &Metrics) {
         metrics.rate_limit_waits.inc();
     }
+
+    /// Whether delivery is waiting for rate room now (for backfill progress).
+    pub fn waiting(waiting: bool, metrics: &Metrics) {
+        metrics.rate_blocked.set(i64::from(waiting));
+    }
 }
 
 /// Events Heap accepted in one request, by lane.

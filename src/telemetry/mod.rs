@@ -97,6 +97,8 @@ pub struct Metrics {
     /// Events Heap accepted per lane (live, backfill), cloned out of their family.
     lane_sent: [Counter; 2],
     rate_budget_app: Gauge,
+    /// 1 while delivery holds events the pacer has no room for.
+    rate_blocked: Gauge,
     rate_budget_lowered_identities: Gauge,
 }
 
@@ -138,6 +140,8 @@ pub struct Counts {
     pub sent_backfill: u64,
     /// The app's rate budget after the last answer from Heap (events per window; 0 before).
     pub rate_budget_app: u64,
+    /// Whether delivery holds events the pacer has no room for right now.
+    pub waiting_for_rate: bool,
 }
 
 impl Counts {
@@ -354,6 +358,12 @@ impl Metrics {
             "The app's current rate budget, events per window: the configured limit lowered by 429s, growing back without them",
             rate_budget_app.clone(),
         );
+        let rate_blocked = Gauge::default();
+        registry.register(
+            "currents_heap_waiting_for_rate_room",
+            "1 while events wait because the rate limit leaves no room for them, else 0",
+            rate_blocked.clone(),
+        );
         let rate_budget_lowered_identities = Gauge::default();
         registry.register(
             "currents_heap_rate_budget_lowered_identities",
@@ -369,6 +379,7 @@ impl Metrics {
         Metrics {
             lane_sent,
             rate_budget_app,
+            rate_blocked,
             rate_budget_lowered_identities,
             registry,
             events_read,
@@ -568,6 +579,7 @@ impl Metrics {
             sent_live: self.lane_sent[0].get(),
             sent_backfill: self.lane_sent[1].get(),
             rate_budget_app: self.rate_budget_app.get().max(0) as u64,
+            waiting_for_rate: self.rate_blocked.get() > 0,
             aws_requests,
         }
     }

@@ -25,6 +25,8 @@ pub struct Unfinished {
     pub count: usize,
     /// The keys found, each with its `date=` hour (none outside the layout).
     pub keys: Vec<(String, Option<DateHour>)>,
+    /// Objects the listing found in the window, finished ones included.
+    pub listed: usize,
     pub oldest: Option<DateHour>,
     /// `event_type=` folders in the source.
     pub folders: usize,
@@ -161,6 +163,7 @@ pub async fn find_unfinished(
                 .map(|meta| (Work::OutsideLayout(meta), None)),
         )
         .collect();
+    unfinished.listed = candidates.len();
     let mut this_poll = FinishedSet::default();
     let known = known.unwrap_or(&mut this_poll);
     load(ledger, window, known, &candidates)

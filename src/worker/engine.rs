@@ -3,7 +3,8 @@
 //! # Protocol
 //! 1. Poll ([`Poller`]): discover the plan's window, queue what the ledger has not finished.
 //!    A long-lived run polls every `poll_interval`, keeping what it read of the ledger and
-//!    what it recorded since (see [`super::finished`]); a bounded run polls once. A failed
+//!    what it recorded since (see [`super::finished`]); `run --once` polls once, and a
+//!    range (`backfill` run here) is listed pass by pass by its [`BackfillLane`]. A failed
 //!    poll is logged and retried at the next interval (long-lived), or ends a bounded run as
 //!    incomplete.
 //!    With notifications ([`Engine::with_notifications`]), the listener queues objects as
@@ -22,6 +23,9 @@
 //! 5. The input to delivery closes once every object has ended; delivery drains; the outcome
 //!    follows from the summary and how delivery ended ([`decide`], [`super::summary`]).
 //!
+//! A range run here is the same [`BackfillLane`] with one request, on the only lane, and its
+//! outcome is the backfill's final state (a fatal delivery still wins).
+//!
 //! A long-lived run that records also keeps a heartbeat in the state and runs the backfills
 //! handed to it ([`BackfillLane`]), one at a time, on the scheduler's and delivery's
 //! backfill lane: each pass lists the range less the ledger, like a poll. At a stop, a
@@ -35,10 +39,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use super::backfills::BackfillLane;
+use super::backfills::{BackfillLane, Meter};
 use super::delivery_task::{DeliveryEnd, DeliveryTask};
 use super::inbox::KeyEnd;
 use super::listener::{Listener, ListenerSettings};
@@ -47,11 +52,15 @@ use super::poller::Poller;
 use super::scheduler::{Ended, Scheduler, Work};
 use super::settings::{Plan, Settings};
 use super::summary::{Outcome, Report, Summary};
+use crate::clock::unix_secs_now;
 use crate::deadletter::DeadLetterStore;
-use crate::handover::{Control, HEARTBEAT_INTERVAL};
+use crate::handover::{
+    BackfillProgress, BackfillRequest, BackfillState, Control, HEARTBEAT_INTERVAL, HERE,
+};
 use crate::heap::client::HeapClient;
-use crate::heap::delivery::{Delivery, DeliveryConfig, Disposer};
+use crate::heap::delivery::{Delivery, DeliveryConfig, Disposer, Lane};
 use crate::heap::map::HeapMapper;
+use crate::heap::pacer::RateLimits;
 use crate::ledger::Ledger;
 use crate::notifications::sqs::Queue;
 use crate::store::ObjectStore;
@@ -97,6 +106,10 @@ pub struct Engine {
     /// records; how often it beats.
     handover: Option<(Arc<Pipeline>, Control)>,
     heartbeat_interval: Duration,
+    /// Delivery's rate limits (`None`: a dry run), for the backfill lane's ETA.
+    limits: Option<RateLimits>,
+    /// A range (`backfill` run here): its request, and where its lane reports progress.
+    range: Option<(BackfillRequest, watch::Sender<Option<BackfillProgress>>)>,
 }
 
 /// Decoded events waiting for delivery: small, so a slow Heap slows decoding soon instead of
@@ -118,6 +131,23 @@ impl Engine {
         let state_retry_max = plan.is_bounded().then_some(settings.bounded_state_retry);
         let lanes = matches!(plan, Plan::Live { .. });
         let control = Control::new(state.clone());
+        let limits = match &output {
+            Output::DryRun(_) => None,
+            Output::Heap(heap) => Some(heap.config.limits),
+        };
+        let range = match plan {
+            Plan::Range { from, to } => Some((
+                BackfillRequest {
+                    id: "here".into(),
+                    from,
+                    to,
+                    worker: HERE.into(),
+                    requested_at: unix_secs_now(),
+                },
+                watch::channel(None).0,
+            )),
+            Plan::Live { .. } | Plan::Once { .. } => None,
+        };
         let (sink, delivery, backfill_sink) = match output {
             Output::DryRun(disposer) => (Sink::DryRun(Arc::new(disposer)), None, None),
             Output::Heap(heap) => {
@@ -163,7 +193,18 @@ impl Engine {
             notifications: None,
             handover,
             heartbeat_interval: HEARTBEAT_INTERVAL,
+            limits,
+            range,
         }
+    }
+
+    /// For a range (`backfill` run here): its request and its progress as the backfill lane
+    /// reports it, the same [`BackfillProgress`] a worker writes for a handed-over range.
+    pub fn range_progress(
+        &self,
+    ) -> Option<(BackfillRequest, watch::Receiver<Option<BackfillProgress>>)> {
+        let (request, sink) = self.range.as_ref()?;
+        Some((request.clone(), sink.subscribe()))
     }
 
     /// No heartbeat and no backfills handed over: for measuring a poll's requests alone.
@@ -234,6 +275,7 @@ impl Engine {
             }
             if polling && let Some(lane) = run.lane.as_mut() {
                 lane.start_next();
+                lane.report_if_due();
                 if lane.pass_due() {
                     tokio::select! {
                         queued = lane.pass(&*run.source, &run.ledger, &mut run.scheduler) => run.found += queued,
@@ -244,7 +286,10 @@ impl Engine {
                     }
                 }
             }
-            if (run.stop.stopping() || run.poller.finished()) && run.scheduler.is_idle() {
+            let backfilled = run.lane.as_ref().is_none_or(BackfillLane::idle);
+            if (run.stop.stopping() || (run.poller.finished() && backfilled))
+                && run.scheduler.is_idle()
+            {
                 break;
             }
             let backfill_wake = run.lane.as_ref().and_then(BackfillLane::next_wake);
@@ -286,6 +331,8 @@ impl Engine {
             notifications,
             handover,
             heartbeat_interval,
+            limits,
+            range,
         } = self;
         let mut scheduler = Scheduler::new(pipeline, settings.object_concurrency, abandon.clone());
         let poll_every = match plan {
@@ -295,7 +342,25 @@ impl Engine {
         let mut lane = None;
         if let Some((backfill_pipeline, control)) = handover {
             scheduler = scheduler.with_backfill(backfill_pipeline);
-            lane = Some(BackfillLane::spawn(control, heartbeat_interval, poll_every));
+            let meter = Meter::new(metrics.clone(), Lane::Backfill, limits, true);
+            lane = Some(BackfillLane::spawn(
+                control,
+                heartbeat_interval,
+                poll_every,
+                meter,
+            ));
+        }
+        // A range run here is the same backfill on the only lane: no live events share it,
+        // so delivery holds no reserve for them (it has one lane).
+        if let Some((request, sink)) = range {
+            let meter = Meter::new(metrics.clone(), Lane::Live, limits, false);
+            lane = Some(BackfillLane::here(
+                request,
+                poll_every,
+                Lane::Live,
+                meter,
+                sink,
+            ));
         }
         let stop = Stop::new(settings.shutdown_timeout, abandon);
         let retry_after = notifications.as_ref().map(|n| n.settings.retry_after);
@@ -448,9 +513,10 @@ impl Parts {
         } = self;
         // Every object has ended, so every sender is gone: delivery sees its input close.
         drop(scheduler);
-        if let Some(lane) = lane {
-            lane.finish().await;
-        }
+        let backfill = match lane {
+            Some(lane) => lane.finish().await,
+            None => None,
+        };
         if let Some(listener) = listener {
             listener.finish().await;
         }
@@ -461,12 +527,17 @@ impl Parts {
         let counts = metrics.counts();
         let stopped = stop.deadline.is_some();
         let failure = poller.into_failure();
-        let outcome = decide(&plan, &summary, &counts, &end, stopped, failure);
+        let decided = decide(&plan, &summary, &counts, &end, stopped, failure);
+        let (outcome, backfill) = match (plan, backfill) {
+            (Plan::Range { .. }, Some(backfill)) => range_outcome(decided, backfill),
+            _ => (decided, None),
+        };
         Report {
             summary,
             counts,
             outcome,
             dry_run: settings.dry_run,
+            backfill,
         }
     }
 }
@@ -599,6 +670,33 @@ fn decide(
         }
         None => Outcome::Finished,
     }
+}
+
+/// A range's outcome is its backfill's final state (the same states a worker ends a
+/// handed-over range in), except that a fatal delivery wins. A range stopped before its
+/// state was terminal ends incomplete, with why.
+fn range_outcome(
+    decided: Outcome,
+    mut backfill: BackfillProgress,
+) -> (Outcome, Option<BackfillProgress>) {
+    if !backfill.state.is_terminal() {
+        backfill.state = BackfillState::Incomplete;
+        if let Outcome::Incomplete { reason } = &decided {
+            backfill.message = Some(reason.clone());
+        }
+    }
+    let outcome = match (decided, backfill.state) {
+        (Outcome::Fatal(e), _) => Outcome::Fatal(e),
+        (_, BackfillState::Done) => Outcome::Finished,
+        (_, BackfillState::DoneWithFailures) => Outcome::FinishedWithFailures,
+        (_, _) => Outcome::Incomplete {
+            reason: backfill
+                .message
+                .clone()
+                .unwrap_or_else(|| "the range was not done".into()),
+        },
+    };
+    (outcome, Some(backfill))
 }
 
 /// Objects taken off the queue unstarted: their messages go back to the queue at once.

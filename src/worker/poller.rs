@@ -74,7 +74,8 @@ impl Poller {
             source,
             ledger,
             metrics,
-            next_poll: Some(Instant::now()),
+            // A range is listed by its backfill lane, pass by pass, as on a worker.
+            next_poll: (!matches!(plan, Plan::Range { .. })).then(Instant::now),
             known,
             reconciling,
             sightings: None,

@@ -35,7 +35,8 @@ pub enum Plan {
     },
     /// `run --once`: one pass over the lookback window.
     Once { lookback: Lookback },
-    /// `backfill`: one pass over `from` (inclusive) to `to` (exclusive).
+    /// `backfill`: `from` (inclusive) to `to` (exclusive), run by the backfill lane as a
+    /// worker runs a handed-over range: up to [`super::backfills::MAX_PASSES`] passes.
     Range { from: DateHour, to: DateHour },
 }
 

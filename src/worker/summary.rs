@@ -88,6 +88,10 @@ impl Summary {
             }
             Ended::Object(ObjectResult::Done(_)) => {}
         }
+        // A later pass over a range finished what an earlier one left.
+        if let Ended::Object(ObjectResult::Done(entry) | ObjectResult::Failed(entry)) = ended {
+            self.remaining.retain(|(key, _)| *key != entry.key);
+        }
     }
 
     /// Objects queued but not started because the run stopped.
@@ -112,14 +116,17 @@ pub struct Report {
     pub counts: Counts,
     pub outcome: Outcome,
     pub dry_run: bool,
+    /// A range's (`backfill` run here) final progress, as a worker would write it.
+    pub backfill: Option<crate::handover::BackfillProgress>,
 }
 
 /// How many remaining objects the report names; the rest are counted.
 const REMAINING_SHOWN: usize = 20;
 
 impl Report {
-    /// The closing report, for stdout.
-    pub fn render(&self) -> String {
+    /// What the run did (objects, events per type, delivery, failures), without its
+    /// outcome: for a range handed over mid-run, whose outcome is the worker's.
+    pub fn render_counts(&self) -> String {
         let (s, c) = (&self.summary, &self.counts);
         let (sent, parked) = if self.dry_run {
             ("would be sent", "would be parked")
@@ -150,6 +157,12 @@ impl Report {
         for failure in &s.failures {
             out += &format!("failed: {failure}\n");
         }
+        out
+    }
+
+    /// The closing report, for stdout.
+    pub fn render(&self) -> String {
+        let (s, mut out) = (&self.summary, self.render_counts());
         if let Outcome::Incomplete { reason } = &self.outcome {
             out += &format!("incomplete: {reason}\n");
             for (key, why) in s.remaining.iter().take(REMAINING_SHOWN) {

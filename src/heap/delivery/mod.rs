@@ -398,6 +398,9 @@ impl Delivery {
         if blocked && !self.blocked {
             RateLimitWait.emit(&self.metrics);
         }
+        if blocked != self.blocked {
+            RateLimitWait::waiting(blocked, &self.metrics);
+        }
         self.blocked = blocked;
         self.batcher
             .forget_idle_beyond(4 * self.config.max_pending.max(1), now);
