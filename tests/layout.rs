@@ -290,7 +290,12 @@ fn upward_imports(src: &Path) -> (Vec<String>, Vec<String>) {
         let ids = tokens(&text).identifiers;
         for pair in ids.windows(2) {
             let ((line, first), (_, module)) = (&pair[0], &pair[1]);
-            if first != "crate" || *module == top {
+            // `pub(crate) fn`: a visibility, not a path.
+            const KEYWORDS: &[&str] = &[
+                "fn", "struct", "enum", "mod", "use", "type", "const", "static", "trait", "impl",
+                "async", "unsafe",
+            ];
+            if first != "crate" || *module == top || KEYWORDS.contains(&module.as_str()) {
                 continue;
             }
             match layer(module) {

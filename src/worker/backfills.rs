@@ -422,6 +422,13 @@ impl Backfill {
         self.unlisted = Some(why);
     }
 
+    /// Events of one of the range's objects that the other lane sent (it held the key when
+    /// the pass listed it): the lane's meter never saw them.
+    pub fn sent_elsewhere(&mut self, events: u64) {
+        self.sent_before += events;
+        self.progress.events_sent += events;
+    }
+
     /// Takes a reading of the lane: events sent, whether they wait for rate room, the ETA.
     pub fn metered(&mut self, reading: Reading) {
         let sent_here = reading.sent.saturating_sub(self.sent_base);
@@ -715,13 +722,19 @@ impl BackfillLane {
         found
     }
 
-    /// An object ended, on either lane: counted if it is one of the running pass's keys.
-    pub fn on_ended(&mut self, ended: &Ended) {
+    /// An object ended on lane `ran_on`: counted if it is one of the running pass's keys.
+    /// Its events were metered on `ran_on`: those of a key the other lane held count here.
+    pub fn on_ended(&mut self, ended: &Ended, ran_on: Lane) {
         let Some(running) = self.running.as_mut() else {
             return;
         };
         if !running.ended(ended) {
             return;
+        }
+        if ran_on != self.lane
+            && let Ended::Object(ObjectResult::Done(entry)) = ended
+        {
+            running.sent_elsewhere(entry.delivered);
         }
         self.settle(Instant::now() + self.every);
     }

@@ -303,7 +303,7 @@ impl Engine {
                     run.lane.as_mut().expect("checked").wait(request);
                 }
                 _ = sleep_until(backfill_wake.unwrap_or_else(Instant::now)), if polling && backfill_wake.is_some() => {}
-                Some(ended) = run.scheduler.next() => run.ended(ended),
+                Some((ended, ran_on)) = run.scheduler.next_with_lane() => run.ended(ended, ran_on),
                 _ = sleep_until(poll_wake.unwrap_or_else(Instant::now)), if polling && poll_wake.is_some() => {}
                 _ = &mut shutdown, if run.stop.deadline.is_none() => run.begin_stop(Cause::Signal("")),
                 _ = sleep_until(run.stop.deadline.unwrap_or_else(Instant::now)), if run.stop.deadline.is_some() && !run.stop.abandon.is_cancelled() => {
@@ -473,13 +473,13 @@ impl Parts {
         }
     }
 
-    /// An object ended, on either lane: every part that cares hears of it.
-    fn ended(&mut self, ended: Ended) {
+    /// An object ended on lane `ran_on`: every part that cares hears of it.
+    fn ended(&mut self, ended: Ended, ran_on: Lane) {
         // Pending first: whoever reads an object's end in the counters sees it pending no more.
         self.poller.on_ended(&ended);
         emit_ended(&ended, &self.metrics);
         if let Some(lane) = self.lane.as_mut() {
-            lane.on_ended(&ended);
+            lane.on_ended(&ended, ran_on);
         }
         if let (Some(listener), Some(retry_after)) = (&self.listener, self.retry_after) {
             listener.ended(ended.key(), key_end(&ended, retry_after));
