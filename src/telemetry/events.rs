@@ -498,3 +498,53 @@ impl ListeningToQueue {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// A checkpoint inside an object was written (see [`crate::worker::checkpoint`]).
+pub struct ProgressWritten;
+
+impl ProgressWritten {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.progress_writes.inc();
+    }
+}
+
+/// A checkpoint inside an object could not be written: the object goes on, and a stop would
+/// send again what ended since its last checkpoint. Logged once per object (`log`).
+pub struct ProgressWriteFailed<'a> {
+    pub object: &'a str,
+    pub error: &'a str,
+    pub log: bool,
+}
+
+impl ProgressWriteFailed<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.progress_write_failures.inc();
+        if self.log {
+            tracing::warn!(
+                object = %self.object,
+                "cannot write the object's checkpoint (it goes on; a stop would send again what ended since the last one): {}",
+                self.error
+            );
+        }
+    }
+}
+
+/// An object resumed from its checkpoint at record `at`, reading `bytes_skipped` fewer bytes.
+pub struct ObjectResumed<'a> {
+    pub object: &'a str,
+    pub at: u64,
+    pub bytes_skipped: u64,
+}
+
+impl ObjectResumed<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.objects_resumed.inc();
+        metrics.events_resumed_past.inc_by(self.at);
+        tracing::info!(
+            object = %self.object,
+            record = self.at,
+            bytes_skipped = self.bytes_skipped,
+            "resuming the object at its checkpoint: the events before it ended in an earlier run"
+        );
+    }
+}

@@ -74,6 +74,10 @@ pub struct Metrics {
     objects_retried: Counter,
     objects_abandoned: Counter,
     objects_panicked: Counter,
+    progress_writes: Counter,
+    progress_write_failures: Counter,
+    events_resumed_past: Counter,
+    objects_resumed: Counter,
     objects_pending: Gauge,
     lag_seconds: Gauge,
     last_poll_unix: Gauge,
@@ -130,6 +134,12 @@ pub struct Counts {
     pub objects_retried: u64,
     pub objects_abandoned: u64,
     pub objects_panicked: u64,
+    /// Checkpoints written inside objects ([`crate::worker::checkpoint`]), and those that failed.
+    pub progress_writes: u64,
+    pub progress_write_failures: u64,
+    /// Objects resumed from a checkpoint, and the events their resumes did not send again.
+    pub objects_resumed: u64,
+    pub events_resumed_past: u64,
     /// Polls that succeeded.
     pub polls: u64,
     /// Requests to cloud services by (service, operation), e.g. `("s3", "ListObjectsV2")`: every HTTP
@@ -246,6 +256,22 @@ impl Metrics {
         let objects_panicked = counter(
             "currents_heap_objects_panicked",
             "Object tasks that panicked; each object is tried again at the next poll",
+        );
+        let progress_writes = counter(
+            "currents_heap_progress_writes",
+            "Checkpoints written inside objects in flight (one PUT each)",
+        );
+        let progress_write_failures = counter(
+            "currents_heap_progress_write_failures",
+            "Checkpoints inside objects that could not be written (the object goes on)",
+        );
+        let objects_resumed = counter(
+            "currents_heap_objects_resumed",
+            "Currents objects resumed from a checkpoint instead of their first event",
+        );
+        let events_resumed_past = counter(
+            "currents_heap_events_resumed_past",
+            "Events a resume did not read or send again: they had ended before the checkpoint",
         );
         let state_write_failures = counter(
             "currents_heap_state_write_failures",
@@ -403,6 +429,10 @@ impl Metrics {
             objects_retried,
             objects_abandoned,
             objects_panicked,
+            progress_writes,
+            progress_write_failures,
+            events_resumed_past,
+            objects_resumed,
             objects_pending,
             lag_seconds,
             last_poll_unix,
@@ -529,6 +559,12 @@ impl Metrics {
     }
 
     /// The counters as they are now.
+    /// The app's rate budget after the last answer from Heap (events per window; 0 before):
+    /// [`Counts::rate_budget_app`] without reading every counter.
+    pub fn rate_budget_app(&self) -> u64 {
+        self.rate_budget_app.get().max(0) as u64
+    }
+
     pub fn counts(&self) -> Counts {
         let by_type = self.by_type.lock().unwrap_or_else(|p| p.into_inner());
         let per_type = by_type
@@ -575,6 +611,10 @@ impl Metrics {
             objects_retried: self.objects_retried.get(),
             objects_abandoned: self.objects_abandoned.get(),
             objects_panicked: self.objects_panicked.get(),
+            progress_writes: self.progress_writes.get(),
+            progress_write_failures: self.progress_write_failures.get(),
+            objects_resumed: self.objects_resumed.get(),
+            events_resumed_past: self.events_resumed_past.get(),
             polls: self.polls.get(),
             sent_live: self.lane_sent[0].get(),
             sent_backfill: self.lane_sent[1].get(),

@@ -304,6 +304,24 @@ impl Meter {
         self.of(&self.metrics.counts())
     }
 
+    /// The lane's events per second: its share of the app's budget (Heap's, once it has
+    /// answered; the configured limit before). `None` in a dry run or without a limit.
+    pub fn rate(&self) -> Option<f64> {
+        self.rate_of(self.metrics.rate_budget_app())
+    }
+
+    fn rate_of(&self, budget_app: u64) -> Option<f64> {
+        self.limits.and_then(|limits| {
+            let budget = match budget_app {
+                0 => limits.app_events,
+                budget => budget,
+            };
+            let window = limits.window.as_secs_f64();
+            (budget > 0 && budget != u64::MAX && window > 0.0)
+                .then(|| budget as f64 * self.share / window)
+        })
+    }
+
     fn of(&self, counts: &Counts) -> Reading {
         let sent = if self.dry_run {
             counts.total().sent
@@ -313,18 +331,9 @@ impl Meter {
                 Lane::Backfill => counts.sent_backfill,
             }
         };
-        let rate = self.limits.and_then(|limits| {
-            let budget = match counts.rate_budget_app {
-                0 => limits.app_events,
-                budget => budget,
-            };
-            let window = limits.window.as_secs_f64();
-            (budget > 0 && budget != u64::MAX && window > 0.0)
-                .then(|| budget as f64 * self.share / window)
-        });
         Reading {
             sent,
-            rate,
+            rate: self.rate_of(counts.rate_budget_app),
             waiting: counts.waiting_for_rate,
         }
     }

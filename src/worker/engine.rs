@@ -49,7 +49,7 @@ use super::inbox::KeyEnd;
 use super::listener::{Listener, ListenerSettings};
 use super::pipeline::{ObjectResult, Pipeline, Sink};
 use super::poller::Poller;
-use super::scheduler::{Ended, Scheduler, Work};
+use super::scheduler::{BudgetRoom, Ended, LaneRate, Scheduler, Work};
 use super::settings::{Plan, Settings};
 use super::summary::{Outcome, Report, Summary};
 use crate::clock::unix_secs_now;
@@ -334,7 +334,18 @@ impl Engine {
             limits,
             range,
         } = self;
-        let mut scheduler = Scheduler::new(pipeline, settings.object_concurrency, abandon.clone());
+        // Admission beyond the regular slots follows what each lane's share of Heap's budget
+        // can finish before a stop's deadline (see the scheduler's docs).
+        let rates = (
+            Meter::new(metrics.clone(), Lane::Live, limits, false),
+            Meter::new(metrics.clone(), Lane::Backfill, limits, true),
+        );
+        let rate: LaneRate = Box::new(move |lane| match lane {
+            Lane::Live => rates.0.rate(),
+            Lane::Backfill => rates.1.rate(),
+        });
+        let mut scheduler = Scheduler::new(pipeline, settings.object_concurrency, abandon.clone())
+            .with_room(BudgetRoom::new(rate, settings.shutdown_timeout));
         let poll_every = match plan {
             Plan::Live { poll_interval, .. } => poll_interval,
             Plan::Once { .. } | Plan::Range { .. } => Duration::ZERO,

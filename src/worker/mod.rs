@@ -14,7 +14,9 @@
 //!   when a message may be deleted.
 //! - [`scheduler`]: objects in flight, a bounded number at a time.
 //! - [`pipeline`]: one object from the source through decoding and mapping to delivery, then
-//!   the ledger.
+//!   the ledger; it resumes an object at its checkpoint.
+//! - [`checkpoint`]: how far an object in flight has ended, written to the ledger as it
+//!   goes (the protocol is stated there).
 //! - [`delivery_task`]: delivery on its own task; how it ended is never lost.
 //! - [`engine`]: the one drive loop (a `select!` over the poller, the backfill lane, the
 //!   listener, the scheduler and the stop), with shutdown passed in as a future.
@@ -28,6 +30,7 @@
 //! [`replay::replay`]) and prints its report.
 
 pub mod backfills;
+pub mod checkpoint;
 pub mod delivery_task;
 pub mod discovery;
 pub mod engine;

@@ -12,22 +12,32 @@
 //! ([`ObjectResult::Unrecorded`]) and the next run reads it again. The outage is timed from
 //! its first failure, across objects, so once the budget is spent the objects after it give
 //! up at their first failed write instead of each waiting it out again.
+//!
+//! # Resuming
+//! While an object is delivered, its [`Checkpoints`] record how far it has ended (the
+//! protocol is in [`super::checkpoint`]). An object whose listed version has a checkpoint
+//! starts at the checkpoint's record: the header is read with a ranged GET of its bytes and
+//! the rest from the block that holds that record (both `If-Match` the listed ETag), whole
+//! blocks before the record skipped by their counts. An object that changed since it was
+//! listed, or whose resume cannot be read, is read from its start. Every record names the
+//! version the read returned.
 
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::currents::container::ContainerError;
+use super::checkpoint::{Blocks, Checkpoints};
+use crate::currents::container::{BlockStart, ContainerError};
 use crate::currents::decode::{DecodeError, EventReader};
 use crate::heap::delivery::{Disposer, Disposition, Submission, Tracker};
-use crate::ledger::{Entry, Ledger, Outcome};
+use crate::ledger::{Entry, Ledger, Outcome, Progress};
 use crate::store::retry::{Cause, Next, SharedRetry};
-use crate::store::{ObjectMeta, ObjectStore};
+use crate::store::{ObjectMeta, ObjectReader, ObjectStore, ReadRange, StoreError};
 use crate::telemetry::Metrics;
 use crate::telemetry::events::{
-    EventsParked, EventsRead, EventsSent, EventsSkipped, OddPropertyValue, StateWriteFailed,
-    StateWriteSucceeded,
+    EventsParked, EventsRead, EventsSent, EventsSkipped, ObjectResumed, OddPropertyValue,
+    StateWriteFailed, StateWriteSucceeded,
 };
 
 /// Where decoded events go.
@@ -96,122 +106,284 @@ struct Decoded {
     warnings: u64,
     error: Option<DecodeError>,
     abandoned: bool,
+    /// The resume could not be read (no block at the checkpoint's offset, a skip that
+    /// failed) before any event was handed on: read the object from its start instead.
+    resume_failed: Option<DecodeError>,
+}
+
+/// An object opened for reading: the version the GET returned, and where its events start.
+struct Opening {
+    reader: ObjectReader,
+    version: ObjectMeta,
+    /// The checkpoint this read resumes from, if one of this version was found.
+    resume: Option<Progress>,
+    /// With a ranged resume: the header's bytes, read apart from the rest.
+    header: Option<ObjectReader>,
+}
+
+impl Opening {
+    fn start(&self) -> u64 {
+        self.resume.as_ref().map_or(0, |p| p.records)
+    }
 }
 
 impl Pipeline {
     /// Processes one object. `abandon` cuts it short (shutdown deadline, stopped delivery):
     /// at once, whatever the object is waiting for (see the module docs).
     pub async fn process(&self, object: &ObjectMeta, abandon: &CancellationToken) -> ObjectResult {
-        let key = || object.key.clone();
-        // Withdrawn with the object: when it is abandoned, or its read fails part way.
-        let tracker = Arc::new(Tracker::under(abandon));
-        let decoded = match self.read(object, &tracker, abandon).await {
+        let mut resume = self.checkpoint_of(object).await;
+        loop {
+            let opening = match self.open(object, resume.take(), abandon).await {
+                Ok(opening) => opening,
+                Err(ended) => return ended,
+            };
+            let resumed = opening.resume.is_some();
+            // Withdrawn with the object: when it is abandoned, or its read fails part way.
+            let tracker = Arc::new(Tracker::resuming(abandon, opening.start()));
+            let blocks = Arc::new(Blocks::default());
+            let mut checkpoints = Checkpoints::new(
+                self.ledger.clone(),
+                self.metrics.clone(),
+                opening.version.clone(),
+                tracker.clone(),
+                blocks.clone(),
+                opening.resume.as_ref(),
+            );
+            let delivering = matches!(self.sink, Sink::Deliver(_));
+            let ended = tokio::select! {
+                ended = self.deliver(opening, &tracker, &blocks, abandon) => ended,
+                never = checkpoints.keep_writing(), if delivering => match never {},
+            };
+            let ended = match ended {
+                Delivered::Ended(ended) => ended,
+                Delivered::ResumeFailed(e) if resumed => {
+                    tracing::warn!(object = %object.key, "cannot resume the object at its checkpoint, reading it from its start: {e}");
+                    continue;
+                }
+                Delivered::ResumeFailed(e) => unreachable_resume(object, e),
+            };
+            if delivering {
+                match &ended {
+                    ObjectResult::Done(_) | ObjectResult::Failed(_) => checkpoints.clear().await,
+                    ObjectResult::Gone { .. } => {}
+                    _ => checkpoints.write_final().await,
+                }
+            }
+            return ended;
+        }
+    }
+
+    /// Decodes an opened object and waits for every event it handed on to end, then records
+    /// it. `ResumeFailed`: the resume could not be read, and no event was handed on.
+    async fn deliver(
+        &self,
+        opening: Opening,
+        tracker: &Arc<Tracker>,
+        blocks: &Arc<Blocks>,
+        abandon: &CancellationToken,
+    ) -> Delivered {
+        let version = opening.version.clone();
+        let start = opening.start();
+        let key = || version.key.clone();
+        let decoded = match self.read(opening, tracker, blocks, abandon).await {
             Ok(decoded) => decoded,
             Err(ended) => {
                 tracker.withdraw();
-                return ended;
+                return Delivered::Ended(ended);
             }
         };
+        if let Some(e) = decoded.resume_failed {
+            return Delivered::ResumeFailed(e);
+        }
         if decoded.warnings > WARNINGS_SHOWN {
             tracing::warn!(
-                object = %object.key,
+                object = %version.key,
                 "{} more warnings like the ones above for this object (each at debug level)",
                 decoded.warnings - WARNINGS_SHOWN
             );
         }
         if decoded.abandoned {
             tracker.withdraw();
-            return ObjectResult::Abandoned { key: key() };
+            return Delivered::Ended(ObjectResult::Abandoned { key: key() });
         }
         if let Some(e) = &decoded.error
             && matches!(e.source, ContainerError::Io(_))
         {
-            // The object is read again from its start later: the events handed over are
-            // withdrawn (those not yet sent are dropped, never parked), and the object ends
-            // only once every one has an outcome, so they are never pending twice.
+            // The object is read again later (from its checkpoint): the events handed over
+            // are withdrawn (those not yet sent are dropped, never parked), and the object
+            // ends only once every one has an outcome, so they are never pending twice.
             tracker.withdraw();
             tokio::select! {
                 _ = tracker.wait_resolved(decoded.events) => {}
-                _ = abandon.cancelled() => return ObjectResult::Abandoned { key: key() },
+                _ = abandon.cancelled() => return Delivered::Ended(ObjectResult::Abandoned { key: key() }),
             }
-            return ObjectResult::Retry {
+            return Delivered::Ended(ObjectResult::Retry {
                 key: key(),
                 reason: format!("cannot read the source object: {e}"),
-            };
+            });
         }
 
         let mut entry = Entry::new(
-            object,
+            &version,
             if decoded.error.is_some() {
                 Outcome::Failed
             } else {
                 Outcome::Done
             },
         );
-        entry.events = decoded.events;
+        entry.events = start + decoded.events;
+        entry.resumed_at = start;
         entry.reason = decoded.error.as_ref().map(|e| e.source.to_string());
         match &self.sink {
             Sink::DryRun(_) => {
                 (entry.delivered, entry.skipped, entry.parked) = decoded.counts;
                 self.count_dry_run(&decoded);
-                return finished(entry);
+                return Delivered::Ended(finished(entry));
             }
             Sink::Deliver(_) => {
                 tokio::select! {
                     _ = tracker.wait_resolved(decoded.events) => {}
                     _ = abandon.cancelled() => {
                         tracker.withdraw();
-                        return ObjectResult::Abandoned { key: key() };
+                        return Delivered::Ended(ObjectResult::Abandoned { key: key() });
                     }
                 }
                 if tracker.unfinished() + tracker.withdrawn() > 0 {
-                    return ObjectResult::Unrecorded {
+                    return Delivered::Ended(ObjectResult::Unrecorded {
                         key: key(),
                         reason: format!(
                             "{} of its events could not be written as dead letters to the state",
                             tracker.unfinished() + tracker.withdrawn()
                         ),
-                    };
+                    });
                 }
                 (entry.delivered, entry.skipped, entry.parked) =
                     (tracker.delivered(), tracker.skipped(), tracker.parked());
             }
         }
-        self.record(entry, abandon).await
+        Delivered::Ended(self.record(entry, abandon).await)
     }
 
-    /// Opens the object and decodes it on a blocking thread, handing its events to the sink.
-    /// `Err`: how the object ended before it could be decoded (gone, unreadable, abandoned).
-    async fn read(
+    /// The checkpoint of the listed version, if the ledger holds one: one GET. A lookup
+    /// that fails reads the object from its start (safe: Heap drops the repeats).
+    async fn checkpoint_of(&self, object: &ObjectMeta) -> Option<Progress> {
+        match self
+            .ledger
+            .progress(&object.key, object.size, &object.etag)
+            .await
+        {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(object = %object.key, "cannot read the object's checkpoint, reading it from its start: {e}");
+                None
+            }
+        }
+    }
+
+    /// Opens the object, at its checkpoint if `resume` holds one: a ranged read of the header
+    /// and one from the checkpoint's block, both only of the listed version. An object that
+    /// changed since is opened whole. `Err`: how the object ended before it could be read
+    /// (gone, unreadable, abandoned).
+    async fn open(
         &self,
         object: &ObjectMeta,
+        resume: Option<Progress>,
+        abandon: &CancellationToken,
+    ) -> Result<Opening, ObjectResult> {
+        let opened = tokio::select! {
+            opened = self.try_open(object, resume) => opened,
+            _ = abandon.cancelled() => return Err(ObjectResult::Abandoned { key: object.key.clone() }),
+        };
+        opened.map_err(|e| {
+            let key = object.key.clone();
+            if e.is_not_found() {
+                ObjectResult::Gone {
+                    key,
+                    reason: format!("the object no longer exists: {e}"),
+                }
+            } else {
+                ObjectResult::Retry {
+                    key,
+                    reason: format!("cannot read the source object: {e}"),
+                }
+            }
+        })
+    }
+
+    async fn try_open(
+        &self,
+        object: &ObjectMeta,
+        resume: Option<Progress>,
+    ) -> Result<Opening, StoreError> {
+        if let Some(progress) = resume {
+            let key = &object.key;
+            let only = Some(progress.etag.clone());
+            let ranged = progress.block_offset > progress.header_len;
+            let header = ReadRange {
+                start: 0,
+                end: ranged.then_some(progress.header_len),
+                if_etag: only.clone(),
+            };
+            match self.source.open_range(key, &header).await {
+                Ok(opened) if opened.version.size == progress.size => {
+                    let bytes_skipped = progress.block_offset - progress.header_len;
+                    let (reader, header) = if ranged {
+                        let body = ReadRange {
+                            start: progress.block_offset,
+                            end: None,
+                            if_etag: only,
+                        };
+                        let body = self.source.open_range(key, &body).await?;
+                        (body.reader, Some(opened.reader))
+                    } else {
+                        (opened.reader, None)
+                    };
+                    ObjectResumed {
+                        object: key,
+                        at: progress.records,
+                        bytes_skipped: if ranged { bytes_skipped } else { 0 },
+                    }
+                    .emit(&self.metrics);
+                    return Ok(Opening {
+                        reader,
+                        version: opened.version,
+                        resume: Some(progress),
+                        header,
+                    });
+                }
+                // Another version than the checkpoint's: read it whole, from its start.
+                Ok(_) => {}
+                Err(e) if e.kind == crate::store::StoreErrorKind::PreconditionFailed => {}
+                Err(e) => return Err(e),
+            }
+            tracing::info!(object = %key, "the object changed since its checkpoint: reading the new version from its start");
+        }
+        let opened = self
+            .source
+            .open_range(&object.key, &ReadRange::default())
+            .await?;
+        Ok(Opening {
+            reader: opened.reader,
+            version: opened.version,
+            resume: None,
+            header: None,
+        })
+    }
+
+    /// Decodes the opened object on a blocking thread, handing its events to the sink.
+    /// `Err`: the object was abandoned before its thread ended.
+    async fn read(
+        &self,
+        opening: Opening,
         tracker: &Arc<Tracker>,
+        blocks: &Arc<Blocks>,
         abandon: &CancellationToken,
     ) -> Result<Decoded, ObjectResult> {
-        let key = || object.key.clone();
-        let opened = tokio::select! {
-            opened = self.source.open(&object.key) => opened,
-            _ = abandon.cancelled() => return Err(ObjectResult::Abandoned { key: key() }),
-        };
-        let reader = match opened {
-            Ok(reader) => reader,
-            Err(e) if e.is_not_found() => {
-                return Err(ObjectResult::Gone {
-                    key: key(),
-                    reason: format!("the object no longer exists: {e}"),
-                });
-            }
-            Err(e) => {
-                return Err(ObjectResult::Retry {
-                    key: key(),
-                    reason: format!("cannot read the source object: {e}"),
-                });
-            }
-        };
-        let (thread_key, sink, thread_tracker, thread_abandon, metrics, runtime) = (
-            key(),
+        let key = opening.version.key.clone();
+        let (sink, thread_tracker, thread_blocks, thread_abandon, metrics, runtime) = (
             self.sink.clone(),
             tracker.clone(),
+            blocks.clone(),
             abandon.clone(),
             self.metrics.clone(),
             tokio::runtime::Handle::current(),
@@ -220,10 +392,11 @@ impl Pipeline {
             let to = Destination {
                 sink: &sink,
                 tracker: &thread_tracker,
+                blocks: &thread_blocks,
                 abandon: &thread_abandon,
                 runtime: &runtime,
             };
-            decode(reader, &thread_key, &to, &metrics)
+            decode(opening, &to, &metrics)
         });
         // An abandoned object does not wait for its thread: a read stuck on the network
         // ends on its own, and the thread sees the abandon at its next event or send.
@@ -232,9 +405,9 @@ impl Pipeline {
                 Ok(decoded) => Ok(decoded),
                 // The scheduler owns what a panic means (the object is given back): pass it on.
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(_) => Err(ObjectResult::Abandoned { key: key() }),
+                Err(_) => Err(ObjectResult::Abandoned { key }),
             },
-            _ = abandon.cancelled() => Err(ObjectResult::Abandoned { key: key() }),
+            _ = abandon.cancelled() => Err(ObjectResult::Abandoned { key }),
         }
     }
 
@@ -349,23 +522,58 @@ fn finished(entry: Entry) -> ObjectResult {
 struct Destination<'a> {
     sink: &'a Sink,
     tracker: &'a Arc<Tracker>,
+    /// Where the blocks start, for the checkpoints.
+    blocks: &'a Blocks,
     abandon: &'a CancellationToken,
     /// The runtime the thread waits on for room in delivery's channel.
     runtime: &'a tokio::runtime::Handle,
 }
 
-fn decode(
-    reader: crate::store::ObjectReader,
-    key: &str,
-    to: &Destination<'_>,
-    metrics: &Metrics,
-) -> Decoded {
+/// How [`Pipeline::deliver`] ended: the object's end, or a resume that could not be read.
+enum Delivered {
+    Ended(ObjectResult),
+    ResumeFailed(DecodeError),
+}
+
+/// A resume failed on a read that was not a resume: cannot happen, but never a panic.
+fn unreachable_resume(object: &ObjectMeta, e: DecodeError) -> ObjectResult {
+    ObjectResult::Retry {
+        key: object.key.clone(),
+        reason: format!("cannot read the source object: {e}"),
+    }
+}
+
+/// Opens the decoder where the read starts: at the checkpoint's block and record, or at the
+/// first block.
+fn open_events(opening: Opening) -> Result<EventReader<ObjectReader>, DecodeError> {
+    let key = &opening.version.key;
+    let mut events = match (opening.header, &opening.resume) {
+        (Some(header), Some(p)) => {
+            let at = BlockStart {
+                offset: p.block_offset,
+                first_record: p.block_first_record,
+            };
+            EventReader::open_at(header, opening.reader, at, key)?
+        }
+        _ => EventReader::open(opening.reader, key)?,
+    };
+    if let Some(p) = &opening.resume {
+        events.skip_to(p.records)?;
+    }
+    Ok(events)
+}
+
+fn decode(opening: Opening, to: &Destination<'_>, metrics: &Metrics) -> Decoded {
     let Destination {
         sink,
         tracker,
+        blocks,
         abandon,
         runtime,
     } = to;
+    let key = opening.version.key.clone();
+    let key = key.as_str();
+    let resuming = opening.resume.is_some();
     let mut decoded = Decoded {
         events: 0,
         counts: (0, 0, 0),
@@ -374,20 +582,27 @@ fn decode(
         warnings: 0,
         error: None,
         abandoned: false,
+        resume_failed: None,
     };
-    let mut events = match EventReader::open(reader, key) {
+    let mut events = match open_events(opening) {
         Ok(events) => events,
+        Err(e) if resuming => {
+            decoded.resume_failed = Some(e);
+            return decoded;
+        }
         Err(e) => {
             decoded.error = Some(e);
             return decoded;
         }
     };
+    blocks.header(events.header_len());
     let object: Arc<str> = Arc::from(key);
     loop {
         if abandon.is_cancelled() {
             decoded.abandoned = true;
             return decoded;
         }
+        let record = events.next_index();
         let event = match events.next_event() {
             Ok(Some((event, warnings))) => {
                 for warning in &warnings {
@@ -409,6 +624,7 @@ fn decode(
                 return decoded;
             }
         };
+        blocks.entered(events.block_start());
         decoded.events += 1;
         if decoded.event_type.is_none() {
             decoded.event_type = Some(event.event_type.clone());
@@ -419,6 +635,7 @@ fn decode(
                     event,
                     object: object.clone(),
                     tracker: Arc::clone(tracker),
+                    record,
                 };
                 // Waiting for room races the abandon: a rate-bound delivery may leave none
                 // for minutes, and a stop must not wait for it (issue 18).

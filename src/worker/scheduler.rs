@@ -24,6 +24,15 @@
 //! a large object next in line waits for a free regular slot, and the small ones behind it
 //! wait with it.
 //!
+//! # Admission by budget
+//! Objects beyond `objects` also start only while the bytes in flight stay within what the
+//! lane's share of Heap's budget can finish before a stop's deadline ([`BudgetRoom`]: the
+//! lane's events per second × `--shutdown-timeout`, in bytes at the events per byte of the
+//! objects that ended). Rate-bound, more objects in flight than that buy nothing: each
+//! holds a slot and an unfinished tail, and a stop finds them all part way (issue 19: 10 of
+//! 60 objects recorded when 28,000 of 48,000 events were in Heap). Until an object has
+//! ended, or without a known rate, only the byte budget applies.
+//!
 //! # Lanes
 //! A long-lived `run` also runs backfills handed to it ([`crate::handover`]) on a second
 //! lane: its own queue, its own admission (the same rule, counted separately), and its own
@@ -121,10 +130,64 @@ impl Admission {
     /// Whether an object of `next` bytes may start while `in_flight` objects of
     /// `bytes_in_flight` bytes between them are running.
     pub fn admits(&self, in_flight: usize, bytes_in_flight: u64, next: u64) -> bool {
+        self.admits_within(in_flight, bytes_in_flight, next, None)
+    }
+
+    /// [`Admission::admits`], and beyond `objects` only while the bytes in flight also stay
+    /// within `room` (see [`BudgetRoom`]; `None`: no such bound).
+    pub fn admits_within(
+        &self,
+        in_flight: usize,
+        bytes_in_flight: u64,
+        next: u64,
+        room: Option<u64>,
+    ) -> bool {
+        let budget = self.small_budget.min(room.unwrap_or(u64::MAX));
         in_flight < self.objects.max(1)
             || (self.small_budget > 0
                 && in_flight < SMALL_OBJECT_CEILING
-                && bytes_in_flight.saturating_add(next) <= self.small_budget)
+                && bytes_in_flight.saturating_add(next) <= budget)
+    }
+}
+
+/// Events per second a lane may send to Heap (`None`: not known, or not bounded).
+pub type LaneRate = Box<dyn Fn(Lane) -> Option<f64> + Send>;
+
+/// What a lane's share of Heap's budget can finish before a stop's deadline, in bytes of
+/// objects (see the module docs).
+pub struct BudgetRoom {
+    rate: LaneRate,
+    /// `--shutdown-timeout`.
+    within: std::time::Duration,
+    /// Records and stored bytes of the objects that ended done, summed.
+    events: u64,
+    bytes: u64,
+}
+
+impl BudgetRoom {
+    pub fn new(rate: LaneRate, within: std::time::Duration) -> Self {
+        BudgetRoom {
+            rate,
+            within,
+            events: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Learns the events per byte from an object that ended done.
+    pub fn learn(&mut self, events: u64, bytes: u64) {
+        self.events = self.events.saturating_add(events);
+        self.bytes = self.bytes.saturating_add(bytes);
+    }
+
+    /// The bytes `lane` may have in flight beyond its regular slots; `None` until an object
+    /// has ended, or without a rate.
+    pub fn bytes(&self, lane: Lane) -> Option<u64> {
+        if self.events == 0 || self.bytes == 0 {
+            return None;
+        }
+        let events = (self.rate)(lane)? * self.within.as_secs_f64();
+        Some((events * self.bytes as f64 / self.events as f64) as u64)
     }
 }
 
@@ -166,6 +229,8 @@ pub struct Scheduler {
     /// Which key each running task holds, to give it back if the task panics, its listed
     /// size and its lane.
     running: HashMap<Id, (String, u64, Lane)>,
+    /// `None`: admission by bytes only.
+    room: Option<BudgetRoom>,
 }
 
 impl Scheduler {
@@ -183,7 +248,14 @@ impl Scheduler {
             in_progress: HashSet::new(),
             tasks: JoinSet::new(),
             running: HashMap::new(),
+            room: None,
         }
+    }
+
+    /// Bounds admission beyond `objects` by Heap's budget too (see the module docs).
+    pub fn with_room(mut self, room: BudgetRoom) -> Self {
+        self.room = Some(room);
+        self
     }
 
     /// Adds the backfill lane; its objects go through `pipeline` (whose events delivery sends
@@ -272,12 +344,14 @@ impl Scheduler {
 
     fn fill_lane(&mut self, lane: Lane) {
         let admission = self.admission;
+        let room = self.room.as_ref().and_then(|r| r.bytes(lane));
         loop {
             let state = self.lane(lane);
             let Some(next) = state.queue.front() else {
                 return;
             };
-            if !admission.admits(state.in_flight, state.bytes_in_flight, next.size()) {
+            if !admission.admits_within(state.in_flight, state.bytes_in_flight, next.size(), room)
+            {
                 return;
             }
             let Some(work) = state.queue.pop_front() else {
@@ -322,6 +396,9 @@ impl Scheduler {
         let (ended, lane) = match self.tasks.join_next_with_id().await? {
             Ok((id, result)) => {
                 let (_, lane) = self.ended(id);
+                if let (Some(room), ObjectResult::Done(entry)) = (&mut self.room, &result) {
+                    room.learn(entry.events, entry.size);
+                }
                 (Ended::Object(result), lane)
             }
             Err(e) => {
@@ -405,6 +482,30 @@ mod tests {
             started(Admission::new(300, SMALL_OBJECT_BUDGET), &[1; 1000]),
             300,
             "the ceiling never lowers --object-concurrency"
+        );
+    }
+
+    #[test]
+    fn beyond_the_regular_slots_no_more_start_than_the_budget_finishes_before_a_stop() {
+        // 250 events/s for 30 s: 7,500 events; objects of 1,000 events in 100 KB.
+        let mut room = BudgetRoom::new(
+            Box::new(|lane| (lane == Lane::Backfill).then_some(250.0)),
+            std::time::Duration::from_secs(30),
+        );
+        assert_eq!(room.bytes(Lane::Backfill), None, "nothing learned yet");
+        room.learn(1_000, 100_000);
+        assert_eq!(room.bytes(Lane::Backfill), Some(750_000));
+        assert_eq!(room.bytes(Lane::Live), None, "no rate known");
+        let default = Admission::new(4, SMALL_OBJECT_BUDGET);
+        let (mut in_flight, mut bytes) = (0, 0);
+        while default.admits_within(in_flight, bytes, 100_000, room.bytes(Lane::Backfill)) {
+            in_flight += 1;
+            bytes += 100_000;
+        }
+        assert_eq!(in_flight, 7, "7 × 1,000 events fit 7,500; the byte budget alone: 167");
+        assert!(
+            default.admits_within(3, 10 * MIB, MIB, Some(0)),
+            "the regular slots are never held back"
         );
     }
 
