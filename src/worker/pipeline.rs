@@ -409,6 +409,8 @@ fn decode(
                 return decoded;
             }
         };
+        // Its index in the object, as decoded: what the tracker's ended prefix counts.
+        let record = decoded.events;
         decoded.events += 1;
         if decoded.event_type.is_none() {
             decoded.event_type = Some(event.event_type.clone());
@@ -419,6 +421,7 @@ fn decode(
                     event,
                     object: object.clone(),
                     tracker: Arc::clone(tracker),
+                    record,
                 };
                 // Waiting for room races the abandon: a rate-bound delivery may leave none
                 // for minutes, and a stop must not wait for it (issue 18).
