@@ -119,12 +119,13 @@ async fn deliver(events: &[CustomHttpEvent]) -> usize {
     let feeder_tracker = tracker.clone();
     let feeder = tokio::spawn(async move {
         let object: Arc<str> = Arc::from("bench.avro");
-        for event in owned {
+        for (record, event) in (0u64..).zip(owned) {
             let _ = tx
                 .send(Submission {
                     event,
                     object: object.clone(),
                     tracker: feeder_tracker.clone(),
+                    record,
                 })
                 .await;
         }

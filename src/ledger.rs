@@ -9,6 +9,17 @@
 //! object without a record is processed again from its start, and the idempotency keys (the
 //! Currents event ids) make Heap ignore the events it already has.
 //!
+//! An object that is not finished may have a **progress** record: "records `[0, N)` of this
+//! version have all ended finally" (accepted, skipped, or parked durably: delivery's ended
+//! prefix, [`crate::heap::delivery::Tracker::ended_prefix`]). It only ever covers records
+//! whose end is final, so a run that resumes the object at record N instead of its start
+//! loses nothing, and the guarantee above is unchanged: at least once, nothing lost. A
+//! progress record names the version (key, size, ETag) it was taken of; one of another
+//! version is never applied ([`Ledger::progress`]), so a re-uploaded object is read from its
+//! start. The done or failed record replaces it ([`Ledger::clear_progress`]); a progress
+//! record left beside one (a crash between the two writes) is never read, because a finished
+//! version is not processed again.
+//!
 //! # Layout and cost
 //! One small object per finished Currents object and version:
 //! `ledger/<object key>/<size>-<etag>.done` (or `.failed`), holding the counts as JSON.
@@ -18,6 +29,10 @@
 //! the version and the outcome are in the key, and ledger keys sort like the source keys
 //! they mirror. A re-uploaded object (new ETag or size) is a new version and is processed
 //! again.
+//!
+//! A progress record is `ledger/<object key>/<size>-<etag>.progress`, JSON, rewritten whole:
+//! one PUT per write, one GET to read it at a resume, one DELETE when the object finishes.
+//! Listings for finished versions skip it, so it never makes an object count as finished.
 //!
 //! # Several writers
 //! The ledger takes no leases, because conditional writes are not reliably atomic on every
@@ -72,6 +87,10 @@ pub struct Entry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub finished_at: String,
+    /// The record this run started at: 0 for a read from the start, N for a resume from a
+    /// progress record (records before N ended in an earlier run).
+    #[serde(default)]
+    pub resumed_at: u64,
 }
 
 impl Entry {
@@ -87,8 +106,50 @@ impl Entry {
             parked: 0,
             reason: None,
             finished_at: now_iso8601(),
+            resumed_at: 0,
         }
     }
+}
+
+/// How far an unfinished object version has ended (see the module's guarantee).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
+    /// Every record before this index ended finally.
+    pub records: u64,
+    /// Bytes of the object's Avro header (a resume reads `0..header_len`), and the block that
+    /// holds record `records`: its byte offset and the index of its first record.
+    pub header_len: u64,
+    pub block_offset: u64,
+    pub block_first_record: u64,
+    pub updated_at: String,
+}
+
+impl Progress {
+    /// Whether it was taken of this version of this object.
+    fn is_of(&self, key: &str, size: u64, etag: &str) -> bool {
+        self.key == key && self.size == size && self.etag == etag
+    }
+}
+
+/// The progress records under a prefix, for `status`, and those that could not be read.
+#[derive(Debug, Default)]
+pub struct InProgress {
+    pub entries: Vec<Progress>,
+    /// (ledger key, why it does not parse).
+    pub unreadable: Vec<(String, String)>,
+}
+
+const PROGRESS_SUFFIX: &str = "progress";
+
+/// The ledger key of a version's progress record.
+fn progress_key(key: &str, size: u64, etag: &str) -> String {
+    format!(
+        "{LEDGER_PREFIX}{key}/{}.{PROGRESS_SUFFIX}",
+        version(size, etag)
+    )
 }
 
 /// The finished versions found under a prefix: (object key, version) → outcome.
@@ -142,20 +203,23 @@ impl Finished {
 
     /// Adds the version a ledger marker key (`ledger/<object key>/<version>.<outcome>`) names;
     /// anything else under `ledger/` is not a marker and is skipped.
+    /// (A progress record is not a finished version: it is skipped too.)
     fn insert_marker(&mut self, ledger_key: &str) {
-        let Some(rest) = ledger_key.strip_prefix(LEDGER_PREFIX) else {
+        let Some((object_key, version, suffix)) = parse_marker(ledger_key) else {
             return;
         };
-        let Some((object_key, marker)) = rest.rsplit_once('/') else {
-            return;
-        };
-        let (version, outcome) = match marker.rsplit_once('.') {
-            Some((v, "done")) => (v, Outcome::Done),
-            Some((v, "failed")) => (v, Outcome::Failed),
+        let outcome = match suffix {
+            "done" => Outcome::Done,
+            "failed" => Outcome::Failed,
             _ => return,
         };
         self.versions
             .insert((object_key.to_string(), version.to_string()), outcome);
+    }
+
+    fn has_version(&self, object_key: &str, version: &str) -> bool {
+        self.versions
+            .contains_key(&(object_key.to_string(), version.to_string()))
     }
 
     /// Whether some version of `key` is recorded done: an older failed version of it was
@@ -297,6 +361,91 @@ impl Ledger {
         Ok((finished, failed))
     }
 
+    /// The progress record of this version, if any: one GET (not found: `None`). A record
+    /// that does not parse, or that names another key, size or ETag than asked, is never
+    /// applied: `None`, with a warning naming the ledger key (the object is read from its start).
+    pub async fn progress(
+        &self,
+        key: &str,
+        size: u64,
+        etag: &str,
+    ) -> Result<Option<Progress>, StoreError> {
+        let ledger_key = progress_key(key, size, etag);
+        let bytes = match self.store.get(&ledger_key).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match serde_json::from_slice::<Progress>(&bytes) {
+            Ok(progress) if progress.is_of(key, size, etag) => Ok(Some(progress)),
+            Ok(progress) => {
+                tracing::warn!(
+                    ledger_key = %ledger_key,
+                    "a progress record names another version ({} size {} etag {}) than its key: ignored, the object is read from its start",
+                    progress.key,
+                    progress.size,
+                    progress.etag
+                );
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    ledger_key = %ledger_key,
+                    "a progress record does not parse: ignored, the object is read from its start: {e}"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// Records how far an object version has ended: one PUT of
+    /// `ledger/<object key>/<version>.progress`, replacing the last one.
+    pub async fn record_progress(&self, progress: &Progress) -> Result<(), StoreError> {
+        let key = progress_key(&progress.key, progress.size, &progress.etag);
+        let body = serde_json::to_vec_pretty(progress).expect("progress records serialize");
+        self.store.put(&key, body).await
+    }
+
+    /// Deletes a version's progress record (missing: `Ok`): the done or failed record
+    /// replaces it. One DELETE.
+    pub async fn clear_progress(&self, key: &str, size: u64, etag: &str) -> Result<(), StoreError> {
+        self.store.delete(&progress_key(key, size, etag)).await
+    }
+
+    /// Every progress record under `source_prefix`, for `status`: a listing, then a GET each.
+    /// One left beside a done or failed record of its version (a crash between the two
+    /// writes) is not in progress and is left out. A record that does not parse is reported
+    /// with its key and the reason, never skipped silently.
+    pub async fn in_progress(&self, source_prefix: &str) -> Result<InProgress, StoreError> {
+        let markers = self
+            .store
+            .list(&format!("{LEDGER_PREFIX}{source_prefix}"))
+            .await?;
+        let mut finished = Finished::default();
+        for meta in &markers {
+            finished.insert_marker(&meta.key);
+        }
+        let mut found = InProgress::default();
+        for meta in markers {
+            match parse_marker(&meta.key) {
+                Some((object_key, version, PROGRESS_SUFFIX))
+                    if !finished.has_version(object_key, version) => {}
+                _ => continue,
+            }
+            let bytes = match self.store.get(&meta.key).await {
+                Ok(bytes) => bytes,
+                // Cleared since the listing: the object finished meanwhile.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            match serde_json::from_slice::<Progress>(&bytes) {
+                Ok(progress) => found.entries.push(progress),
+                Err(e) => found.unreadable.push((meta.key, e.to_string())),
+            }
+        }
+        Ok(found)
+    }
+
     /// Reads the entries of failed objects under a prefix, for `status`. A marker that does
     /// not parse is reported with its key and the reason, never skipped silently.
     pub async fn failed_entries(&self, source_prefix: &str) -> Result<FailedEntries, StoreError> {
@@ -336,6 +485,14 @@ pub struct FailedEntries {
     pub entries: Vec<Entry>,
     /// (ledger key, why it does not parse).
     pub unreadable: Vec<(String, String)>,
+}
+
+/// The object key, version and suffix a ledger key `ledger/<object key>/<version>.<suffix>`
+/// names; `None` for anything else under `ledger/`.
+fn parse_marker(ledger_key: &str) -> Option<(&str, &str, &str)> {
+    let (object_key, marker) = ledger_key.strip_prefix(LEDGER_PREFIX)?.rsplit_once('/')?;
+    let (version, suffix) = marker.rsplit_once('.')?;
+    Some((object_key, version, suffix))
 }
 
 /// A key-safe version tag: the size, then the ETag's letters and digits.
@@ -482,5 +639,154 @@ mod tests {
         let (finished, failed) = ledger.read_all().await.unwrap();
         assert_eq!((finished.len(), failed.entries.len()), (6, 1));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn temp_ledger(name: &str) -> (std::path::PathBuf, Ledger) {
+        let dir = std::env::temp_dir().join(format!(
+            "currents-heap-ledger-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        (dir.clone(), Ledger::new(Arc::new(LocalStore::lazy(&dir))))
+    }
+
+    fn progress(key: &str, size: u64, etag: &str, records: u64) -> Progress {
+        Progress {
+            key: key.into(),
+            size,
+            etag: etag.into(),
+            records,
+            header_len: 412,
+            block_offset: 9_000,
+            block_first_record: records - records % 100,
+            updated_at: now_iso8601(),
+        }
+    }
+
+    const KEY: &str = "c/event_type=T/date=2026-11-27-13/a.avro";
+
+    #[tokio::test]
+    async fn progress_is_kept_per_version_rewritten_and_cleared() {
+        let (dir, ledger) = temp_ledger("progress");
+        assert_eq!(ledger.progress(KEY, 10, "\"abc\"").await.unwrap(), None);
+        let first = progress(KEY, 10, "\"abc\"", 250);
+        ledger.record_progress(&first).await.unwrap();
+        assert_eq!(
+            ledger.progress(KEY, 10, "\"abc\"").await.unwrap(),
+            Some(first)
+        );
+        let later = progress(KEY, 10, "\"abc\"", 900);
+        ledger.record_progress(&later).await.unwrap();
+        assert_eq!(
+            ledger.progress(KEY, 10, "\"abc\"").await.unwrap(),
+            Some(later),
+            "one record per version, rewritten whole"
+        );
+        assert_eq!(
+            ledger.progress(KEY, 11, "\"abc\"").await.unwrap(),
+            None,
+            "a re-upload is another version: read from its start"
+        );
+        ledger.clear_progress(KEY, 10, "\"abc\"").await.unwrap();
+        assert_eq!(ledger.progress(KEY, 10, "\"abc\"").await.unwrap(), None);
+        ledger
+            .clear_progress(KEY, 10, "\"abc\"")
+            .await
+            .expect("clearing a missing record is fine");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_progress_record_of_another_version_or_unreadable_is_never_applied() {
+        let (dir, ledger) = temp_ledger("progress-other");
+        // A record whose body names another ETag than its key (copied, or written by a
+        // worker that read another version): never applied.
+        let other = progress(KEY, 10, "new", 500);
+        let body = serde_json::to_vec(&other).unwrap();
+        ledger
+            .store
+            .put(&progress_key(KEY, 10, "old"), body)
+            .await
+            .unwrap();
+        assert_eq!(ledger.progress(KEY, 10, "old").await.unwrap(), None);
+        ledger
+            .store
+            .put(&progress_key(KEY, 10, "bad"), b"{not json".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(ledger.progress(KEY, 10, "bad").await.unwrap(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_progress_marker_never_makes_an_object_count_as_finished() {
+        let (dir, ledger) = temp_ledger("progress-unfinished");
+        ledger
+            .record_progress(&progress(KEY, 10, "e", 100))
+            .await
+            .unwrap();
+        assert!(ledger.finished("").await.unwrap().is_empty());
+        assert!(ledger.finished("c/event_type=T/").await.unwrap().is_empty());
+        let hour = |n: i64| DateHour::from_hours_since_epoch(n);
+        let hours = ledger
+            .finished_in_hours("c/event_type=T/", hour(0), hour(1_000_000))
+            .await
+            .unwrap();
+        assert!(hours.is_empty());
+        let (finished, failed) = ledger.read_all().await.unwrap();
+        assert!(finished.is_empty() && failed.entries.is_empty() && failed.unreadable.is_empty());
+        assert!(ledger.failed_entries("").await.unwrap().entries.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn in_progress_lists_unfinished_versions_and_reports_unreadable_ones() {
+        let (dir, ledger) = temp_ledger("in-progress");
+        let b = "c/event_type=T/date=2026-11-27-13/b.avro";
+        let going = progress(KEY, 10, "e", 300);
+        ledger.record_progress(&going).await.unwrap();
+        // b finished, but the crash came before its progress record was cleared.
+        ledger
+            .record_progress(&progress(b, 5, "e", 100))
+            .await
+            .unwrap();
+        let meta = ObjectMeta {
+            key: b.into(),
+            size: 5,
+            etag: "e".into(),
+        };
+        ledger
+            .record(&Entry::new(&meta, Outcome::Done))
+            .await
+            .unwrap();
+        ledger
+            .store
+            .put(
+                &progress_key("c/event_type=T/date=2026-11-27-13/z.avro", 1, "e"),
+                b"{not json".to_vec(),
+            )
+            .await
+            .unwrap();
+        let found = ledger.in_progress("c/").await.unwrap();
+        assert_eq!(found.entries, vec![going], "b is done, not in progress");
+        assert_eq!(found.unreadable.len(), 1, "{found:?}");
+        assert!(found.unreadable[0].0.ends_with("z.avro/1-e.progress"));
+        assert!(
+            ledger
+                .in_progress("other/")
+                .await
+                .unwrap()
+                .entries
+                .is_empty()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_entry_written_before_resumes_reads_as_a_read_from_the_start() {
+        let old = r#"{"key":"k","size":1,"etag":"e","outcome":"done","events":3,
+            "delivered":3,"skipped":0,"parked":0,"finished_at":"2026-11-27T13:00:00Z"}"#;
+        let entry: Entry = serde_json::from_str(old).unwrap();
+        assert_eq!(entry.resumed_at, 0);
     }
 }

@@ -168,11 +168,13 @@ pub async fn replay(
             continue;
         };
         let tracker = Arc::new(Tracker::default());
-        for letter in letters {
+        for (record, letter) in (0u64..).zip(letters) {
             let submission = Submission {
                 event: letter.event,
                 object: Arc::from(letter.object),
                 tracker: tracker.clone(),
+                // Its line in the dead-letter file: a replay keeps no checkpoint.
+                record,
             };
             if sender.send(submission).await.is_err() {
                 break;

@@ -59,11 +59,12 @@ pub fn feed(
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let (feeder_tracker, object) = (tracker.clone(), Arc::<str>::from(object));
     let feeder = tokio::spawn(async move {
-        for event in events {
+        for (record, event) in (0u64..).zip(events) {
             let submission = Submission {
                 event,
                 object: object.clone(),
                 tracker: feeder_tracker.clone(),
+                record,
             };
             if tx.send(submission).await.is_err() {
                 break;

@@ -61,6 +61,8 @@ pub struct Item {
     pub event_type: Arc<str>,
     pub object: Arc<str>,
     pub tracker: Arc<Tracker>,
+    /// Its index in its object, for the tracker's ended prefix.
+    pub record: u64,
     pub lane: Lane,
 }
 
@@ -494,6 +496,7 @@ mod tests {
             event_type: Arc::from("T"),
             object: Arc::from("o"),
             tracker: Arc::new(Tracker::default()),
+            record: 0,
             lane: Lane::Live,
         }
     }

@@ -287,7 +287,9 @@ impl Delivery {
     fn intake(&mut self, submission: Submission, lane: Lane) {
         submission.tracker.held_by(&self.withdrawals);
         if submission.tracker.is_withdrawn() {
-            submission.tracker.resolve(Resolution::Withdrawn);
+            submission
+                .tracker
+                .resolve(Resolution::Withdrawn, submission.record);
             return;
         }
         let event_type = submission.event.event_type.clone();
@@ -311,6 +313,7 @@ impl Delivery {
                         event_type,
                         object: submission.object,
                         tracker: submission.tracker,
+                        record: submission.record,
                         lane,
                     },
                     Instant::now(),
@@ -322,13 +325,16 @@ impl Delivery {
                     count: 1,
                 }
                 .emit(&self.metrics);
-                submission.tracker.resolve(Resolution::Skipped);
+                submission
+                    .tracker
+                    .resolve(Resolution::Skipped, submission.record);
             }
             Disposition::Park(reason) => self.park(
                 submission.event,
                 reason,
                 submission.object,
                 submission.tracker,
+                submission.record,
             ),
         }
     }
@@ -340,10 +346,10 @@ impl Delivery {
         let parking = self.parking.withdraw();
         let dropped = queued.len() + parking.len();
         for item in queued {
-            item.tracker.resolve(Resolution::Withdrawn);
+            item.tracker.resolve(Resolution::Withdrawn, item.record);
         }
         for park in parking {
-            park.tracker.resolve(Resolution::Withdrawn);
+            park.tracker.resolve(Resolution::Withdrawn, park.record);
         }
         if dropped > 0 {
             tracing::info!(
@@ -361,15 +367,17 @@ impl Delivery {
         reason: String,
         object: Arc<str>,
         tracker: Arc<Tracker>,
+        record: u64,
     ) {
         if tracker.is_withdrawn() {
-            tracker.resolve(Resolution::Withdrawn);
+            tracker.resolve(Resolution::Withdrawn, record);
             return;
         }
         self.parking.push(ToPark {
             event_type: event.event_type.clone(),
             letter: DeadLetter::new(event, reason, &*object),
             tracker,
+            record,
         });
     }
 
@@ -379,7 +387,7 @@ impl Delivery {
         // once). Done here, for the few events parked, instead of for every event at intake.
         let json = serde_json::to_vec(&item.original).expect("events serialize");
         let event: CustomHttpEvent = serde_json::from_slice(&json).expect("events read back");
-        self.park(event, reason, item.object, item.tracker);
+        self.park(event, reason, item.object, item.tracker, item.record);
     }
 
     /// Sends what the pacer and the concurrency limit allow right now.
@@ -414,7 +422,7 @@ impl Delivery {
                 .into_iter()
                 .partition(|i| i.tracker.is_withdrawn());
             for item in gone {
-                item.tracker.resolve(Resolution::Withdrawn);
+                item.tracker.resolve(Resolution::Withdrawn, item.record);
             }
             if kept.is_empty() {
                 return;
@@ -471,7 +479,7 @@ impl Delivery {
                 }
                 .emit(&self.metrics);
                 for item in batch.items {
-                    item.tracker.resolve(Resolution::Accepted);
+                    item.tracker.resolve(Resolution::Accepted, item.record);
                     match &mut run {
                         Some((event_type, n)) if *event_type == item.event_type => *n += 1,
                         _ => {
@@ -536,7 +544,7 @@ fn withdrawn(batch: &mut Batch) -> bool {
     batch.items.retain(|item| {
         let gone = item.tracker.is_withdrawn();
         if gone {
-            item.tracker.resolve(Resolution::Withdrawn);
+            item.tracker.resolve(Resolution::Withdrawn, item.record);
         }
         !gone
     });

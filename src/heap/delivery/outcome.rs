@@ -21,9 +21,23 @@
 //!
 //! Only the delivery module resolves events ([`Tracker::resolve`] is `pub(super)`); everyone
 //! else reads the counts.
+//!
+//! # The ended prefix
+//! Each event carries its index in its object ([`Submission::record`], from 0), and its
+//! tracker keeps the **ended prefix** ([`Tracker::ended_prefix`]): the N such that every record
+//! in `[0, N)` ended *finally*: accepted, skipped, or parked (its dead letter written). A
+//! checkpoint taken from it never covers an event that could still need sending, so a resume
+//! at N loses nothing. A record given back or withdrawn never ends finally: the prefix stops
+//! before it for good, and the object is read again from there. A resumed unit
+//! ([`Tracker::resuming`] at `first`) starts its prefix at `first`: the records before it
+//! ended in an earlier run. Records end in any order (requests answer out of order, a parked
+//! event waits for its write); memory stays bounded by the events in flight, because the
+//! tracker keeps the prefix and the runs of records ended ahead of it, and each gap between
+//! runs holds an event still in flight.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +50,8 @@ pub struct Submission {
     /// The Currents object key, recorded with dead letters.
     pub object: Arc<str>,
     pub tracker: Arc<Tracker>,
+    /// The event's index in its object (from 0): what the ended prefix counts.
+    pub record: u64,
 }
 
 /// Where an event ended.
@@ -61,6 +77,68 @@ pub struct Tracker {
     withdrawal: CancellationToken,
     /// Wakes the delivery that holds this unit's events, so it drops them at once.
     holder: std::sync::OnceLock<Arc<Notify>>,
+    /// Which records ended finally: the ended prefix.
+    ended: Mutex<Ended>,
+}
+
+/// The records of one unit that ended finally, kept as the prefix and the runs ended ahead of
+/// it, so its size follows the gaps (events in flight), not the records.
+#[derive(Debug, Default)]
+struct Ended {
+    /// Every record before it ended finally.
+    prefix: u64,
+    /// Runs of records ended ahead of the prefix: start → end (exclusive), disjoint, none
+    /// touching another or the prefix.
+    ahead: BTreeMap<u64, u64>,
+    /// The first record given back or withdrawn: the prefix never passes it.
+    stop: Option<u64>,
+}
+
+impl Ended {
+    fn starting_at(first: u64) -> Self {
+        Ended {
+            prefix: first,
+            ..Ended::default()
+        }
+    }
+
+    /// Record `record` ended finally.
+    fn ended(&mut self, record: u64) {
+        if record < self.prefix || self.stop.is_some_and(|stop| record >= stop) {
+            // Before the prefix: already counted (or before a resume's first record).
+            // Past a stop: the prefix can never reach it, so it is not kept.
+            return;
+        }
+        let (mut start, mut end) = (record, record + 1);
+        // Merge with the run ending at `record` and the one starting right after it.
+        if let Some((&s, &e)) = self.ahead.range(..=record).next_back() {
+            if e > record {
+                return; // Already ended (not expected: each record ends once).
+            }
+            if e == record {
+                self.ahead.remove(&s);
+                start = s;
+            }
+        }
+        if let Some(e) = self.ahead.remove(&end) {
+            end = e;
+        }
+        if start == self.prefix {
+            self.prefix = end;
+        } else {
+            self.ahead.insert(start, end);
+        }
+    }
+
+    /// Record `record` will never end finally in this run.
+    fn stopped(&mut self, record: u64) {
+        if record < self.prefix || self.stop.is_some_and(|stop| stop <= record) {
+            return;
+        }
+        self.stop = Some(record);
+        // Runs past the stop can never join the prefix: drop them.
+        let _ = self.ahead.split_off(&record);
+    }
 }
 
 impl Tracker {
@@ -87,10 +165,29 @@ impl Tracker {
 
     /// A tracker withdrawn when `abandon` is cancelled (or by [`Tracker::withdraw`]).
     pub fn under(abandon: &CancellationToken) -> Self {
+        Tracker::resuming(abandon, 0)
+    }
+
+    /// A tracker whose unit's records before `first` ended in an earlier run (a resume at
+    /// record `first`); withdrawn with `abandon` like [`Tracker::under`].
+    pub fn resuming(abandon: &CancellationToken, first: u64) -> Self {
         Tracker {
             withdrawal: abandon.child_token(),
+            ended: Mutex::new(Ended::starting_at(first)),
             ..Tracker::default()
         }
+    }
+
+    /// N such that every record in `[0, N)` ended finally: accepted, skipped by policy, or
+    /// parked durably. A record given back or withdrawn never ends finally, so the prefix
+    /// stops before it for good (see the module docs).
+    pub fn ended_prefix(&self) -> u64 {
+        self.ended().prefix
+    }
+
+    fn ended(&self) -> std::sync::MutexGuard<'_, Ended> {
+        // Nothing panics while holding it; a poisoned lock still holds consistent data.
+        self.ended.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Withdraws the unit: delivery sends none of its events from now on, parks none, and
@@ -126,7 +223,15 @@ impl Tracker {
         }
     }
 
-    pub(super) fn resolve(&self, resolution: Resolution) {
+    /// Record `record` of the unit ended as `resolution`. The prefix moves before the counts,
+    /// so whoever sees an event counted sees the prefix that includes it.
+    pub(super) fn resolve(&self, resolution: Resolution, record: u64) {
+        match resolution {
+            Resolution::Accepted | Resolution::Skipped | Resolution::Parked => {
+                self.ended().ended(record)
+            }
+            Resolution::GivenBack | Resolution::Withdrawn => self.ended().stopped(record),
+        }
         let counter = match resolution {
             Resolution::Accepted => &self.delivered,
             Resolution::Skipped => &self.skipped,
@@ -136,5 +241,53 @@ impl Tracker {
         };
         counter.fetch_add(1, Ordering::AcqRel);
         self.changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_grows_only_over_records_ended_finally_in_any_order() {
+        let tracker = Tracker::default();
+        for record in [3, 1, 5] {
+            tracker.resolve(Resolution::Accepted, record);
+        }
+        assert_eq!(tracker.ended_prefix(), 0, "record 0 is still in flight");
+        tracker.resolve(Resolution::Skipped, 0);
+        assert_eq!(tracker.ended_prefix(), 2);
+        tracker.resolve(Resolution::Parked, 2);
+        assert_eq!(tracker.ended_prefix(), 4, "3 had ended ahead");
+        assert_eq!(tracker.ended().ahead.len(), 1, "only the run 5..6 is kept");
+        tracker.resolve(Resolution::GivenBack, 4);
+        tracker.resolve(Resolution::Accepted, 6);
+        assert_eq!(tracker.ended_prefix(), 4, "given back: stopped for good");
+        assert!(
+            tracker.ended().ahead.is_empty(),
+            "nothing past a stop is kept"
+        );
+    }
+
+    #[test]
+    fn memory_follows_the_gaps_not_the_records() {
+        let tracker = Tracker::default();
+        // Record 0 is held (say, a slow request) while a million records end behind it.
+        for record in 1..1_000_000 {
+            tracker.resolve(Resolution::Accepted, record);
+        }
+        assert_eq!(tracker.ended().ahead.len(), 1, "one run");
+        tracker.resolve(Resolution::Accepted, 0);
+        assert_eq!(tracker.ended_prefix(), 1_000_000);
+    }
+
+    #[test]
+    fn a_resumed_unit_starts_at_its_first_record() {
+        let tracker = Tracker::resuming(&CancellationToken::new(), 100);
+        assert_eq!(tracker.ended_prefix(), 100);
+        tracker.resolve(Resolution::Accepted, 101);
+        assert_eq!(tracker.ended_prefix(), 100);
+        tracker.resolve(Resolution::Accepted, 100);
+        assert_eq!(tracker.ended_prefix(), 102);
     }
 }

@@ -23,6 +23,8 @@ pub struct ToPark {
     pub letter: DeadLetter,
     pub event_type: Arc<str>,
     pub tracker: Arc<Tracker>,
+    /// Its index in its object: it ends (for the ended prefix) only once the letter is written.
+    pub record: u64,
 }
 
 pub struct Parking {
@@ -106,7 +108,7 @@ impl Parking {
                         failing_for.as_secs()
                     );
                     for park in self.queue.drain(..) {
-                        park.tracker.resolve(Resolution::GivenBack);
+                        park.tracker.resolve(Resolution::GivenBack, park.record);
                     }
                 }
             }
@@ -123,7 +125,7 @@ impl Parking {
                 .or_default()
                 .entry(park.letter.reason.clone())
                 .or_insert(0) += 1;
-            park.tracker.resolve(Resolution::Parked);
+            park.tracker.resolve(Resolution::Parked, park.record);
         }
         for (event_type, reasons) in by_type {
             let reasons: Vec<(String, u64)> = reasons.into_iter().collect();
