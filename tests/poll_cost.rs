@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use currents_heap::currents::key::{DateHour, KeyLayout};
 use currents_heap::ledger::{Entry, Ledger, Outcome as Recorded};
-use currents_heap::store::{ObjectMeta, ObjectReader, ObjectStore, S3Store, StoreFuture};
+use currents_heap::store::{ObjectMeta, ObjectStore, Opened, ReadRange, S3Store, StoreFuture};
 use currents_heap::telemetry::Metrics;
 use currents_heap::worker::scheduler::Admission;
 use currents_heap::worker::{Engine, Lookback, Outcome, Output, Plan, Report, Settings};
@@ -355,8 +355,8 @@ impl ObjectStore for MarkPolls {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<u8>> {
         self.inner.get(key)
     }
-    fn open<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectReader> {
-        self.inner.open(key)
+    fn open_range<'a>(&'a self, key: &'a str, range: &'a ReadRange) -> StoreFuture<'a, Opened> {
+        self.inner.open_range(key, range)
     }
     fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> StoreFuture<'a, ()> {
         self.inner.put(key, bytes)

@@ -32,11 +32,12 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use object_store::client::{HttpClient, HttpConnector, HttpService, ReqwestConnector};
 use object_store::path::Path;
-use object_store::{ObjectStore as _, ObjectStoreExt as _, PutPayload};
+use object_store::{GetOptions, GetRange, ObjectStore as _, ObjectStoreExt as _, PutPayload};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::{
-    ObjectMeta, ObjectReader, ObjectStore, StoreError, StoreErrorKind, StoreFuture, in_range,
+    ObjectMeta, ObjectStore, Opened, ReadRange, StoreError, StoreErrorKind, StoreFuture, in_range,
+    unquoted,
 };
 use crate::telemetry::Metrics;
 use crate::telemetry::events::StoreRequest;
@@ -190,16 +191,7 @@ impl CloudStore {
                 found.push(ObjectMeta {
                     key: key.to_string(),
                     size: meta.size,
-                    etag: meta
-                        .e_tag
-                        .map(|e| e.trim_matches('"').to_string())
-                        .filter(|e| !e.is_empty())
-                        .unwrap_or_else(|| {
-                            format!(
-                                "lm{}",
-                                meta.last_modified.timestamp_nanos_opt().unwrap_or(0)
-                            )
-                        }),
+                    etag: version_tag(&meta),
                 });
             }
         }
@@ -214,6 +206,96 @@ impl CloudStore {
             .await
             .map_err(|e| self.store_error("get", key, &e))
     }
+
+    /// `get_opts` of `range` (object_store's `GetOptions`: `range` as `GetRange::Bounded` or
+    /// `Offset`, none for the whole object; `if_match` quoted, as Azure and GCS send ETags),
+    /// and the version from `GetResult::meta`, whose size object_store takes from
+    /// `Content-Range` for a ranged read. object_store's `Precondition` is
+    /// `PreconditionFailed`; the ETag is compared here as well, for servers that ignore
+    /// `If-Match`.
+    async fn open_checked(&self, key: &str, range: &ReadRange) -> Result<Opened, StoreError> {
+        let path = self.path("get", key)?;
+        let named = |mut error: StoreError| {
+            if !range.is_whole() {
+                error.reason = format!("{} (reading {})", error.reason, range.header());
+            }
+            error
+        };
+        if let Some(why) = range.refusal() {
+            return Err(named(self.error("get", key, why)));
+        }
+        let options = GetOptions {
+            range: match (range.is_whole(), range.end) {
+                (true, _) => None,
+                (false, Some(end)) => Some(GetRange::Bounded(range.start..end)),
+                (false, None) => Some(GetRange::Offset(range.start)),
+            },
+            if_match: range
+                .if_etag
+                .as_deref()
+                .map(|etag| format!("\"{}\"", unquoted(etag))),
+            ..GetOptions::default()
+        };
+        let result = match self.inner.get_opts(&path, options).await {
+            Ok(result) => result,
+            // Azure answers `If-Match` on a missing blob with 412 (as RFC 9110 §13.1.1 has
+            // it); a HEAD, on this failure path only, tells a missing key from another
+            // version, so every store says `NotFound` for a missing key.
+            Err(e @ object_store::Error::Precondition { .. }) => {
+                return Err(match self.inner.head(&path).await {
+                    Err(missing @ object_store::Error::NotFound { .. }) => {
+                        named(self.store_error("get", key, &missing))
+                    }
+                    _ => named(self.store_error("get", key, &e)),
+                });
+            }
+            Err(e) => return Err(named(self.store_error("get", key, &e))),
+        };
+        let version = ObjectMeta {
+            key: key.to_string(),
+            size: result.meta.size,
+            etag: version_tag(&result.meta),
+        };
+        if !range.admits(&version.etag) {
+            return Err(StoreError {
+                kind: StoreErrorKind::PreconditionFailed,
+                ..self.error(
+                    "get",
+                    key,
+                    format!(
+                        "the object is version {}, not {} (checked on the response)",
+                        version.etag,
+                        range.if_etag.as_deref().unwrap_or_default()
+                    ),
+                )
+            });
+        }
+        // Bytes arrive as the decoder asks for them: one chunk in memory, not the object.
+        let stream = result
+            .into_stream()
+            .map(|chunk| chunk.map_err(std::io::Error::other));
+        let reader = SyncIoBridge::new(StreamReader::new(stream));
+        Ok(Opened {
+            reader: Box::new(reader),
+            version,
+        })
+    }
+}
+
+/// The ETag without its quotes, or, from a store that gives none, the modification time: the
+/// same form from a listing and from a read, so the two compare.
+fn version_tag(meta: &object_store::ObjectMeta) -> String {
+    meta.e_tag
+        .as_deref()
+        .map(unquoted)
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            format!(
+                "lm{}",
+                meta.last_modified.timestamp_nanos_opt().unwrap_or(0)
+            )
+        })
 }
 
 /// The kind of an object_store error. object_store maps 404, 401, 403, 409 and 412 of a get,
@@ -233,6 +315,11 @@ fn error_kind(e: &object_store::Error) -> StoreErrorKind {
         | E::NotSupported { .. }
         | E::NotImplemented { .. }
         | E::UnknownConfigurationKey { .. } => StoreErrorKind::Invalid,
+        // A range that starts at or past the end, found by object_store in the answer
+        // (`InvalidGetRange::StartTooLarge`), as S3 answers it with 416.
+        E::Generic { .. } if e.to_string().contains("Wanted range starting at") => {
+            StoreErrorKind::Invalid
+        }
         E::Generic { .. } => match generic_status(&e.to_string()) {
             Some(401 | 403) => StoreErrorKind::Denied,
             Some(404) => StoreErrorKind::NotFound,
@@ -319,16 +406,8 @@ impl ObjectStore for CloudStore {
         })
     }
 
-    fn open<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectReader> {
-        Box::pin(async move {
-            let result = self.get_result(key).await?;
-            // Bytes arrive as the decoder asks for them: one chunk in memory, not the object.
-            let stream = result
-                .into_stream()
-                .map(|chunk| chunk.map_err(std::io::Error::other));
-            let reader = SyncIoBridge::new(StreamReader::new(stream));
-            Ok(Box::new(reader) as ObjectReader)
-        })
+    fn open_range<'a>(&'a self, key: &'a str, range: &'a ReadRange) -> StoreFuture<'a, Opened> {
+        Box::pin(self.open_checked(key, range))
     }
 
     fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> StoreFuture<'a, ()> {

@@ -46,11 +46,11 @@
 //! or one a test writes into first.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{ObjectMeta, ObjectReader, ObjectStore, StoreError, StoreErrorKind, StoreFuture};
+use super::{ObjectMeta, ObjectStore, Opened, ReadRange, StoreError, StoreErrorKind, StoreFuture};
 
 #[derive(Clone)]
 pub struct LocalStore {
@@ -458,13 +458,8 @@ impl LocalStore {
                     Kind::File(_) if name.starts_with(TEMP_PREFIX) => {}
                     Kind::File(meta) => match at.step(&name, false) {
                         Step::Segment(key) if key.starts_with(prefix) => {
-                            let modified = meta
-                                .modified()
-                                .ok()
-                                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                                .map_or(0, |d| d.as_nanos());
                             found.push(ObjectMeta {
-                                etag: format!("{}-{modified}", meta.len()),
+                                etag: version_tag(&meta),
                                 size: meta.len(),
                                 key,
                             });
@@ -527,9 +522,23 @@ impl LocalStore {
         Ok(folders)
     }
 
-    fn open_sync(&self, key: &str) -> Result<ObjectReader, StoreError> {
+    /// `range` of the file, with the version of the file opened: its metadata is read from
+    /// the open handle, and a write replaces the file by a rename, so the bytes read are
+    /// always those of that version.
+    fn open_sync(&self, key: &str, range: &ReadRange) -> Result<Opened, StoreError> {
         let path = self.path("get", key)?;
-        let file = File::open(&path).map_err(|e| self.read_error("get", key, e))?;
+        let fail = |kind, why: String| {
+            let why = if range.is_whole() {
+                why
+            } else {
+                format!("{why} (reading {})", range.header())
+            };
+            self.error("get", key, kind, why)
+        };
+        if let Some(why) = range.refusal() {
+            return Err(fail(StoreErrorKind::Invalid, why));
+        }
+        let mut file = File::open(&path).map_err(|e| self.read_error("get", key, e))?;
         // Opening a directory succeeds; it is a folder of other keys, not this one.
         let meta = file
             .metadata()
@@ -537,7 +546,37 @@ impl LocalStore {
         if meta.is_dir() {
             return Err(self.read_error("get", key, io::ErrorKind::IsADirectory.into()));
         }
-        Ok(Box::new(file))
+        let version = ObjectMeta {
+            key: key.to_string(),
+            size: meta.len(),
+            etag: version_tag(&meta),
+        };
+        if !range.admits(&version.etag) {
+            return Err(fail(
+                StoreErrorKind::PreconditionFailed,
+                format!(
+                    "the object is version {}, not {}",
+                    version.etag,
+                    range.if_etag.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
+        if !range.is_whole() && range.start >= version.size {
+            return Err(fail(
+                StoreErrorKind::Invalid,
+                format!(
+                    "the range starts at or past the end of the object ({} bytes)",
+                    version.size
+                ),
+            ));
+        }
+        file.seek(SeekFrom::Start(range.start))
+            .map_err(|e| self.read_error("get", key, e))?;
+        let length = range.end.map_or(u64::MAX, |end| end - range.start);
+        Ok(Opened {
+            reader: Box::new(file.take(length)),
+            version,
+        })
     }
 
     fn put_sync(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
@@ -621,6 +660,17 @@ fn write_atomically(parent: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> 
     sync_dir(parent)
 }
 
+/// A file's version: its length and modification time (nanoseconds since the epoch), which
+/// change with every write, as a write replaces the file.
+fn version_tag(meta: &fs::Metadata) -> String {
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{modified}", meta.len())
+}
+
 /// Runs file-system work off the async threads: an fsync or a deep walk must not stall them.
 async fn blocking<T: Send + 'static>(
     store: &LocalStore,
@@ -657,9 +707,11 @@ impl ObjectStore for LocalStore {
         }))
     }
 
-    fn open<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectReader> {
-        let (store, owned) = (self.clone(), key.to_string());
-        Box::pin(blocking(self, "get", key, move || store.open_sync(&owned)))
+    fn open_range<'a>(&'a self, key: &'a str, range: &'a ReadRange) -> StoreFuture<'a, Opened> {
+        let (store, owned, range) = (self.clone(), key.to_string(), range.clone());
+        Box::pin(blocking(self, "get", key, move || {
+            store.open_sync(&owned, &range)
+        }))
     }
 
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<u8>> {

@@ -126,6 +126,94 @@ impl StoreError {
     }
 }
 
+/// Which bytes of which version [`ObjectStore::open_range`] reads. The default is the whole
+/// object, whatever its version.
+///
+/// Offsets are in bytes from the start of the object, as HTTP's `Range: bytes=a-b` (RFC 9110
+/// §14.1.2; S3 GetObject `Range`, object_store `GetOptions::range`), but end-exclusive.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadRange {
+    /// The first byte (0: the start of the object).
+    pub start: u64,
+    /// One past the last byte; `None`: to the end of the object.
+    pub end: Option<u64>,
+    /// Only this version: an object whose ETag is another one is refused with
+    /// `StoreErrorKind::PreconditionFailed` (S3/Azure `If-Match`; checked by us as well on the
+    /// ETag the response carries, for stores that ignore the header).
+    pub if_etag: Option<String>,
+}
+
+impl ReadRange {
+    /// From `start` to the end of the object.
+    pub fn starting_at(start: u64) -> Self {
+        ReadRange {
+            start,
+            ..ReadRange::default()
+        }
+    }
+
+    /// Only if the object's ETag is still `etag` (quotes or none, as a listing gives it).
+    pub fn of_version(self, etag: impl Into<String>) -> Self {
+        ReadRange {
+            if_etag: Some(etag.into()),
+            ..self
+        }
+    }
+
+    /// Whether this asks for the whole object (no `Range` header is sent).
+    pub fn is_whole(&self) -> bool {
+        self.start == 0 && self.end.is_none()
+    }
+
+    /// The HTTP form, `bytes=a-b` (inclusive) or `bytes=a-`, for requests and messages.
+    pub fn header(&self) -> String {
+        match self.end {
+            Some(end) => format!("bytes={}-{}", self.start, end.saturating_sub(1)),
+            None => format!("bytes={}-", self.start),
+        }
+    }
+
+    /// Why no store can serve this range, if so: an empty range (`end <= start`) has no HTTP
+    /// form, and is refused before any request.
+    pub fn refusal(&self) -> Option<String> {
+        match self.end {
+            Some(end) if end <= self.start => Some(format!(
+                "an empty byte range ({}..{end}) cannot be read",
+                self.start
+            )),
+            _ => None,
+        }
+    }
+
+    /// Whether `etag` (as a response gave it, quoted or not) is the version asked for.
+    pub fn admits(&self, etag: &str) -> bool {
+        self.if_etag
+            .as_deref()
+            .is_none_or(|wanted| unquoted(wanted) == unquoted(etag))
+    }
+}
+
+/// An ETag without its quotes (and without a weak `W/` mark): the form listings report, and
+/// the one compared.
+pub fn unquoted(etag: &str) -> &str {
+    etag.trim_start_matches("W/").trim_matches('"')
+}
+
+/// An object being read: its bytes as they arrive, and the version they belong to.
+pub struct Opened {
+    pub reader: ObjectReader,
+    /// The key, and the WHOLE object's size and ETag as this read's response gave them
+    /// (not a listing's, and not the range's length).
+    pub version: ObjectMeta,
+}
+
+/// The whole object, of any version: what [`ObjectStore::open`] reads.
+const WHOLE: ReadRange = ReadRange {
+    start: 0,
+    end: None,
+    if_etag: None,
+};
+
 pub trait ObjectStore: Send + Sync {
     /// Where this store points, for messages: `s3://bucket/prefix` or a directory.
     fn describe(&self) -> String;
@@ -164,8 +252,27 @@ pub trait ObjectStore: Send + Sync {
 
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<u8>>;
 
-    /// Streams an object, so memory does not grow with its size.
-    fn open<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectReader>;
+    /// Streams `range` of an object (see [`ReadRange`]) with the version it belongs to, so
+    /// memory does not grow with the object's size.
+    ///
+    /// `version` is the whole object's key, size (bytes) and ETag as this read's response
+    /// gave them: S3 GetObject's `ETag` and `Content-Range: bytes a-b/SIZE` (or
+    /// `Content-Length` for a whole read), object_store's `GetResult::meta` (which it takes
+    /// from the same headers), a local file's length and modification time. The ETag has the
+    /// form a listing of the same store reports, so the two compare.
+    ///
+    /// An `end` past the object's end reads to its end (as HTTP ranges do). Errors:
+    /// `NotFound` for a missing key; `PreconditionFailed` when `if_etag` is given and the
+    /// object is another version; `Invalid`, naming the range, for an empty range or a start
+    /// at or past the object's end (S3's 416 `InvalidRange`), except that the whole of an
+    /// empty object reads as nothing.
+    fn open_range<'a>(&'a self, key: &'a str, range: &'a ReadRange) -> StoreFuture<'a, Opened>;
+
+    /// Streams the whole object, so memory does not grow with its size: `open_range` of
+    /// everything, its reader.
+    fn open<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectReader> {
+        Box::pin(async move { Ok(self.open_range(key, &WHOLE).await?.reader) })
+    }
 
     /// Writes the whole object; readers see the old or the new content, never a mix.
     fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> StoreFuture<'a, ()>;

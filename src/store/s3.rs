@@ -12,12 +12,14 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
+use std::io::Read;
 use std::sync::Arc;
 
 use tokio_util::io::SyncIoBridge;
 
 use super::{
-    ObjectMeta, ObjectReader, ObjectStore, StoreError, StoreErrorKind, StoreFuture, in_range,
+    ObjectMeta, ObjectReader, ObjectStore, Opened, ReadRange, StoreError, StoreErrorKind,
+    StoreFuture, in_range, unquoted,
 };
 use crate::aws::CountRequests;
 use crate::telemetry::Metrics;
@@ -99,23 +101,125 @@ impl S3Store {
         };
         StoreError::new(
             operation,
-            format!("s3://{}/{}", self.bucket, self.full_key(key)),
+            self.location(key),
             kind,
             crate::aws::error_text(e),
         )
     }
 
+    /// `s3://bucket/prefix/key`, for messages.
+    fn location(&self, key: &str) -> String {
+        format!("s3://{}/{}", self.bucket, self.full_key(key))
+    }
+
+    /// GetObject of `range`: a `Range` header unless it is the whole object, and `If-Match`
+    /// (quoted, as S3 compares it) for `if_etag`. An error names the range it read.
     async fn get_object(
         &self,
         key: &str,
+        range: &ReadRange,
     ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StoreError> {
         self.client
             .get_object()
             .bucket(&self.bucket)
             .key(self.full_key(key))
+            .set_range((!range.is_whole()).then(|| range.header()))
+            .set_if_match(
+                range
+                    .if_etag
+                    .as_deref()
+                    .map(|etag| format!("\"{}\"", unquoted(etag))),
+            )
             .send()
             .await
-            .map_err(|e| self.error("get", key, &e))
+            .map_err(|e| {
+                let mut error = self.error("get", key, &e);
+                if !range.is_whole() {
+                    error.reason = format!("{} (reading {})", error.reason, range.header());
+                }
+                error
+            })
+    }
+
+    /// GetObject of `range`, checked: the version the response names (refused if `if_etag`
+    /// names another), and a reader of exactly the bytes asked for.
+    ///
+    /// Per S3 GetObject: a ranged answer is `206` with `Content-Range: bytes a-b/SIZE`, which
+    /// gives the whole size; a whole one gives it as `Content-Length`. A store that ignores
+    /// `Range` answers `200` with the whole object and no `Content-Range`: the bytes before
+    /// `start` are then skipped here. One that ignores `If-Match` is caught by comparing
+    /// the response's ETag.
+    async fn open_checked(&self, key: &str, range: &ReadRange) -> Result<Opened, StoreError> {
+        if let Some(why) = range.refusal() {
+            return Err(StoreError::new(
+                "get",
+                self.location(key),
+                StoreErrorKind::Invalid,
+                why,
+            ));
+        }
+        let output = self.get_object(key, range).await?;
+        let fail = |kind, reason: String| StoreError::new("get", self.location(key), kind, reason);
+        let etag = response_version(output.e_tag(), output.last_modified());
+        if !range.admits(&etag) {
+            return Err(fail(
+                StoreErrorKind::PreconditionFailed,
+                format!(
+                    "the object is version {etag}, not {} (checked on the response)",
+                    range.if_etag.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
+        let length = output.content_length().unwrap_or(0).max(0) as u64;
+        let (size, skip) = match output.content_range() {
+            Some(value) => {
+                let (first, total) = content_range(value).ok_or_else(|| {
+                    fail(
+                        StoreErrorKind::Unavailable,
+                        format!("unreadable Content-Range {value:?} for {}", range.header()),
+                    )
+                })?;
+                if first != range.start {
+                    return Err(fail(
+                        StoreErrorKind::Unavailable,
+                        format!("asked for {}, answered {value:?}", range.header()),
+                    ));
+                }
+                (total, 0)
+            }
+            // The whole object: asked for, or sent by a store that ignores `Range`.
+            None if range.is_whole() => (length, 0),
+            None if range.start >= length => {
+                return Err(fail(
+                    StoreErrorKind::Invalid,
+                    format!(
+                        "{} starts at or past the end of the object ({length} bytes)",
+                        range.header()
+                    ),
+                ));
+            }
+            None => (length, range.start),
+        };
+        // Bytes arrive as the decoder asks for them: one block in memory, not the object.
+        let body = SyncIoBridge::new(output.body.into_async_read());
+        let reader: ObjectReader = match (skip, range.end) {
+            (0, _) => Box::new(body),
+            (skip, end) => Box::new(
+                Skip {
+                    inner: body,
+                    left: skip,
+                }
+                .take(end.map_or(u64::MAX, |e| e - range.start)),
+            ),
+        };
+        Ok(Opened {
+            reader,
+            version: ObjectMeta {
+                key: key.to_string(),
+                size,
+                etag,
+            },
+        })
     }
 
     /// One page of a listing: the first (no `token`) starts after `start_after` if given, the
@@ -225,16 +329,50 @@ fn error_kind(status: Option<u16>, code: Option<&str>) -> StoreErrorKind {
 /// The ETag, or, from stores that list none, the last-modified time: either tells a
 /// re-uploaded object from the one already processed. (Discovery never uses the time.)
 fn version_tag(object: &aws_sdk_s3::types::Object) -> String {
-    match object
-        .e_tag()
-        .map(|e| e.trim_matches('"'))
-        .filter(|e| !e.is_empty())
-    {
+    response_version(object.e_tag(), object.last_modified())
+}
+
+/// [`version_tag`] from a listing's or a GetObject response's fields: the same form from
+/// both, so a read's version compares with a listing's.
+fn response_version(
+    etag: Option<&str>,
+    last_modified: Option<&aws_sdk_s3::primitives::DateTime>,
+) -> String {
+    match etag.map(unquoted).filter(|e| !e.is_empty()) {
         Some(etag) => etag.to_string(),
-        None => object
-            .last_modified()
+        None => last_modified
             .map(|t| format!("lm{}{:09}", t.secs(), t.subsec_nanos()))
             .unwrap_or_default(),
+    }
+}
+
+/// The first byte and the whole size from `Content-Range: bytes a-b/SIZE` (RFC 9110
+/// §14.4); `None` if it is not of that form (a `*` size included).
+fn content_range(value: &str) -> Option<(u64, u64)> {
+    let (range, size) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (first, _) = range.split_once('-')?;
+    Some((first.parse().ok()?, size.parse().ok()?))
+}
+
+/// Drops the first `left` bytes of `inner`, then reads it: the start of a range from a
+/// store that sent the whole object.
+struct Skip<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Skip<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left > 0 {
+            let skipped =
+                std::io::copy(&mut (&mut self.inner).take(self.left), &mut std::io::sink())?;
+            self.left -= skipped;
+            if self.left > 0 {
+                // The object ended before the range's start: nothing to read.
+                return Ok(0);
+            }
+        }
+        self.inner.read(buf)
     }
 }
 
@@ -281,7 +419,7 @@ impl ObjectStore for S3Store {
 
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<u8>> {
         Box::pin(async move {
-            let output = self.get_object(key).await?;
+            let output = self.get_object(key, &ReadRange::default()).await?;
             let bytes = output.body.collect().await.map_err(|e| {
                 StoreError::new(
                     "get",
@@ -294,13 +432,8 @@ impl ObjectStore for S3Store {
         })
     }
 
-    fn open<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectReader> {
-        Box::pin(async move {
-            let output = self.get_object(key).await?;
-            // Bytes arrive as the decoder asks for them: one block in memory, not the object.
-            let reader = SyncIoBridge::new(output.body.into_async_read());
-            Ok(Box::new(reader) as ObjectReader)
-        })
+    fn open_range<'a>(&'a self, key: &'a str, range: &'a ReadRange) -> StoreFuture<'a, Opened> {
+        Box::pin(self.open_checked(key, range))
     }
 
     fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> StoreFuture<'a, ()> {
@@ -358,9 +491,31 @@ mod tests {
             (None, None, Unavailable),
             (Some(400), Some("InvalidArgument"), Invalid),
             (Some(400), None, Invalid),
+            (Some(416), Some("InvalidRange"), Invalid),
         ];
         for (status, code, kind) in cases {
             assert_eq!(error_kind(status, code), kind, "{status:?} {code:?}");
         }
+    }
+
+    #[test]
+    fn content_range_gives_the_first_byte_and_the_whole_size() {
+        assert_eq!(content_range("bytes 0-9/100"), Some((0, 100)));
+        assert_eq!(content_range("bytes 90-99/100"), Some((90, 100)));
+        assert_eq!(content_range("bytes 0-9/*"), None);
+        assert_eq!(content_range("items 0-9/100"), None);
+    }
+
+    #[test]
+    fn a_whole_object_skips_to_the_start_of_a_range() {
+        let mut read = String::new();
+        Skip {
+            inner: &b"0123456789"[..],
+            left: 3,
+        }
+        .take(4)
+        .read_to_string(&mut read)
+        .unwrap();
+        assert_eq!(read, "3456");
     }
 }

@@ -206,7 +206,7 @@ mod tests {
     use super::*;
     use crate::ledger::{Ledger, Outcome};
     use crate::source::Window;
-    use crate::store::{LocalStore, ObjectReader, ObjectStore, StoreFuture};
+    use crate::store::{LocalStore, ObjectStore, Opened, ReadRange, StoreFuture};
     use crate::worker::discovery::find_unfinished;
     use crate::worker::scheduler::Work;
 
@@ -286,9 +286,12 @@ mod tests {
             self.log(format!("get {key}"));
             self.inner.get(key)
         }
-        fn open<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectReader> {
-            self.log(format!("open {key}"));
-            self.inner.open(key)
+        fn open_range<'a>(&'a self, key: &'a str, range: &'a ReadRange) -> StoreFuture<'a, Opened> {
+            match range.is_whole() {
+                true => self.log(format!("open {key}")),
+                false => self.log(format!("open {key} {}", range.header())),
+            }
+            self.inner.open_range(key, range)
         }
         fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> StoreFuture<'a, ()> {
             self.log(format!("put {key}"));

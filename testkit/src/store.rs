@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use currents_heap::store::{
-    ObjectMeta, ObjectReader, ObjectStore, StoreError, StoreErrorKind, StoreFuture,
+    ObjectMeta, ObjectReader, ObjectStore, Opened, ReadRange, StoreError, StoreErrorKind,
+    StoreFuture,
 };
 use tokio::time::Instant;
 
@@ -327,7 +328,7 @@ impl ObjectStore for FaultyStore {
         })
     }
 
-    fn open<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectReader> {
+    fn open_range<'a>(&'a self, key: &'a str, range: &'a ReadRange) -> StoreFuture<'a, Opened> {
         Box::pin(async move {
             let (panic_now, cut) = {
                 let mut faults = self.faults();
@@ -344,8 +345,8 @@ impl ObjectStore for FaultyStore {
             };
             assert!(!panic_now, "injected panic while opening {key}");
             self.gate("get", key).await?;
-            let reader = self.inner.open(key).await?;
-            Ok(match cut {
+            let Opened { reader, version } = self.inner.open_range(key, range).await?;
+            let reader = match cut {
                 Some(after) => Box::new(CutReader {
                     inner: reader,
                     left: after,
@@ -355,7 +356,8 @@ impl ObjectStore for FaultyStore {
                     reported: false,
                 }) as ObjectReader,
                 None => reader,
-            })
+            };
+            Ok(Opened { reader, version })
         })
     }
 
@@ -468,10 +470,10 @@ impl ObjectStore for SlowStore {
         })
     }
 
-    fn open<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectReader> {
+    fn open_range<'a>(&'a self, key: &'a str, range: &'a ReadRange) -> StoreFuture<'a, Opened> {
         Box::pin(async move {
             self.wait(Ops::Reads).await;
-            self.inner.open(key).await
+            self.inner.open_range(key, range).await
         })
     }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use currents_heap::store::{ObjectStore, StoreErrorKind};
+use currents_heap::store::{ObjectMeta, ObjectStore, Opened, ReadRange, StoreErrorKind};
 
 /// The same behaviour from every store, for keys every store can hold (s3s-fs included).
 pub async fn conformance(store: &dyn ObjectStore, secrets: &[&str]) {
@@ -26,6 +26,7 @@ pub async fn conformance(store: &dyn ObjectStore, secrets: &[&str]) {
     assert_eq!(store.list_folders("").await.unwrap(), ["a/"]);
     assert_eq!(store.list_folders("a/").await.unwrap(), ["a/b/", "a/c/"]);
     range_conformance(store).await;
+    read_conformance(store).await;
     assert_eq!(read_all(store, "a/c/three.txt").await, b"333");
     store
         .put("a/b/one.txt", b"replaced".to_vec())
@@ -104,6 +105,159 @@ async fn range_conformance(store: &dyn ObjectStore) {
             .is_empty(),
         "an end before the start"
     );
+}
+
+/// Reads `range` of `key` to its end: the bytes and the version the read named.
+pub async fn read_range(
+    store: &dyn ObjectStore,
+    key: &str,
+    range: ReadRange,
+) -> Result<(Vec<u8>, ObjectMeta), currents_heap::store::StoreError> {
+    let Opened {
+        mut reader,
+        version,
+    } = store.open_range(key, &range).await?;
+    let bytes = tokio::task::spawn_blocking(move || {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut bytes).unwrap();
+        bytes
+    })
+    .await
+    .unwrap();
+    Ok((bytes, version))
+}
+
+/// `open_range`: the bytes asked for, the version of the whole object as the read's response
+/// gave it (the same as a listing's), `if_etag` honoured, and errors of the right kind.
+/// Leaves the store as it found it.
+async fn read_conformance(store: &dyn ObjectStore) {
+    const KEY: &str = "read/object.bin";
+    let content: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+    store.put(KEY, content.clone()).await.unwrap();
+    let listed = store.list("read/").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let listed = &listed[0];
+    // A store that lists no ETag (s3s-fs; the listing falls back to the modification time)
+    // may still send one with the object: then only the key and size can agree.
+    let same = |read: &ObjectMeta| {
+        if listed.etag.starts_with("lm") {
+            (&read.key, read.size) == (&listed.key, listed.size)
+        } else {
+            read == listed
+        }
+    };
+
+    let (whole, version) = read_range(store, KEY, ReadRange::default()).await.unwrap();
+    assert_eq!(whole, content);
+    assert!(
+        same(&version),
+        "a whole read names the listed version: {version:?} {listed:?}"
+    );
+    let listed = &version;
+
+    let cases = [
+        (0, Some(1)),
+        (10, Some(20)),
+        (999, Some(1000)),
+        (0, None),
+        (400, None),
+        (999, None),
+        (990, Some(5000)),
+    ];
+    for (start, end) in cases {
+        let range = ReadRange {
+            start,
+            end,
+            if_etag: None,
+        };
+        let (bytes, version) = read_range(store, KEY, range.clone()).await.unwrap();
+        let until = end.map_or(content.len(), |e| (e as usize).min(content.len()));
+        assert_eq!(bytes, content[start as usize..until], "{range:?}");
+        assert_eq!(
+            &version, listed,
+            "the whole object's size and ETag for {range:?}"
+        );
+    }
+
+    let current = ReadRange::starting_at(500).of_version(listed.etag.clone());
+    let (bytes, version) = read_range(store, KEY, current.clone()).await.unwrap();
+    assert_eq!(bytes, content[500..]);
+    assert_eq!(&version, listed);
+    let quoted = ReadRange::default().of_version(format!("\"{}\"", listed.etag));
+    assert_eq!(
+        read_range(store, KEY, quoted).await.unwrap().0,
+        content,
+        "quotes or none"
+    );
+
+    for start in [1000, 1500] {
+        let past = read_range(store, KEY, ReadRange::starting_at(start))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(past.kind, StoreErrorKind::Invalid, "{past}");
+        assert!(
+            past.to_string().contains(&format!("bytes={start}-")),
+            "{past}"
+        );
+    }
+    let empty = ReadRange {
+        start: 10,
+        end: Some(10),
+        if_etag: None,
+    };
+    let empty = read_range(store, KEY, empty).await.err().unwrap();
+    assert_eq!(empty.kind, StoreErrorKind::Invalid, "{empty}");
+
+    // Another version: a different size, so even a coarse clock gives the local store a new
+    // tag.
+    let replaced: Vec<u8> = content.iter().rev().copied().chain([1, 2, 3]).collect();
+    store.put(KEY, replaced.clone()).await.unwrap();
+    for stale in [
+        current,
+        ReadRange::default().of_version(listed.etag.clone()),
+    ] {
+        let refused = read_range(store, KEY, stale.clone()).await.err().unwrap();
+        assert_eq!(
+            refused.kind,
+            StoreErrorKind::PreconditionFailed,
+            "{stale:?}: {refused}"
+        );
+        assert!(refused.to_string().contains(KEY), "{refused}");
+    }
+    let (bytes, version) = read_range(store, KEY, ReadRange::starting_at(998))
+        .await
+        .unwrap();
+    assert_eq!(bytes, replaced[998..]);
+    assert_eq!(version.size, 1003);
+    assert_ne!(version.etag, listed.etag, "an overwrite is another version");
+    let relisted = store.list("read/").await.unwrap();
+    assert!(relisted.len() == 1 && (relisted[0].etag.starts_with("lm") || relisted[0] == version));
+    let (bytes, _) = read_range(store, KEY, ReadRange::default().of_version(version.etag))
+        .await
+        .unwrap();
+    assert_eq!(bytes, replaced, "the new version reads by its own ETag");
+
+    store.put("read/empty", Vec::new()).await.unwrap();
+    let (bytes, version) = read_range(store, "read/empty", ReadRange::default())
+        .await
+        .unwrap();
+    assert!(bytes.is_empty());
+    assert_eq!(version.size, 0);
+
+    for range in [
+        ReadRange::default(),
+        ReadRange::starting_at(5).of_version(listed.etag.clone()),
+    ] {
+        let missing = read_range(store, "read/missing", range)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(missing.kind, StoreErrorKind::NotFound, "{missing}");
+        assert!(missing.to_string().contains("read/missing"), "{missing}");
+    }
+    store.delete(KEY).await.unwrap();
+    store.delete("read/empty").await.unwrap();
 }
 
 pub async fn read_all(store: &dyn ObjectStore, key: &str) -> Vec<u8> {
