@@ -7,7 +7,19 @@
 //! Every size read from the file is untrusted: a block may declare at most
 //! [`MAX_BLOCK_BYTES`] before or after decompression, and at most as many records as its
 //! bytes could hold. Anything else is a [`ContainerError`] naming the block and the reason.
+//!
+//! Resuming inside a file: the reader knows where each block starts ([`BlockStart`]: its byte
+//! offset and the index of its first record), because a block is the smallest unit a reader can
+//! start at. [`ContainerReader::open_at`] reads the header (schema, codec, sync marker) from one
+//! stream and the blocks from another that begins at a block's offset, e.g. a ranged GET; it
+//! checks at once that a block followed by the header's sync marker is there and that its
+//! records decode, so a wrong offset is an error rather than garbage. [`ContainerReader::skip_to`] passes over whole blocks by
+//! their record counts without decompressing or decoding them (their bytes are still read and
+//! their sync markers checked, since the input is a stream), and decodes and drops only the
+//! records before the target in the block that holds it. Errors name the object's real byte
+//! offsets; block numbers only when the reader saw every block from the first.
 
+use std::fmt;
 use std::io::{self, BufRead, BufReader, Read};
 use std::sync::Arc;
 
@@ -38,39 +50,95 @@ pub enum ContainerError {
     Schema(#[from] SchemaError),
     #[error("codec `{0}` is not supported (supported: null, deflate, snappy, zstandard)")]
     UnsupportedCodec(String),
-    #[error("block {block} at byte {offset} is corrupt: {reason}")]
+    /// `block` is the block's number in the object (from 1), `None` on a reader opened at a
+    /// block ([`ContainerReader::open_at`]), which does not know how many blocks came before;
+    /// `offset` is always the object's byte offset of the block's start.
+    #[error("{} is corrupt: {reason}", block_name(.block, .offset))]
     Block {
-        block: u64,
+        block: Option<u64>,
         offset: u64,
         reason: String,
     },
-    #[error("block {block} could not be decompressed ({codec}): {reason}")]
+    #[error("{} could not be decompressed ({codec}): {reason}", block_name(.block, .offset))]
     Decompress {
-        block: u64,
+        block: Option<u64>,
+        offset: u64,
         codec: &'static str,
         reason: String,
     },
-    #[error("record {record} of block {block} is corrupt: {source}")]
+    /// `record` is the record's index in the object (from 0).
+    #[error("record {record} (in {}) is corrupt: {source}", block_name(.block, .offset))]
     Record {
-        block: u64,
+        block: Option<u64>,
+        offset: u64,
         record: u64,
         source: DatumError,
     },
 }
 
-/// Reads the records of one container file, one block at a time.
-pub struct ContainerReader<R> {
-    input: BufReader<R>,
-    /// Bytes consumed from `input`, for error messages.
+/// How messages name a block: by number when known, always by its byte offset in the object.
+struct BlockName {
+    number: Option<u64>,
     offset: u64,
+}
+
+fn block_name(number: &Option<u64>, offset: &u64) -> BlockName {
+    BlockName {
+        number: *number,
+        offset: *offset,
+    }
+}
+
+impl fmt::Display for BlockName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.number {
+            Some(number) => write!(f, "block {number} at byte {}", self.offset),
+            None => write!(f, "the block at byte {}", self.offset),
+        }
+    }
+}
+
+/// Where a block starts: what a resume needs to find it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BlockStart {
+    /// Byte offset in the object of the block's record count (its first byte).
+    pub offset: u64,
+    /// Index in the object (from 0) of the block's first record.
+    pub first_record: u64,
+}
+
+/// What the header says about every block.
+struct Header {
     schema: Arc<RecordShape>,
     codec: Codec,
     sync: [u8; 16],
+}
+
+/// Reads the records of one container file, one block at a time.
+pub struct ContainerReader<R> {
+    input: BufReader<R>,
+    /// The object's byte offset of the next byte `input` gives (not relative to a resume).
+    offset: u64,
+    header_len: u64,
+    schema: Arc<RecordShape>,
+    codec: Codec,
+    sync: [u8; 16],
+    /// The current block's bytes: still compressed while `framed_only`, then decompressed.
     block: Vec<u8>,
+    /// The current block's bytes were read and framed but not decompressed: a skip may drop
+    /// them unseen.
+    framed_only: bool,
     block_pos: usize,
     records_left_in_block: u64,
-    blocks_read: u64,
-    records_read_in_block: u64,
+    /// The block last read or skipped, and how many records it declares.
+    current: BlockStart,
+    current_count: u64,
+    /// Its number in the object from 1 (0 before the first); `None` after `open_at`.
+    block_no: Option<u64>,
+    /// What `block_start` says: the last block a record was returned or passed over from
+    /// (never an empty one, which `open_at` refuses).
+    reported: BlockStart,
+    next_index: u64,
     finished: bool,
 }
 
@@ -81,54 +149,171 @@ impl<R: Read> ContainerReader<R> {
             input: BufReader::with_capacity(64 * 1024, input),
             offset: 0,
         };
-        let mut magic = [0u8; 4];
-        let got = reader.read_up_to(&mut magic)?;
-        if got == 0 {
-            return Err(ContainerError::Empty);
-        }
-        if got < 4 || magic != MAGIC {
-            return Err(ContainerError::NotAvro);
-        }
+        let header = read_header(&mut reader)?;
+        Ok(Self::with_header(header, reader.input, reader.offset))
+    }
 
-        let mut schema_text = None;
-        let mut codec_name = None;
-        reader.read_metadata(|key, value| match key {
-            "avro.schema" => schema_text = Some(value),
-            "avro.codec" => codec_name = Some(value),
-            _ => {}
-        })?;
-        let schema_text = schema_text
-            .ok_or_else(|| ContainerError::Header("it has no `avro.schema` entry".into()))?;
-        let schema_text = String::from_utf8(schema_text)
-            .map_err(|_| ContainerError::Header("`avro.schema` is not UTF-8".into()))?;
-        let schema = compile_event_schema(&schema_text)?;
-        let codec = match codec_name.as_deref() {
-            None | Some(b"null") => Codec::Null,
-            Some(b"deflate") => Codec::Deflate,
-            Some(b"snappy") => Codec::Snappy,
-            Some(b"zstandard") => Codec::Zstandard,
-            Some(name) => {
-                return Err(ContainerError::UnsupportedCodec(
-                    String::from_utf8_lossy(name).into_owned(),
+    /// Resumes at a block: reads the header from `header` (the object's bytes from offset 0;
+    /// bytes after the header are ignored), then blocks from `body`, whose first byte is the
+    /// object's byte `at.offset`. The first block is read and checked at once: a body that
+    /// does not start with a block followed by the
+    /// header's sync marker, and whose records all decode, is a [`ContainerError::Block`]
+    /// naming `at.offset`.
+    pub fn open_at<H: Read>(header: H, body: R, at: BlockStart) -> Result<Self, ContainerError> {
+        let mut head = HeaderReader {
+            input: BufReader::new(header),
+            offset: 0,
+        };
+        let parsed = read_header(&mut head)?;
+        let header_len = head.offset;
+        let mut reader = Self::with_header(
+            parsed,
+            BufReader::with_capacity(64 * 1024, body),
+            header_len,
+        );
+        reader.offset = at.offset;
+        reader.current = at;
+        reader.reported = at;
+        reader.next_index = at.first_record;
+        reader.block_no = None;
+        let not_a_block = |reason: String| ContainerError::Block {
+            block: None,
+            offset: at.offset,
+            reason: format!(
+                "the resume offset is not the start of a block followed by the header's sync marker ({reason})"
+            ),
+        };
+        if at.offset < header_len {
+            return Err(not_a_block(format!(
+                "it is inside the {header_len}-byte header"
+            )));
+        }
+        // A stray offset can frame something plausible: a field that reads as a small count
+        // and size just before a real sync marker is common. So the first block must also
+        // decompress and decode; it is the block a resume reads from anyway.
+        let checked = match reader.read_frame() {
+            Ok(true) if reader.current_count == 0 => {
+                return Err(not_a_block(
+                    "it holds no records, and a resume only starts at a block that does".into(),
                 ));
             }
+            Ok(true) => reader.check_current_block(),
+            Ok(false) => return Err(not_a_block("the object ends there".into())),
+            Err(e) => Err(e),
         };
-        let mut sync = [0u8; 16];
-        reader.read_exact(&mut sync, "the header's sync marker")?;
+        match checked {
+            Ok(()) => Ok(reader),
+            Err(ContainerError::Io(e)) => Err(ContainerError::Io(e)),
+            Err(e) => Err(not_a_block(e.to_string())),
+        }
+    }
 
-        Ok(ContainerReader {
-            input: reader.input,
-            offset: reader.offset,
-            schema,
-            codec,
-            sync,
+    /// Loads the current (framed) block and decodes every record in it, then rewinds it.
+    fn check_current_block(&mut self) -> Result<(), ContainerError> {
+        self.load()?;
+        let mut cursor = Cursor::new(&self.block);
+        for index in 0..self.current_count {
+            cursor
+                .record(&self.schema)
+                .map_err(|source| ContainerError::Record {
+                    block: self.block_no,
+                    offset: self.current.offset,
+                    record: self.current.first_record.saturating_add(index),
+                    source,
+                })?;
+        }
+        if cursor.remaining() != 0 {
+            return Err(self.block_error(format!(
+                "{} bytes are left over after its {} records",
+                cursor.remaining(),
+                self.current_count
+            )));
+        }
+        Ok(())
+    }
+
+    fn with_header(header: Header, input: BufReader<R>, header_len: u64) -> Self {
+        ContainerReader {
+            input,
+            offset: header_len,
+            header_len,
+            schema: header.schema,
+            codec: header.codec,
+            sync: header.sync,
             block: Vec::new(),
+            framed_only: false,
             block_pos: 0,
             records_left_in_block: 0,
-            blocks_read: 0,
-            records_read_in_block: 0,
+            current: BlockStart {
+                offset: header_len,
+                first_record: 0,
+            },
+            current_count: 0,
+            block_no: Some(0),
+            reported: BlockStart {
+                offset: header_len,
+                first_record: 0,
+            },
+            next_index: 0,
             finished: false,
-        })
+        }
+    }
+
+    /// Bytes of the header, magic to sync marker included: a resume reads `0..header_len`.
+    pub fn header_len(&self) -> u64 {
+        self.header_len
+    }
+
+    /// The start of the block the last record returned (or passed over by [`Self::skip_to`])
+    /// came from. Before the first record: the first block's (`open`: offset `header_len`,
+    /// record 0; `open_at`: its `at`).
+    pub fn block_start(&self) -> BlockStart {
+        self.reported
+    }
+
+    /// The index in the object of the record [`Self::next_record`] returns next.
+    pub fn next_index(&self) -> u64 {
+        self.next_index
+    }
+
+    /// Moves on to record `record` (an index in the object). Whole blocks before it are skipped
+    /// by their record count and byte size without being decompressed or decoded (their bytes
+    /// are read past and their sync markers checked); in the block that holds it, the records
+    /// before it are decoded and dropped. Returns how many records were passed over: 0 for a
+    /// `record` at or before [`Self::next_index`]. Past the end, the reader is left at its end.
+    /// After an error the reader is finished, as after [`Self::next_record`]'s.
+    pub fn skip_to(&mut self, record: u64) -> Result<u64, ContainerError> {
+        let from = self.next_index;
+        if self.finished {
+            return Ok(0);
+        }
+        let result = self.skip(record);
+        if result.is_err() {
+            self.finished = true;
+        }
+        result.map(|()| self.next_index - from)
+    }
+
+    fn skip(&mut self, record: u64) -> Result<(), ContainerError> {
+        while self.next_index < record {
+            let block_end = self.current.first_record.saturating_add(self.current_count);
+            if block_end <= record && (self.framed_only || self.records_left_in_block > 0) {
+                // The rest of this block comes before `record`: drop it as it is.
+                if block_end > self.next_index {
+                    self.reported = self.current;
+                }
+                self.framed_only = false;
+                self.records_left_in_block = 0;
+                self.next_index = block_end;
+            } else if self.framed_only {
+                self.load()?;
+            } else if self.records_left_in_block > 0 {
+                self.decode_record()?;
+            } else if !self.read_frame()? {
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 
     /// The writer schema's top-level record.
@@ -154,59 +339,98 @@ impl<R: Read> ContainerReader<R> {
     }
 
     fn advance(&mut self) -> Result<Option<Vec<Datum>>, ContainerError> {
-        while self.records_left_in_block == 0 {
-            if !self.read_block()? {
+        loop {
+            if self.framed_only {
+                self.load()?;
+            }
+            if self.records_left_in_block > 0 {
+                return self.decode_record().map(Some);
+            }
+            if !self.read_frame()? {
                 return Ok(None);
             }
         }
+    }
+
+    /// Decodes the current block's next record.
+    fn decode_record(&mut self) -> Result<Vec<Datum>, ContainerError> {
         let mut cursor = Cursor::resume(&self.block, self.block_pos);
         let record = cursor
             .record(&self.schema)
             .map_err(|source| ContainerError::Record {
-                block: self.blocks_read,
-                record: self.records_read_in_block,
+                block: self.block_no,
+                offset: self.current.offset,
+                record: self.next_index,
                 source,
             })?;
         self.block_pos = cursor.position();
         self.records_left_in_block -= 1;
-        self.records_read_in_block += 1;
+        self.next_index += 1;
+        self.reported = self.current;
         if self.records_left_in_block == 0 && cursor.remaining() != 0 {
             return Err(self.block_error(format!(
                 "{} bytes are left over after its {} records",
                 cursor.remaining(),
-                self.records_read_in_block
+                self.current_count
             )));
         }
-        Ok(Some(record))
+        Ok(record)
     }
 
-    /// Loads the next block. Returns false at a clean end of file.
-    fn read_block(&mut self) -> Result<bool, ContainerError> {
-        let block_start = self.offset;
-        let block_no = self.blocks_read + 1;
+    /// Reads the next block's frame: record count, byte size, its (still compressed) bytes and
+    /// its sync marker, and makes it the current block. Returns false at a clean end of file.
+    /// Every bound that holds before decompression is checked here, so a skipped block is
+    /// held to them too.
+    fn read_frame(&mut self) -> Result<bool, ContainerError> {
+        let start = BlockStart {
+            offset: self.offset,
+            first_record: self.current.first_record.saturating_add(self.current_count),
+        };
+        let number = self.block_no.map(|n| n + 1);
+        let name = BlockName {
+            number,
+            offset: start.offset,
+        };
         let mut header = HeaderReader {
             input: &mut self.input,
             offset: self.offset,
         };
-        let Some(count) = header.read_long_or_eof(&format!("block {block_no}'s record count"))?
-        else {
+        let Some(count) = header.read_long_or_eof(&format!("the record count of {name}"))? else {
             return Ok(false);
         };
-        let size = header.read_long(&format!("block {block_no}'s byte size"))?;
+        let size = header.read_long(&format!("the byte size of {name}"))?;
         self.offset = header.offset;
-        self.blocks_read = block_no;
-        self.records_read_in_block = 0;
+        self.current = start;
+        self.current_count = 0;
+        self.block_no = number;
+        self.framed_only = false;
+        self.records_left_in_block = 0;
         if count < 0 || size < 0 {
-            return Err(self.block_error_at(
-                block_start,
-                format!("it declares {count} records in {size} bytes"),
-            ));
+            return Err(self.block_error(format!("it declares {count} records in {size} bytes")));
         }
         if size as u64 > MAX_BLOCK_BYTES as u64 {
-            return Err(self.block_error_at(
-                block_start,
-                format!("it declares {size} bytes, over the {MAX_BLOCK_BYTES}-byte limit"),
-            ));
+            return Err(self.block_error(format!(
+                "it declares {size} bytes, over the {MAX_BLOCK_BYTES}-byte limit"
+            )));
+        }
+        // Every Currents record holds at least its `id` string, so at least one byte; no
+        // codec yields more than MAX_BLOCK_BYTES, and `null` no more than the block's size.
+        let min_record_len = self.schema_min_record_len() as u64;
+        if self.codec == Codec::Null {
+            if count as u64 > size as u64 / min_record_len {
+                return Err(self.block_error(format!(
+                    "it declares {count} records but holds only {size} bytes"
+                )));
+            }
+            if count == 0 && size != 0 {
+                return Err(
+                    self.block_error(format!("it declares no records but holds {size} bytes"))
+                );
+            }
+        } else if count as u64 > MAX_BLOCK_BYTES as u64 / min_record_len {
+            return Err(self.block_error(format!(
+                "it declares {count} records, more than {MAX_BLOCK_BYTES} bytes can hold"
+            )));
         }
 
         // Grow with the data actually read, so a lying size on a short file allocates little.
@@ -217,7 +441,7 @@ impl<R: Read> ContainerReader<R> {
         self.offset += got as u64;
         if got as u64 != size as u64 {
             return Err(ContainerError::Truncated(format!(
-                "block {block_no} (it declares {size} bytes, {got} are present)"
+                "{name} (it declares {size} bytes, {got} are present)"
             )));
         }
         let mut sync = [0u8; 16];
@@ -225,45 +449,43 @@ impl<R: Read> ContainerReader<R> {
             input: &mut self.input,
             offset: self.offset,
         }
-        .read_exact(&mut sync, &format!("block {block_no}'s sync marker"))?;
+        .read_exact(&mut sync, &format!("the sync marker of {name}"))?;
         self.offset += 16;
         if sync != self.sync {
-            return Err(self.block_error_at(
-                block_start,
-                "its sync marker does not match the header's".into(),
-            ));
+            return Err(self.block_error("its sync marker does not match the header's".into()));
         }
+        self.current_count = count as u64;
+        self.framed_only = true;
+        Ok(true)
+    }
 
+    /// Decompresses the current block, checks its records fit, and makes them readable.
+    fn load(&mut self) -> Result<(), ContainerError> {
+        self.framed_only = false;
         self.codec
             .decompress(&mut self.block)
             .map_err(|reason| ContainerError::Decompress {
-                block: block_no,
+                block: self.block_no,
+                offset: self.current.offset,
                 codec: self.codec.name(),
                 reason,
             })?;
-        // Every Currents record holds at least its `id` string, so at least one byte.
-        let min_record_len = self.schema_min_record_len();
-        if count as u64 > (self.block.len() / min_record_len) as u64 {
-            return Err(self.block_error_at(
-                block_start,
-                format!(
-                    "it declares {count} records but holds only {} bytes",
-                    self.block.len()
-                ),
-            ));
+        let count = self.current_count;
+        if count > (self.block.len() / self.schema_min_record_len()) as u64 {
+            return Err(self.block_error(format!(
+                "it declares {count} records but holds only {} bytes",
+                self.block.len()
+            )));
         }
         if count == 0 && !self.block.is_empty() {
-            return Err(self.block_error_at(
-                block_start,
-                format!(
-                    "it declares no records but holds {} bytes",
-                    self.block.len()
-                ),
-            ));
+            return Err(self.block_error(format!(
+                "it declares no records but holds {} bytes",
+                self.block.len()
+            )));
         }
         self.block_pos = 0;
-        self.records_left_in_block = count as u64;
-        Ok(true)
+        self.records_left_in_block = count;
+        Ok(())
     }
 
     fn schema_min_record_len(&self) -> usize {
@@ -275,21 +497,57 @@ impl<R: Read> ContainerReader<R> {
             .max(1)
     }
 
+    /// An error about the current block, named by its number and start.
     fn block_error(&self, reason: String) -> ContainerError {
         ContainerError::Block {
-            block: self.blocks_read,
-            offset: self.offset,
+            block: self.block_no,
+            offset: self.current.offset,
             reason,
         }
+    }
+}
+
+/// Reads and checks the header: magic, metadata, writer schema, codec and sync marker.
+fn read_header<B: BufRead>(reader: &mut HeaderReader<B>) -> Result<Header, ContainerError> {
+    let mut magic = [0u8; 4];
+    let got = reader.read_up_to(&mut magic)?;
+    if got == 0 {
+        return Err(ContainerError::Empty);
+    }
+    if got < 4 || magic != MAGIC {
+        return Err(ContainerError::NotAvro);
     }
 
-    fn block_error_at(&self, offset: u64, reason: String) -> ContainerError {
-        ContainerError::Block {
-            block: self.blocks_read,
-            offset,
-            reason,
+    let mut schema_text = None;
+    let mut codec_name = None;
+    reader.read_metadata(|key, value| match key {
+        "avro.schema" => schema_text = Some(value),
+        "avro.codec" => codec_name = Some(value),
+        _ => {}
+    })?;
+    let schema_text = schema_text
+        .ok_or_else(|| ContainerError::Header("it has no `avro.schema` entry".into()))?;
+    let schema_text = String::from_utf8(schema_text)
+        .map_err(|_| ContainerError::Header("`avro.schema` is not UTF-8".into()))?;
+    let schema = compile_event_schema(&schema_text)?;
+    let codec = match codec_name.as_deref() {
+        None | Some(b"null") => Codec::Null,
+        Some(b"deflate") => Codec::Deflate,
+        Some(b"snappy") => Codec::Snappy,
+        Some(b"zstandard") => Codec::Zstandard,
+        Some(name) => {
+            return Err(ContainerError::UnsupportedCodec(
+                String::from_utf8_lossy(name).into_owned(),
+            ));
         }
-    }
+    };
+    let mut sync = [0u8; 16];
+    reader.read_exact(&mut sync, "the header's sync marker")?;
+    Ok(Header {
+        schema,
+        codec,
+        sync,
+    })
 }
 
 impl<R: Read> Iterator for ContainerReader<R> {
