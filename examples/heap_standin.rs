@@ -1,5 +1,5 @@
 //! Runs the Heap stand-in on loopback for local demos and load runs, until Ctrl-C:
-//! `cargo run --example heap_standin -- APP_ID [--no-limits]`; point `HEAP_API_URL` at the
+//! `cargo run --example heap_standin -- APP_ID [--no-limits] [--delay-ms N]`; point `HEAP_API_URL` at the
 //! printed URL. It enforces Heap's track contract and (unless `--no-limits`) its rate limits.
 
 use std::time::Duration;
@@ -18,6 +18,15 @@ async fn main() {
             identity_events: 0,
             window: Duration::from_secs(60),
         };
+    }
+    // `--delay-ms N`: every answer after N ms, about Heap's own pace under load.
+    if let Some(ms) = args
+        .iter()
+        .position(|a| a == "--delay-ms")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        config.response_delay = Duration::from_millis(ms);
     }
     let standin = Standin::start(config).await.expect("the stand-in starts");
     println!("{}", standin.url());

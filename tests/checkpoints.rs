@@ -23,9 +23,14 @@ fn old_hour() -> DateHour {
 /// `backfill` of one hour with small requests, two at a time.
 fn backfill(source: &Path, state: &Path, standin: &Standin, hour: DateHour) -> Command {
     let next = DateHour::from_hours_since_epoch(hour.hours_since_epoch() + 1);
+    // `--from` takes `YYYY-MM-DDTHH`.
+    let arg = |hour: DateHour| {
+        let text = hour.to_string();
+        format!("{}T{}", &text[..10], &text[11..])
+    };
     let mut command = Command::new(env!("CARGO_BIN_EXE_currents-heap"));
     command
-        .args(["backfill", "--from", &hour.to_string(), "--to", &next.to_string()])
+        .args(["backfill", "--from", &arg(hour), "--to", &arg(next)])
         .args(["--max-batch-events", "100", "--heap-concurrency", "2"])
         // A drain long enough to finish everything would leave nothing to resume.
         .args(["--shutdown-timeout", "5s"])
@@ -55,11 +60,20 @@ fn signal(child: &Child, name: &str) {
     );
 }
 
-/// Waits (polling the stand-in every 50 ms) until it has stored `events` distinct events.
-async fn until_stored(standin: &Standin, events: usize) {
+/// Waits (polling the stand-in every 50 ms) until it has stored `events` distinct events;
+/// a run that ends first fails the test with its output.
+async fn until_stored(standin: &Standin, child: &mut Child, events: usize) {
     for _ in 0..6_000 {
         if standin.stored().len() >= events {
             return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut stderr) = child.stderr.take() {
+                use tokio::io::AsyncReadExt;
+                let _ = stderr.read_to_string(&mut err).await;
+            }
+            panic!("the run ended ({status}) before Heap stored {events} events: {err}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -102,18 +116,22 @@ async fn a_stop_and_a_crash_resume_each_object_where_it_stopped() {
     })
     .await
     .unwrap();
-    let start = || backfill(&source.0, &state.0, &standin, hour).spawn().unwrap();
+    let start = || {
+        backfill(&source.0, &state.0, &standin, hour)
+            .spawn()
+            .unwrap()
+    };
 
-    let first = start();
-    until_stored(&standin, 2_000).await;
+    let mut first = start();
+    until_stored(&standin, &mut first, 2_000).await;
     signal(&first, "-TERM");
     let (code, output) = finish(first).await;
     assert_ne!(code, -1, "a SIGTERM ends the run itself: {output}");
     let before_restart = standin.report().duplicates;
 
-    let second = start();
+    let mut second = start();
     let stored = standin.stored().len();
-    until_stored(&standin, (stored + 2_000).min(7_900)).await;
+    until_stored(&standin, &mut second, (stored + 2_000).min(7_900)).await;
     let after_sigterm = standin.report().duplicates - before_restart;
     signal(&second, "-KILL");
     let _ = finish(second).await;

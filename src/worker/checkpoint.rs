@@ -277,7 +277,10 @@ mod tests {
         assert!(!cadence.due(at(6), 0), "nothing ended: nothing to write");
         assert!(cadence.due(at(5), 1));
         cadence.written(at(5), 1);
-        assert!(!cadence.due(at(6), 900), "not yet 5 s, not yet 1,000 events");
+        assert!(
+            !cadence.due(at(6), 900),
+            "not yet 5 s, not yet 1,000 events"
+        );
         assert!(cadence.due(at(6), 1_001), "1,000 events ended");
         assert!(cadence.due(at(10), 2), "5 s since the last write");
         assert!(!cadence.due(at(60), 1), "the prefix has not grown");

@@ -248,6 +248,12 @@ impl Pipeline {
                         return Delivered::Ended(ObjectResult::Abandoned { key: key() });
                     }
                 }
+                // The abandon may have withdrawn the last events as they resolved: that is
+                // a stop, not a dead-letter write that failed.
+                if abandon.is_cancelled() {
+                    tracker.withdraw();
+                    return Delivered::Ended(ObjectResult::Abandoned { key: key() });
+                }
                 if tracker.unfinished() + tracker.withdrawn() > 0 {
                     return Delivered::Ended(ObjectResult::Unrecorded {
                         key: key(),

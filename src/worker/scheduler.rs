@@ -350,8 +350,7 @@ impl Scheduler {
             let Some(next) = state.queue.front() else {
                 return;
             };
-            if !admission.admits_within(state.in_flight, state.bytes_in_flight, next.size(), room)
-            {
+            if !admission.admits_within(state.in_flight, state.bytes_in_flight, next.size(), room) {
                 return;
             }
             let Some(work) = state.queue.pop_front() else {
@@ -502,7 +501,10 @@ mod tests {
             in_flight += 1;
             bytes += 100_000;
         }
-        assert_eq!(in_flight, 7, "7 × 1,000 events fit 7,500; the byte budget alone: 167");
+        assert_eq!(
+            in_flight, 7,
+            "7 × 1,000 events fit 7,500; the byte budget alone: 167"
+        );
         assert!(
             default.admits_within(3, 10 * MIB, MIB, Some(0)),
             "the regular slots are never held back"

@@ -426,11 +426,12 @@ impl crate::store::ObjectStore for Outage {
     fn get<'a>(&'a self, key: &'a str) -> crate::store::StoreFuture<'a, Vec<u8>> {
         self.inner.get(key)
     }
-    fn open<'a>(
+    fn open_range<'a>(
         &'a self,
         key: &'a str,
-    ) -> crate::store::StoreFuture<'a, crate::store::ObjectReader> {
-        self.inner.open(key)
+        range: &'a crate::store::ReadRange,
+    ) -> crate::store::StoreFuture<'a, crate::store::Opened> {
+        self.inner.open_range(key, range)
     }
     fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> crate::store::StoreFuture<'a, ()> {
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
