@@ -156,6 +156,9 @@ fn progress_key(key: &str, size: u64, etag: &str) -> String {
 #[derive(Debug, Default)]
 pub struct Finished {
     versions: HashMap<(String, String), Outcome>,
+    /// Versions with a progress record (a checkpoint) beside them: not finished, but worth
+    /// a lookup when they start (see [`Finished::has_checkpoint`]).
+    checkpoints: std::collections::HashSet<(String, String)>,
 }
 
 impl Finished {
@@ -194,11 +197,21 @@ impl Finished {
     /// Adds everything `other` holds.
     pub fn extend(&mut self, other: Finished) {
         self.versions.extend(other.versions);
+        self.checkpoints.extend(other.checkpoints);
     }
 
     /// Keeps only the versions of objects whose key `keep` accepts.
     pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
         self.versions.retain(|(key, _), _| keep(key));
+        self.checkpoints.retain(|(key, _)| keep(key));
+    }
+
+    /// Whether the listing that filled this held a progress record of this version: only
+    /// then is the record worth a GET when the object starts, so an object never cut short
+    /// costs no request more than before checkpoints.
+    pub fn has_checkpoint(&self, key: &str, size: u64, etag: &str) -> bool {
+        self.checkpoints
+            .contains(&(key.to_string(), version(size, etag)))
     }
 
     /// Adds the version a ledger marker key (`ledger/<object key>/<version>.<outcome>`) names;
@@ -211,6 +224,11 @@ impl Finished {
         let outcome = match suffix {
             "done" => Outcome::Done,
             "failed" => Outcome::Failed,
+            PROGRESS_SUFFIX => {
+                self.checkpoints
+                    .insert((object_key.to_string(), version.to_string()));
+                return;
+            }
             _ => return,
         };
         self.versions
@@ -421,6 +439,22 @@ impl Ledger {
             .store
             .list(&format!("{LEDGER_PREFIX}{source_prefix}"))
             .await?;
+        self.read_progress(markers).await
+    }
+
+    /// [`Ledger::in_progress`] of one `event_type=` folder's hours `from` to `to`: one ranged
+    /// listing (see [`Ledger::finished_in_hours`]), then a GET per progress record.
+    pub async fn in_progress_in_hours(
+        &self,
+        folder: &str,
+        from: DateHour,
+        to: DateHour,
+    ) -> Result<InProgress, StoreError> {
+        let markers = self.markers_in_hours(folder, from, to).await?;
+        self.read_progress(markers).await
+    }
+
+    async fn read_progress(&self, markers: Vec<ObjectMeta>) -> Result<InProgress, StoreError> {
         let mut finished = Finished::default();
         for meta in &markers {
             finished.insert_marker(&meta.key);

@@ -165,7 +165,7 @@ async fn take(listener: &mut Listener, n: usize) -> Vec<Work> {
 }
 
 fn recorded(work: &Work) -> KeyEnd {
-    let (Work::Object(meta) | Work::OutsideLayout(meta)) = work;
+    let meta = work.meta();
     KeyEnd::Recorded {
         size: meta.size,
         etag: meta.etag.clone(),

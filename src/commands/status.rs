@@ -18,7 +18,7 @@ use super::worker::{Exit, StoreArgs, open_stores};
 use crate::currents::key::DateHour;
 use crate::deadletter::{DeadLetterFilter, DeadLetterStore};
 use crate::handover::{BackfillProgress, BackfillRequest, BackfillState, Control, Heartbeat};
-use crate::ledger::{FailedEntries, Finished, Ledger, Outcome};
+use crate::ledger::{FailedEntries, Finished, InProgress, Ledger, Outcome};
 use crate::source::{Discovery, LISTING_CONCURRENCY, Window, discover};
 use crate::store::StoreError;
 use crate::telemetry::Metrics;
@@ -98,6 +98,9 @@ async fn report(config: &Config) -> Result<String, String> {
         *pending.entry(&object.event_type).or_insert(0) += 1;
         oldest = Some(oldest.map_or(object.date, |o| o.min(object.date)));
     }
+    let in_progress = read_in_progress(&ledger, &window, &discovery)
+        .await
+        .map_err(state_error)?;
     let mut out = String::new();
     out.push_str(&format!(
         "source: {}\nstate:  {}\n",
@@ -124,6 +127,7 @@ async fn report(config: &Config) -> Result<String, String> {
     for (event_type, n) in &pending {
         out.push_str(&format!("  {event_type}: {n}\n"));
     }
+    out.push_str(&render_in_progress(&in_progress));
     match oldest {
         Some(hour) => {
             let lag = DateHour::now().hours_since_epoch() - hour.hours_since_epoch();
@@ -331,6 +335,50 @@ async fn read_ledger(
     Ok((finished, failed))
 }
 
+/// The objects part way through, with their checkpoints, over the same hours as the ledger.
+async fn read_in_progress(
+    ledger: &Ledger,
+    window: &Window,
+    discovery: &Discovery,
+) -> Result<InProgress, StoreError> {
+    let Window::Hours { from, to } = *window else {
+        return ledger.in_progress("").await;
+    };
+    let mut reads = futures_util::stream::iter(&discovery.folders)
+        .map(|folder| ledger.in_progress_in_hours(folder, from, to))
+        .buffered(LISTING_CONCURRENCY);
+    let mut all = InProgress::default();
+    while let Some(read) = reads.next().await {
+        let read = read?;
+        all.entries.extend(read.entries);
+        all.unreadable.extend(read.unreadable);
+    }
+    Ok(all)
+}
+
+/// `objects in progress: N` and a line per object: how far it has ended, and when.
+fn render_in_progress(in_progress: &InProgress) -> String {
+    let mut out = String::new();
+    if in_progress.entries.is_empty() && in_progress.unreadable.is_empty() {
+        return out;
+    }
+    out.push_str(&format!(
+        "objects in progress: {} (each resumes at its checkpoint)\n",
+        in_progress.entries.len()
+    ));
+    for p in &in_progress.entries {
+        let percent = (p.block_offset as f64 * 100.0 / p.size.max(1) as f64).floor();
+        out.push_str(&format!(
+            "  {}: {} events ended (read up to byte {} of {}, {percent}%), checkpoint at {}\n",
+            p.key, p.records, p.block_offset, p.size, p.updated_at
+        ));
+    }
+    for (key, reason) in &in_progress.unreadable {
+        out.push_str(&format!("  (unreadable checkpoint {key}: {reason})\n"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,6 +457,29 @@ mod tests {
                 "  24-00000004: date=2026-11-01-00 up to date=2026-11-08-00, done on worker w-a"
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn objects_in_progress_show_how_far_they_ended() {
+        assert_eq!(render_in_progress(&InProgress::default()), "");
+        let progress = crate::ledger::Progress {
+            key: "c/event_type=T/date=2026-11-27-13/a.avro".into(),
+            size: 2_000,
+            etag: "e".into(),
+            records: 600,
+            header_len: 100,
+            block_offset: 1_230,
+            block_first_record: 580,
+            updated_at: "2026-12-04T15:18:07.164+00:00".into(),
+        };
+        let shown = render_in_progress(&InProgress {
+            entries: vec![progress],
+            unreadable: vec![("ledger/x.progress".into(), "not JSON".into())],
+        });
+        assert_eq!(
+            shown,
+            "objects in progress: 1 (each resumes at its checkpoint)\n  c/event_type=T/date=2026-11-27-13/a.avro: 600 events ended (read up to byte 1230 of 2000, 61%), checkpoint at 2026-12-04T15:18:07.164+00:00\n  (unreadable checkpoint ledger/x.progress: not JSON)\n"
         );
     }
 

@@ -509,7 +509,9 @@ impl ProgressWritten {
 }
 
 /// A checkpoint inside an object could not be written: the object goes on, and a stop would
-/// send again what ended since its last checkpoint. Logged once per object (`log`).
+/// send again what ended since its last checkpoint. Counted; logged at debug once per object
+/// (`log`): a state outage is reported once by the ledger's own writes and readiness, not
+/// once per object in flight.
 pub struct ProgressWriteFailed<'a> {
     pub object: &'a str,
     pub error: &'a str,
@@ -520,7 +522,7 @@ impl ProgressWriteFailed<'_> {
     pub fn emit(&self, metrics: &Metrics) {
         metrics.progress_write_failures.inc();
         if self.log {
-            tracing::warn!(
+            tracing::debug!(
                 object = %self.object,
                 "cannot write the object's checkpoint (it goes on; a stop would send again what ended since the last one): {}",
                 self.error

@@ -693,7 +693,8 @@ impl BackfillLane {
         match find_unfinished(source, ledger, &window, None).await {
             Ok((unfinished, work)) => {
                 let sized = |work: &Work| {
-                    let (Work::Object(meta) | Work::OutsideLayout(meta)) = work;
+                    let (Work::Object(meta) | Work::Resume(meta) | Work::OutsideLayout(meta)) =
+                        work;
                     (meta.key.clone(), meta.size)
                 };
                 // Every unfinished key is the pass's, queued here or not: a key the live lane

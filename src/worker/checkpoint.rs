@@ -215,6 +215,11 @@ impl Checkpoints {
         }
     }
 
+    /// Whether a checkpoint of this version is in the ledger (read at the start, or written).
+    pub fn exists(&self) -> bool {
+        self.exists
+    }
+
     /// After the done or failed record: deletes the checkpoint it replaces, if one exists.
     pub async fn clear(&self) {
         if !self.exists {

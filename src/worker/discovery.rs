@@ -174,6 +174,10 @@ pub async fn find_unfinished(
         if known.contains(meta_of(&candidate)) {
             continue;
         }
+        let candidate = match candidate {
+            Work::Object(meta) if known.has_checkpoint(&meta) => Work::Resume(meta),
+            other => other,
+        };
         unfinished
             .keys
             .push((meta_of(&candidate).key.clone(), date));
@@ -187,7 +191,7 @@ pub async fn find_unfinished(
 }
 
 fn meta_of(work: &Work) -> &ObjectMeta {
-    let (Work::Object(meta) | Work::OutsideLayout(meta)) = work;
+    let (Work::Object(meta) | Work::Resume(meta) | Work::OutsideLayout(meta)) = work;
     meta
 }
 

@@ -176,6 +176,7 @@ impl Engine {
                 sink,
                 metrics: metrics.clone(),
                 ledger_retry: crate::store::retry::SharedRetry::new(state_retry_max),
+                checkpointed: Default::default(),
             })
         };
         let pipeline = pipeline_to(sink);

@@ -154,6 +154,17 @@ impl FinishedSet {
             .is_some_and(|state| known(&state.finished))
     }
 
+    /// Whether the ledger read held a checkpoint of the version `meta` names (see
+    /// [`Finished::has_checkpoint`]).
+    pub fn has_checkpoint(&self, meta: &ObjectMeta) -> bool {
+        let listed =
+            |finished: &Finished| finished.has_checkpoint(&meta.key, meta.size, &meta.etag);
+        self.everything.as_ref().is_some_and(listed)
+            || event_type_folder(&meta.key)
+                .and_then(|folder| self.folders.get(folder))
+                .is_some_and(|state| listed(&state.finished))
+    }
+
     /// `Window::All`: whether the whole ledger has been read.
     pub fn has_everything(&self) -> bool {
         self.everything.is_some()

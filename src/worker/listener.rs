@@ -281,11 +281,11 @@ impl Actor {
             let Some(meta) = self.in_source(created) else {
                 continue;
             };
-            match self.ledger.finished(&format!("{}/", meta.key)).await {
+            let checkpoint = match self.ledger.finished(&format!("{}/", meta.key)).await {
                 Ok(finished) if finished.outcome(&meta.key, meta.size, &meta.etag).is_some() => {
                     continue;
                 }
-                Ok(_) => {}
+                Ok(finished) => finished.has_checkpoint(&meta.key, meta.size, &meta.etag),
                 Err(e) => {
                     tracing::warn!(
                         message_id = %message.id,
@@ -300,14 +300,16 @@ impl Actor {
                     .await;
                     return;
                 }
-            }
+            };
             waiting.push((meta.key.clone(), meta.size, meta.etag.clone()));
             let parsed = CurrentsKey::parse(&meta.key);
             self.pending
-                .push(if parsed.event_type.is_some() && parsed.date.is_some() {
-                    Work::Object(meta)
-                } else {
+                .push(if parsed.event_type.is_none() || parsed.date.is_none() {
                     Work::OutsideLayout(meta)
+                } else if checkpoint {
+                    Work::Resume(meta)
+                } else {
+                    Work::Object(meta)
                 });
         }
         if waiting.is_empty() {

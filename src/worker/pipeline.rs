@@ -89,6 +89,9 @@ pub struct Pipeline {
     /// how long they are retried before an object is left for the next run; `None`: until
     /// the object is abandoned (a long-lived `run`).
     pub ledger_retry: SharedRetry,
+    /// Objects this process left with a checkpoint (cut short, not finished): looked up when
+    /// they start again, though the listing that queued them predates the checkpoint.
+    pub checkpointed: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Decoding warnings logged per object; the rest are counted in one line.
@@ -130,12 +133,50 @@ impl Opening {
 impl Pipeline {
     /// Processes one object. `abandon` cuts it short (shutdown deadline, stopped delivery):
     /// at once, whatever the object is waiting for (see the module docs).
-    pub async fn process(&self, object: &ObjectMeta, abandon: &CancellationToken) -> ObjectResult {
-        let mut resume = self.checkpoint_of(object).await;
+    /// `listed_checkpoint`: the listing that queued it showed a checkpoint of its version.
+    pub async fn process(
+        &self,
+        object: &ObjectMeta,
+        listed_checkpoint: bool,
+        abandon: &CancellationToken,
+    ) -> ObjectResult {
+        let ended = self.process_from(object, listed_checkpoint, abandon).await;
+        let mut checkpointed = self.checkpointed.lock().unwrap_or_else(|p| p.into_inner());
+        match &ended {
+            (_, false) => {}
+            (ObjectResult::Done(_) | ObjectResult::Failed(_), true) => {
+                checkpointed.remove(&object.key);
+            }
+            (_, true) => {
+                checkpointed.insert(object.key.clone());
+            }
+        }
+        ended.0
+    }
+
+    /// [`Pipeline::process`], and whether a checkpoint of the object exists (or existed)
+    /// in the ledger.
+    async fn process_from(
+        &self,
+        object: &ObjectMeta,
+        listed_checkpoint: bool,
+        abandon: &CancellationToken,
+    ) -> (ObjectResult, bool) {
+        let look = listed_checkpoint
+            || self
+                .checkpointed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&object.key);
+        let mut resume = if look {
+            self.checkpoint_of(object).await
+        } else {
+            None
+        };
         loop {
             let opening = match self.open(object, resume.take(), abandon).await {
                 Ok(opening) => opening,
-                Err(ended) => return ended,
+                Err(ended) => return (ended, false),
             };
             let resumed = opening.resume.is_some();
             // Withdrawn with the object: when it is abandoned, or its read fails part way.
@@ -156,6 +197,8 @@ impl Pipeline {
             };
             let ended = match ended {
                 Delivered::Ended(ended) => ended,
+                // Every event has ended: no checkpoint is due while the record is written.
+                Delivered::Record(entry) => self.record(entry, abandon).await,
                 Delivered::ResumeFailed(e) if resumed => {
                     tracing::warn!(object = %object.key, "cannot resume the object at its checkpoint, reading it from its start: {e}");
                     continue;
@@ -169,7 +212,7 @@ impl Pipeline {
                     _ => checkpoints.write_final().await,
                 }
             }
-            return ended;
+            return (ended, checkpoints.exists());
         }
     }
 
@@ -267,7 +310,7 @@ impl Pipeline {
                     (tracker.delivered(), tracker.skipped(), tracker.parked());
             }
         }
-        Delivered::Ended(self.record(entry, abandon).await)
+        Delivered::Record(entry)
     }
 
     /// The checkpoint of the listed version, if the ledger holds one: one GET. A lookup
@@ -370,7 +413,7 @@ impl Pipeline {
             .await?;
         Ok(Opening {
             reader: opened.reader,
-            version: opened.version,
+            version: recorded_version(object, opened.version),
             resume: None,
             header: None,
         })
@@ -535,9 +578,11 @@ struct Destination<'a> {
     runtime: &'a tokio::runtime::Handle,
 }
 
-/// How [`Pipeline::deliver`] ended: the object's end, or a resume that could not be read.
+/// How [`Pipeline::deliver`] ended: the object's end, its entry to record, or a resume that
+/// could not be read.
 enum Delivered {
     Ended(ObjectResult),
+    Record(Entry),
     ResumeFailed(DecodeError),
 }
 
@@ -546,6 +591,26 @@ fn unreachable_resume(object: &ObjectMeta, e: DecodeError) -> ObjectResult {
     ObjectResult::Retry {
         key: object.key.clone(),
         reason: format!("cannot read the source object: {e}"),
+    }
+}
+
+/// The version the records name: the one the read returned. But a store whose listing
+/// carries no ETag (s3s-fs, some S3-compatible servers) lists a version made of the
+/// modification time (`lm` and digits, see [`crate::store::s3`]) while its reads return an
+/// ETag: there the listed version is kept when the size agrees, since it is the one the next
+/// listing finds.
+fn recorded_version(listed: &ObjectMeta, read: ObjectMeta) -> ObjectMeta {
+    let untagged = listed
+        .etag
+        .strip_prefix("lm")
+        .is_some_and(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()));
+    if untagged && read.size == listed.size {
+        ObjectMeta {
+            key: read.key,
+            ..listed.clone()
+        }
+    } else {
+        read
     }
 }
 

@@ -54,21 +54,29 @@ use crate::store::ObjectMeta;
 #[derive(Debug, Clone)]
 pub enum Work {
     Object(ObjectMeta),
+    /// An object whose version has a checkpoint in the ledger (the listing showed it): it
+    /// starts with a lookup of where to resume (see [`super::checkpoint`]).
+    Resume(ObjectMeta),
     /// An `.avro` key outside the Currents layout: recorded failed without reading it.
     OutsideLayout(ObjectMeta),
 }
 
 impl Work {
     pub fn key(&self) -> &str {
+        &self.meta().key
+    }
+
+    /// The object as listed (or notified).
+    pub fn meta(&self) -> &ObjectMeta {
         match self {
-            Work::Object(m) | Work::OutsideLayout(m) => &m.key,
+            Work::Object(m) | Work::Resume(m) | Work::OutsideLayout(m) => m,
         }
     }
 
     /// The bytes it reads: its listed size, or none for a key only recorded as failed.
     fn size(&self) -> u64 {
         match self {
-            Work::Object(m) => m.size,
+            Work::Object(m) | Work::Resume(m) => m.size,
             Work::OutsideLayout(_) => 0,
         }
     }
@@ -363,7 +371,8 @@ impl Scheduler {
             let (pipeline, abandon) = (state.pipeline.clone(), self.abandon.clone());
             let handle = self.tasks.spawn(async move {
                 match work {
-                    Work::Object(meta) => pipeline.process(&meta, &abandon).await,
+                    Work::Object(meta) => pipeline.process(&meta, false, &abandon).await,
+                    Work::Resume(meta) => pipeline.process(&meta, true, &abandon).await,
                     Work::OutsideLayout(meta) => {
                         pipeline.record_outside_layout(&meta, &abandon).await
                     }
