@@ -3,9 +3,10 @@
 //! The source and the ledger are read over the `--lookback` hours only: one ranged listing
 //! of each per `event_type=` folder (plus a read per failed object), so `status` costs about
 //! what a poll does; and two more ranged listings of the source per folder for the keys
-//! outside the layout, which have no hour, with their ledger (`outside_hours`). `--lookback all` lists both whole. Then the live `run` workers and the
-//! backfills handed to them (see [`crate::handover`]): a listing of `control/` and a read per
-//! heartbeat and per request.
+//! outside the layout, which have no hour, with their ledger (`outside_hours`).
+//! `--lookback all` lists both whole. Then the live `run` workers and the backfills handed to
+//! them (see [`crate::handover`]): a listing of `control/` and a read per heartbeat and per
+//! request.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
