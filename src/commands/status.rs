@@ -281,9 +281,10 @@ fn render_request(
             &queued
         }
     };
+    let runner_live = live.iter().any(|hb| hb.worker == p.worker);
     let worker = match p.worker.as_str() {
         "" => "the next worker to start".to_string(),
-        w if p.state.is_terminal() || live.iter().any(|hb| hb.worker == w) => format!("worker {w}"),
+        w if p.state.is_terminal() || runner_live => format!("worker {w}"),
         w => format!("worker {w} (not live)"),
     };
     let preposition = if p.state == BackfillState::Queued {
@@ -302,7 +303,13 @@ fn render_request(
     if p.events_parked > 0 {
         line.push_str(&format!(", {} parked", p.events_parked));
     }
-    if p.state == BackfillState::Running {
+    // A worker killed mid-range leaves its last progress behind: its ETA and rate wait
+    // were true then, not now; say when it last moved instead.
+    if p.state == BackfillState::Running && !runner_live {
+        let at = crate::clock::iso8601_utc(p.updated_at.saturating_mul(1000))
+            .unwrap_or_else(|| p.updated_at.to_string());
+        line.push_str(&format!(", last progress at {at}"));
+    } else if p.state == BackfillState::Running {
         let eta = p.eta_secs(now).map_or_else(
             || "unknown".to_string(),
             |s| humantime::format_duration(std::time::Duration::from_secs(s)).to_string(),
