@@ -94,3 +94,28 @@ async fn an_app_id_that_is_not_digits_exits_2_naming_its_source_without_its_valu
     );
     assert_eq!(standin.report().requests, 0, "nothing was sent");
 }
+
+/// An empty file (a secret mounted before it was filled) is named as the culprit, not
+/// reported as "missing: set HEAP_APP_ID, ..." as though no file had been given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_app_id_file_exits_2_saying_the_file_is_empty() {
+    let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let setup = Setup::new();
+    let dir = TempDir::new("app-id");
+    for (name, text) in [("empty", ""), ("blank", " \r\n")] {
+        let file = dir.0.join(name);
+        std::fs::write(&file, text).unwrap();
+        let mut command = setup.command(&standin, &["run", "--once", "--lookback", "all"]);
+        command
+            .env_remove("HEAP_APP_ID")
+            .arg("--heap-app-id-file")
+            .arg(&file);
+        let (code, stdout, stderr) = output(command).await;
+        assert_eq!(code, 2, "{stdout}\n{stderr}");
+        assert!(
+            stderr.contains(&file.display().to_string()) && stderr.contains("is empty"),
+            "{name}: the file is named, and said to be empty: {stderr}"
+        );
+        assert!(!stderr.contains("missing"), "{name}: {stderr}");
+    }
+}

@@ -458,3 +458,88 @@ async fn a_source_key_with_an_empty_segment_is_delivered_and_recorded() {
         "a second run sends nothing: {stdout}"
     );
 }
+
+/// An object uploaded in parts with checksums (as boto3 and the aws CLI do for files over
+/// 8 MiB) answers GetObject with a part-level (composite) checksum the SDK cannot validate:
+/// reading it must not log the SDK's "part-level checksum ... disable checksum validation"
+/// warning for every such object. The binary's own stderr is captured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipart_object_is_read_without_a_checksum_warning() {
+    use aws_sdk_s3::primitives::ByteStream;
+    use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+    let moto = Moto::start().await;
+    moto.create_bucket("multipart").await;
+    let hour = DateHour::now();
+    let key = format!("c/event_type=users.behaviors.CustomEvent/date={hour}/612/big.avro");
+    let upload = moto
+        .client
+        .create_multipart_upload()
+        .bucket("multipart")
+        .key(&key)
+        .checksum_algorithm(ChecksumAlgorithm::Crc32)
+        .send()
+        .await
+        .unwrap();
+    let id = upload.upload_id().unwrap();
+    let mut parts = Vec::new();
+    for (n, body) in [vec![b'x'; 5 * 1024 * 1024], vec![b'y'; 1024]]
+        .into_iter()
+        .enumerate()
+    {
+        let number = n as i32 + 1;
+        let part = moto
+            .client
+            .upload_part()
+            .bucket("multipart")
+            .key(&key)
+            .upload_id(id)
+            .part_number(number)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .unwrap();
+        parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .e_tag(part.e_tag().unwrap())
+                .set_checksum_crc32(part.checksum_crc32().map(str::to_string))
+                .build(),
+        );
+    }
+    moto.client
+        .complete_multipart_upload()
+        .bucket("multipart")
+        .key(&key)
+        .upload_id(id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let state = TempDir::new("multipart-state");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_currents-heap"));
+    command
+        .args(["run", "--once", "--dry-run", "--s3-path-style"])
+        .args(["--source", "s3://multipart/c"])
+        .arg("--state")
+        .arg(&state.0)
+        .env("AWS_ENDPOINT_URL", &moto.endpoint)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("NO_COLOR", "1");
+    let (_code, stdout, stderr) = output(command).await;
+    // The object was read (it is not Avro, so it is reported failed).
+    assert!(
+        stdout.contains("1 failed") || stderr.contains("big.avro"),
+        "the object was read: {stdout}\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("part-level checksum"),
+        "the SDK's checksum warning: {stderr}"
+    );
+}

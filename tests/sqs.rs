@@ -830,3 +830,50 @@ async fn a_stop_gives_messages_back_at_once_and_a_gone_object_spends_its_message
     // need the whole 60 s the binary asked for).
     assert_eq!(wired.receive_elsewhere(Duration::from_secs(3)).await, 1);
 }
+
+/// Credentials the queue refuses (moto enforcing auth answers 403 InvalidClientTokenId, as
+/// XML) are a setting to fix: exit 2 at start naming `--sqs-queue-url` and the AWS error
+/// code, not a warning and a failing receive every 5 s forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_the_queue_refuses_exit_2_naming_the_option_and_the_code() {
+    fn running_on(line: &str) -> Option<String> {
+        let url = line.split("Running on ").nth(1)?.trim();
+        url.starts_with("http://").then(|| url.to_string())
+    }
+    let exe = tokio::task::spawn_blocking(support::moto::moto_server)
+        .await
+        .unwrap();
+    let (_moto, endpoint) = support::install::launch(
+        tokio::process::Command::new(&exe)
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", "0")
+            .args(["-H", "127.0.0.1", "-p", "0"]),
+        running_on,
+    )
+    .await;
+    let state = TempDir::new("sqs-denied");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_currents-heap"))
+        .args(["run", "--source", &format!("s3://{BUCKET}/{PREFIX}")])
+        .arg("--state")
+        .arg(&state.0)
+        .args(["--s3-path-style", "--sqs-queue-url"])
+        .arg(format!("{endpoint}/123456789012/currents"))
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("HEAP_APP_ID", APP_ID)
+        .env("NO_COLOR", "1")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("the run exits instead of receiving forever")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--sqs-queue-url") && stderr.contains("InvalidClientTokenId"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(SECRET_KEY), "{stderr}");
+}

@@ -186,3 +186,77 @@ async fn a_worker_listening_to_a_queue_is_ready_on_a_new_bucket() {
     worker.await.unwrap();
     assert_eq!(not_ready, None, "a new bucket, no event_type= folder yet");
 }
+
+/// The tester's case: objects of this hour and the previous one, uploaded before the worker
+/// (or its queue) existed, so no notification will ever bring them. They must reach Heap
+/// within the start-up grace, not a whole reconcile interval later (nor never, for a pod
+/// restarted more often than that). An object uploaded after the start stays left to its
+/// notification.
+#[tokio::test(start_paused = true)]
+async fn objects_of_the_newest_hours_that_predate_the_start_are_processed_within_the_grace() {
+    let source = TempDir::new("sqs-grace-source");
+    let state = TempDir::new("sqs-grace-state");
+    let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let now = DateHour::now().hours_since_epoch();
+    let options = |seed| SynthOptions {
+        events: 10,
+        null_percent: 0,
+        seed,
+        ..SynthOptions::default()
+    };
+    let this_hour = DateHour::from_hours_since_epoch(now);
+    let last_hour = DateHour::from_hours_since_epoch(now - 1);
+    write_custom_events(&source.0, this_hour, 2, &options(1)).unwrap();
+    write_custom_events(&source.0, last_hour, 2, &options(10_000)).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(engine(&source, &state, &standin, metrics.clone()).drive(
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let started = tokio::time::Instant::now();
+    until(|| async { metrics.counts().polls >= 1 }).await;
+    // Uploaded after the first reconciliation: its notification is the one to bring it.
+    let later = copy_to_a_new_key(&source.0, this_hour);
+    until(|| async { recorded(&state).await.len() >= 4 }).await;
+    let waited = started.elapsed();
+    // Past the grace's second pass and well before the next interval.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let done = recorded(&state).await;
+    stop.send(()).unwrap();
+    let report = worker.await.unwrap();
+    assert_eq!(report.outcome, Outcome::Finished, "{}", report.render());
+    assert!(
+        waited <= Duration::from_secs(180),
+        "objects that predate the start waited {waited:?}"
+    );
+    assert_eq!(done.len(), 4, "the four that predate the start: {done:?}");
+    assert!(
+        !done.iter().any(|d| d.ends_with(&later)),
+        "the object uploaded after the start is left to its notification: {done:?}"
+    );
+}
+
+/// Copies one object of `hour` to a new file name beside it (another offset), as a new
+/// upload; returns the new file name.
+fn copy_to_a_new_key(root: &std::path::Path, hour: DateHour) -> String {
+    fn find(dir: &std::path::Path, hour: &str) -> Option<std::path::PathBuf> {
+        for entry in std::fs::read_dir(dir).ok()? {
+            let path = entry.ok()?.path();
+            if path.is_dir() {
+                if let Some(found) = find(&path, hour) {
+                    return Some(found);
+                }
+            } else if path.to_string_lossy().contains(hour) {
+                return Some(path);
+            }
+        }
+        None
+    }
+    let from = find(root, &format!("date={hour}")).expect("an object of the hour");
+    let old = from.file_name().unwrap().to_string_lossy().to_string();
+    let name = format!("{}+0000990000.avro", old.rsplit_once('+').unwrap().0);
+    std::fs::copy(&from, from.with_file_name(&name)).unwrap();
+    name
+}

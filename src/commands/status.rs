@@ -2,9 +2,11 @@
 //!
 //! The source and the ledger are read over the `--lookback` hours only: one ranged listing
 //! of each per `event_type=` folder (plus a read per failed object), so `status` costs about
-//! what a poll does. `--lookback all` lists both whole. Then the live `run` workers and the
-//! backfills handed to them (see [`crate::handover`]): a listing of `control/` and a read per
-//! heartbeat and per request.
+//! what a poll does; and two more ranged listings of the source per folder for the keys
+//! outside the layout, which have no hour, with their ledger (`outside_hours`).
+//! `--lookback all` lists both whole. Then the live `run` workers and the backfills handed to
+//! them (see [`crate::handover`]): a listing of `control/` and a read per heartbeat and per
+//! request.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,12 +17,12 @@ use serde::Serialize;
 
 use super::config::{Config, DEFAULTS, as_text};
 use super::worker::{Exit, StoreArgs, open_stores};
-use crate::currents::key::DateHour;
+use crate::currents::key::{DateHour, layout_problem};
 use crate::deadletter::{DeadLetterFilter, DeadLetterStore};
 use crate::handover::{BackfillProgress, BackfillRequest, BackfillState, Control, Heartbeat};
 use crate::ledger::{FailedEntries, Finished, InProgress, Ledger, Outcome};
 use crate::source::{Discovery, LISTING_CONCURRENCY, Window, discover};
-use crate::store::StoreError;
+use crate::store::{ObjectStore, StoreError};
 use crate::telemetry::Metrics;
 use crate::worker::Lookback;
 
@@ -79,7 +81,7 @@ async fn report(config: &Config) -> Result<String, String> {
     let control = Control::new(state);
 
     let window = config.lookback.window();
-    let discovery = discover(&*source, &window)
+    let mut discovery = discover(&*source, &window)
         .await
         .map_err(|e| format!("cannot list the source: {e}"))?;
     if let Some(e) = discovery.failed.first() {
@@ -89,9 +91,18 @@ async fn report(config: &Config) -> Result<String, String> {
         ));
     }
     let state_error = |e: StoreError| format!("cannot read the state: {e}");
-    let (finished, failed) = read_ledger(&ledger, &window, &discovery)
+    let (mut finished, mut failed) = read_ledger(&ledger, &window, &discovery)
         .await
         .map_err(state_error)?;
+    if let Window::Hours { .. } = window {
+        let (more_finished, more_failed) =
+            outside_hours(&*source, &ledger, &mut discovery)
+                .await
+                .map_err(|e| format!("cannot read the source or the state: {e}"))?;
+        finished.extend(more_finished);
+        failed.entries.extend(more_failed.entries);
+        failed.unreadable.extend(more_failed.unreadable);
+    }
     let mut pending: BTreeMap<&str, u64> = BTreeMap::new();
     let mut oldest: Option<DateHour> = None;
     for object in discovery.objects.iter().filter(|o| !finished.contains(o)) {
@@ -274,9 +285,10 @@ fn render_request(
             &queued
         }
     };
+    let runner_live = live.iter().any(|hb| hb.worker == p.worker);
     let worker = match p.worker.as_str() {
         "" => "the next worker to start".to_string(),
-        w if p.state.is_terminal() || live.iter().any(|hb| hb.worker == w) => format!("worker {w}"),
+        w if p.state.is_terminal() || runner_live => format!("worker {w}"),
         w => format!("worker {w} (not live)"),
     };
     let preposition = if p.state == BackfillState::Queued {
@@ -295,7 +307,13 @@ fn render_request(
     if p.events_parked > 0 {
         line.push_str(&format!(", {} parked", p.events_parked));
     }
-    if p.state == BackfillState::Running {
+    // A worker killed mid-range leaves its last progress behind: its ETA and rate wait
+    // were true then, not now; say when it last moved instead.
+    if p.state == BackfillState::Running && !runner_live {
+        let at = crate::clock::iso8601_utc(p.updated_at.saturating_mul(1000))
+            .unwrap_or_else(|| p.updated_at.to_string());
+        line.push_str(&format!(", last progress at {at}"));
+    } else if p.state == BackfillState::Running {
         let eta = p.eta_secs(now).map_or_else(
             || "unknown".to_string(),
             |s| humantime::format_duration(std::time::Duration::from_secs(s)).to_string(),
@@ -377,6 +395,47 @@ fn render_in_progress(in_progress: &InProgress) -> String {
         out.push_str(&format!("  (unreadable checkpoint {key}: {reason})\n"));
     }
     out
+}
+
+/// Objects outside the layout have no `date=` hour, so no window of hours holds them, yet a
+/// misplaced object recorded failed must show whatever the lookback. Found in each
+/// `event_type=` folder by two ranged listings of the source, of the keys that sort before
+/// `date=0` and after every `date=<digits>` (where a `date=` that is not an hour lands; one
+/// inside the digits, `date=2026-02-30-01`, shows with `--lookback all` only), and added to
+/// `discovery.outside_layout`; then the ledger of each of those objects, one listing each
+/// (and a read per failed version): few, since Braze writes none.
+async fn outside_hours(
+    source: &dyn ObjectStore,
+    ledger: &Ledger,
+    discovery: &mut Discovery,
+) -> Result<(Finished, FailedEntries), StoreError> {
+    for folder in &discovery.folders {
+        let (before, after) = (format!("{folder}date=0"), format!("{folder}date=:"));
+        let mut found = source.list_range(folder, folder, Some(&before)).await?;
+        found.extend(source.list_range(folder, &after, None).await?);
+        discovery.outside_layout.extend(
+            found
+                .into_iter()
+                .filter(|meta| meta.key.ends_with(".avro") && layout_problem(&meta.key).is_some()),
+        );
+    }
+    let mut reads = futures_util::stream::iter(&discovery.outside_layout)
+        .map(|meta| async move {
+            let prefix = format!("{}/", meta.key);
+            Ok::<_, StoreError>((
+                ledger.finished(&prefix).await?,
+                ledger.failed_entries(&prefix).await?,
+            ))
+        })
+        .buffered(LISTING_CONCURRENCY);
+    let (mut finished, mut failed) = (Finished::default(), FailedEntries::default());
+    while let Some(read) = reads.next().await {
+        let (more_finished, more_failed) = read?;
+        finished.extend(more_finished);
+        failed.entries.extend(more_failed.entries);
+        failed.unreadable.extend(more_failed.unreadable);
+    }
+    Ok((finished, failed))
 }
 
 #[cfg(test)]

@@ -170,7 +170,15 @@ fn app_id(config: &Config) -> Result<String, Exit> {
             let name = format!("the Heap app id file {}", path.display());
             let text =
                 std::fs::read_to_string(path).map_err(|e| Exit::Usage(format!("{name}: {e}")))?;
-            heap_app_id(&text, &name).map_err(Exit::Usage)?
+            // Given but empty (a secret mounted before it was filled): name the file, not
+            // the ways to give an id, one of which was used.
+            let id = heap_app_id(&text, &name).map_err(Exit::Usage)?;
+            if id.is_none() {
+                return Err(Exit::Usage(format!(
+                    "{name} is empty: it must hold the Heap app id (digits)"
+                )));
+            }
+            id
         }
         None => None,
     };

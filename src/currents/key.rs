@@ -38,6 +38,45 @@ impl<'a> CurrentsKey<'a> {
     }
 }
 
+/// Why a key is outside the Currents layout, as the failed record's reason says it: what is
+/// actually wrong (no `event_type=` segment, an empty one, no `date=` segment, or a `date=`
+/// segment that is not an hour), not a blanket "no event_type= and date= segments". `None`
+/// for a key in the layout. Segments are quoted as they are: keys are not secrets.
+pub fn layout_problem(key: &str) -> Option<String> {
+    let mut event_type = None;
+    let mut date = None;
+    for segment in key.split(['/', '\\']) {
+        if let Some(value) = segment.strip_prefix("event_type=") {
+            event_type = Some(value);
+        } else if let Some(value) = segment.strip_prefix("date=") {
+            date = Some(value);
+        }
+    }
+    let problems: Vec<String> = [
+        match event_type {
+            None => Some("it has no event_type= segment".to_string()),
+            Some("") => Some("its event_type= segment is empty".to_string()),
+            Some(_) => None,
+        },
+        match date {
+            None => Some("it has no date= segment".to_string()),
+            Some(value) if DateHour::parse(value).is_none() => Some(format!(
+                "its date= segment `{value}` is not a date=YYYY-MM-DD-HH hour"
+            )),
+            Some(_) => None,
+        },
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!problems.is_empty()).then(|| {
+        format!(
+            "the key is outside the Currents layout: {}",
+            problems.join(", and ")
+        )
+    })
+}
+
 /// One `date=` partition: a UTC hour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DateHour {
@@ -228,5 +267,38 @@ mod tests {
                 .unwrap_err()
                 .contains("YYYY-MM-DD")
         );
+    }
+
+    #[test]
+    fn layout_problem_says_what_is_wrong() {
+        assert_eq!(
+            super::layout_problem("p/event_type=X/date=garbage/x.avro").as_deref(),
+            Some(
+                "the key is outside the Currents layout: its date= segment `garbage` is not a date=YYYY-MM-DD-HH hour"
+            )
+        );
+        assert_eq!(
+            super::layout_problem("p/date=2026-11-27-13/x.avro").as_deref(),
+            Some("the key is outside the Currents layout: it has no event_type= segment")
+        );
+        assert_eq!(
+            super::layout_problem("p/event_type=/x.avro").as_deref(),
+            Some(
+                "the key is outside the Currents layout: its event_type= segment is empty, and it has no date= segment"
+            )
+        );
+        assert_eq!(
+            super::layout_problem("p/event_type=X/date=2026-11-27-13/612/x.avro"),
+            None
+        );
+        // Exactly the keys `CurrentsKey::parse` finds outside the layout.
+        for key in [
+            "a/event_type=X/date=2026-02-30-01/x",
+            "event_type=X/date=2026-11-27-24/x",
+        ] {
+            let parsed = super::CurrentsKey::parse(key);
+            assert!(parsed.event_type.is_none() || parsed.date.is_none());
+            assert!(super::layout_problem(key).is_some(), "{key}");
+        }
     }
 }

@@ -190,8 +190,11 @@ pub async fn follow(
                 return Followed::Ended(progress);
             }
             Ok(Some(progress)) => {
-                show(&progress, now);
                 watch.saw(&progress);
+                // Once its worker is found not live, this progress is history, not news.
+                if !watch.warned {
+                    show(&progress, now);
+                }
             }
             // Queued with its progress not written yet (or lost): keep waiting, unless the
             // request itself is gone.
@@ -218,11 +221,14 @@ pub async fn follow(
 }
 
 /// Says once, when progress has not moved for [`STALE_AFTER`], that the worker it waits for
-/// is not live (checked at most every [`HEARTBEAT_INTERVAL`]).
+/// is not live (checked at most every [`HEARTBEAT_INTERVAL`]), and when its progress last
+/// moved; from then until the progress moves again, [`follow`] shows none of it.
 struct Staleness {
     /// The request, its `worker` the one running it (or its addressee while queued).
     request: BackfillRequest,
     last: Option<(BackfillState, u64, u64, u64, u64)>,
+    /// When the runner last wrote the progress (Unix seconds).
+    updated_at: Option<i64>,
     changed_at: Instant,
     checked_at: Option<Instant>,
     warned: bool,
@@ -233,6 +239,7 @@ impl Staleness {
         Staleness {
             request: request.clone(),
             last: None,
+            updated_at: None,
             changed_at: Instant::now(),
             checked_at: None,
             warned: false,
@@ -246,6 +253,7 @@ impl Staleness {
             self.changed_at = Instant::now();
             self.warned = false;
         }
+        self.updated_at = Some(p.updated_at);
         if !p.worker.is_empty() {
             self.request.worker.clone_from(&p.worker);
         }
@@ -282,8 +290,13 @@ impl Staleness {
             Some(worker) => format!("live worker {worker} will adopt it"),
             None => "it resumes when a `run` worker starts on this state".into(),
         };
+        let last = self.updated_at.map_or_else(String::new, |at| {
+            let at = crate::clock::iso8601_utc(at.saturating_mul(1000))
+                .unwrap_or_else(|| at.to_string());
+            format!(" (its last progress at {at})")
+        });
         tracing::warn!(
-            "backfill {}: no progress for {idle}s and {} has no live heartbeat: {next}; still following",
+            "backfill {}: no progress for {idle}s and {} has no live heartbeat{last}: {next}; still following",
             self.request.id,
             worker_label(&self.request.worker)
         );
@@ -356,5 +369,53 @@ mod tests {
             Followed::Removed.exit(&request),
             FollowExit::Incomplete(m) if m.contains("removed")
         ));
+    }
+
+    /// After `kill -9` of the worker running a range, its last progress stays behind
+    /// ("waiting for rate room", ETA 0s): once the follower finds the worker not live, it
+    /// stops handing that progress on as current (the warning says when it last moved).
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_workers_last_progress_is_not_shown_as_current() {
+        let dir =
+            std::env::temp_dir().join(format!("currents-heap-follow-dead-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let control = Control::new(Arc::new(LocalStore::new(&dir)));
+        let dead = Heartbeat::new_worker(unix_secs_now() - 3600);
+        control.beat(&dead).await.unwrap();
+        let request = control
+            .request(
+                DateHour::parse("2026-11-27-00").unwrap(),
+                DateHour::parse("2026-11-28-00").unwrap(),
+                &dead.worker,
+                unix_secs_now() - 3600,
+            )
+            .await
+            .unwrap();
+        let mut progress = BackfillProgress::queued(&request, unix_secs_now() - 3600);
+        progress.state = BackfillState::Running;
+        progress.found = 60;
+        progress.ended = 56;
+        progress.eta_at_update = Some(1);
+        progress.waiting_for_rate = true;
+        control.report(&progress).await.unwrap();
+        let stop = CancellationToken::new();
+        let started = Instant::now();
+        let mut last_shown = None;
+        let following = follow(&control, &request, &stop, |_, _| {
+            last_shown = Some(started.elapsed());
+        });
+        let stopper = async {
+            tokio::time::sleep(STALE_AFTER + HEARTBEAT_INTERVAL * 10).await;
+            stop.cancel();
+        };
+        let (followed, ()) = tokio::join!(following, stopper);
+        assert!(matches!(followed, Followed::Stopped { .. }));
+        let last_shown = last_shown.expect("shown while it may still be live");
+        assert!(
+            last_shown <= STALE_AFTER + FOLLOW_POLL,
+            "the dead worker's progress was still shown as current {last_shown:?} in"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -35,19 +35,24 @@ pub struct QueueError {
     pub reason: String,
     /// The service's error code, when the queue answered (e.g. `AccessDenied`).
     pub code: Option<String>,
+    /// The HTTP status, when the queue answered.
+    pub status: Option<u16>,
 }
 
 impl QueueError {
     /// The queue answered that it does not exist or that access is denied: a setting to
-    /// fix, not an outage to wait out.
+    /// fix, not an outage to wait out. Any 403 is one (AccessDenied, InvalidClientTokenId,
+    /// SignatureDoesNotMatch, ...: credentials or a policy), whatever its code: an emulator or
+    /// a proxy may answer a JSON request with an XML error the SDK cannot read a code from.
     pub fn is_configuration(&self) -> bool {
-        self.code.as_deref().is_some_and(|code| {
-            code.contains("NonExistentQueue")
-                || code.contains("QueueDoesNotExist")
-                || code.contains("AccessDenied")
-                || code.contains("InvalidClientTokenId")
-                || code.contains("InvalidAddress")
-        })
+        self.status == Some(403)
+            || self.code.as_deref().is_some_and(|code| {
+                code.contains("NonExistentQueue")
+                    || code.contains("QueueDoesNotExist")
+                    || code.contains("AccessDenied")
+                    || code.contains("InvalidClientTokenId")
+                    || code.contains("InvalidAddress")
+            })
     }
 }
 
@@ -98,6 +103,7 @@ impl SqsQueue {
                 queue: url.into(),
                 reason: "no AWS region is configured: set AWS_REGION".into(),
                 code: None,
+                status: None,
             });
         }
         let sqs_config = aws_sdk_sqs::config::Builder::from(&config)
@@ -137,13 +143,38 @@ impl SqsQueue {
         E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
     {
         use aws_sdk_sqs::error::ProvideErrorMetadata;
+        let mut reason = crate::aws::error_text(&e);
+        let mut code = e.code().map(str::to_string);
+        // SQS speaks JSON, but an error may come back as query-protocol XML (older
+        // endpoints, emulators): the SDK then finds no code, and the operator would read
+        // only "error (HTTP 403)". The code is in the body; it names no secret.
+        if code.is_none()
+            && let Some(found) = e
+                .raw_response()
+                .and_then(|raw| raw.body().bytes())
+                .and_then(|body| xml_error_code(&String::from_utf8_lossy(body)))
+        {
+            if let Some(rest) = reason.strip_prefix("error") {
+                reason = format!("{found}{rest}");
+            }
+            code = Some(found);
+        }
         QueueError {
             operation,
             queue: self.url.clone(),
-            reason: crate::aws::error_text(&e),
-            code: e.code().map(str::to_string),
+            reason,
+            code,
+            status: e.raw_response().map(|raw| raw.status().as_u16()),
         }
     }
+}
+
+/// The `<Code>` of a query-protocol XML error body, if it holds one.
+fn xml_error_code(body: &str) -> Option<String> {
+    let (_, rest) = body.split_once("<Code>")?;
+    let (code, _) = rest.split_once("</Code>")?;
+    let code = code.trim();
+    (!code.is_empty() && code.len() < 100 && !code.contains('<')).then(|| code.to_string())
 }
 
 fn secs(duration: Duration) -> i32 {

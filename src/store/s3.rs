@@ -52,6 +52,12 @@ impl S3Store {
         }
         let s3_config = aws_sdk_s3::config::Builder::from(&config)
             .force_path_style(path_style)
+            // Validating every response's checksum warns on each object uploaded in parts
+            // (its checksum is of the parts, which the SDK cannot check) and checks nothing
+            // there; Avro's own sync markers and decoding catch a corrupt body anyway.
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            )
             .interceptor(CountRequests::new("s3", metrics))
             .build();
         Ok(S3Store::from_client(

@@ -60,6 +60,15 @@ pub async fn queue_unfinished(
     Ok(unfinished)
 }
 
+/// How long after the first reconciliation since a start the second one runs: long enough
+/// for a notification in flight at the start (S3 delivers them within seconds, rarely a
+/// minute) to bring its object in and record it, short enough that objects of the newest
+/// hours that predate the start (uploaded before the queue existed, or while no worker ran)
+/// are not left for a whole reconcile interval. Queueing one that a notification brings in
+/// anyway costs nothing: the scheduler never queues a key already queued or in flight, and
+/// the ledger check below skips a recorded one.
+pub const STARTUP_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The object versions a reconciliation saw unrecorded: (key, size, ETag without quotes).
 pub type Sightings = std::collections::HashSet<(String, u64, String)>;
 
@@ -71,9 +80,11 @@ pub type Sightings = std::collections::HashSet<(String, u64, String)>;
 ///   notification was lost or expired: queueing it cannot race a replica processing it.
 /// - at the first reconciliation after a start (`seen` is `None`), also what lies in a
 ///   `date=` hour older than the previous one: such an object predates this worker's
-///   notifications (or their loss), and waiting a whole interval for a second sighting
-///   would delay it after every restart, or forever for a pod restarted more often. The
-///   newest two hours may still have a notification in flight, so they keep the rule above.
+///   notifications (or their loss). The newest two hours may still have a notification in
+///   flight, so they keep the rule above; but the poller runs the second reconciliation
+///   [`STARTUP_GRACE`] after the first, not a whole interval later, so an object of those
+///   hours that existed before the start is queued within that grace (a pod restarted more
+///   often than the reconcile interval would otherwise defer it after every restart).
 ///
 /// Each object is checked once more against its own ledger prefix just before it is
 /// queued, and the scheduler never queues a key already queued or in flight (the listener
@@ -116,7 +127,7 @@ pub async fn queue_missed(
             if seen.is_some() {
                 tracing::warn!(
                     object = %meta.key,
-                    "no notification brought this object in within a reconcile interval: processing it now"
+                    "no notification brought this object in since the previous reconciliation: processing it now"
                 );
             } else {
                 tracing::info!(object = %meta.key, "unrecorded at the first reconciliation: processing it now");

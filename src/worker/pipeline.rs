@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::checkpoint::{Blocks, Checkpoints};
 use crate::currents::container::{BlockStart, ContainerError};
 use crate::currents::decode::{DecodeError, EventReader};
+use crate::currents::key::layout_problem;
 use crate::heap::delivery::{Disposer, Disposition, Submission, Tracker};
 use crate::ledger::{Entry, Ledger, Outcome, Progress};
 use crate::store::retry::{Cause, Next, SharedRetry};
@@ -550,9 +551,9 @@ impl Pipeline {
         abandon: &CancellationToken,
     ) -> ObjectResult {
         let mut entry = Entry::new(object, Outcome::Failed);
-        entry.reason = Some(
-            "the key is outside the Currents layout (no event_type= and date= segments)".into(),
-        );
+        entry.reason = Some(layout_problem(&object.key).unwrap_or_else(|| {
+            "the key is outside the Currents layout (no event_type= and date= segments)".into()
+        }));
         match self.sink {
             Sink::Deliver(_) => self.record(entry, abandon).await,
             Sink::DryRun(_) => ObjectResult::Failed(entry),

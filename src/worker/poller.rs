@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::discovery::{DiscoveryError, Sightings, Unfinished, queue_missed, queue_unfinished};
+use super::discovery::{
+    DiscoveryError, STARTUP_GRACE, Sightings, Unfinished, queue_missed, queue_unfinished,
+};
 use super::finished::FinishedSet;
 use super::pipeline::ObjectResult;
 use super::scheduler::{Ended, Scheduler};
@@ -111,6 +113,7 @@ impl Poller {
     pub async fn poll(&mut self, scheduler: &mut Scheduler) -> u64 {
         let window = self.plan.window();
         let (source, ledger) = (&*self.source, &*self.ledger);
+        let first_reconciliation = self.reconciling && self.sightings.is_none();
         let polled = if self.reconciling {
             queue_missed(source, ledger, &window, &mut self.sightings, scheduler).await
         } else {
@@ -132,7 +135,13 @@ impl Poller {
                 0
             }
         };
+        // After the first reconciliation since the start, the next one comes after the
+        // start-up grace: what was unrecorded in the newest hours then is queued there.
+        let after_first = first_reconciliation && self.sightings.is_some();
         self.next_poll = match self.plan {
+            Plan::Live { poll_interval, .. } if after_first => {
+                Some(Instant::now() + poll_interval.min(STARTUP_GRACE))
+            }
             Plan::Live { poll_interval, .. } => Some(Instant::now() + poll_interval),
             Plan::Once { .. } | Plan::Range { .. } => None,
         };

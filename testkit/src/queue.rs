@@ -214,6 +214,7 @@ impl MemoryQueue {
             queue: self.name.clone(),
             reason: format!("injected failure ({code})"),
             code: Some(code),
+            status: None,
         })
     }
 
