@@ -87,6 +87,7 @@ fn main() {
         for run in 0..runs {
             let state = dir.join(format!("state-{run}-{}", name.len()));
             let _ = std::fs::remove_dir_all(&state);
+            std::fs::create_dir_all(&state).unwrap();
             results.push(runtime.block_on(resume(
                 &source,
                 &state,

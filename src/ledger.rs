@@ -6,7 +6,8 @@
 //! recorded **failed** only when it cannot be read as Currents data (corrupt Avro, an empty
 //! object, a key outside the layout); the events read before the damage were handled like
 //! any others. Nothing else is ever recorded. So a crash at any point loses nothing: an
-//! object without a record is processed again from its start, and the idempotency keys (the
+//! object without a record is processed again from its start (or its progress record,
+//! below), and the idempotency keys (the
 //! Currents event ids) make Heap ignore the events it already has.
 //!
 //! An object that is not finished may have a **progress** record: "records `[0, N)` of this
@@ -32,7 +33,9 @@
 //!
 //! A progress record is `ledger/<object key>/<size>-<etag>.progress`, JSON, rewritten whole:
 //! one PUT per write, one GET to read it at a resume, one DELETE when the object finishes.
-//! Listings for finished versions skip it, so it never makes an object count as finished.
+//! Listings for finished versions skip it, so it never makes an object count as finished;
+//! they note it ([`Finished::has_checkpoint`]), so only an object that has one costs the GET.
+//! When and how it is written is [`crate::worker::checkpoint`]'s.
 //!
 //! # Several writers
 //! The ledger takes no leases, because conditional writes are not reliably atomic on every

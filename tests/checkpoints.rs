@@ -127,6 +127,14 @@ async fn a_stop_and_a_crash_resume_each_object_where_it_stopped() {
     signal(&first, "-TERM");
     let (code, output) = finish(first).await;
     assert_ne!(code, -1, "a SIGTERM ends the run itself: {output}");
+    let written = |output: &str| {
+        output
+            .lines()
+            .find(|l| l.starts_with("checkpoints:"))
+            .unwrap_or("checkpoints: none")
+            .to_string()
+    };
+    eprintln!("after the SIGTERM: {}", written(&output));
     let before_restart = standin.report().duplicates;
 
     let mut second = start();
@@ -138,13 +146,15 @@ async fn a_stop_and_a_crash_resume_each_object_where_it_stopped() {
 
     let (code, output) = finish(start()).await;
     assert_eq!(code, 0, "{output}");
+    eprintln!("the last run: {}", written(&output));
     let stored: HashSet<String> = standin.stored().into_keys().collect();
     assert_eq!(stored, ids, "every event arrives");
     let report = standin.report();
     eprintln!(
-        "sent twice: {after_sigterm} after the SIGTERM, {} in all; {} requests",
-        report.duplicates, report.requests
+        "sent twice: {after_sigterm} after the SIGTERM, {} in all; {} requests, {} answered 429",
+        report.duplicates, report.requests, report.limit_violations
     );
+    assert_eq!(report.limit_violations, 0, "no request over Heap's limits");
     assert!(
         after_sigterm <= 300,
         "{after_sigterm} events sent twice after the SIGTERM"

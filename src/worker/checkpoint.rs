@@ -44,7 +44,7 @@ use crate::telemetry::events::{ProgressWriteFailed, ProgressWritten};
 /// No checkpoint before this long after an object starts.
 pub const FIRST_AFTER: Duration = Duration::from_secs(5);
 /// A checkpoint at least this often while the ended prefix grows.
-pub const EVERY: Duration = Duration::from_secs(5);
+pub const EVERY: Duration = Duration::from_secs(3);
 /// ... or sooner, once this many more events have ended.
 pub const EVENTS: u64 = 1_000;
 /// How often the writer looks: at most one write per object per tick.
@@ -274,7 +274,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn no_checkpoint_in_the_first_interval_then_every_interval_or_thousand_events() {
+    fn no_checkpoint_in_the_first_5_s_then_every_3_s_or_thousand_events() {
         let t0 = Instant::now();
         let mut cadence = Cadence::new(t0, 0);
         let at = |s: u64| t0 + Duration::from_secs(s);
@@ -284,10 +284,11 @@ mod tests {
         cadence.written(at(5), 1);
         assert!(
             !cadence.due(at(6), 900),
-            "not yet 5 s, not yet 1,000 events"
+            "not yet 3 s, not yet 1,000 events"
         );
         assert!(cadence.due(at(6), 1_001), "1,000 events ended");
-        assert!(cadence.due(at(10), 2), "5 s since the last write");
+        assert!(!cadence.due(at(7), 2), "2 s since the last write, 1 event");
+        assert!(cadence.due(at(8), 2), "3 s since the last write");
         assert!(!cadence.due(at(60), 1), "the prefix has not grown");
     }
 

@@ -199,5 +199,20 @@ pub fn render_delivery(counts: &Counts) -> String {
         counts.rate_limit_waits,
         counts.values_truncated,
         counts.collisions_dropped
+    ) + &render_checkpoints(counts)
+}
+
+/// The checkpoints line (nothing when none were written or resumed from): what they cost in
+/// writes, and what resuming saved.
+fn render_checkpoints(counts: &Counts) -> String {
+    if counts.progress_writes + counts.progress_write_failures + counts.objects_resumed == 0 {
+        return String::new();
+    }
+    format!(
+        "checkpoints: {} written, {} failed; {} objects resumed, {} events not sent again\n",
+        counts.progress_writes,
+        counts.progress_write_failures,
+        counts.objects_resumed,
+        counts.events_resumed_past
     )
 }
