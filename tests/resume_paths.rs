@@ -273,3 +273,48 @@ async fn a_checkpoint_of_another_version_is_never_applied() {
     );
     assert_eq!(metrics.counts().events_resumed_past, 0);
 }
+
+/// Checkpoints damaged or written by hand (a fresh-user tester's cases): none may panic or
+/// skip an event; each object is delivered whole, read from its start.
+#[tokio::test(start_paused = true)]
+async fn a_checkpoint_that_cannot_be_applied_is_ignored_and_nothing_is_skipped() {
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(&str, Edit); 5] = [
+        ("a block before the header's end", |p| {
+            p["block_offset"] = 0.into()
+        }),
+        ("more records than the object holds", |p| {
+            p["records"] = 5_000.into()
+        }),
+        ("a block that is not a block", |p| {
+            p["block_offset"] = (p["block_offset"].as_u64().unwrap() + 7).into()
+        }),
+        ("a block starting after its record", |p| {
+            p["block_first_record"] = 900.into()
+        }),
+        ("a header length that is not the header's", |p| {
+            p["header_len"] = 100.into()
+        }),
+    ];
+    for (case, edit) in edits {
+        let (source, state) = (TempDir::new("bad-source"), TempDir::new("bad-state"));
+        let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+        let hour = old_hour();
+        let (meta, ids) = one_object(&source.0, hour, 7).await;
+        checkpoint(&source.0, &state.0, &meta, &meta).await;
+        let file = &files_ending(&state.0, ".progress")[0];
+        let mut progress: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        edit(&mut progress);
+        std::fs::write(file, serde_json::to_vec(&progress).unwrap()).unwrap();
+
+        let metrics = run(Path_::Range, &source.0, &state.0, &standin, hour).await;
+        let stored: HashSet<String> = standin.stored().into_keys().collect();
+        assert_eq!(
+            stored,
+            ids.into_iter().collect::<HashSet<_>>(),
+            "{case}: every event is sent"
+        );
+        assert_eq!(metrics.counts().objects_panicked, 0, "{case}");
+    }
+}

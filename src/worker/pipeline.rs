@@ -111,8 +111,9 @@ struct Decoded {
     error: Option<DecodeError>,
     abandoned: bool,
     /// The resume could not be read (no block at the checkpoint's offset, a skip that
-    /// failed) before any event was handed on: read the object from its start instead.
-    resume_failed: Option<DecodeError>,
+    /// failed, fewer records than the checkpoint says ended) before any event was handed
+    /// on: read the object from its start instead.
+    resume_failed: Option<String>,
 }
 
 /// An object opened for reading: the version the GET returned, and where its events start.
@@ -322,7 +323,14 @@ impl Pipeline {
             .progress(&object.key, object.size, &object.etag)
             .await
         {
-            Ok(found) => found,
+            Ok(Some(found)) => match unusable(&found) {
+                None => Some(found),
+                Some(why) => {
+                    tracing::warn!(object = %object.key, "the object's checkpoint cannot be applied ({why}): reading it from its start");
+                    None
+                }
+            },
+            Ok(None) => None,
             Err(e) => {
                 tracing::warn!(object = %object.key, "cannot read the object's checkpoint, reading it from its start: {e}");
                 None
@@ -376,7 +384,7 @@ impl Pipeline {
             };
             match self.source.open_range(key, &header).await {
                 Ok(opened) if opened.version.size == progress.size => {
-                    let bytes_skipped = progress.block_offset - progress.header_len;
+                    let bytes_skipped = progress.block_offset.saturating_sub(progress.header_len);
                     let (reader, header) = if ranged {
                         let body = ReadRange {
                             start: progress.block_offset,
@@ -584,11 +592,11 @@ struct Destination<'a> {
 enum Delivered {
     Ended(ObjectResult),
     Record(Entry),
-    ResumeFailed(DecodeError),
+    ResumeFailed(String),
 }
 
 /// A resume failed on a read that was not a resume: cannot happen, but never a panic.
-fn unreachable_resume(object: &ObjectMeta, e: DecodeError) -> ObjectResult {
+fn unreachable_resume(object: &ObjectMeta, e: String) -> ObjectResult {
     ObjectResult::Retry {
         key: object.key.clone(),
         reason: format!("cannot read the source object: {e}"),
@@ -617,20 +625,59 @@ fn recorded_version(listed: &ObjectMeta, read: ObjectMeta) -> ObjectMeta {
 
 /// Opens the decoder where the read starts: at the checkpoint's block and record, or at the
 /// first block.
-fn open_events(opening: Opening) -> Result<EventReader<ObjectReader>, DecodeError> {
-    let key = &opening.version.key;
-    let mut events = match (opening.header, &opening.resume) {
-        (Some(header), Some(p)) => {
+/// Why a checkpoint cannot be applied as it stands (a record written by hand, or damaged):
+/// its block must lie between the header and the object's end and start at or before its
+/// record. `None`: it may be applied (the reader checks the rest: a block at the offset, and
+/// records up to the checkpoint's).
+fn unusable(p: &Progress) -> Option<String> {
+    if p.header_len == 0 || p.block_offset < p.header_len || p.block_offset >= p.size {
+        return Some(format!(
+            "its block at byte {} is not between the header's end ({}) and the object's end ({})",
+            p.block_offset, p.header_len, p.size
+        ));
+    }
+    if p.block_first_record > p.records {
+        return Some(format!(
+            "its block starts at record {}, after its record {}",
+            p.block_first_record, p.records
+        ));
+    }
+    None
+}
+
+/// Where the decoder could not be opened, or its resume read: the object's error (never
+/// resumed then), or why the resume failed.
+enum OpenFailed {
+    Object(DecodeError),
+    Resume(String),
+}
+
+/// Opens the decoder where the read starts: at the checkpoint's block and record, or at the
+/// first block. A resume must find every record the checkpoint says ended: an object that
+/// ends before them is not the one the checkpoint was taken of.
+fn open_events(opening: Opening) -> Result<EventReader<ObjectReader>, OpenFailed> {
+    let key = opening.version.key.clone();
+    let Some(p) = opening.resume else {
+        return EventReader::open(opening.reader, &key).map_err(OpenFailed::Object);
+    };
+    let resume = |e: DecodeError| OpenFailed::Resume(e.to_string());
+    let mut events = match opening.header {
+        Some(header) => {
             let at = BlockStart {
                 offset: p.block_offset,
                 first_record: p.block_first_record,
             };
-            EventReader::open_at(header, opening.reader, at, key)?
+            EventReader::open_at(header, opening.reader, at, &key).map_err(resume)?
         }
-        _ => EventReader::open(opening.reader, key)?,
+        None => EventReader::open(opening.reader, &key).map_err(resume)?,
     };
-    if let Some(p) = &opening.resume {
-        events.skip_to(p.records)?;
+    events.skip_to(p.records).map_err(resume)?;
+    if events.next_index() < p.records {
+        return Err(OpenFailed::Resume(format!(
+            "the object ends at record {}, before the checkpoint's record {}",
+            events.next_index(),
+            p.records
+        )));
     }
     Ok(events)
 }
@@ -645,7 +692,6 @@ fn decode(opening: Opening, to: &Destination<'_>, metrics: &Metrics) -> Decoded 
     } = to;
     let key = opening.version.key.clone();
     let key = key.as_str();
-    let resuming = opening.resume.is_some();
     let mut decoded = Decoded {
         events: 0,
         counts: (0, 0, 0),
@@ -658,11 +704,11 @@ fn decode(opening: Opening, to: &Destination<'_>, metrics: &Metrics) -> Decoded 
     };
     let mut events = match open_events(opening) {
         Ok(events) => events,
-        Err(e) if resuming => {
-            decoded.resume_failed = Some(e);
+        Err(OpenFailed::Resume(why)) => {
+            decoded.resume_failed = Some(why);
             return decoded;
         }
-        Err(e) => {
+        Err(OpenFailed::Object(e)) => {
             decoded.error = Some(e);
             return decoded;
         }
