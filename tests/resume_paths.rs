@@ -318,3 +318,75 @@ async fn a_checkpoint_that_cannot_be_applied_is_ignored_and_nothing_is_skipped()
         assert_eq!(metrics.counts().objects_panicked, 0, "{case}");
     }
 }
+
+/// On S3 (moto), a resume reads the header and the rest from the checkpoint's block with two
+/// ranged GETs (`If-Match` the listed ETag), and sends only the events after the
+/// checkpoint; an object never cut short costs no lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_s3_a_resume_reads_two_ranges_and_sends_the_rest() {
+    let moto = support::moto::Moto::start().await;
+    moto.create_bucket("src").await;
+    moto.create_bucket("sta").await;
+    let local = TempDir::new("s3-resume-source");
+    let hour = old_hour();
+    let (meta, ids) = one_object(&local.0, hour, 7).await;
+    let source = moto.store("src", "c");
+    source
+        .put(&meta.key, std::fs::read(local.0.join(&meta.key)).unwrap())
+        .await
+        .unwrap();
+    let listed = source.list("").await.unwrap().remove(0);
+    // The checkpoint names the version S3 lists (its ETag), the block as the local copy has it.
+    let scratch = TempDir::new("s3-resume-scratch");
+    checkpoint(&local.0, &scratch.0, &meta, &listed).await;
+    let state = moto.store("sta", "p");
+    let ledger_dir = scratch.0.join("ledger");
+    for file in files_ending(&ledger_dir, ".progress") {
+        let key = file
+            .strip_prefix(&*scratch.0.to_string_lossy())
+            .unwrap()
+            .trim_start_matches('/')
+            .to_string();
+        state
+            .put(&key, std::fs::read(&file).unwrap())
+            .await
+            .unwrap();
+    }
+
+    let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let engine = Engine::start(
+        support::settings(),
+        Plan::Range {
+            from: hour,
+            to: next(hour),
+        },
+        Arc::new(moto.counted_store("src", "c", metrics.clone())),
+        Arc::new(moto.store("sta", "p")),
+        support::heap(&standin),
+        metrics.clone(),
+    );
+    let report = engine.drive(std::future::pending()).await;
+    assert_eq!(report.outcome, Outcome::Finished, "{}", report.render());
+    let stored: HashSet<String> = standin.stored().into_keys().collect();
+    assert_eq!(
+        stored,
+        ids[AT as usize..].iter().cloned().collect::<HashSet<_>>()
+    );
+    let counts = metrics.counts();
+    assert_eq!(counts.events_resumed_past, AT);
+    assert_eq!(
+        counts
+            .aws_requests
+            .get(&("s3".to_string(), "GetObject".to_string()))
+            .copied(),
+        Some(2),
+        "the header and the rest, each a ranged GET: {:?}",
+        counts.aws_requests
+    );
+    let left = state.list("ledger/").await.unwrap();
+    assert!(
+        left.iter().all(|m| !m.key.ends_with(".progress")) && left.len() == 1,
+        "the done record replaced the checkpoint: {left:?}"
+    );
+}
