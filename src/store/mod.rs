@@ -279,10 +279,126 @@ pub trait ObjectStore: Send + Sync {
 
     /// Deleting a missing key is not an error.
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()>;
+
+    /// The whole object and its version token, for a later [`ObjectStore::put_if`]: the
+    /// lease's read. Errors: `NotFound` for a missing key.
+    ///
+    /// The default refuses (`Invalid`): a store that cannot do conditional writes cannot
+    /// hold a lease (see [`probe_conditions`]).
+    fn get_versioned<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Versioned> {
+        Box::pin(async move { Err(no_conditions(self, "get", key)) })
+    }
+
+    /// Writes the whole object only if `condition` holds, atomically with the check (the
+    /// store's own compare-and-swap: S3 `If-None-Match: *` / `If-Match`, Azure ETags, GCS
+    /// generations, a link or lock for a directory), and returns the new version's token.
+    ///
+    /// Errors: `PreconditionFailed` when the condition does not hold (the key exists for
+    /// [`PutCondition::Absent`]; it is missing or another version for
+    /// [`PutCondition::Version`]), including a store's "conflicting conditional write"
+    /// (S3's 409 `ConditionalRequestConflict`): whoever wrote first won. The default refuses
+    /// (`Invalid`).
+    fn put_if<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Vec<u8>,
+        condition: &'a PutCondition,
+    ) -> StoreFuture<'a, String> {
+        let _ = (bytes, condition);
+        Box::pin(async move { Err(no_conditions(self, "put", key)) })
+    }
+}
+
+/// The condition of an [`ObjectStore::put_if`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutCondition {
+    /// Only if no object has the key (create).
+    Absent,
+    /// Only if the object is still the version this token names (a token from
+    /// [`ObjectStore::get_versioned`] or [`ObjectStore::put_if`] of the same store).
+    Version(String),
+}
+
+/// An object's bytes and its version token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub bytes: Vec<u8>,
+    /// Opaque: only the store that gave it compares it (an S3/Azure ETag, a GCS ETag and
+    /// generation, a local file's content version).
+    pub version: String,
+}
+
+fn no_conditions(
+    store: &(impl ObjectStore + ?Sized),
+    operation: &'static str,
+    key: &str,
+) -> StoreError {
+    StoreError::new(
+        operation,
+        format!("{}/{key}", store.describe()),
+        StoreErrorKind::Invalid,
+        "this store does not support conditional writes",
+    )
 }
 
 /// Whether `key` sorts strictly after `start_after` and strictly before `end` (if any), by
 /// UTF-8 bytes: the bounds of [`ObjectStore::list_range`].
 pub fn in_range(key: &str, start_after: &str, end: Option<&str>) -> bool {
     key > start_after && end.is_none_or(|end| key < end)
+}
+
+/// Why [`probe_conditions`] found a store unfit to hold a lease.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeFailure {
+    /// The probe itself failed (denied, unavailable, not supported): the error says which.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The store accepted a write whose condition did not hold: it ignores the header (some
+    /// S3-compatible servers), so two processes could both believe they hold the lease.
+    #[error(
+        "{location}: the store ignored {condition}: a second write that should have been refused succeeded, so it cannot keep two processes from sending at once"
+    )]
+    Ignored {
+        location: String,
+        condition: &'static str,
+    },
+}
+
+/// Checks that `store` honours [`ObjectStore::put_if`]'s conditions, on a fresh `key` it
+/// creates and deletes: a create of an existing key and a replace of a wrong version must be
+/// refused, a replace of the right version must succeed. 3–4 requests.
+pub async fn probe_conditions(store: &dyn ObjectStore, key: &str) -> Result<(), ProbeFailure> {
+    let location = format!("{}/{key}", store.describe());
+    let refused = |result: Result<String, StoreError>, condition| match result {
+        Err(e) if e.kind == StoreErrorKind::PreconditionFailed => Ok(()),
+        Err(e) => Err(ProbeFailure::Store(e)),
+        Ok(_) => Err(ProbeFailure::Ignored {
+            location: location.clone(),
+            condition,
+        }),
+    };
+    let first = store
+        .put_if(key, b"1".to_vec(), &PutCondition::Absent)
+        .await?;
+    let outcome = async {
+        refused(
+            store
+                .put_if(key, b"2".to_vec(), &PutCondition::Absent)
+                .await,
+            "a create-only condition (If-None-Match: *)",
+        )?;
+        let wrong = PutCondition::Version(format!("{first}-not"));
+        refused(
+            store.put_if(key, b"3".to_vec(), &wrong).await,
+            "a version condition (If-Match)",
+        )?;
+        store
+            .put_if(key, b"4".to_vec(), &PutCondition::Version(first.clone()))
+            .await?;
+        Ok(())
+    }
+    .await;
+    // The probe object goes whatever the outcome; a failed delete leaves a small object.
+    let _ = store.delete(key).await;
+    outcome
 }
