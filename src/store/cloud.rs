@@ -34,7 +34,7 @@
 //! `If-Match: <etag>`, GCS `x-goog-if-generation-match: <generation>`). Azure compares
 //! ETags, GCS generations, so the version token carries both: `<e_tag>\n<version>`, each
 //! part as object_store's `ObjectMeta`/`PutResult` gives it, empty when absent (see
-//! [`version_token`]). object_store's `AlreadyExists` and `Precondition` are
+//! `version_token`). object_store's `AlreadyExists` and `Precondition` are
 //! `PreconditionFailed`.
 
 use std::sync::Arc;

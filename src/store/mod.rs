@@ -10,6 +10,29 @@
 //! reversible encoding, described in [`local`]. The empty key is not an object. Azure and GCS,
 //! through object_store, refuse with an error the keys it cannot name (empty, `.` and `..`
 //! segments, a leading or trailing `/`, control characters); see [`cloud`].
+//!
+//! # Conditional writes
+//!
+//! [`ObjectStore::put_if`] and [`ObjectStore::get_versioned`] are what a lease is built on;
+//! [`probe_conditions`] checks at start-up that a store honours them (5 requests). Per
+//! back-end (sources: ../shared/reference/leases-and-checkpoints.md, and the tests named):
+//! - S3 ([`s3`]): PutObject with `If-None-Match: *` (create) or `If-Match: "<etag>"`; the
+//!   token is the ETag. 412 `PreconditionFailed` and 409 `ConditionalRequestConflict` (a
+//!   racing conditional write won) are `PreconditionFailed`, as is 404 `NoSuchKey` on an
+//!   `If-Match` (AWS S3 user guide, "conditional writes"). moto honours both, also under
+//!   8 racing writers (tests/s3.rs); s3s-fs checks them, but not atomically with the write.
+//!   An S3 ETag is the MD5 of a single-part object, so equal bytes give equal tokens: a
+//!   lease record should change with every write (a counter).
+//! - Azure ([`cloud`], object_store `PutMode::Create` / `PutMode::Update`): `If-None-Match:
+//!   *` / `If-Match: <etag>`, 412 `ConditionNotMet` (Azure Blob REST, "specifying
+//!   conditional headers"); object_store's `AlreadyExists` / `Precondition`. Azurite
+//!   honours both under races (tests/cloud.rs).
+//! - GCS ([`cloud`]): `x-goog-if-generation-match: 0` / `<generation>`, 412 (GCS "request
+//!   preconditions"); the token holds ETag and generation. fake-gcs-server ignores the
+//!   header (tests/cloud.rs records that its probe fails).
+//! - A local directory ([`local`]): a temporary file `link`ed to the name (`EEXIST`, POSIX
+//!   `link(2)`) or renamed over it after comparing the version, under `flock` on a lock
+//!   file beside it; the token is the file's device, inode, modification time and size.
 
 pub mod cloud;
 pub mod cloud_env;
