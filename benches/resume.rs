@@ -28,7 +28,8 @@ use currents_heap::heap::map::{HeapMapper, MappingConfig};
 use currents_heap::heap::pacer::RateLimits;
 use currents_heap::ledger::{Ledger, Progress};
 use currents_heap::store::{
-    LocalStore, ObjectMeta, ObjectReader, ObjectStore, Opened, ReadRange, StoreFuture,
+    LocalStore, ObjectMeta, ObjectReader, ObjectStore, Opened, PutCondition, ReadRange,
+    StoreFuture, Versioned,
 };
 use currents_heap::telemetry::Metrics;
 use currents_heap::worker::engine::HeapOutput;
@@ -272,5 +273,16 @@ impl ObjectStore for Counting {
     }
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
         self.inner.delete(key)
+    }
+    fn get_versioned<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Versioned> {
+        self.inner.get_versioned(key)
+    }
+    fn put_if<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Vec<u8>,
+        condition: &'a PutCondition,
+    ) -> StoreFuture<'a, String> {
+        self.inner.put_if(key, bytes, condition)
     }
 }

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use currents_heap::currents::key::{DateHour, KeyLayout};
 use currents_heap::ledger::{Entry, Ledger, Outcome as Recorded};
-use currents_heap::store::{ObjectMeta, ObjectStore, Opened, ReadRange, S3Store, StoreFuture};
+use currents_heap::store::{
+    ObjectMeta, ObjectStore, Opened, PutCondition, ReadRange, S3Store, StoreFuture, Versioned,
+};
 use currents_heap::telemetry::Metrics;
 use currents_heap::worker::scheduler::Admission;
 use currents_heap::worker::{Engine, Lookback, Outcome, Output, Plan, Report, Settings};
@@ -363,6 +365,17 @@ impl ObjectStore for MarkPolls {
     }
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
         self.inner.delete(key)
+    }
+    fn get_versioned<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Versioned> {
+        self.inner.get_versioned(key)
+    }
+    fn put_if<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Vec<u8>,
+        condition: &'a PutCondition,
+    ) -> StoreFuture<'a, String> {
+        self.inner.put_if(key, bytes, condition)
     }
 }
 

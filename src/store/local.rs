@@ -34,6 +34,24 @@
 //! Temporary files of unfinished writes are named `%tmp.<pid>-<n>`, which no key encodes
 //! to, and listings skip them.
 //!
+//! # Conditional writes
+//! [`ObjectStore::put_if`] holds an exclusive lock (`flock`, through `File::lock`) on a lock
+//! file beside the object, `%tmp.lock.<hash of its name>` (a temporary file's prefix, so
+//! listings skip it), for its whole check and write, so conditional writes of several
+//! processes on one machine's file system are serialised. A create writes a temporary file
+//! and `link`s it to the name, which fails with `EEXIST` if the name exists (POSIX
+//! `link(2)`), atomic even against a plain `put`; a replace compares the version under the
+//! lock, then renames a temporary file over the name. A delete takes the same lock and
+//! removes the lock file with the object; a lock taken on a lock file that was removed
+//! meanwhile is taken again on the new one. Not for network file systems whose `flock` is
+//! local to one client.
+//!
+//! The version token is the file's device, inode, modification time (nanoseconds) and size,
+//! read from the open handle. A conditional write sets the modification time itself, from
+//! the system clock at full precision, so two versions written under the lock one after the
+//! other differ in it even within one tick of the file system's own timestamps, and the
+//! new file's inode differs from the one it replaces (both exist while it is written).
+//!
 //! One limit remains from the file system: a key cannot be both an object and a prefix of
 //! other keys (`a` and `a/b`), since a name is either a file or a directory.
 //!
@@ -50,7 +68,10 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{ObjectMeta, ObjectStore, Opened, ReadRange, StoreError, StoreErrorKind, StoreFuture};
+use super::{
+    ObjectMeta, ObjectStore, Opened, PutCondition, ReadRange, StoreError, StoreErrorKind,
+    StoreFuture, Versioned,
+};
 
 #[derive(Clone)]
 pub struct LocalStore {
@@ -581,27 +602,7 @@ impl LocalStore {
 
     fn put_sync(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let path = self.path("put", key)?;
-        // A state deleted mid-run must not come back empty under a write: the next poll
-        // would read an empty ledger and send everything again.
-        if !self.missing_root_is_empty && !self.root.is_dir() {
-            return Err(self.error(
-                "put",
-                key,
-                StoreErrorKind::NotFound,
-                format!(
-                    "the directory {} is gone (deleted or moved while running?); it is not created again, since an empty one would forget what is finished",
-                    self.root.display()
-                ),
-            ));
-        }
-        let Some(parent) = path.parent() else {
-            return Err(self.error(
-                "put",
-                key,
-                StoreErrorKind::Invalid,
-                "the key has no parent directory".into(),
-            ));
-        };
+        let parent = self.writable_parent(key, &path)?;
         let mut attempt = 1;
         loop {
             match write_atomically(parent, &path, bytes) {
@@ -616,11 +617,23 @@ impl LocalStore {
 
     fn delete_sync(&self, key: &str) -> Result<(), StoreError> {
         let path = self.path("delete", key)?;
+        // An object written by `put_if` has a lock file beside it: it goes with the object,
+        // under its lock, so a conditional write never races the delete and the folder
+        // can be removed below.
+        let lock = match lock_path(&path).try_exists() {
+            Ok(true) => Some(lock_beside(&path).map_err(|e| self.io_error("delete", key, e))?),
+            _ => None,
+        };
         match fs::remove_file(&path) {
             Ok(()) => {}
-            Err(e) if is_missing(&e) => return Ok(()),
+            Err(e) if is_missing(&e) && lock.is_none() => return Ok(()),
+            Err(e) if is_missing(&e) => {}
             Err(e) => return Err(self.io_error("delete", key, e)),
         }
+        if lock.is_some() {
+            let _ = fs::remove_file(lock_path(&path));
+        }
+        drop(lock);
         // S3 has no folders, only keys with a common prefix: once the last key under a folder
         // is gone, `list_folders` must stop naming it. Removing a folder that is not empty
         // fails, which ends the climb.
@@ -638,15 +651,228 @@ impl LocalStore {
     }
 }
 
+/// Starts the name of the lock file beside an object written by `put_if` (see the module
+/// doc); a temporary file's prefix, so listings skip it.
+const LOCK_PREFIX: &str = "%tmp.lock.";
+
+impl LocalStore {
+    /// The parent directory a write of `key` (at `path`) goes into, or why none may be
+    /// written: a state deleted mid-run must not come back empty under a write, as the next
+    /// poll would read an empty ledger and send everything again.
+    fn writable_parent<'p>(&self, key: &str, path: &'p Path) -> Result<&'p Path, StoreError> {
+        if !self.missing_root_is_empty && !self.root.is_dir() {
+            return Err(self.error(
+                "put",
+                key,
+                StoreErrorKind::NotFound,
+                format!(
+                    "the directory {} is gone (deleted or moved while running?); it is not created again, since an empty one would forget what is finished",
+                    self.root.display()
+                ),
+            ));
+        }
+        path.parent().ok_or_else(|| {
+            self.error(
+                "put",
+                key,
+                StoreErrorKind::Invalid,
+                "the key has no parent directory".into(),
+            )
+        })
+    }
+
+    /// The whole file and its [`version_token`], both from one open handle: a write replaces
+    /// the file by a rename, so the bytes are those of the version named.
+    fn get_versioned_sync(&self, key: &str) -> Result<Versioned, StoreError> {
+        let path = self.path("get", key)?;
+        let mut file = File::open(&path).map_err(|e| self.read_error("get", key, e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| self.read_error("get", key, e))?;
+        if meta.is_dir() {
+            return Err(self.read_error("get", key, io::ErrorKind::IsADirectory.into()));
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        file.read_to_end(&mut bytes)
+            .map_err(|e| self.read_error("get", key, e))?;
+        Ok(Versioned {
+            bytes,
+            version: version_token(&meta),
+        })
+    }
+
+    /// See the module doc, "Conditional writes". Starts over (as `put_sync`) when a
+    /// concurrent delete removed the folder it had just created.
+    fn put_if_sync(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        condition: &PutCondition,
+    ) -> Result<String, StoreError> {
+        let path = self.path("put", key)?;
+        let parent = self.writable_parent(key, &path)?;
+        let mut attempt = 1;
+        loop {
+            match self.put_if_locked(key, parent, &path, bytes, condition) {
+                Err(Conditional::Io(e))
+                    if e.kind() == io::ErrorKind::NotFound && attempt < PUT_ATTEMPTS =>
+                {
+                    attempt += 1;
+                }
+                Err(Conditional::Io(e)) => return Err(self.io_error("put", key, e)),
+                Err(Conditional::Refused(why)) => {
+                    return Err(self.error("put", key, StoreErrorKind::PreconditionFailed, why));
+                }
+                Ok(token) => return Ok(token),
+            }
+        }
+    }
+
+    fn put_if_locked(
+        &self,
+        key: &str,
+        parent: &Path,
+        path: &Path,
+        bytes: &[u8],
+        condition: &PutCondition,
+    ) -> Result<String, Conditional> {
+        create_dirs(parent)?;
+        // Released when dropped (closing the file ends its `flock`).
+        let _lock = lock_beside(path)?;
+        if let PutCondition::Version(wanted) = condition {
+            let current = match fs::metadata(path) {
+                Ok(meta) if meta.is_file() => version_token(&meta),
+                Ok(_) => return Err(Conditional::Refused("a folder of other keys".into())),
+                Err(e) if is_missing(&e) => {
+                    return Err(Conditional::Refused(format!(
+                        "the object is missing, not version {wanted}"
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if &current != wanted {
+                return Err(Conditional::Refused(format!(
+                    "the object is version {current}, not {wanted}"
+                )));
+            }
+        }
+        let temp = temp_path(parent);
+        let written = (|| -> io::Result<String> {
+            let mut file = File::create_new(&temp)?;
+            file.write_all(bytes)?;
+            file.set_modified(std::time::SystemTime::now())?;
+            file.sync_all()?;
+            let token = version_token(&file.metadata()?);
+            match condition {
+                PutCondition::Absent => fs::hard_link(&temp, path)?,
+                PutCondition::Version(_) => fs::rename(&temp, path)?,
+            }
+            Ok(token)
+        })();
+        // After a link the temporary name goes; after a rename it is gone already.
+        let _ = fs::remove_file(&temp);
+        let token = match written {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(Conditional::Refused(format!(
+                    "{key:?} exists already (a create-only write)"
+                )));
+            }
+            written => written?,
+        };
+        sync_dir(parent)?;
+        Ok(token)
+    }
+}
+
+/// Why a conditional write of a local file did not happen.
+enum Conditional {
+    /// The condition did not hold: what was found.
+    Refused(String),
+    Io(io::Error),
+}
+
+impl From<io::Error> for Conditional {
+    fn from(e: io::Error) -> Self {
+        Conditional::Io(e)
+    }
+}
+
+/// The name of a new temporary file in `parent`, unique among this process's writers (the
+/// counter) and other processes' (the pid).
+fn temp_path(parent: &Path) -> PathBuf {
+    parent.join(format!(
+        "{TEMP_PREFIX}{}-{}",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// The lock file guarding the object at `path`: beside it, named by a hash of its name
+/// (FNV-1a, stable across builds, so every version of this program takes the same file).
+/// A name hash keeps the lock's name within the file system's limit for any object name;
+/// two objects whose names collide merely share a lock.
+fn lock_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.as_encoded_bytes())
+        .unwrap_or(b"");
+    let hash = name.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    path.with_file_name(format!("{LOCK_PREFIX}{hash:016x}"))
+}
+
+/// Takes the exclusive lock beside `path`, creating its file if needed. A delete removes
+/// the lock file while holding the lock, so a lock won on a file no longer at its name
+/// guards nothing: then it is taken again on the file that is.
+fn lock_beside(path: &Path) -> io::Result<File> {
+    let lock_path = lock_path(path);
+    loop {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)?;
+        file.lock()?;
+        match fs::metadata(&lock_path) {
+            Ok(now) if same_file(&now, &file.metadata()?) => return Ok(file),
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(unix)]
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
+#[cfg(not(unix))]
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    a.created().ok() == b.created().ok()
+}
+
+/// The version token of a local object (see the module doc): device, inode, modification
+/// time in nanoseconds and size.
+fn version_token(meta: &fs::Metadata) -> String {
+    #[cfg(unix)]
+    let file = {
+        use std::os::unix::fs::MetadataExt;
+        format!("{}.{}", meta.dev(), meta.ino())
+    };
+    #[cfg(not(unix))]
+    let file = "0.0";
+    format!("v{file}-{}", version_tag(meta))
+}
+
 /// Writes aside, fsyncs, renames over the target and fsyncs the directory: readers see the
 /// old or the new content, and a finished put survives a crash.
 fn write_atomically(parent: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
     create_dirs(parent)?;
-    let temp = parent.join(format!(
-        "{TEMP_PREFIX}{}-{}",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    let temp = temp_path(parent);
     let write = || -> io::Result<()> {
         let mut file = File::create_new(&temp)?;
         file.write_all(bytes)?;
@@ -727,6 +953,25 @@ impl ObjectStore for LocalStore {
         let (store, owned) = (self.clone(), key.to_string());
         Box::pin(blocking(self, "put", key, move || {
             store.put_sync(&owned, &bytes)
+        }))
+    }
+
+    fn get_versioned<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Versioned> {
+        let (store, owned) = (self.clone(), key.to_string());
+        Box::pin(blocking(self, "get", key, move || {
+            store.get_versioned_sync(&owned)
+        }))
+    }
+
+    fn put_if<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Vec<u8>,
+        condition: &'a PutCondition,
+    ) -> StoreFuture<'a, String> {
+        let (store, owned, condition) = (self.clone(), key.to_string(), condition.clone());
+        Box::pin(blocking(self, "put", key, move || {
+            store.put_if_sync(&owned, &bytes, &condition)
         }))
     }
 

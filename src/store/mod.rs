@@ -10,6 +10,29 @@
 //! reversible encoding, described in [`local`]. The empty key is not an object. Azure and GCS,
 //! through object_store, refuse with an error the keys it cannot name (empty, `.` and `..`
 //! segments, a leading or trailing `/`, control characters); see [`cloud`].
+//!
+//! # Conditional writes
+//!
+//! [`ObjectStore::put_if`] and [`ObjectStore::get_versioned`] are what a lease is built on;
+//! [`probe_conditions`] checks at start-up that a store honours them (5 requests). Per
+//! back-end (sources: ../shared/reference/leases-and-checkpoints.md, and the tests named):
+//! - S3 ([`s3`]): PutObject with `If-None-Match: *` (create) or `If-Match: "<etag>"`; the
+//!   token is the ETag. 412 `PreconditionFailed` and 409 `ConditionalRequestConflict` (a
+//!   racing conditional write won) are `PreconditionFailed`, as is 404 `NoSuchKey` on an
+//!   `If-Match` (AWS S3 user guide, "conditional writes"). moto honours both, also under
+//!   8 racing writers (tests/s3.rs); s3s-fs checks them, but not atomically with the write.
+//!   An S3 ETag is the MD5 of a single-part object, so equal bytes give equal tokens: a
+//!   lease record should change with every write (a counter).
+//! - Azure ([`cloud`], object_store `PutMode::Create` / `PutMode::Update`): `If-None-Match:
+//!   *` / `If-Match: <etag>`, 412 `ConditionNotMet` (Azure Blob REST, "specifying
+//!   conditional headers"); object_store's `AlreadyExists` / `Precondition`. Azurite
+//!   honours both under races (tests/cloud.rs).
+//! - GCS ([`cloud`]): `x-goog-if-generation-match: 0` / `<generation>`, 412 (GCS "request
+//!   preconditions"); the token holds ETag and generation. fake-gcs-server ignores the
+//!   header (tests/cloud.rs records that its probe fails).
+//! - A local directory ([`local`]): a temporary file `link`ed to the name (`EEXIST`, POSIX
+//!   `link(2)`) or renamed over it after comparing the version, under `flock` on a lock
+//!   file beside it; the token is the file's device, inode, modification time and size.
 
 pub mod cloud;
 pub mod cloud_env;
@@ -365,8 +388,14 @@ pub enum ProbeFailure {
 }
 
 /// Checks that `store` honours [`ObjectStore::put_if`]'s conditions, on a fresh `key` it
-/// creates and deletes: a create of an existing key and a replace of a wrong version must be
-/// refused, a replace of the right version must succeed. 3–4 requests.
+/// creates and deletes: a create of an existing key must be refused, a replace of the
+/// current version must succeed, and a replace of the version before it (a token the store
+/// itself gave, now stale: what a process that lost the lease would send) must be refused.
+/// 5 requests: 4 conditional PUTs and a DELETE.
+///
+/// The stale token is a real one rather than a forged string: a token may hold more than
+/// one part (GCS's ETag and generation), and text appended to it would change only one of
+/// them, so a store could be probed on the part it does not compare.
 pub async fn probe_conditions(store: &dyn ObjectStore, key: &str) -> Result<(), ProbeFailure> {
     let location = format!("{}/{key}", store.describe());
     let refused = |result: Result<String, StoreError>, condition| match result {
@@ -387,14 +416,12 @@ pub async fn probe_conditions(store: &dyn ObjectStore, key: &str) -> Result<(), 
                 .await,
             "a create-only condition (If-None-Match: *)",
         )?;
-        let wrong = PutCondition::Version(format!("{first}-not"));
+        let stale = PutCondition::Version(first);
+        store.put_if(key, b"3".to_vec(), &stale).await?;
         refused(
-            store.put_if(key, b"3".to_vec(), &wrong).await,
+            store.put_if(key, b"4".to_vec(), &stale).await,
             "a version condition (If-Match)",
         )?;
-        store
-            .put_if(key, b"4".to_vec(), &PutCondition::Version(first.clone()))
-            .await?;
         Ok(())
     }
     .await;

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use tokio_util::io::SyncIoBridge;
 
 use super::{
-    ObjectMeta, ObjectReader, ObjectStore, Opened, ReadRange, StoreError, StoreErrorKind,
-    StoreFuture, in_range, unquoted,
+    ObjectMeta, ObjectReader, ObjectStore, Opened, PutCondition, ReadRange, StoreError,
+    StoreErrorKind, StoreFuture, Versioned, in_range, unquoted,
 };
 use crate::aws::CountRequests;
 use crate::telemetry::Metrics;
@@ -259,6 +259,82 @@ impl S3Store {
 }
 
 impl S3Store {
+    /// GetObject of the whole object: its bytes and its ETag, the token a later
+    /// [`S3Store::put_conditional`] sends as `If-Match`.
+    async fn get_versioned_object(&self, key: &str) -> Result<Versioned, StoreError> {
+        let output = self.get_object(key, &ReadRange::default()).await?;
+        let version = self.etag_token("get", key, output.e_tag())?;
+        let bytes = output.body.collect().await.map_err(|e| {
+            StoreError::new(
+                "get",
+                self.location(key),
+                StoreErrorKind::Unavailable,
+                e.to_string(),
+            )
+        })?;
+        Ok(Versioned {
+            bytes: bytes.to_vec(),
+            version,
+        })
+    }
+
+    /// PutObject with `If-None-Match: *` (create) or `If-Match: "etag"` (replace that
+    /// version), per S3's conditional writes (PutObject, "Conditional requests"): 412
+    /// `PreconditionFailed` when the condition does not hold, 409
+    /// `ConditionalRequestConflict` when a concurrent conditional write to the key won;
+    /// both are `PreconditionFailed` (see [`error_kind`]). An `If-Match` on a missing key is
+    /// answered 404 `NoSuchKey` (or 412): the version asked for is not there, so that is
+    /// `PreconditionFailed` too, not `NotFound`.
+    async fn put_conditional(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        condition: &PutCondition,
+    ) -> Result<String, StoreError> {
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .body(ByteStream::from(bytes));
+        let request = match condition {
+            PutCondition::Absent => request.if_none_match("*"),
+            PutCondition::Version(etag) => request.if_match(format!("\"{}\"", unquoted(etag))),
+        };
+        let output = request.send().await.map_err(|e| {
+            let mut error = self.error("put", key, &e);
+            if error.kind == StoreErrorKind::NotFound
+                && matches!(condition, PutCondition::Version(_))
+                && e.code() != Some("NoSuchBucket")
+            {
+                error.kind = StoreErrorKind::PreconditionFailed;
+            }
+            error
+        })?;
+        self.etag_token("put", key, output.e_tag())
+    }
+
+    /// The version token of a response: its ETag without quotes. A store that sends none
+    /// cannot be asked `If-Match` later, so that is refused rather than guessed.
+    fn etag_token(
+        &self,
+        operation: &'static str,
+        key: &str,
+        etag: Option<&str>,
+    ) -> Result<String, StoreError> {
+        match etag.map(unquoted).filter(|e| !e.is_empty()) {
+            Some(etag) => Ok(etag.to_string()),
+            None => Err(StoreError::new(
+                operation,
+                self.location(key),
+                StoreErrorKind::Invalid,
+                "the store answered without an ETag, so it cannot do conditional writes",
+            )),
+        }
+    }
+}
+
+impl S3Store {
     /// Pages through `ListObjectsV2` from `start_after` (or the start of `prefix`) and stops
     /// at the first page that reaches `end`: S3 sends keys in order, so the pages after it
     /// would hold nothing in range.
@@ -456,6 +532,19 @@ impl ObjectStore for S3Store {
         })
     }
 
+    fn get_versioned<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Versioned> {
+        Box::pin(self.get_versioned_object(key))
+    }
+
+    fn put_if<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Vec<u8>,
+        condition: &'a PutCondition,
+    ) -> StoreFuture<'a, String> {
+        Box::pin(self.put_conditional(key, bytes, condition))
+    }
+
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             self.client
@@ -488,6 +577,11 @@ mod tests {
             (Some(404), None, NotFound),
             (Some(412), Some("PreconditionFailed"), PreconditionFailed),
             (Some(412), None, PreconditionFailed),
+            (
+                Some(409),
+                Some("ConditionalRequestConflict"),
+                PreconditionFailed,
+            ),
             (Some(503), Some("SlowDown"), Throttled),
             (Some(503), None, Unavailable),
             (Some(429), None, Throttled),

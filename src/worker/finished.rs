@@ -312,6 +312,19 @@ mod tests {
             self.log(format!("delete {key}"));
             self.inner.delete(key)
         }
+        fn get_versioned<'a>(&'a self, key: &'a str) -> StoreFuture<'a, crate::store::Versioned> {
+            self.log(format!("get {key} (versioned)"));
+            self.inner.get_versioned(key)
+        }
+        fn put_if<'a>(
+            &'a self,
+            key: &'a str,
+            bytes: Vec<u8>,
+            condition: &'a crate::store::PutCondition,
+        ) -> StoreFuture<'a, String> {
+            self.log(format!("put {key} (conditional)"));
+            self.inner.put_if(key, bytes, condition)
+        }
     }
 
     /// A source and a state in temporary directories, removed when dropped.

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use currents_heap::store::{
-    ObjectMeta, ObjectReader, ObjectStore, Opened, ReadRange, StoreError, StoreErrorKind,
-    StoreFuture,
+    ObjectMeta, ObjectReader, ObjectStore, Opened, PutCondition, ReadRange, StoreError,
+    StoreErrorKind, StoreFuture, Versioned,
 };
 use tokio::time::Instant;
 
@@ -374,6 +374,27 @@ impl ObjectStore for FaultyStore {
             self.inner.delete(key).await
         })
     }
+
+    /// A read: fails as `get` does.
+    fn get_versioned<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Versioned> {
+        Box::pin(async move {
+            self.gate("get", key).await?;
+            self.inner.get_versioned(key).await
+        })
+    }
+
+    /// A write: fails as `put` does.
+    fn put_if<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Vec<u8>,
+        condition: &'a PutCondition,
+    ) -> StoreFuture<'a, String> {
+        Box::pin(async move {
+            self.gate("put", key).await?;
+            self.inner.put_if(key, bytes, condition).await
+        })
+    }
 }
 
 /// Yields `after` bytes of the object, then fails every read, as a reset connection does.
@@ -488,6 +509,25 @@ impl ObjectStore for SlowStore {
         Box::pin(async move {
             self.wait(Ops::Writes).await;
             self.inner.delete(key).await
+        })
+    }
+
+    fn get_versioned<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Versioned> {
+        Box::pin(async move {
+            self.wait(Ops::Reads).await;
+            self.inner.get_versioned(key).await
+        })
+    }
+
+    fn put_if<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Vec<u8>,
+        condition: &'a PutCondition,
+    ) -> StoreFuture<'a, String> {
+        Box::pin(async move {
+            self.wait(Ops::Writes).await;
+            self.inner.put_if(key, bytes, condition).await
         })
     }
 }

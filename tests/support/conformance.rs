@@ -484,3 +484,117 @@ pub async fn many_keys_conformance(store: Arc<dyn ObjectStore>) {
         keys[1099..]
     );
 }
+
+/// How many writers race on one key, and how many rounds each race runs.
+const RACERS: usize = 8;
+const RACE_ROUNDS: usize = 20;
+
+/// Conditional writes ([`ObjectStore::put_if`], [`ObjectStore::get_versioned`]) as the lease
+/// needs them, under `cond/` (removed at the end): a create of an existing key and a replace
+/// of a missing key or a stale version are refused with `PreconditionFailed`; the tokens of a
+/// write and of a read agree; [`probe_conditions`] passes; and when 8 writers race on one
+/// key with the same condition, exactly one wins, 20 times over for creates and for replaces.
+pub async fn conditional_conformance(store: &dyn ObjectStore) {
+    use currents_heap::store::{PutCondition, StoreError, probe_conditions};
+    let refused = |result: Result<String, StoreError>, what: &str| match result {
+        Err(e) if e.kind == StoreErrorKind::PreconditionFailed => {}
+        other => panic!("{what}: expected PreconditionFailed, got {other:?}"),
+    };
+    let key = "cond/lease";
+    let first = store
+        .put_if(key, b"one".to_vec(), &PutCondition::Absent)
+        .await
+        .unwrap();
+    refused(
+        store
+            .put_if(key, b"two".to_vec(), &PutCondition::Absent)
+            .await,
+        "a second create",
+    );
+    let read = store.get_versioned(key).await.unwrap();
+    assert_eq!(read.bytes, b"one", "the create's bytes stay");
+    assert_eq!(
+        read.version, first,
+        "a read names the version the write made"
+    );
+    let second = store
+        .put_if(key, b"two".to_vec(), &PutCondition::Version(first.clone()))
+        .await
+        .unwrap();
+    assert_ne!(second, first, "a replace makes a new version");
+    refused(
+        store
+            .put_if(
+                key,
+                b"three".to_vec(),
+                &PutCondition::Version(first.clone()),
+            )
+            .await,
+        "a replace of a stale version",
+    );
+    refused(
+        store
+            .put_if(
+                "cond/missing",
+                b"x".to_vec(),
+                &PutCondition::Version(second.clone()),
+            )
+            .await,
+        "a replace of a missing key",
+    );
+    let read = store.get_versioned(key).await.unwrap();
+    assert_eq!((read.bytes, read.version), (b"two".to_vec(), second));
+    let missing = store.get_versioned("cond/missing").await.unwrap_err();
+    assert_eq!(missing.kind, StoreErrorKind::NotFound, "{missing}");
+    probe_conditions(store, "cond/probe").await.unwrap();
+    conditional_races(store).await;
+    store.delete(key).await.unwrap();
+}
+
+/// The races of [`conditional_conformance`]: `RACERS` writers with one condition, exactly
+/// one winner whose bytes and token the key then holds, `RACE_ROUNDS` times each.
+async fn conditional_races(store: &dyn ObjectStore) {
+    use currents_heap::store::PutCondition;
+    let race = |key: String, condition: PutCondition| async move {
+        let writes = (0..RACERS).map(|i| {
+            let (key, condition) = (key.clone(), condition.clone());
+            async move {
+                let bytes = format!("writer {i}").into_bytes();
+                (bytes.clone(), store.put_if(&key, bytes, &condition).await)
+            }
+        });
+        let outcomes = futures_util::future::join_all(writes).await;
+        let mut winners = Vec::new();
+        for (bytes, outcome) in outcomes {
+            match outcome {
+                Ok(token) => winners.push((bytes, token)),
+                Err(e) if e.kind == StoreErrorKind::PreconditionFailed => {}
+                Err(e) => panic!("{key}: a racing write failed otherwise: {e}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "{key} {condition:?}: exactly one winner");
+        let read = store.get_versioned(&key).await.unwrap();
+        assert_eq!((read.bytes, read.version), winners.pop().unwrap());
+    };
+    for round in 0..RACE_ROUNDS {
+        race(format!("cond/race/create-{round}"), PutCondition::Absent).await;
+    }
+    for round in 0..RACE_ROUNDS {
+        let key = format!("cond/race/replace-{round}");
+        let token = store
+            .put_if(&key, b"start".to_vec(), &PutCondition::Absent)
+            .await
+            .unwrap();
+        race(key, PutCondition::Version(token)).await;
+    }
+    for round in 0..RACE_ROUNDS {
+        store
+            .delete(&format!("cond/race/create-{round}"))
+            .await
+            .unwrap();
+        store
+            .delete(&format!("cond/race/replace-{round}"))
+            .await
+            .unwrap();
+    }
+}
