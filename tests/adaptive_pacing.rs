@@ -264,3 +264,92 @@ async fn batches_larger_than_the_lowered_budget_still_flow() {
         "{steady} events in six minutes at 600/min"
     );
 }
+
+// Issue 20: spend the budget well. Each scenario is one of the issue's checks.
+
+fn last_stored(run: &Run) -> Duration {
+    run.stored_at.iter().copied().max().unwrap_or_default()
+}
+
+#[tokio::test(start_paused = true)]
+async fn heaps_real_limit_at_half_the_ceiling_is_learnt_without_a_slow_recovery() {
+    // Heap allows 1,500/min against a configured 3,000/min, no Retry-After: the real limit
+    // lets 4,500 events through in about 121 s.
+    let standin = Standin::start(StandinConfig {
+        limits: limits(1_500),
+        ..StandinConfig::new(APP_ID)
+    })
+    .await
+    .unwrap();
+    let run = run(&standin, config(3_000, 1_000), events(4_500), |_| None).await;
+    let report = standin.report();
+    let done = last_stored(&run);
+    eprintln!(
+        "real limit 1,500 vs 3,000: {} requests answered 429 ({} events), all stored after {done:?}",
+        report.limit_violations, report.limit_violation_events
+    );
+    assert_eq!(run.parked, 0);
+    assert_eq!(standin.stored().len(), 4_500, "every event arrived");
+    assert!(done <= Duration::from_secs(200), "done after {done:?}");
+    assert!(
+        report.limit_violation_events <= 1_500,
+        "{} events answered 429",
+        report.limit_violation_events
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_window_full_at_start_costs_few_429s_and_no_collapse() {
+    // Another sender (a predecessor) just filled Heap's window: Heap has room from +60 s.
+    let standin = Standin::start(StandinConfig {
+        limits: limits(6_000),
+        limit_retry_after: Some(2),
+        ..StandinConfig::new(APP_ID)
+    })
+    .await
+    .unwrap();
+    standin.fill_app_window(6_000);
+    let run = run(&standin, config(6_000, 1_000), events(4_000), |_| None).await;
+    let report = standin.report();
+    let done = last_stored(&run);
+    eprintln!(
+        "window full at start: {} requests answered 429 ({} events), all stored after {done:?}, budgets {:?}",
+        report.limit_violations,
+        report.limit_violation_events,
+        run.minutes.iter().map(|m| m.budget).collect::<Vec<_>>()
+    );
+    assert_eq!(run.parked, 0);
+    assert_eq!(standin.stored().len(), 4_000, "every event arrived");
+    assert!(
+        report.limit_violations <= 40,
+        "{} requests answered 429",
+        report.limit_violations
+    );
+    assert!(done <= Duration::from_secs(100), "done after {done:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_413_lowers_the_body_limit_for_the_rest_of_the_run() {
+    // A proxy in front of Heap refuses bodies over 100 KB; --max-body-bytes is 1 MiB.
+    let standin = Standin::start(StandinConfig {
+        limits: limits(0),
+        max_body_bytes: Some(100_000),
+        ..StandinConfig::new(APP_ID)
+    })
+    .await
+    .unwrap();
+    let run = run(&standin, config(0, 1_000), events(6_000), |_| None).await;
+    let report = standin.report();
+    eprintln!(
+        "413 proxy at 100 KB: {} of {} requests answered 413",
+        report.bodies_too_large, report.requests
+    );
+    assert_eq!(run.parked, 0, "no event is too large alone");
+    assert_eq!(standin.stored().len(), 6_000, "every event arrived");
+    assert!(report.bodies_too_large >= 1, "the proxy refused a body");
+    assert!(
+        report.bodies_too_large <= 4,
+        "{} requests answered 413: after the first, the limit is learnt",
+        report.bodies_too_large
+    );
+}

@@ -381,3 +381,90 @@ async fn unsendable_events_are_parked_and_anonymous_ones_skipped_before_sending(
     );
     assert_eq!(standin.report().invalid_requests, 0);
 }
+
+/// Issue 20: the lease's self-fence stops requests from starting, and moving it resumes them;
+/// the history tap reads what was sent while delivery runs.
+#[tokio::test(start_paused = true)]
+async fn a_passed_fence_starts_no_request_until_it_moves_and_loses_nothing() {
+    let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let dir = TempDir::new("fence");
+    let dead_letters = Arc::new(DeadLetterStore::new(Arc::new(LocalStore::new(&dir.0))));
+    let client = Arc::new(HeapClient::new(&standin.url(), Duration::from_secs(10)).unwrap());
+    let (fence_tx, fence_rx) = tokio::sync::watch::channel(Instant::now());
+    let config = DeliveryConfig {
+        fence: Some(fence_rx),
+        ..delivery_config()
+    };
+    let delivery = Delivery::new(
+        config,
+        client,
+        HeapMapper::new(MappingConfig::default()),
+        dead_letters,
+    );
+    let tap = delivery.history_tap();
+    let metrics = delivery.metrics();
+    let batch = events(3_000, 300);
+    let (rx, tracker, _feeder) = support::feed(batch.clone(), OBJECT);
+    let running = tokio::spawn(delivery.run(rx));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(standin.report().requests, 0, "the fence had passed");
+    assert!(tap.snapshot(Instant::now()).sent.is_empty());
+    assert_eq!(tracker.resolved(), 0, "nothing parked or dropped meanwhile");
+
+    fence_tx.send_replace(Instant::now() + Duration::from_secs(3_600));
+    standin.wait_until_stored(3_000).await;
+    running.await.unwrap().unwrap();
+    assert_eq!(tracker.delivered(), 3_000);
+    assert_eq!(metrics.counts().total().parked, 0);
+    assert_stored_exactly(&standin.stored(), &batch);
+    let history = tap.snapshot(Instant::now());
+    assert_eq!(
+        history.sent.iter().map(|(_, n)| n).sum::<u64>(),
+        3_000,
+        "the tap saw every event sent in the window"
+    );
+    assert!(history.sent.iter().all(|(age, _)| age % 1000 == 0));
+
+    // A fence that passes mid-run stops new requests at its deadline.
+    let (fence_tx, fence_rx) =
+        tokio::sync::watch::channel(Instant::now() + Duration::from_secs(3_600));
+    let standin = Standin::start(StandinConfig {
+        // Answers take a virtual second, so the run lasts long enough to fence it mid-way.
+        response_delay: Duration::from_secs(1),
+        ..StandinConfig::new(APP_ID)
+    })
+    .await
+    .unwrap();
+    let client = Arc::new(HeapClient::new(&standin.url(), Duration::from_secs(10)).unwrap());
+    let delivery = Delivery::new(
+        DeliveryConfig {
+            fence: Some(fence_rx),
+            ..delivery_config()
+        },
+        client,
+        HeapMapper::new(MappingConfig::default()),
+        Arc::new(DeadLetterStore::new(Arc::new(LocalStore::new(&dir.0)))),
+    );
+    let (rx, tracker, _feeder) = support::feed(events(10_000, 300), OBJECT);
+    let running = tokio::spawn(delivery.run(rx));
+    standin.wait_until_stored(1_000).await;
+    fence_tx.send_replace(Instant::now());
+    let at_deadline = standin.report().requests;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let before = standin.report().requests;
+    assert!(
+        before <= at_deadline + 2,
+        "only requests already started (concurrency 2) reach Heap after the deadline"
+    );
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        standin.report().requests,
+        before,
+        "no request after the deadline"
+    );
+    assert!(standin.stored().len() < 10_000, "the fence stopped the run");
+    assert_eq!(tracker.parked(), 0);
+    fence_tx.send_replace(Instant::now() + Duration::from_secs(3_600));
+    running.await.unwrap().unwrap();
+    assert_eq!(tracker.delivered(), 10_000);
+}

@@ -9,7 +9,9 @@
 //! - an ISO 8601 timestamp; a non-empty idempotency key, where the first write wins.
 //!
 //! Rate limits are sliding windows over accepted events, per app and per identity; a request
-//! that would exceed one gets 429 and counts as a violation. Faults come from a script (for
+//! that would exceed one gets 429 (with `limit_retry_after`, a `Retry-After`) and counts as a
+//! violation; `fill_app_window` makes the app's window hold another sender's events, and
+//! `max_body_bytes` refuses larger bodies with 413, as a proxy in front of Heap may. Faults come from a script (for
 //! exact scenarios) or at random with a seed: 429 with or without `Retry-After`, 500, 503, a
 //! slow answer after storing the events, and a dropped connection before or after storing.
 //! Time is tokio's, so a paused test clock drives the windows and delays too.
@@ -62,6 +64,10 @@ pub struct StandinConfig {
     pub poison_keys: HashSet<String>,
     /// Added to every answer, to make a run last long enough to interrupt.
     pub response_delay: Duration,
+    /// `Retry-After` seconds on the stand-in's own rate-limit 429s (Heap may send one).
+    pub limit_retry_after: Option<u64>,
+    /// Bodies over this many bytes are refused with 413, as a proxy in front of Heap may.
+    pub max_body_bytes: Option<usize>,
 }
 
 impl StandinConfig {
@@ -82,6 +88,8 @@ impl StandinConfig {
             seed: 1,
             poison_keys: HashSet::new(),
             response_delay: Duration::ZERO,
+            limit_retry_after: None,
+            max_body_bytes: None,
         }
     }
 }
@@ -99,7 +107,12 @@ pub struct StandinReport {
     pub requests: u64,
     pub accepted_requests: u64,
     pub invalid_requests: u64,
+    /// Requests refused with 429 for the rate limits.
     pub limit_violations: u64,
+    /// Events in the requests refused for the rate limits.
+    pub limit_violation_events: u64,
+    /// Requests refused with 413 for `max_body_bytes`.
+    pub bodies_too_large: u64,
     /// Events whose idempotency key was already stored (ignored, first write wins).
     pub duplicates: u64,
     /// Repeats of a key whose content differed from the stored event (must stay 0).
@@ -185,6 +198,12 @@ impl Standin {
         self.lock().script.extend(faults);
     }
 
+    /// Counts `n` events in the app's window as if another sender had just sent them: Heap's
+    /// window still holds a predecessor's last minute.
+    pub fn fill_app_window(&self, n: u64) {
+        self.lock().app_log.push_back((Instant::now(), n));
+    }
+
     /// Changes the limits enforced from now on (Heap's real limit moving under a run).
     pub fn set_limits(&self, limits: RateLimits) {
         self.lock().config.limits = limits;
@@ -267,6 +286,18 @@ impl State {
     /// `Err(delay)` means: answer 200 after `delay` (the events are already stored).
     fn handle(&mut self, body: &[u8]) -> Result<Outcome, Duration> {
         self.report.requests += 1;
+        if self
+            .config
+            .max_body_bytes
+            .is_some_and(|max| body.len() > max)
+        {
+            self.report.bodies_too_large += 1;
+            return Ok(Outcome::Answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                r#"{"error":"request body too large"}"#.into(),
+                None,
+            ));
+        }
         let fault = self.script.pop_front().or_else(|| {
             (!self.config.random_faults.is_empty() && self.rng.percent(self.config.fault_percent))
                 .then(|| *self.rng.pick(&self.config.random_faults))
@@ -346,10 +377,11 @@ impl State {
             });
         if app_over || identity_over {
             self.report.limit_violations += 1;
+            self.report.limit_violation_events += events.len() as u64;
             return Outcome::Answer(
                 StatusCode::TOO_MANY_REQUESTS,
                 r#"{"error":"rate limit exceeded"}"#.into(),
-                None,
+                self.config.limit_retry_after,
             );
         }
         self.app_log.push_back((now, events.len() as u64));

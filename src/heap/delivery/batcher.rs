@@ -176,6 +176,73 @@ impl Batcher {
         self.flush = flush;
     }
 
+    /// The pacer, for the lease's history and seed.
+    pub fn pacer(&mut self) -> &mut Pacer {
+        &mut self.pacer
+    }
+
+    /// The body limit now (lowered by a 413, see [`Batcher::lower_body_limit`]).
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
+    /// The body of a request holding `items`.
+    pub fn body_len(&self, items: &[Item]) -> usize {
+        self.body_overhead + items.iter().map(|i| i.json.len() + 1).sum::<usize>()
+    }
+
+    /// Lowers the body limit for the rest of the run; takes out the events that no longer
+    /// fit a request alone (queued or waiting for a retry), which cannot be sent. Retries
+    /// composed under the old limit are split to fit the new one.
+    pub fn lower_body_limit(&mut self, max_body_bytes: usize) -> Vec<Item> {
+        self.max_body_bytes = self.max_body_bytes.min(max_body_bytes);
+        let mut unfit = Vec::new();
+        for lane in [Lane::Live, Lane::Backfill] {
+            let (overhead, max) = (self.body_overhead, self.max_body_bytes);
+            let queue = self.queue(lane);
+            let (gone, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut queue.events)
+                .into_iter()
+                .partition(|(_, i)| overhead + i.json.len() >= max);
+            for (_, item) in gone {
+                queue.bytes -= item.json.len() + 1;
+                unfit.push(item);
+            }
+            queue.events = kept;
+        }
+        for (due, batch) in std::mem::take(&mut self.retries) {
+            let (attempt, first_try) = (batch.attempt, batch.first_try);
+            let (fit, gone): (Vec<Item>, Vec<Item>) = batch
+                .items
+                .into_iter()
+                .partition(|i| self.fits_alone(i.json.len()));
+            unfit.extend(gone);
+            for part in self.split_to_fit(fit) {
+                let mut part = Batch::new(part, first_try);
+                part.attempt = attempt;
+                self.retries.push((due, part));
+            }
+        }
+        unfit
+    }
+
+    /// Splits events (each fitting alone) into requests within the body limit, in order.
+    pub fn split_to_fit(&self, items: Vec<Item>) -> Vec<Vec<Item>> {
+        let mut parts: Vec<Vec<Item>> = Vec::new();
+        let mut bytes = self.body_overhead;
+        for item in items {
+            let len = item.json.len() + 1;
+            match parts.last_mut() {
+                Some(part) if bytes + len <= self.max_body_bytes => part.push(item),
+                _ => {
+                    bytes = self.body_overhead;
+                    parts.push(vec![item]);
+                }
+            }
+            bytes += len;
+        }
+        parts
+    }
+
     /// Whether a mapped event of `len` bytes can ever be sent under the body limit.
     pub fn fits_alone(&self, len: usize) -> bool {
         // Each event also takes one separating comma.

@@ -19,7 +19,7 @@ pub mod policy;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 
@@ -33,7 +33,7 @@ use self::parking::{Parking, ToPark};
 use self::policy::{Action, Attempted, decide};
 use super::client::{Answer, Reply, Transport};
 use super::map::HeapMapper;
-use super::pacer::{Counted, RateLimits};
+use super::pacer::{AppView, Counted, RateLimits, SentHistory};
 use super::retry::RetryPolicy;
 use super::track::{bulk_body, bulk_overhead};
 use crate::currents::event::CustomHttpEvent;
@@ -70,6 +70,10 @@ pub struct DeliveryConfig {
     /// How long failing dead-letter writes are retried before their events are given back
     /// unfinished; `None`: until delivery ends (a long-lived `run` outlasts a store outage).
     pub park_retry_max: Option<Duration>,
+    /// Requests to Heap start only while `now < *fence.borrow()` (the lease's self-fence); when the deadline passes, no request starts (batches wait, nothing is lost or parked) until the value moves past now. None: no fence.
+    pub fence: Option<tokio::sync::watch::Receiver<tokio::time::Instant>>,
+    /// The predecessor's sends, counted before the first request (see pacer::Seed).
+    pub seed: Option<crate::heap::pacer::Seed>,
 }
 
 impl DeliveryConfig {
@@ -85,6 +89,8 @@ impl DeliveryConfig {
             batch_linger: Duration::from_millis(100),
             jitter_seed: None,
             park_retry_max: None,
+            fence: None,
+            seed: None,
         }
     }
 }
@@ -111,6 +117,35 @@ pub struct Delivery {
     metrics: Arc<Metrics>,
     /// Notified when a unit whose events this delivery took is withdrawn.
     withdrawals: Arc<Notify>,
+    /// The lease's self-fence: no request starts at or after its deadline.
+    fence: Option<watch::Receiver<Instant>>,
+    /// The app window as of the last request started or answered, for the lease.
+    tap: HistoryTap,
+    /// The largest request body Heap took, and whether a 413 lowered the limit already.
+    largest_accepted_body: usize,
+    body_limit_learnt: bool,
+}
+
+/// What this delivery sent to the app recently, readable from another task while it runs
+/// (the lease writes it at each renewal): updated after each request starts and is answered.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryTap(Arc<std::sync::Mutex<AppView>>);
+
+impl HistoryTap {
+    /// The history as of `now` (see [`SentHistory`]).
+    pub fn snapshot(&self, now: Instant) -> SentHistory {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .history(now)
+    }
+
+    fn update(&self, view: AppView) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = view;
+    }
 }
 
 enum Wake {
@@ -118,6 +153,20 @@ enum Wake {
     Received(Option<Submission>, Lane),
     Withdrawn,
     Timer,
+    FenceMoved,
+}
+
+/// Waits until the fence's deadline changes (forever without a fence or once its sender is
+/// gone: the last deadline then stands).
+async fn fence_moved(fence: &mut Option<watch::Receiver<Instant>>) {
+    match fence {
+        Some(fence) => {
+            if fence.changed().await.is_err() {
+                std::future::pending::<()>().await
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Receives from an input that is open (the select's guard checks).
@@ -132,8 +181,19 @@ async fn recv(input: &mut Option<mpsc::Receiver<Submission>>) -> Option<Submissi
 fn counted(reply: &Reply) -> Counted {
     match (reply.status, &reply.answer) {
         (Some(200..=299), _) => Counted::Stored,
-        (Some(429), Answer::Retry { scope, .. }) => Counted::Throttled { scope: *scope },
-        (Some(429), _) => Counted::Throttled { scope: None },
+        (
+            Some(429),
+            Answer::Retry {
+                scope, retry_after, ..
+            },
+        ) => Counted::Throttled {
+            scope: *scope,
+            retry_after: *retry_after,
+        },
+        (Some(429), _) => Counted::Throttled {
+            scope: None,
+            retry_after: None,
+        },
         (Some(_), _) => Counted::NotStored,
         (None, _) if reply.connected => Counted::Stored,
         (None, _) => Counted::NotStored,
@@ -147,15 +207,26 @@ impl Delivery {
         mapper: HeapMapper,
         dead_letters: Arc<DeadLetterStore>,
     ) -> Self {
+        let mut batcher = Batcher::new(
+            config.limits,
+            config.max_batch_events,
+            config.max_body_bytes,
+            bulk_overhead(&config.app_id),
+        )
+        .lingering(config.batch_linger);
+        let now = Instant::now();
+        if let Some(seed) = &config.seed {
+            batcher.pacer().seed(seed, now);
+        }
+        let tap = HistoryTap::default();
+        tap.update(batcher.pacer().app_view(now));
         Delivery {
             rng: config.jitter_seed.map_or_else(Rng::new, Rng::with_seed),
-            batcher: Batcher::new(
-                config.limits,
-                config.max_batch_events,
-                config.max_body_bytes,
-                bulk_overhead(&config.app_id),
-            )
-            .lingering(config.batch_linger),
+            fence: config.fence.clone(),
+            tap,
+            largest_accepted_body: 0,
+            body_limit_learnt: false,
+            batcher,
             parking: Parking::new(dead_letters, config.park_retry_max),
             limit: BodyLimit::new(config.max_body_bytes, &config.app_id),
             config,
@@ -177,6 +248,18 @@ impl Delivery {
     /// The metrics this delivery reports to.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
+    }
+
+    /// What this delivery sends, for the lease body, readable while it runs.
+    pub fn history_tap(&self) -> HistoryTap {
+        self.tap.clone()
+    }
+
+    /// Whether the lease's self-fence lets a request start now.
+    fn fenced(&self, now: Instant) -> bool {
+        self.fence
+            .as_ref()
+            .is_some_and(|fence| now >= *fence.borrow())
     }
 
     /// Delivers everything received until `input` closes. On a fatal error, the events not yet
@@ -258,6 +341,7 @@ impl Delivery {
                 received = recv(live), if receive_live => Wake::Received(received, Lane::Live),
                 received = recv(backfill), if receive_backfill => Wake::Received(received, Lane::Backfill),
                 _ = self.withdrawals.notified() => Wake::Withdrawn,
+                _ = fence_moved(&mut self.fence), if self.fence.is_some() => Wake::FenceMoved,
                 _ = sleep_until(wake_at.unwrap_or(now)), if wake_at.is_some() => Wake::Timer,
                 // Nothing to wait for but work left would be a bug in the pacer's bookkeeping:
                 // look again shortly rather than stall or panic.
@@ -273,7 +357,7 @@ impl Delivery {
                 Wake::Received(None, Lane::Live) => inputs[0] = None,
                 Wake::Received(None, Lane::Backfill) => inputs[1] = None,
                 Wake::Withdrawn => self.withdraw(),
-                Wake::Timer => {}
+                Wake::Timer | Wake::FenceMoved => {}
             }
         }
     }
@@ -393,7 +477,7 @@ impl Delivery {
     /// Sends what the pacer and the concurrency limit allow right now.
     fn dispatch(&mut self, now: Instant) {
         let mut blocked = false;
-        while self.in_flight.len() < self.config.concurrency {
+        while self.in_flight.len() < self.config.concurrency && !self.fenced(now) {
             match self.batcher.next(now) {
                 Next::Send(batch) => self.send(batch, now),
                 Next::Blocked => {
@@ -430,12 +514,71 @@ impl Delivery {
             batch.items = kept;
         }
         self.batcher.started(&mut batch, now);
+        self.tap.update(self.batcher.pacer().app_view(now));
         let body = bulk_body(&self.config.app_id, batch.items.iter().map(|i| &*i.json));
         let transport = self.transport.clone();
         self.in_flight.spawn(async move {
             let reply = transport.post(body).await;
             (batch, reply, now.elapsed())
         });
+    }
+
+    /// Heap (or a proxy before it) refused a body as too large (413): the body limit drops
+    /// for the rest of the run, to the largest body Heap took if that is smaller than the
+    /// refused one, else to half the refused size, and never rises again. The batch goes
+    /// again at once in requests that fit; an event that cannot fit alone is parked.
+    fn body_too_large(&mut self, mut batch: Batch, now: Instant) {
+        let refused = self.batcher.body_len(&batch.items);
+        let learnt = if self.largest_accepted_body > 0 && self.largest_accepted_body < refused {
+            self.largest_accepted_body.max(refused / 2)
+        } else {
+            refused / 2
+        };
+        let current = self.batcher.max_body_bytes();
+        if learnt < current {
+            if self.body_limit_learnt {
+                tracing::debug!(
+                    refused,
+                    limit = learnt,
+                    "Heap answered 413 again: the body limit drops further"
+                );
+            } else {
+                tracing::warn!(
+                    refused,
+                    limit = learnt,
+                    "Heap (or a proxy in front of it) refused a {refused}-byte request body with 413: requests are limited to {learnt} bytes for the rest of this run; lower --max-body-bytes to {learnt} or less"
+                );
+                self.body_limit_learnt = true;
+            }
+            self.limit = BodyLimit::new(learnt, &self.config.app_id);
+            for item in self.batcher.lower_body_limit(learnt) {
+                let reason = format!(
+                    "the mapped event is {} bytes, over the {learnt}-byte request limit Heap answered 413 for",
+                    item.json.len()
+                );
+                self.park_item(item, reason);
+            }
+        }
+        if withdrawn(&mut batch) {
+            return;
+        }
+        let (attempt, first_try) = (batch.attempt, batch.first_try);
+        let (fit, unfit): (Vec<Item>, Vec<Item>) = batch
+            .items
+            .into_iter()
+            .partition(|item| self.batcher.fits_alone(item.json.len()));
+        for item in unfit {
+            let reason = format!(
+                "the mapped event is {} bytes: Heap answered 413 for it alone",
+                item.json.len()
+            );
+            self.park_item(item, reason);
+        }
+        for part in self.batcher.split_to_fit(fit) {
+            let mut part = Batch::new(part, first_try);
+            part.attempt = attempt;
+            self.batcher.retry_at(now, part);
+        }
     }
 
     fn answered(
@@ -446,6 +589,7 @@ impl Delivery {
     ) -> Result<(), DeliveryError> {
         let now = Instant::now();
         self.batcher.finished(&batch, counted(&reply), now);
+        self.tap.update(self.batcher.pacer().app_view(now));
         RateBudget {
             app_events: self.batcher.app_budget(now),
             lowered_identities: self.batcher.lowered_identities(),
@@ -456,6 +600,10 @@ impl Delivery {
             latency,
         }
         .emit(&self.metrics);
+        if reply.status == Some(413) && !batch.items.is_empty() {
+            self.body_too_large(batch, now);
+            return Ok(());
+        }
         let attempted = Attempted {
             events: batch.items.len(),
             attempt: batch.attempt,
@@ -469,6 +617,9 @@ impl Delivery {
             &mut self.rng,
         ) {
             Action::Accept => {
+                self.largest_accepted_body = self
+                    .largest_accepted_body
+                    .max(self.batcher.body_len(&batch.items));
                 // Counted per run of one event type (a batch is mostly one object's events),
                 // not per event.
                 let mut run: Option<(Arc<str>, u64)> = None;
