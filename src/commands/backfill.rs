@@ -15,16 +15,24 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::config::{Config, DEFAULTS, HumanDuration};
-use super::worker::{Exit, WorkerArgs, engine, open_state, shutdown_on_signals};
+use super::worker::{
+    Exit, Leased, WorkerArgs, engine, lease, open_state, sent_record, stop_on_signals,
+};
 use crate::clock::unix_secs_now;
 use crate::currents::key::DateHour;
+use crate::handover::lease::{
+    Acquired, Holding, Keeper, LeaseClient, LeaseState, Read, Role, Takeover,
+};
 use crate::handover::{
     BackfillProgress, BackfillRequest, BackfillState, Control, FollowExit, Followed,
     HEARTBEAT_INTERVAL, Heartbeat, check_range, final_exit, follow, hand_over, render_final,
     worker_comes_up, worker_label,
 };
+use crate::heap::delivery::HistoryTap;
 use crate::telemetry::Metrics;
 use crate::worker::{Outcome, Plan};
+use std::sync::Arc;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// How often a log line reports progress when stderr is not a terminal.
@@ -87,41 +95,66 @@ pub async fn backfill(args: BackfillArgs, config: Config) -> Exit {
         Ok(control) => control,
         Err(exit) => return exit,
     };
-    let live = match control.live_workers(unix_secs_now()).await {
-        Ok(live) => live,
-        Err(e) if args.detach => return Exit::Fatal(format!("cannot hand the range over: {e}")),
-        Err(e) => {
-            tracing::warn!(
-                "cannot tell whether a `run` worker is live on this state, so running the range here: {e}"
-            );
-            Vec::new()
-        }
+    let metrics = Arc::new(Metrics::new());
+    let lease = match lease(&config, Role::Backfill, &metrics).await {
+        Ok(Some(lease)) => lease,
+        // `--single-process`: this is the only sender; nothing to hand over to.
+        Ok(None) => return run_here(&args, &config, abandon, &stop, None).await.exit,
+        Err(exit) => return exit,
     };
-    if !live.is_empty() || args.detach {
-        let request = match hand_over(&control, args.from, args.to, &live).await {
-            Ok(request) => request,
-            Err(e) => return Exit::Fatal(format!("cannot hand the range over: {e}")),
+    if args.detach {
+        let holder = holder_of(&lease).await;
+        return match hand_over(&control, args.from, args.to, &holder).await {
+            Ok(request) => {
+                println!(
+                    "backfill {}: {} to {} is handed to {}",
+                    request.id,
+                    request.from,
+                    request.to,
+                    worker_label(&request.worker)
+                );
+                println!(
+                    "`currents-heap status` shows its progress; `backfill` of the same range follows it."
+                );
+                Exit::Success
+            }
+            Err(e) => Exit::Fatal(format!("cannot hand the range over: {e}")),
         };
-        if args.detach {
-            println!(
-                "backfill {}: {} to {} is handed to {}",
-                request.id,
-                request.from,
-                request.to,
-                worker_label(&request.worker)
-            );
-            println!(
-                "`currents-heap status` shows its progress; `backfill` of the same range follows it."
-            );
-            return Exit::Success;
-        }
-        return follow_here(&control, &request, &stop).await;
     }
-    let ran = run_here(&args, &config, abandon, &stop, Some(&control)).await;
+    // A live `run` worker holding the lease takes the range; another backfill holding it is
+    // waited for (both ranges go through one pacer, one after the other).
+    let mut said = false;
+    let acquired = lease
+        .acquire(&stop, |holder, live| {
+            if live && holder.role != Role::Run && !said {
+                said = true;
+                tracing::info!(
+                    "{} holds the lease (a {:?}): waiting for it",
+                    holder.holder,
+                    holder.role
+                );
+            }
+            live && holder.role == Role::Run
+        })
+        .await;
+    let leased = match acquired {
+        Acquired::GaveUp(holder) => {
+            let request = match hand_over(&control, args.from, args.to, &holder.holder).await {
+                Ok(request) => request,
+                Err(e) => return Exit::Fatal(format!("cannot hand the range over: {e}")),
+            };
+            return follow_here(&control, &request, &stop).await;
+        }
+        Acquired::Stopped => {
+            return Exit::Incomplete("stopped while waiting for the lease".into());
+        }
+        Acquired::Held(holding, takeover) => Some((&lease, holding, takeover)),
+    };
+    let ran = run_here(&args, &config, abandon, &stop, leased).await;
     let Some(live) = ran.worker_came_up else {
         return ran.exit;
     };
-    let request = match hand_over(&control, args.from, args.to, &live).await {
+    let request = match hand_over(&control, args.from, args.to, &live[0].worker).await {
         Ok(request) => request,
         Err(e) => {
             return Exit::Incomplete(format!(
@@ -134,6 +167,17 @@ pub async fn backfill(args: BackfillArgs, config: Config) -> Exit {
         // What this process parked before the handover counts as much as the worker's.
         (Exit::Success, Exit::Parked) => Exit::Parked,
         (exit, _) => exit,
+    }
+}
+
+/// The `run` worker holding the lease now, if one does (one read; for `--detach`, which
+/// addresses its request to it), else empty: the next holder takes it.
+async fn holder_of(lease: &LeaseClient) -> String {
+    match lease.read().await {
+        Ok(Read::Present {
+            body: Some(body), ..
+        }) if body.state == LeaseState::Held && body.role == Role::Run => body.holder,
+        _ => String::new(),
     }
 }
 
@@ -151,21 +195,54 @@ async fn run_here(
     config: &Config,
     abandon: CancellationToken,
     stop: &CancellationToken,
-    control: Option<&Control>,
+    leased: Option<(&LeaseClient, Holding, Takeover)>,
 ) -> Ran {
     let plan = Plan::Range {
         from: args.from,
         to: args.to,
     };
-    let engine = match engine(config, plan).await {
-        Ok(engine) => engine.with_abandon(abandon),
+    let metrics = Arc::new(Metrics::new());
+    // Holding the lease: renew it, fence delivery on it, count the predecessor's sends.
+    let tap: Arc<OnceLock<HistoryTap>> = Arc::default();
+    let (keeper, lease_hook, control) = match leased {
+        Some((lease, holding, takeover)) => {
+            let (fence, fence_rx) = watch::channel(holding.may_send_until);
+            let keeper = lease.keep(holding, sent_record(tap.clone()), fence);
+            let hook = Leased::new(fence_rx, &takeover);
+            let control = match open_control(config).await {
+                Ok(control) => Some(control),
+                Err(exit) => {
+                    keeper.release(RELEASE_WITHIN).await;
+                    return Ran {
+                        exit,
+                        worker_came_up: None,
+                    };
+                }
+            };
+            (Some(keeper), Some(hook), control)
+        }
+        None => (None, None, None),
+    };
+    let control = control.as_ref();
+    let lost = keeper
+        .as_ref()
+        .map_or_else(CancellationToken::new, Keeper::lost);
+    let cut = abandon.child_token();
+    let engine = match engine(config, plan, metrics, lease_hook).await {
+        Ok(engine) => engine.with_abandon(cut.clone()),
         Err(exit) => {
+            if let Some(keeper) = keeper {
+                keeper.release(RELEASE_WITHIN).await;
+            }
             return Ran {
                 exit,
                 worker_came_up: None,
             };
         }
     };
+    if let Some(history) = engine.history_tap() {
+        let _ = tap.set(history);
+    }
     tracing::info!("backfill {} to {}", args.from, args.to);
     let Some((request, mut reports)) = engine.range_progress() else {
         return Ran {
@@ -177,6 +254,11 @@ async fn run_here(
     let shutdown = async {
         tokio::select! {
             _ = stop.cancelled() => {}
+            _ = lost.cancelled() => {
+                // Another process may already be resuming these objects.
+                tracing::error!("lost the lease: stopping at once; run the backfill again to resume");
+                cut.cancel();
+            }
             live = async {
                 match control {
                     Some(control) => worker_comes_up(control, HEARTBEAT_INTERVAL).await,
@@ -203,6 +285,11 @@ async fn run_here(
     };
     let (report, ()) = tokio::join!(engine.drive(shutdown), show);
     display.finish();
+    if let Some(keeper) = keeper
+        && !lost.is_cancelled()
+    {
+        keeper.release(RELEASE_WITHIN).await;
+    }
     let worker_came_up = came_up.into_inner();
     let handing_over = worker_came_up.is_some()
         && !matches!(report.outcome, Outcome::Fatal(_))
@@ -238,18 +325,8 @@ async fn run_here(
     }
 }
 
-/// A token cancelled by the first SIGTERM/SIGINT; a second one cancels `abandon` (objects in
-/// flight are abandoned). The handlers are installed now.
-fn stop_on_signals(abandon: CancellationToken) -> CancellationToken {
-    let stop = CancellationToken::new();
-    let signal = shutdown_on_signals(abandon);
-    let cancel = stop.clone();
-    tokio::spawn(async move {
-        signal.await;
-        cancel.cancel();
-    });
-    stop
-}
+/// How long a backfill's end waits for the lease's release.
+const RELEASE_WITHIN: Duration = Duration::from_secs(5);
 
 /// The state's control objects; the state is not created if it does not exist.
 async fn open_control(config: &Config) -> Result<Control, Exit> {

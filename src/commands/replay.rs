@@ -56,7 +56,7 @@ fn parse_date_filter(text: &str) -> Result<String, String> {
 pub async fn replay(args: ReplayArgs, config: Config) -> Exit {
     let abandon = CancellationToken::new();
     let shutdown = shutdown_on_signals(abandon.clone());
-    let output = match output(&config) {
+    let output = match output(&config, None) {
         Ok(output) => output,
         Err(exit) => return exit,
     };

@@ -6,8 +6,19 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::watch;
+
 use super::config::{Config, DEFAULTS, HumanDuration, as_text};
-use super::worker::{Exit, WorkerArgs, engine, shutdown_on_signals};
+use super::worker::{
+    Exit, Leased, WorkerArgs, engine, lease, open_state, sent_record, stop_on_signals,
+};
+use crate::clock::unix_secs_now;
+use crate::handover::lease::{Acquired, Holding, LeaseClient, Role, Takeover};
+use crate::handover::{Control, HEARTBEAT_INTERVAL, Heartbeat};
+use crate::heap::delivery::HistoryTap;
+use crate::telemetry::{LeaseRole, Metrics};
 use crate::worker::{Lookback, Plan};
 use tokio_util::sync::CancellationToken;
 
@@ -78,16 +89,14 @@ pub async fn run(args: RunArgs, config: Config) -> Exit {
     };
     // Signals are handled from here on: starting the engine can take a while (credentials).
     let abandon = CancellationToken::new();
-    let shutdown = shutdown_on_signals(abandon.clone());
-    let engine = match engine(&config, plan).await {
-        Ok(engine) => engine.with_abandon(abandon),
-        Err(exit) => return exit,
-    };
+    let stop = stop_on_signals(abandon.clone());
+    let metrics = Arc::new(Metrics::new());
     let _server = match config.listen {
-        // Ready while polls keep succeeding: allow two missed polls and a slow listing.
+        // Ready while polls keep succeeding (allow two missed polls and a slow listing), or,
+        // for a standby, while it can read the lease.
         Some(addr) => match crate::server::serve(
             addr,
-            engine.metrics(),
+            metrics.clone(),
             poll_interval * 3 + Duration::from_secs(60),
         )
         .await
@@ -100,10 +109,162 @@ pub async fn run(args: RunArgs, config: Config) -> Exit {
         },
         None => None,
     };
+    let lease = match lease(&config, Role::Run, &metrics).await {
+        Ok(lease) => lease,
+        Err(exit) => return exit,
+    };
+    let Some(lease) = lease else {
+        // No lease (`--single-process`, a dry run): this process is the only sender.
+        let engine = match engine(&config, plan, metrics, None).await {
+            Ok(engine) => engine.with_abandon(abandon),
+            Err(exit) => return exit,
+        };
+        return drive(engine, stop.cancelled()).await.into();
+    };
+    let once = args.once;
+    loop {
+        metrics.lease_role(LeaseRole::Standby);
+        let standby = Standby::start(&config, lease.me(), &metrics).await;
+        // `run --once` does not wait beside a live holder: that one already delivers.
+        let acquired = lease.acquire(&stop, |_, live| once && live).await;
+        standby.end().await;
+        let acquired = match acquired {
+            Acquired::Held(holding, takeover) => (holding, takeover),
+            Acquired::Stopped => return Exit::Success,
+            Acquired::GaveUp(holder) => {
+                return Exit::Incomplete(format!(
+                    "`run` worker {} holds the lease and delivers this source: `run --once` would send beside it",
+                    holder.holder
+                ));
+            }
+        };
+        tracing::info!(
+            worker = lease.me(),
+            takeover = acquired.1.label(),
+            "holds the lease: this process sends to Heap"
+        );
+        metrics.lease_role(LeaseRole::Held);
+        let held = hold(&config, plan, &lease, acquired, &metrics, &abandon, &stop).await;
+        match held {
+            Held::Ended(exit) => return exit,
+            Held::Lost => {
+                metrics.lease_role(LeaseRole::Fenced);
+                tracing::warn!("lost the lease: back to standby");
+            }
+        }
+    }
+}
+
+/// How a spell as the lease holder ended.
+enum Held {
+    /// The run ended (a stop, `--once` done, or fatal): exit so.
+    Ended(Exit),
+    /// The lease was lost: the engine was abandoned; watch again.
+    Lost,
+}
+
+/// Runs the engine while this process holds the lease: renews it, fences delivery on it,
+/// and at the end releases it with what was sent (or, if it was lost, abandons the work in
+/// flight at once: another process may already be resuming it).
+async fn hold(
+    config: &Config,
+    plan: Plan,
+    lease: &LeaseClient,
+    (holding, takeover): (Holding, Takeover),
+    metrics: &Arc<Metrics>,
+    abandon: &CancellationToken,
+    stop: &CancellationToken,
+) -> Held {
+    let (fence, fence_rx) = watch::channel(holding.may_send_until);
+    let tap: Arc<OnceLock<HistoryTap>> = Arc::default();
+    let keeper = lease.keep(holding, sent_record(tap.clone()), fence);
+    let lost = keeper.lost();
+    let leased = Leased::new(fence_rx, &takeover);
+    // Abandoned on a second signal, or at once when the lease is lost.
+    let cut = abandon.child_token();
+    let engine = match engine(config, plan, metrics.clone(), Some(leased)).await {
+        Ok(engine) => engine.with_abandon(cut.clone()),
+        Err(exit) => {
+            keeper.release(RELEASE_WITHIN).await;
+            return Held::Ended(exit);
+        }
+    };
+    if let Some(history) = engine.history_tap() {
+        let _ = tap.set(history);
+    }
+    let on_lost = {
+        let (lost, cut) = (lost.clone(), cut.clone());
+        tokio::spawn(async move {
+            lost.cancelled().await;
+            cut.cancel();
+        })
+    };
+    let shutdown = async {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = lost.cancelled() => {}
+        }
+    };
+    let exit = drive(engine, shutdown).await;
+    on_lost.abort();
+    if lost.is_cancelled() && !stop.is_cancelled() {
+        return Held::Lost;
+    }
+    keeper.release(RELEASE_WITHIN).await;
+    Held::Ended(exit.into())
+}
+
+/// How long a stop waits for the lease's release.
+const RELEASE_WITHIN: Duration = Duration::from_secs(5);
+
+/// Drives the engine to its end and prints its report.
+async fn drive(
+    engine: crate::worker::Engine,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> crate::worker::Outcome {
     let report = engine.drive(shutdown).await;
     print!("{}", report.render());
     print!("{}", report.counts.render_odd_values());
-    report.outcome.into()
+    report.outcome
+}
+
+/// A standby's heartbeat, so that a `backfill` holding the lease sees that a `run` worker
+/// waits, and hands its range over.
+struct Standby {
+    task: Option<(Control, String, tokio::task::JoinHandle<()>)>,
+}
+
+impl Standby {
+    async fn start(config: &Config, me: &str, metrics: &Arc<Metrics>) -> Standby {
+        let Ok(state) = open_state(config, true, metrics).await else {
+            return Standby { task: None };
+        };
+        let control = Control::new(state);
+        let mut heartbeat = Heartbeat::new_worker(unix_secs_now());
+        heartbeat.worker = me.to_string();
+        let beating = control.clone();
+        let task = tokio::spawn(async move {
+            let mut beats = tokio::time::interval(HEARTBEAT_INTERVAL);
+            loop {
+                beats.tick().await;
+                heartbeat.beat_at = unix_secs_now();
+                if let Err(e) = beating.beat(&heartbeat).await {
+                    tracing::debug!("cannot write the standby's heartbeat: {e}");
+                }
+            }
+        });
+        Standby {
+            task: Some((control, me.to_string(), task)),
+        }
+    }
+
+    /// Stops beating and deletes the heartbeat (the holder's engine keeps its own).
+    async fn end(self) {
+        if let Some((control, me, task)) = self.task {
+            task.abort();
+            let _ = control.retire(&me).await;
+        }
+    }
 }
 
 /// Stops the metrics server when `run` returns.

@@ -4,12 +4,14 @@
 //! of each per `event_type=` folder (plus a read per failed object), so `status` costs about
 //! what a poll does; and two more ranged listings of the source per folder for the keys
 //! outside the layout, which have no hour, with their ledger (`outside_hours`).
-//! `--lookback all` lists both whole. Then the live `run` workers and the backfills handed to
+//! `--lookback all` lists both whole. Then who sends (the lease, read twice a renewal period
+//! apart, see [`crate::handover::lease`]), the live `run` workers and the backfills handed to
 //! them (see [`crate::handover`]): a listing of `control/` and a read per heartbeat and per
 //! request.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 use futures_util::StreamExt;
@@ -19,10 +21,11 @@ use super::config::{Config, DEFAULTS, as_text};
 use super::worker::{Exit, StoreArgs, open_stores};
 use crate::currents::key::{DateHour, layout_problem};
 use crate::deadletter::{DeadLetterFilter, DeadLetterStore};
+use crate::handover::lease::{LEASE_KEY, LeaseBody, LeaseState, LeaseTimings};
 use crate::handover::{BackfillProgress, BackfillRequest, BackfillState, Control, Heartbeat};
 use crate::ledger::{FailedEntries, Finished, InProgress, Ledger, Outcome};
 use crate::source::{Discovery, LISTING_CONCURRENCY, Window, discover};
-use crate::store::{ObjectStore, StoreError};
+use crate::store::{ObjectStore, StoreError, Versioned};
 use crate::telemetry::Metrics;
 use crate::worker::Lookback;
 
@@ -78,7 +81,12 @@ async fn report(config: &Config) -> Result<String, String> {
         })?;
     let ledger = Ledger::new(state.clone());
     let dead_letters = DeadLetterStore::new(state.clone());
-    let control = Control::new(state);
+    // The first look at the lease; the last one, after the rest, tells whether it renews.
+    let lease_seen = (
+        state.get_versioned(LEASE_KEY).await,
+        tokio::time::Instant::now(),
+    );
+    let control = Control::new(state.clone());
 
     let window = config.lookback.window();
     let mut discovery = discover(&*source, &window)
@@ -203,6 +211,7 @@ async fn report(config: &Config) -> Result<String, String> {
     for (reason, n) in &reasons {
         out.push_str(&format!("  {n}: {reason}\n"));
     }
+    out.push_str(&sender(state.as_ref(), lease_seen).await);
     let handover_error = |e| format!("cannot read the state: {e}");
     let workers = control.workers().await.map_err(handover_error)?;
     let requests = control.requests().await.map_err(handover_error)?;
@@ -212,6 +221,54 @@ async fn report(config: &Config) -> Result<String, String> {
         crate::clock::unix_secs_now(),
     ));
     Ok(out)
+}
+
+/// Who sends, from the lease: its holder, and whether it renews, judged as standbys judge it,
+/// by whether the lease changed between two reads a renewal period apart (waiting for the
+/// rest of that period if the report took less), never by comparing clocks.
+async fn sender(
+    state: &dyn ObjectStore,
+    (first, at): (Result<Versioned, StoreError>, tokio::time::Instant),
+) -> String {
+    let first = match first {
+        Ok(first) => first,
+        Err(e) if e.is_not_found() => {
+            return "sender: none (no process has held the lease on this state)\n".into();
+        }
+        Err(e) => return format!("sender: unknown (cannot read the lease: {e})\n"),
+    };
+    let Ok(body) = serde_json::from_slice::<LeaseBody>(&first.bytes) else {
+        return format!("sender: unknown ({LEASE_KEY} cannot be read as a lease)\n");
+    };
+    let who = format!("{} ({:?})", body.holder, body.role).to_lowercase();
+    if body.state == LeaseState::Released {
+        return format!("sender: none (the lease was released by {who})\n");
+    }
+    let renews_every = LeaseTimings::of(Duration::from_millis(body.duration_ms)).renew_every;
+    tokio::time::sleep_until(at + renews_every + Duration::from_millis(500)).await;
+    match state.get_versioned(LEASE_KEY).await {
+        Ok(second) if second.version != first.version => {
+            let now: Option<LeaseBody> = serde_json::from_slice(&second.bytes).ok();
+            match now {
+                Some(now) if now.holder != body.holder => format!(
+                    "sender: {} ({:?}), which just took over from {who}\n",
+                    now.holder, now.role
+                )
+                .to_lowercase(),
+                Some(now) if now.state == LeaseState::Released => {
+                    format!("sender: none (the lease was just released by {who})\n")
+                }
+                _ => format!("sender: {who}, live (it renewed the lease)\n"),
+            }
+        }
+        Ok(_) => format!(
+            "sender: {who} holds the lease but did not renew it within {renews_every:?}: it may have stopped; a standby takes over {:?} after it last renewed\n",
+            Duration::from_millis(body.duration_ms)
+        ),
+        Err(e) => {
+            format!("sender: {who}, not known whether live (cannot read the lease again: {e})\n")
+        }
+    }
 }
 
 /// How many finished backfills `status` lists; older ones are counted. The live workers keep

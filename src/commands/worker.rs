@@ -7,16 +7,23 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::MappingArgs;
 use super::config::{Config, DEFAULTS, HumanDuration, as_text, heap_app_id};
+use crate::clock::unix_secs_now;
+use crate::handover::Heartbeat;
+use crate::handover::lease::{LeaseClient, LeaseTimings, Role, Takeover};
 use crate::heap::client::HeapClient;
+use crate::heap::delivery::HistoryTap;
 use crate::heap::delivery::{BodyLimit, DeliveryConfig, Disposer};
 use crate::heap::map::HeapMapper;
-use crate::heap::pacer::RateLimits;
+use crate::heap::pacer::{RateLimits, Seed, SentHistory};
 use crate::heap::retry::RetryPolicy;
 use crate::notifications::sqs::SqsQueue;
-use crate::store::{LocalStore, Location, ObjectStore};
+use crate::store::{LocalStore, Location, ObjectStore, ProbeFailure, probe_conditions};
 use crate::telemetry::Metrics;
 use crate::worker::engine::{HeapOutput, Notifications};
 use crate::worker::listener::ListenerSettings;
@@ -157,6 +164,14 @@ pub struct WorkerArgs {
     /// (e.g. 100ms), so that small objects share requests; 0 sends them at once.
     #[arg(long, env = "CURRENTS_HEAP_BATCH_LINGER", default_value_t = DEFAULTS.batch_linger.clone())]
     batch_linger: HumanDuration,
+    /// How long a standby waits, after it last saw the lease change, before it takes over
+    /// from a holder that stopped renewing, 3s to 5m.
+    #[arg(long, env = "CURRENTS_HEAP_LEASE_DURATION", default_value_t = DEFAULTS.lease_duration.clone())]
+    lease_duration: HumanDuration,
+    /// Only ever one process sends to this Heap app: use no lease (for a state store that
+    /// does not honour conditional writes). Two processes with this flag both send.
+    #[arg(long, env = "CURRENTS_HEAP_SINGLE_PROCESS")]
+    single_process: bool,
 }
 
 /// The Heap app id from `--heap-app-id`/`HEAP_APP_ID` (checked when the configuration was
@@ -239,8 +254,86 @@ pub async fn open_stores(
     Ok((source, open_state(config, create, metrics).await?))
 }
 
-/// Where events go: nowhere in a dry run, else Heap with the configured limits.
-pub fn output(config: &Config) -> Result<Output, Exit> {
+/// What the engine of a lease holder needs: the deadline its requests to Heap keep to (the
+/// lease's fence), and what its predecessor sent in the last window.
+pub struct Leased {
+    pub fence: watch::Receiver<Instant>,
+    pub seed: Option<Seed>,
+}
+
+impl Leased {
+    /// For the engine of a new holder: `fence` from its keeper, and the predecessor's sends
+    /// as the lease carried them (a record this version cannot read counts as none, with a
+    /// warning: after an expiry the pacer still assumes the predecessor's whole budget).
+    pub fn new(fence: watch::Receiver<Instant>, takeover: &Takeover) -> Self {
+        let seed = takeover
+            .predecessor()
+            .map(|(sent, observed_at, unknown_until)| {
+                let history = match serde_json::from_value::<SentHistory>(sent.clone()) {
+                    Ok(history) => history,
+                    Err(_) if sent.is_null() => SentHistory::default(),
+                    Err(e) => {
+                        tracing::warn!("the lease's record of what was sent cannot be read: {e}");
+                        SentHistory::default()
+                    }
+                };
+                Seed {
+                    history,
+                    observed_at,
+                    unknown_until,
+                }
+            });
+        Leased { fence, seed }
+    }
+}
+
+/// What a holder writes into the lease at each renewal: what its delivery sent in the last
+/// window (nothing before its engine is built).
+pub fn sent_record(
+    tap: Arc<std::sync::OnceLock<HistoryTap>>,
+) -> impl Fn(Instant) -> serde_json::Value + Send + Sync + 'static {
+    move |now| {
+        tap.get()
+            .and_then(|tap| serde_json::to_value(tap.snapshot(now)).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// The lease for a command that sends (`role`), once the state has shown that it honours
+/// conditional writes; `None` with `--single-process` or `--dry-run`. A store that ignores
+/// the conditions, or refuses the probe, is a configuration error (exit 2).
+pub async fn lease(
+    config: &Config,
+    role: Role,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<LeaseClient>, Exit> {
+    if config.dry_run || config.single_process {
+        return Ok(None);
+    }
+    let state = open_state(config, true, metrics).await?;
+    let me = Heartbeat::new_worker(unix_secs_now()).worker;
+    let probe = format!("control/probe-{me}.json");
+    match probe_conditions(state.as_ref(), &probe).await {
+        Ok(()) => {}
+        Err(ProbeFailure::Store(e)) if e.kind.may_pass() => {
+            // An outage at start is waited out like one later: the lease's reads retry.
+            tracing::warn!("cannot check the state's conditional writes yet: {e}");
+        }
+        Err(e) => {
+            return Err(Exit::Usage(format!(
+                "--state: {e}. The lease that keeps two processes from sending to one Heap app needs conditional writes; if only ever one process sends to this app, pass --single-process"
+            )));
+        }
+    }
+    let timings = LeaseTimings::of(config.lease_duration.get());
+    Ok(Some(
+        LeaseClient::new(state, me, role, timings).with_metrics(metrics.clone()),
+    ))
+}
+
+/// Where events go: nowhere in a dry run, else Heap with the configured limits (and, for
+/// a lease holder, its fence and its predecessor's sends).
+pub fn output(config: &Config, leased: Option<Leased>) -> Result<Output, Exit> {
     let mapper = HeapMapper::new(config.mapping());
     if config.dry_run {
         let limit = match app_id(config) {
@@ -264,6 +357,8 @@ pub fn output(config: &Config) -> Result<Output, Exit> {
         concurrency: config.heap_concurrency as usize,
         max_pending: config.max_pending_events as usize,
         batch_linger: config.batch_linger.get(),
+        fence: leased.as_ref().map(|l| l.fence.clone()),
+        seed: leased.and_then(|l| l.seed),
         retry: RetryPolicy {
             max_elapsed: config.retry_max_time.get(),
             ..RetryPolicy::default()
@@ -277,11 +372,15 @@ pub fn output(config: &Config) -> Result<Output, Exit> {
     })))
 }
 
-/// Builds the engine for `run` or `backfill`.
-pub async fn engine(config: &Config, plan: Plan) -> Result<Engine, Exit> {
-    let output = output(config)?;
-    // First: the stores count their requests into the metrics `/metrics` serves.
-    let metrics = Arc::new(Metrics::new());
+/// Builds the engine for `run` or `backfill`; the stores count their requests into
+/// `metrics` (what `/metrics` serves).
+pub async fn engine(
+    config: &Config,
+    plan: Plan,
+    metrics: Arc<Metrics>,
+    leased: Option<Leased>,
+) -> Result<Engine, Exit> {
+    let output = output(config, leased)?;
     let (source, state) = open_stores(config, !config.dry_run, &metrics).await?;
     let settings = Settings {
         object_concurrency: Admission::new(
@@ -348,6 +447,19 @@ pub fn shutdown_on_signals(
             abandon.cancel();
         });
     }
+}
+
+/// A token cancelled by the first SIGTERM/SIGINT; a second one cancels `abandon` (objects in
+/// flight are abandoned). The handlers are installed now.
+pub fn stop_on_signals(abandon: CancellationToken) -> CancellationToken {
+    let stop = CancellationToken::new();
+    let signal = shutdown_on_signals(abandon);
+    let cancel = stop.clone();
+    tokio::spawn(async move {
+        signal.await;
+        cancel.cancel();
+    });
+    stop
 }
 
 impl From<Outcome> for Exit {

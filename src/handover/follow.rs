@@ -5,6 +5,7 @@
 //! Nothing here draws: [`follow`] hands each progress it reads to the caller, which shows it
 //! (the command's progress bar or log lines).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -12,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     BackfillProgress, BackfillRequest, BackfillState, Control, HEARTBEAT_INTERVAL, HandoverError,
-    Heartbeat, STALE_AFTER, addressee, owner,
+    Heartbeat, STALE_AFTER, owner,
 };
 use crate::clock::unix_secs_now;
 use crate::currents::key::DateHour;
@@ -22,27 +23,50 @@ pub const FOLLOW_POLL: Duration = Duration::from_secs(2);
 /// A progress read that keeps failing is logged at most this often.
 const READ_ERROR_EVERY: Duration = Duration::from_secs(10);
 
-/// Resolves with the live workers once there are any, checking every `every`. A check that
-/// fails is logged and does not stop the backfill.
+/// Resolves with the `run` workers seen waiting, checking every `every` (a standby beats
+/// every [`super::HEARTBEAT_INTERVAL`]). A worker counts as waiting when this process has
+/// seen its heartbeat written since its first look: a heartbeat that changed, or one that
+/// appeared. Its `beat_at` only tells one write from the next; no clock is compared with
+/// another host's. A check that fails is logged and does not stop the backfill.
 pub async fn worker_comes_up(control: &Control, every: Duration) -> Vec<Heartbeat> {
+    let mut seen: Option<HashMap<String, i64>> = None;
     loop {
-        tokio::time::sleep(every).await;
-        match control.live_workers(unix_secs_now()).await {
-            Ok(live) if !live.is_empty() => return live,
-            Ok(_) => {}
-            Err(e) => tracing::warn!("cannot check for a live `run` worker, continuing here: {e}"),
+        match control.workers().await {
+            Ok(workers) => {
+                let beaten: Vec<Heartbeat> = match &seen {
+                    None => Vec::new(),
+                    Some(seen) => workers
+                        .iter()
+                        .filter(|hb| seen.get(&hb.worker) != Some(&hb.beat_at))
+                        .cloned()
+                        .collect(),
+                };
+                if !beaten.is_empty() {
+                    return beaten;
+                }
+                seen = Some(
+                    workers
+                        .into_iter()
+                        .map(|hb| (hb.worker, hb.beat_at))
+                        .collect(),
+                );
+            }
+            Err(e) => {
+                tracing::warn!("cannot check for a waiting `run` worker, continuing here: {e}")
+            }
         }
+        tokio::time::sleep(every).await;
     }
 }
 
 /// The open request for the range (a Job restarted by Kubernetes follows the one it made),
-/// else a new one addressed to [`addressee`]'s choice among `live`, or to no worker in
-/// particular (empty) if none is live.
+/// else a new one addressed to `worker` (the lease holder, for people: whoever holds the
+/// lease runs it), or to no worker in particular (empty).
 pub async fn hand_over(
     control: &Control,
     from: DateHour,
     to: DateHour,
-    live: &[Heartbeat],
+    worker: &str,
 ) -> Result<BackfillRequest, HandoverError> {
     let open = control.requests().await?.into_iter().find(|(r, p)| {
         r.from == from && r.to == to && !p.as_ref().is_some_and(|p| p.state.is_terminal())
@@ -56,7 +80,6 @@ pub async fn hand_over(
         );
         return Ok(request);
     }
-    let worker = addressee(live).unwrap_or_default();
     let request = control.request(from, to, worker, unix_secs_now()).await?;
     if worker.is_empty() {
         tracing::warn!(

@@ -102,6 +102,7 @@
 
 mod control;
 mod follow;
+pub mod lease;
 mod objects;
 #[cfg(test)]
 mod tests;

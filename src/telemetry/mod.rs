@@ -8,6 +8,9 @@
 //! back for reports, so a report cannot disagree with `/metrics`.
 
 pub mod events;
+mod lease;
+
+pub use lease::LeaseRole;
 
 use crate::currents::value::Oddity;
 
@@ -104,6 +107,7 @@ pub struct Metrics {
     /// 1 while delivery holds events the pacer has no room for.
     rate_blocked: Gauge,
     rate_budget_lowered_identities: Gauge,
+    lease: lease::LeaseMetrics,
 }
 
 /// Counts per event type.
@@ -402,7 +406,9 @@ impl Metrics {
             "Latency of requests to Heap",
             heap_request_duration.clone(),
         );
+        let lease = lease::LeaseMetrics::register(&mut registry);
         Metrics {
+            lease,
             lane_sent,
             rate_budget_app,
             rate_blocked,
@@ -516,6 +522,10 @@ impl Metrics {
     /// in: a new integration has none yet, and the worker can still receive), and state
     /// writes are not failing.
     pub fn not_ready(&self, now_unix: i64, ready_within: Duration) -> Option<String> {
+        // A standby does not poll: it is ready while it can read the lease.
+        if let Some(verdict) = self.lease.readiness(ready_within) {
+            return verdict;
+        }
         if let Some(failing) = &*self.state_outage.lock().unwrap_or_else(|p| p.into_inner()) {
             return Some(format!(
                 "{}; failing for {}s: {}",
@@ -546,6 +556,20 @@ impl Metrics {
             );
         }
         None
+    }
+
+    /// This process's part in the lease changed (counted in the transitions).
+    pub fn lease_role(&self, role: LeaseRole) {
+        self.lease.set_role(role);
+    }
+
+    /// The lease was renewed (holder) or read (standby) just now.
+    pub fn lease_touched(&self) {
+        self.lease.touched();
+    }
+
+    pub fn current_lease_role(&self) -> LeaseRole {
+        self.lease.role()
     }
 
     /// The counter of one kind of odd property value.
@@ -626,6 +650,7 @@ impl Metrics {
 
     /// The OpenMetrics text exposition, for `/metrics`.
     pub fn render(&self) -> String {
+        self.lease.refresh();
         let mut out = String::new();
         // Writing into a String cannot fail, and every metric here encodes.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

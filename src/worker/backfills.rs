@@ -40,7 +40,7 @@ use super::scheduler::{Ended, Scheduler, Work};
 use crate::clock::unix_secs_now;
 use crate::handover::{
     BackfillProgress, BackfillRequest, BackfillState, Control, HERE, Heartbeat, PRUNE_EVERY,
-    check_range, owner,
+    check_range,
 };
 use crate::heap::delivery::Lane;
 use crate::heap::delivery::batcher::LIVE_RESERVE_SHARE;
@@ -204,19 +204,14 @@ async fn take_requests(
             return;
         }
     };
-    let live = match control.live_workers(unix_secs_now()).await {
-        Ok(live) => live,
-        Err(e) => {
-            tracing::warn!("cannot list the live workers: {e}");
-            return;
-        }
-    };
     for (request, progress) in listed {
         let open = progress.as_ref().is_none_or(|p| !p.state.is_terminal());
         if !open {
             ended.insert(request.id.clone());
         }
-        if !open || passed_on.contains(&request.id) || owner(&request, &live) != Some(me) {
+        // This worker holds the lease (or is the only sender), so every open request is
+        // its own: the owner is the lease holder, never a rule over heartbeats.
+        if !open || passed_on.contains(&request.id) {
             continue;
         }
         let request = if request.worker == me {
@@ -227,7 +222,7 @@ async fn take_requests(
                     tracing::info!(
                         id = %adopted.id,
                         from = %request.worker,
-                        "adopted a backfill whose worker is no longer live"
+                        "adopted a backfill: this worker holds the lease"
                     );
                     adopted
                 }

@@ -58,7 +58,7 @@ use crate::handover::{
     BackfillProgress, BackfillRequest, BackfillState, Control, HEARTBEAT_INTERVAL, HERE,
 };
 use crate::heap::client::HeapClient;
-use crate::heap::delivery::{Delivery, DeliveryConfig, Disposer, Lane};
+use crate::heap::delivery::{Delivery, DeliveryConfig, Disposer, HistoryTap, Lane};
 use crate::heap::map::HeapMapper;
 use crate::heap::pacer::RateLimits;
 use crate::ledger::Ledger;
@@ -110,6 +110,8 @@ pub struct Engine {
     limits: Option<RateLimits>,
     /// A range (`backfill` run here): its request, and where its lane reports progress.
     range: Option<(BackfillRequest, watch::Sender<Option<BackfillProgress>>)>,
+    /// What delivery sent in the last window, for the lease's renewals.
+    history: Option<HistoryTap>,
 }
 
 /// Decoded events waiting for delivery: small, so a slow Heap slows decoding soon instead of
@@ -148,6 +150,7 @@ impl Engine {
             )),
             Plan::Live { .. } | Plan::Once { .. } => None,
         };
+        let mut history = None;
         let (sink, delivery, backfill_sink) = match output {
             Output::DryRun(disposer) => (Sink::DryRun(Arc::new(disposer)), None, None),
             Output::Heap(heap) => {
@@ -160,6 +163,7 @@ impl Engine {
                 let dead_letters = Arc::new(DeadLetterStore::new(state));
                 let delivery = Delivery::new(config, Arc::new(client), mapper, dead_letters)
                     .with_metrics(metrics.clone());
+                history = Some(delivery.history_tap());
                 let (task, tx, backfill_tx) =
                     DeliveryTask::spawn_lanes(delivery, DELIVERY_CHANNEL, lanes);
                 (
@@ -196,7 +200,13 @@ impl Engine {
             heartbeat_interval: HEARTBEAT_INTERVAL,
             limits,
             range,
+            history,
         }
+    }
+
+    /// What delivery sent recently, for the lease (`None`: a dry run sends nothing).
+    pub fn history_tap(&self) -> Option<HistoryTap> {
+        self.history.clone()
     }
 
     /// For a range (`backfill` run here): its request and its progress as the backfill lane
@@ -334,6 +344,7 @@ impl Engine {
             heartbeat_interval,
             limits,
             range,
+            history: _,
         } = self;
         // Admission beyond the regular slots follows what each lane's share of Heap's budget
         // can finish before a stop's deadline (see the scheduler's docs).

@@ -122,3 +122,19 @@ pub fn moto_server() -> PathBuf {
         install: |venv| install::pip(venv, MOTO_REQUIREMENT),
     })
 }
+
+impl Moto {
+    /// Points the binary's AWS clients at this moto, with its fixed credentials and nothing
+    /// read from the host's AWS configuration.
+    pub fn aws_env<'a>(&self, command: &'a mut Command) -> &'a mut Command {
+        command
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env_remove("AWS_PROFILE")
+    }
+}

@@ -43,6 +43,10 @@ pub const RECONCILE_INTERVAL: RangeInclusive<Duration> =
 /// SQS takes 0 s to 12 h; under 5 s the heartbeat (every third) would be near-continuous.
 pub const SQS_VISIBILITY_TIMEOUT: RangeInclusive<Duration> =
     Duration::from_secs(5)..=Duration::from_secs(12 * 3600);
+/// Under 3 s a renewal every second leaves no room for a slow store; over 5 minutes a
+/// killed holder leaves the app without a sender for too long.
+pub const LEASE_DURATION: RangeInclusive<Duration> =
+    Duration::from_secs(3)..=Duration::from_secs(300);
 /// Kubernetes' grace period must outlast it; an hour is already generous.
 pub const SHUTDOWN_TIMEOUT: RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(3600);

@@ -119,6 +119,14 @@ pub struct Config {
     /// `run` and `backfill`: after a stop signal, how long objects in flight may take to
     /// finish, 1s to 1h. Default 30s.
     pub shutdown_timeout: HumanDuration,
+    /// `run`, `backfill`: how long standbys wait, after they last saw the lease change,
+    /// before they take it over from a holder that stopped renewing, 3s to 5m; the holder
+    /// renews every third of it and stops sending two thirds after a renewal that failed to
+    /// follow. Default 15s.
+    pub lease_duration: HumanDuration,
+    /// `run`, `backfill`: only ever one process sends to this Heap app, so no lease is used
+    /// (for a state store that does not honour conditional writes). Default false.
+    pub single_process: bool,
     /// `run`: receive the source bucket's S3 event notifications from this SQS queue URL
     /// instead of listing every poll interval; needs an `s3://` source. Default none
     /// (listing).
@@ -169,6 +177,8 @@ impl Default for Config {
             poll_interval: HumanDuration::seconds(60),
             lookback: Lookback::Hours(72),
             shutdown_timeout: HumanDuration::seconds(30),
+            lease_duration: HumanDuration::seconds(15),
+            single_process: false,
             sqs_queue_url: None,
             reconcile_interval: HumanDuration::hours(1),
             sqs_visibility_timeout: HumanDuration::seconds(60),

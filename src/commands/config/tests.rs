@@ -237,7 +237,7 @@ fn what_is_printed_reads_back_the_same() {
 
 #[test]
 fn keys_are_the_fields() {
-    assert_eq!(keys().len(), 29);
+    assert_eq!(keys().len(), 31);
     assert!(keys().contains(&"rename") && keys().contains(&"log_format"));
     assert!(!keys().contains(&"heap_app_id"));
     assert_eq!(

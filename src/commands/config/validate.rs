@@ -99,7 +99,7 @@ impl Config {
         Ok(())
     }
 
-    fn bounds(&self) -> [Bound; 15] {
+    fn bounds(&self) -> [Bound; 16] {
         use limits::*;
         [
             count("app_rate_limit", self.app_rate_limit, RATE_LIMIT),
@@ -127,6 +127,7 @@ impl Config {
             span("request_timeout", &self.request_timeout, REQUEST_TIMEOUT),
             span("poll_interval", &self.poll_interval, POLL_INTERVAL),
             span("shutdown_timeout", &self.shutdown_timeout, SHUTDOWN_TIMEOUT),
+            span("lease_duration", &self.lease_duration, LEASE_DURATION),
             span(
                 "reconcile_interval",
                 &self.reconcile_interval,
