@@ -291,10 +291,37 @@ async fn the_worker_reads_gcs_and_keeps_its_state_there() {
     gcs.create_bucket("state").await;
     let uploaded = upload_fixtures(&gcs.store("currents", "")).await;
     assert_eq!(uploaded, 19);
-    let env = [
+    let mut env = vec![
         ("GOOGLE_BASE_URL", gcs.base_url.clone()),
         ("GOOGLE_SKIP_SIGNATURE", "true".to_string()),
     ];
+    // fake-gcs-server ignores generation preconditions (real GCS honours them): the start-up
+    // probe refuses it as a state that could let two senders in, before anything is sent.
+    let heap = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let (code, stdout, stderr) = output(worker(
+        &heap,
+        &env,
+        &[
+            "backfill",
+            "--from",
+            "2026-11-27T13",
+            "--to",
+            "2026-11-27T14",
+            "--source",
+            "gs://currents/exports",
+            "--state",
+            "gs://state/worker",
+        ],
+    ))
+    .await;
+    assert_eq!(code, 2, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("ignored") && stderr.contains("--single-process"),
+        "{stderr}"
+    );
+    assert_eq!(heap.stored().len(), 0, "nothing is sent");
+    // Said to be the only sender, it runs without the lease.
+    env.push(("CURRENTS_HEAP_SINGLE_PROCESS", "true".to_string()));
     end_to_end(
         &env,
         "gs://currents/exports",

@@ -1,5 +1,6 @@
 //! `backfill` hands its range to a live `run` worker, as a user sees it: the binary, a local
-//! state into which the test writes what a worker would (a fresh heartbeat, then progress),
+//! state into which the test writes what a worker would (it holds the lease and renews it, a
+//! fresh heartbeat, then progress),
 //! and the Heap stand-in, which must receive nothing while the range is handed over.
 
 mod support;
@@ -9,14 +10,18 @@ use std::time::Duration;
 
 use currents_heap::clock::unix_secs_now;
 use currents_heap::currents::key::DateHour;
+use currents_heap::handover::lease::{Acquired, LeaseClient, LeaseTimings, Role};
 use currents_heap::handover::{
     BackfillProgress, BackfillRequest, BackfillState, Control, Heartbeat,
 };
-use currents_heap::store::LocalStore;
+use currents_heap::store::{LocalStore, ObjectStore};
 use currents_heap_testkit::standin::{Standin, StandinConfig};
 use support::{APP_ID, Setup, all_sendable, stored_ids};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 const RANGE: [&str; 5] = ["backfill", "--from", "2026-11-27", "--to", "2026-11-28"];
 
@@ -24,10 +29,20 @@ fn control(setup: &Setup) -> Control {
     Control::new(Arc::new(LocalStore::lazy(&setup.state.0)))
 }
 
-/// A worker that is live now, as `run` would announce itself.
+/// A worker that is live now, as `run` would announce itself: it holds the lease and keeps
+/// renewing it (on a task of this test's runtime, until the test ends).
 async fn live_worker(setup: &Setup) -> Heartbeat {
     let hb = Heartbeat::new_worker(unix_secs_now());
     control(setup).beat(&hb).await.unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&setup.state.0));
+    let lease = LeaseClient::new(store, hb.worker.clone(), Role::Run, LeaseTimings::default());
+    let Acquired::Held(holding, _) = lease.acquire(&CancellationToken::new(), |_, _| false).await
+    else {
+        panic!("the lease of a fresh state is free");
+    };
+    let (fence, _) = watch::channel(Instant::now());
+    // Dropping the keeper leaves its renewals running.
+    drop(lease.keep(holding, |_| serde_json::Value::Null, fence));
     hb
 }
 

@@ -199,19 +199,48 @@ async fn hold(
             cut.cancel();
         })
     };
+    let mut hand_over = None;
     let shutdown = async {
         tokio::select! {
-            _ = stop.cancelled() => {}
+            _ = stop.cancelled() => hand_over = Some(hand_over_when_rate_bound(metrics, &cut)),
             _ = lost.cancelled() => {}
         }
     };
     let exit = drive(engine, shutdown).await;
     on_lost.abort();
+    if let Some(task) = hand_over {
+        task.abort();
+    }
     if lost.is_cancelled() && !stop.is_cancelled() {
         return Held::Lost;
     }
     keeper.release(RELEASE_WITHIN).await;
     Held::Ended(exit.into())
+}
+
+/// At a stop, objects in flight may finish within `--shutdown-timeout`; but once delivery
+/// only waits for rate room, waiting longer sends nothing more: the work in flight is cut
+/// short at once (checkpoints are written within a second), the lease released, and the
+/// next holder resumes it with the same budget. A rollout hands over in about a second
+/// instead of the whole timeout.
+fn hand_over_when_rate_bound(
+    metrics: &Arc<Metrics>,
+    cut: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (metrics, cut) = (metrics.clone(), cut.clone());
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            every.tick().await;
+            if metrics.waiting_for_rate() {
+                tracing::info!(
+                    "stopping while events wait for rate room: handing the work in flight over now (it resumes from its checkpoints)"
+                );
+                cut.cancel();
+                return;
+            }
+        }
+    })
 }
 
 /// How long a stop waits for the lease's release.

@@ -310,6 +310,8 @@ pub async fn lease(
     if config.dry_run || config.single_process {
         return Ok(None);
     }
+    // A missing app id or a bad Heap URL is found before anything is written.
+    output(config, None)?;
     let state = open_state(config, true, metrics).await?;
     let me = Heartbeat::new_worker(unix_secs_now()).worker;
     let probe = format!("control/probe-{me}.json");

@@ -558,6 +558,11 @@ impl Metrics {
         None
     }
 
+    /// Whether delivery holds events the rate limit has no room for right now.
+    pub fn waiting_for_rate(&self) -> bool {
+        self.rate_blocked.get() > 0
+    }
+
     /// This process's part in the lease changed (counted in the transitions).
     pub fn lease_role(&self, role: LeaseRole) {
         self.lease.set_role(role);
