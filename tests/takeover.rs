@@ -51,7 +51,13 @@ fn replica(moto: &Moto, heap: &Standin, s: &Scenario) -> Replica {
         .args(["--state", &format!("s3://{STATE}/state")])
         .args(["--app-rate-limit", &s.limit.to_string()])
         .args(["--lease-duration", s.lease_duration])
-        .args(["--max-batch-events", "100"]);
+        .args(["--max-batch-events", "100"])
+        // For a measurement of life without the lease: TAKEOVER_ARGS=--single-process.
+        .args(
+            std::env::var("TAKEOVER_ARGS")
+                .iter()
+                .flat_map(|a| a.split_whitespace()),
+        );
     moto.aws_env(&mut command)
         .env("HEAP_API_URL", heap.url())
         .env("HEAP_APP_ID", APP_ID)
@@ -104,6 +110,10 @@ async fn holder_pid(state: &dyn ObjectStore) -> u32 {
 
 /// Which of the replicas holds the lease.
 async fn holder(state: &dyn ObjectStore, replicas: &[Replica]) -> usize {
+    if std::env::var("TAKEOVER_ARGS").is_ok_and(|a| a.contains("--single-process")) {
+        // No lease: both send; the first one is stopped.
+        return 0;
+    }
     let pid = holder_pid(state).await;
     replicas
         .iter()
