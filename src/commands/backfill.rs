@@ -208,7 +208,7 @@ async fn run_here(
         Some((lease, holding, takeover)) => {
             let (fence, fence_rx) = watch::channel(holding.may_send_until);
             let keeper = lease.keep(holding, sent_record(tap.clone()), fence);
-            let hook = Leased::new(fence_rx, &takeover);
+            let hook = Leased::new(fence_rx, &takeover, None);
             let control = match open_control(config).await {
                 Ok(control) => Some(control),
                 Err(exit) => {
@@ -228,7 +228,7 @@ async fn run_here(
         .as_ref()
         .map_or_else(CancellationToken::new, Keeper::lost);
     let cut = abandon.child_token();
-    let engine = match engine(config, plan, metrics, lease_hook).await {
+    let engine = match engine(config, plan, metrics.clone(), lease_hook).await {
         Ok(engine) => engine.with_abandon(cut.clone()),
         Err(exit) => {
             if let Some(keeper) = keeper {
@@ -251,6 +251,8 @@ async fn run_here(
         };
     };
     let came_up = OnceLock::new();
+    // Handing over, once events only wait for rate room: the worker resumes them at once.
+    let mut hand_over = None;
     let shutdown = async {
         tokio::select! {
             _ = stop.cancelled() => {}
@@ -269,6 +271,7 @@ async fn run_here(
                     "`run` worker {} is now live on this state: stopping here (objects in flight finish) to hand the rest of the range over",
                     live[0].worker
                 );
+                hand_over = Some(super::run::hand_over_when_rate_bound(&metrics, &cut));
                 let _ = came_up.set(live);
             }
         }
@@ -284,6 +287,9 @@ async fn run_here(
         }
     };
     let (report, ()) = tokio::join!(engine.drive(shutdown), show);
+    if let Some(task) = hand_over {
+        task.abort();
+    }
     display.finish();
     if let Some(keeper) = keeper
         && !lost.is_cancelled()

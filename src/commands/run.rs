@@ -18,6 +18,7 @@ use crate::clock::unix_secs_now;
 use crate::handover::lease::{Acquired, Holding, LeaseClient, Role, Takeover};
 use crate::handover::{Control, HEARTBEAT_INTERVAL, Heartbeat};
 use crate::heap::delivery::HistoryTap;
+use crate::heap::pacer::SentHistory;
 use crate::telemetry::{LeaseRole, Metrics};
 use crate::worker::{Lookback, Plan};
 use tokio_util::sync::CancellationToken;
@@ -122,11 +123,27 @@ pub async fn run(args: RunArgs, config: Config) -> Exit {
         return drive(engine, stop.cancelled()).await.into();
     };
     let once = args.once;
+    // One id for this process, as standby and as holder: the lease's, in its heartbeat.
+    let mut heartbeat = Heartbeat::new_worker(unix_secs_now());
+    heartbeat.worker = lease.me().to_string();
+    let mut own = None;
     loop {
         metrics.lease_role(LeaseRole::Standby);
-        let standby = Standby::start(&config, lease.me(), &metrics).await;
+        let standby = Standby::start(&config, &heartbeat, &metrics).await;
         // `run --once` does not wait beside a live holder: that one already delivers.
-        let acquired = lease.acquire(&stop, |_, live| once && live).await;
+        let mut said = false;
+        let acquired = lease
+            .acquire(&stop, |holder, live| {
+                if !said {
+                    said = true;
+                    tracing::info!(
+                        "standby: {} holds the lease and sends; this process takes over when it stops renewing",
+                        holder.holder
+                    );
+                }
+                once && live
+            })
+            .await;
         standby.end().await;
         let acquired = match acquired {
             Acquired::Held(holding, takeover) => (holding, takeover),
@@ -144,7 +161,16 @@ pub async fn run(args: RunArgs, config: Config) -> Exit {
             "holds the lease: this process sends to Heap"
         );
         metrics.lease_role(LeaseRole::Held);
-        let held = hold(&config, plan, &lease, acquired, &metrics, &abandon, &stop).await;
+        let held = hold(
+            &config,
+            plan,
+            (&lease, &heartbeat),
+            acquired,
+            &mut own,
+            &metrics,
+            (&abandon, &stop),
+        )
+        .await;
         match held {
             Held::Ended(exit) => return exit,
             Held::Lost => {
@@ -169,21 +195,23 @@ enum Held {
 async fn hold(
     config: &Config,
     plan: Plan,
-    lease: &LeaseClient,
+    (lease, heartbeat): (&LeaseClient, &Heartbeat),
     (holding, takeover): (Holding, Takeover),
+    own: &mut Option<SentHistory>,
     metrics: &Arc<Metrics>,
-    abandon: &CancellationToken,
-    stop: &CancellationToken,
+    (abandon, stop): (&CancellationToken, &CancellationToken),
 ) -> Held {
     let (fence, fence_rx) = watch::channel(holding.may_send_until);
     let tap: Arc<OnceLock<HistoryTap>> = Arc::default();
     let keeper = lease.keep(holding, sent_record(tap.clone()), fence);
     let lost = keeper.lost();
-    let leased = Leased::new(fence_rx, &takeover);
+    let leased = Leased::new(fence_rx, &takeover, own.take());
     // Abandoned on a second signal, or at once when the lease is lost.
     let cut = abandon.child_token();
     let engine = match engine(config, plan, metrics.clone(), Some(leased)).await {
-        Ok(engine) => engine.with_abandon(cut.clone()),
+        Ok(engine) => engine
+            .with_abandon(cut.clone())
+            .with_worker(heartbeat.clone()),
         Err(exit) => {
             keeper.release(RELEASE_WITHIN).await;
             return Held::Ended(exit);
@@ -212,6 +240,10 @@ async fn hold(
         task.abort();
     }
     if lost.is_cancelled() && !stop.is_cancelled() {
+        // Heap's window still holds what this process sent: counted if it holds again.
+        *own = tap
+            .get()
+            .map(|tap| tap.snapshot(tokio::time::Instant::now()));
         return Held::Lost;
     }
     keeper.release(RELEASE_WITHIN).await;
@@ -223,7 +255,7 @@ async fn hold(
 /// short at once (checkpoints are written within a second), the lease released, and the
 /// next holder resumes it with the same budget. A rollout hands over in about a second
 /// instead of the whole timeout.
-fn hand_over_when_rate_bound(
+pub(super) fn hand_over_when_rate_bound(
     metrics: &Arc<Metrics>,
     cut: &CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -264,13 +296,13 @@ struct Standby {
 }
 
 impl Standby {
-    async fn start(config: &Config, me: &str, metrics: &Arc<Metrics>) -> Standby {
+    async fn start(config: &Config, heartbeat: &Heartbeat, metrics: &Arc<Metrics>) -> Standby {
         let Ok(state) = open_state(config, true, metrics).await else {
             return Standby { task: None };
         };
         let control = Control::new(state);
-        let mut heartbeat = Heartbeat::new_worker(unix_secs_now());
-        heartbeat.worker = me.to_string();
+        let mut heartbeat = heartbeat.clone();
+        let me = heartbeat.worker.clone();
         let beating = control.clone();
         let task = tokio::spawn(async move {
             let mut beats = tokio::time::interval(HEARTBEAT_INTERVAL);
@@ -283,7 +315,7 @@ impl Standby {
             }
         });
         Standby {
-            task: Some((control, me.to_string(), task)),
+            task: Some((control, me, task)),
         }
     }
 

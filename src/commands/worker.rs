@@ -265,7 +265,13 @@ impl Leased {
     /// For the engine of a new holder: `fence` from its keeper, and the predecessor's sends
     /// as the lease carried them (a record this version cannot read counts as none, with a
     /// warning: after an expiry the pacer still assumes the predecessor's whole budget).
-    pub fn new(fence: watch::Receiver<Instant>, takeover: &Takeover) -> Self {
+    /// `own`: what this very process sent before, as an earlier holder (it lost the lease and
+    /// took it again): Heap's window still holds it, whoever held the lease meanwhile.
+    pub fn new(
+        fence: watch::Receiver<Instant>,
+        takeover: &Takeover,
+        own: Option<SentHistory>,
+    ) -> Self {
         let seed = takeover
             .predecessor()
             .map(|(sent, observed_at, unknown_until)| {
@@ -283,7 +289,40 @@ impl Leased {
                     unknown_until,
                 }
             });
+        let now = Instant::now();
+        let seed = match (seed, own) {
+            (seed, None) => seed,
+            (None, Some(own)) => Some(Seed {
+                history: own,
+                observed_at: now,
+                unknown_until: None,
+            }),
+            (Some(seed), Some(own)) => Some(with_own(seed, own, now)),
+        };
         Leased { fence, seed }
+    }
+}
+
+/// A predecessor's seed and this process's own earlier sends (ages from `now`) as one: the
+/// predecessor's ages move on by the time since it was read, and both logs are kept.
+fn with_own(seed: Seed, own: SentHistory, now: Instant) -> Seed {
+    let later = now.saturating_duration_since(seed.observed_at).as_millis() as u64;
+    let mut sent: Vec<(u64, u64)> = seed
+        .history
+        .sent
+        .iter()
+        .map(|&(age, events)| (age + later, events))
+        .chain(own.sent)
+        .collect();
+    sent.sort_by_key(|&(age, _)| std::cmp::Reverse(age));
+    let app_budget = match (seed.history.app_budget, own.app_budget) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Seed {
+        history: SentHistory { sent, app_budget },
+        observed_at: now,
+        unknown_until: seed.unknown_until,
     }
 }
 
@@ -321,9 +360,15 @@ pub async fn lease(
             // An outage at start is waited out like one later: the lease's reads retry.
             tracing::warn!("cannot check the state's conditional writes yet: {e}");
         }
-        Err(e) => {
+        Err(e @ ProbeFailure::Ignored { .. }) => {
             return Err(Exit::Usage(format!(
                 "--state: {e}. The lease that keeps two processes from sending to one Heap app needs conditional writes; if only ever one process sends to this app, pass --single-process"
+            )));
+        }
+        Err(ProbeFailure::Store(e)) => {
+            return Err(Exit::Usage(format!(
+                "--state: cannot write the lease's probe object ({}): {e}",
+                e.kind
             )));
         }
     }
@@ -512,5 +557,37 @@ impl Signals {
         {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_process_that_holds_again_counts_its_own_sends_and_its_predecessors() {
+        let read_at = Instant::now();
+        let seed = Seed {
+            history: SentHistory {
+                sent: vec![(30_000, 100), (0, 50)],
+                app_budget: Some(900),
+            },
+            observed_at: read_at,
+            unknown_until: Some(read_at),
+        };
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let own = SentHistory {
+            sent: vec![(20_000, 7)],
+            app_budget: Some(1_000),
+        };
+        let merged = with_own(seed, own, Instant::now());
+        // The predecessor's entries are 10 s older now; all kept, oldest first.
+        assert_eq!(
+            merged.history.sent,
+            vec![(40_000, 100), (20_000, 7), (10_000, 50)]
+        );
+        assert_eq!(merged.history.app_budget, Some(900));
+        assert_eq!(merged.observed_at, Instant::now());
+        assert_eq!(merged.unknown_until, Some(read_at));
     }
 }

@@ -55,7 +55,12 @@
 //!   on two clocks: rates may differ by a third before that breaks, far beyond any real
 //!   clock's drift.
 //! - **An unreadable lease** (corrupt, or written by a newer version) is treated as held by
-//!   someone unknown: it expires after D unchanged, and is then replaced.
+//!   someone unknown, with a warning naming it: it expires after [`MAX_DURATION`] unchanged
+//!   (the holder's own D is unknown), and is then replaced. Its holder, if any, finds its
+//!   next renewal refused and stops sending at once.
+//! - **A deleted lease** (a cleanup rule, a hand): the holder's renewal is refused; it reads
+//!   the lease, finds it missing and creates it again, keeping its place and its record of
+//!   what it sent; a standby that creates it first wins, and the old holder stops at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +76,10 @@ use crate::telemetry::Metrics;
 
 /// The lease object, in the state.
 pub const LEASE_KEY: &str = "control/lease.json";
+
+/// The longest lease duration a holder may have (`--lease-duration`'s bound): how long an
+/// unreadable lease is waited for.
+pub const MAX_DURATION: Duration = Duration::from_secs(300);
 
 /// The lease's durations (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,7 +274,9 @@ impl Watch {
             }
             _ => {}
         }
-        let duration = body.as_ref().map_or(timings.duration, |b| {
+        // An unreadable lease says nothing of its holder's duration: wait the longest one a
+        // holder may have, so that a holder with a longer one is never overlapped.
+        let duration = body.as_ref().map_or(MAX_DURATION, |b| {
             timings.duration.max(Duration::from_millis(b.duration_ms))
         });
         if now.duration_since(since) >= duration {
@@ -434,11 +445,20 @@ impl LeaseClient {
     ) -> Acquired {
         let mut watch = Watch::default();
         let mut complained = false;
+        let mut warned_unreadable = false;
         loop {
             let verdict = match self.read().await {
                 Ok(read) => {
                     complained = false;
                     self.touched();
+                    if let Read::Present { body: None, .. } = &read
+                        && !warned_unreadable
+                    {
+                        warned_unreadable = true;
+                        tracing::warn!(
+                            "{LEASE_KEY} cannot be read as a lease: it is taken over if unchanged for {MAX_DURATION:?}; delete it only if no process holds it"
+                        );
+                    }
                     watch.judge(&read, &self.me, &self.timings, Instant::now())
                 }
                 Err(e) => {
@@ -556,6 +576,34 @@ impl Keeper {
     }
 }
 
+/// After a renewal was refused: whether the lease was deleted (then it is created again, as
+/// this holder's, and the new version returned) or taken (logged; `None`).
+async fn recreate_if_deleted(
+    client: &LeaseClient,
+    holding: &Holding,
+    sent: serde_json::Value,
+) -> Option<String> {
+    let taken_by = match client.read().await {
+        Ok(Read::Absent) => {
+            let body = holding.next(LeaseState::Held, sent);
+            match client.write(&PutCondition::Absent, &body).await {
+                Ok(version) => {
+                    tracing::warn!(
+                        "{LEASE_KEY} was deleted while this process held it: created it again (keep `control/` out of cleanup rules)"
+                    );
+                    return Some(version);
+                }
+                Err(e) => format!("a standby that created it first after it was deleted ({e})"),
+            }
+        }
+        Ok(Read::Present { body: Some(b), .. }) => format!("{} ({:?})", b.holder, b.role),
+        Ok(Read::Present { body: None, .. }) => "an object that is not a lease".into(),
+        Err(e) => format!("someone (the lease cannot be read again: {e})"),
+    };
+    tracing::error!("the lease was taken by {taken_by}: this process stopped all requests to Heap");
+    None
+}
+
 /// Renews every `renew_every` until stopped (returns what a release needs) or lost
 /// (returns `None`, having cancelled `lost`).
 async fn renew(
@@ -591,12 +639,24 @@ async fn renew(
                 }
             }
             Ok(Err(LeaseError::Write(e))) if e.kind == StoreErrorKind::PreconditionFailed => {
-                fence.send_replace(Instant::now());
-                tracing::error!(
-                    "the lease was taken by another process: stopping all requests to Heap now"
-                );
-                lost.cancel();
-                return None;
+                match recreate_if_deleted(&client, &holding, sent(started)).await {
+                    Some(version) => {
+                        holding = Holding::after_write(
+                            version,
+                            holding.next(LeaseState::Held, serde_json::Value::Null),
+                            started,
+                            &t,
+                        );
+                        fence.send_replace(holding.may_send_until);
+                        client.touched();
+                        continue;
+                    }
+                    None => {
+                        fence.send_replace(Instant::now());
+                        lost.cancel();
+                        return None;
+                    }
+                }
             }
             Ok(Err(e)) if !complained => {
                 tracing::warn!(

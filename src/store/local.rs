@@ -307,7 +307,10 @@ fn is_missing(e: &io::Error) -> bool {
 fn io_kind(kind: io::ErrorKind) -> StoreErrorKind {
     match kind {
         io::ErrorKind::NotFound => StoreErrorKind::NotFound,
-        io::ErrorKind::PermissionDenied => StoreErrorKind::Denied,
+        // A read-only mount needs the configuration changed, as a permission does.
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            StoreErrorKind::Denied
+        }
         io::ErrorKind::AlreadyExists => StoreErrorKind::PreconditionFailed,
         io::ErrorKind::InvalidInput | io::ErrorKind::InvalidFilename => StoreErrorKind::Invalid,
         _ => StoreErrorKind::Unavailable,
@@ -1170,6 +1173,7 @@ mod tests {
         let cases = [
             (io::ErrorKind::NotFound, StoreErrorKind::NotFound),
             (io::ErrorKind::PermissionDenied, StoreErrorKind::Denied),
+            (io::ErrorKind::ReadOnlyFilesystem, StoreErrorKind::Denied),
             (io::ErrorKind::InvalidInput, StoreErrorKind::Invalid),
             (io::ErrorKind::StorageFull, StoreErrorKind::Unavailable),
             (io::ErrorKind::TimedOut, StoreErrorKind::Unavailable),

@@ -74,8 +74,8 @@ pub struct Desk {
 
 impl Desk {
     /// Starts beating at once, then every `interval` ([`crate::handover::HEARTBEAT_INTERVAL`] in production).
-    pub fn spawn(control: Control, interval: Duration) -> Desk {
-        let heartbeat = Heartbeat::new_worker(unix_secs_now());
+    /// `heartbeat`: this process's (its id is the one it holds the lease under).
+    pub fn spawn(control: Control, interval: Duration, heartbeat: Heartbeat) -> Desk {
         let worker = heartbeat.worker.clone();
         let (requests_tx, requests) = mpsc::channel(16);
         let (progress, progress_rx) = watch::channel(None);
@@ -587,12 +587,12 @@ impl BackfillLane {
     /// objects run on the scheduler's backfill lane.
     pub fn spawn(
         control: Control,
-        heartbeat_interval: Duration,
+        (heartbeat, heartbeat_interval): (Heartbeat, Duration),
         every: Duration,
         meter: Meter,
     ) -> Self {
         BackfillLane {
-            reporter: Reporter::Desk(Desk::spawn(control, heartbeat_interval)),
+            reporter: Reporter::Desk(Desk::spawn(control, heartbeat_interval, heartbeat)),
             running: None,
             waiting: VecDeque::new(),
             every,

@@ -112,6 +112,8 @@ pub struct Engine {
     range: Option<(BackfillRequest, watch::Sender<Option<BackfillProgress>>)>,
     /// What delivery sent in the last window, for the lease's renewals.
     history: Option<HistoryTap>,
+    /// This process's heartbeat (its lease id), if the command made one.
+    worker: Option<crate::handover::Heartbeat>,
 }
 
 /// Decoded events waiting for delivery: small, so a slow Heap slows decoding soon instead of
@@ -201,7 +203,15 @@ impl Engine {
             limits,
             range,
             history,
+            worker: None,
         }
+    }
+
+    /// The heartbeat a long-lived run writes: the process's own, with the id it holds the
+    /// lease under, so a worker has one id whatever part it plays.
+    pub fn with_worker(mut self, heartbeat: crate::handover::Heartbeat) -> Self {
+        self.worker = Some(heartbeat);
+        self
     }
 
     /// What delivery sent recently, for the lease (`None`: a dry run sends nothing).
@@ -345,6 +355,7 @@ impl Engine {
             limits,
             range,
             history: _,
+            worker,
         } = self;
         // Admission beyond the regular slots follows what each lane's share of Heap's budget
         // can finish before a stop's deadline (see the scheduler's docs).
@@ -366,9 +377,11 @@ impl Engine {
         if let Some((backfill_pipeline, control)) = handover {
             scheduler = scheduler.with_backfill(backfill_pipeline);
             let meter = Meter::new(metrics.clone(), Lane::Backfill, limits, true);
+            let heartbeat =
+                worker.unwrap_or_else(|| crate::handover::Heartbeat::new_worker(unix_secs_now()));
             lane = Some(BackfillLane::spawn(
                 control,
-                heartbeat_interval,
+                (heartbeat, heartbeat_interval),
                 poll_every,
                 meter,
             ));

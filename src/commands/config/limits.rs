@@ -46,7 +46,7 @@ pub const SQS_VISIBILITY_TIMEOUT: RangeInclusive<Duration> =
 /// Under 3 s a renewal every second leaves no room for a slow store; over 5 minutes a
 /// killed holder leaves the app without a sender for too long.
 pub const LEASE_DURATION: RangeInclusive<Duration> =
-    Duration::from_secs(3)..=Duration::from_secs(300);
+    Duration::from_secs(3)..=crate::handover::lease::MAX_DURATION;
 /// Kubernetes' grace period must outlast it; an hour is already generous.
 pub const SHUTDOWN_TIMEOUT: RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(3600);

@@ -242,13 +242,54 @@ async fn an_unreadable_lease_is_held_by_someone_until_it_expires() {
             live: false
         }
     ));
+    // Its holder's duration is unknown: the longest one is waited for.
     assert!(matches!(
         watch.judge(&garbage, "me", &t, start + D),
+        Verdict::Held { .. }
+    ));
+    assert!(matches!(
+        watch.judge(&garbage, "me", &t, start + MAX_DURATION),
         Verdict::Take {
             takeover: Takeover::Expired { .. },
             ..
         }
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_whose_lease_was_deleted_creates_it_again_and_keeps_sending() {
+    let store = Arc::new(Mem::default());
+    let a = client(&store, "a", Role::Run);
+    let Acquired::Held(holding, _) = a.acquire(&CancellationToken::new(), |_, _| false).await
+    else {
+        panic!("taken");
+    };
+    let (fence, fence_rx) = watch::channel(Instant::now());
+    let keeper = a.keep(holding, |_| serde_json::json!({"sent": [[0, 7]]}), fence);
+    let b = LeaseClient::new(store.view(), "b".into(), Role::Run, LeaseTimings::of(D));
+    let standby =
+        tokio::spawn(async move { b.acquire(&CancellationToken::new(), |_, _| false).await });
+    // Deleted between two renewals: the holder's next one finds it gone, and a standby's
+    // read may find it gone first. Whoever creates it first holds it; never both.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    store.delete(LEASE_KEY).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let body: LeaseBody = serde_json::from_slice(&store.get(LEASE_KEY).await.unwrap()).unwrap();
+    if body.holder == "a" {
+        assert!(!keeper.lost().is_cancelled(), "the holder kept its place");
+        assert!(*fence_rx.borrow() > Instant::now());
+        assert_eq!(
+            body.sent,
+            serde_json::json!({"sent": [[0, 7]]}),
+            "and its record"
+        );
+        assert!(!standby.is_finished());
+    } else {
+        // The standby created it first: the old holder stopped, one holder remains.
+        assert_eq!(body.holder, "b");
+        assert!(keeper.lost().is_cancelled());
+        assert!(*fence_rx.borrow() <= Instant::now());
+    }
 }
 
 /// The safety rule, over many random schedules: a holder's last moment to send (the start
