@@ -13,7 +13,7 @@ use std::time::Duration;
 use currents_heap::currents::key::DateHour;
 use currents_heap_testkit::standin::{Standin, StandinConfig};
 use currents_heap_testkit::synth::{SynthOptions, write_custom_events};
-use support::{APP_ID, TempDir};
+use support::{APP_ID, TempDir, signal};
 use tokio::process::{Child, Command};
 
 fn old_hour() -> DateHour {
@@ -46,18 +46,6 @@ fn backfill(source: &Path, state: &Path, standin: &Standin, hour: DateHour) -> C
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     command
-}
-
-#[cfg(unix)]
-fn signal(child: &Child, name: &str) {
-    let pid = child.id().expect("running").to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args([name, &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
 }
 
 /// Waits (polling the stand-in every 50 ms) until it has stored `events` distinct events;

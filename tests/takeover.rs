@@ -18,7 +18,7 @@ use currents_heap::store::ObjectStore;
 use currents_heap_testkit::standin::{Standin, StandinConfig};
 use currents_heap_testkit::synth::{SynthOptions, write_custom_events};
 use support::moto::Moto;
-use support::{APP_ID, TempDir};
+use support::{APP_ID, TempDir, signal};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
@@ -78,18 +78,6 @@ fn replica(moto: &Moto, heap: &Standin, s: &Scenario) -> Replica {
     Replica {
         child: command.spawn().unwrap(),
     }
-}
-
-#[cfg(unix)]
-fn signal(child: &Child, name: &str) {
-    let pid = child.id().expect("running").to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args([name, &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
 }
 
 /// The pid in the lease holder's id (`<host>-<pid>-<hex>`), once the lease is held.

@@ -16,7 +16,8 @@ use serde::Serialize;
 
 use super::config::{Config, DEFAULTS, HumanDuration};
 use super::worker::{
-    Exit, Leased, WorkerArgs, engine, lease, open_state, sent_record, stop_on_signals,
+    Exit, Leased, WorkerArgs, engine, hand_over_when_rate_bound, lease, open_state, sent_record,
+    stop_on_signals,
 };
 use crate::clock::unix_secs_now;
 use crate::currents::key::DateHour;
@@ -148,7 +149,7 @@ pub async fn backfill(args: BackfillArgs, config: Config) -> Exit {
         Acquired::Stopped => {
             return Exit::Incomplete("stopped while waiting for the lease".into());
         }
-        Acquired::Held(holding, takeover) => Some((&lease, holding, takeover)),
+        Acquired::Held(holding, takeover) => Some((&lease, &control, holding, takeover)),
     };
     let ran = run_here(&args, &config, abandon, &stop, leased).await;
     let Some(live) = ran.worker_came_up else {
@@ -195,7 +196,7 @@ async fn run_here(
     config: &Config,
     abandon: CancellationToken,
     stop: &CancellationToken,
-    leased: Option<(&LeaseClient, Holding, Takeover)>,
+    leased: Option<(&LeaseClient, &Control, Holding, Takeover)>,
 ) -> Ran {
     let plan = Plan::Range {
         from: args.from,
@@ -205,25 +206,14 @@ async fn run_here(
     // Holding the lease: renew it, fence delivery on it, count the predecessor's sends.
     let tap: Arc<OnceLock<HistoryTap>> = Arc::default();
     let (keeper, lease_hook, control) = match leased {
-        Some((lease, holding, takeover)) => {
+        Some((lease, control, holding, takeover)) => {
             let (fence, fence_rx) = watch::channel(holding.may_send_until);
             let keeper = lease.keep(holding, sent_record(tap.clone()), fence);
             let hook = Leased::new(fence_rx, &takeover, None);
-            let control = match open_control(config).await {
-                Ok(control) => Some(control),
-                Err(exit) => {
-                    keeper.release(RELEASE_WITHIN).await;
-                    return Ran {
-                        exit,
-                        worker_came_up: None,
-                    };
-                }
-            };
-            (Some(keeper), Some(hook), control)
+            (Some(keeper), Some(hook), Some(control))
         }
         None => (None, None, None),
     };
-    let control = control.as_ref();
     let lost = keeper
         .as_ref()
         .map_or_else(CancellationToken::new, Keeper::lost);
@@ -271,7 +261,7 @@ async fn run_here(
                     "`run` worker {} is now live on this state: stopping here (objects in flight finish) to hand the rest of the range over",
                     live[0].worker
                 );
-                hand_over = Some(super::run::hand_over_when_rate_bound(&metrics, &cut));
+                hand_over = Some(hand_over_when_rate_bound(&metrics, &cut));
                 let _ = came_up.set(live);
             }
         }

@@ -12,7 +12,8 @@ use tokio::sync::watch;
 
 use super::config::{Config, DEFAULTS, HumanDuration, as_text};
 use super::worker::{
-    Exit, Leased, WorkerArgs, engine, lease, open_state, sent_record, stop_on_signals,
+    Exit, Leased, WorkerArgs, engine, hand_over_when_rate_bound, lease, sent_record,
+    stop_on_signals,
 };
 use crate::clock::unix_secs_now;
 use crate::handover::lease::{Acquired, Holding, LeaseClient, Role, Takeover};
@@ -129,7 +130,7 @@ pub async fn run(args: RunArgs, config: Config) -> Exit {
     let mut own = None;
     loop {
         metrics.lease_role(LeaseRole::Standby);
-        let standby = Standby::start(&config, &heartbeat, &metrics).await;
+        let standby = Standby::start(Control::new(lease.store()), &heartbeat);
         // `run --once` does not wait beside a live holder: that one already delivers.
         let mut said = false;
         let acquired = lease
@@ -250,31 +251,6 @@ async fn hold(
     Held::Ended(exit.into())
 }
 
-/// At a stop, objects in flight may finish within `--shutdown-timeout`; but once delivery
-/// only waits for rate room, waiting longer sends nothing more: the work in flight is cut
-/// short at once (checkpoints are written within a second), the lease released, and the
-/// next holder resumes it with the same budget. A rollout hands over in about a second
-/// instead of the whole timeout.
-pub(super) fn hand_over_when_rate_bound(
-    metrics: &Arc<Metrics>,
-    cut: &CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    let (metrics, cut) = (metrics.clone(), cut.clone());
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_millis(200));
-        loop {
-            every.tick().await;
-            if metrics.waiting_for_rate() {
-                tracing::info!(
-                    "stopping while events wait for rate room: handing the work in flight over now (it resumes from its checkpoints)"
-                );
-                cut.cancel();
-                return;
-            }
-        }
-    })
-}
-
 /// How long a stop waits for the lease's release.
 const RELEASE_WITHIN: Duration = Duration::from_secs(5);
 
@@ -292,15 +268,11 @@ async fn drive(
 /// A standby's heartbeat, so that a `backfill` holding the lease sees that a `run` worker
 /// waits, and hands its range over.
 struct Standby {
-    task: Option<(Control, String, tokio::task::JoinHandle<()>)>,
+    task: (Control, String, tokio::task::JoinHandle<()>),
 }
 
 impl Standby {
-    async fn start(config: &Config, heartbeat: &Heartbeat, metrics: &Arc<Metrics>) -> Standby {
-        let Ok(state) = open_state(config, true, metrics).await else {
-            return Standby { task: None };
-        };
-        let control = Control::new(state);
+    fn start(control: Control, heartbeat: &Heartbeat) -> Standby {
         let mut heartbeat = heartbeat.clone();
         let me = heartbeat.worker.clone();
         let beating = control.clone();
@@ -315,16 +287,15 @@ impl Standby {
             }
         });
         Standby {
-            task: Some((control, me, task)),
+            task: (control, me, task),
         }
     }
 
     /// Stops beating and deletes the heartbeat (the holder's engine keeps its own).
     async fn end(self) {
-        if let Some((control, me, task)) = self.task {
-            task.abort();
-            let _ = control.retire(&me).await;
-        }
+        let (control, me, task) = self.task;
+        task.abort();
+        let _ = control.retire(&me).await;
     }
 }
 

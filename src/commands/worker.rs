@@ -326,6 +326,31 @@ fn with_own(seed: Seed, own: SentHistory, now: Instant) -> Seed {
     }
 }
 
+/// At a stop, objects in flight may finish within `--shutdown-timeout`; but once delivery
+/// only waits for rate room, waiting longer sends nothing more: the work in flight is cut
+/// short at once (checkpoints are written within a second), the lease released, and the
+/// next holder resumes it with the same budget. A rollout hands over in about a second
+/// instead of the whole timeout.
+pub fn hand_over_when_rate_bound(
+    metrics: &Arc<Metrics>,
+    cut: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (metrics, cut) = (metrics.clone(), cut.clone());
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            every.tick().await;
+            if metrics.waiting_for_rate() {
+                tracing::info!(
+                    "stopping while events wait for rate room: handing the work in flight over now (it resumes from its checkpoints)"
+                );
+                cut.cancel();
+                return;
+            }
+        }
+    })
+}
+
 /// What a holder writes into the lease at each renewal: what its delivery sent in the last
 /// window (nothing before its engine is built).
 pub fn sent_record(

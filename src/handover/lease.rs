@@ -398,6 +398,11 @@ impl LeaseClient {
         &self.me
     }
 
+    /// The state store the lease lives in (for the other control objects).
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
     /// One read of the lease.
     pub async fn read(&self) -> Result<Read, LeaseError> {
         match self.store.get_versioned(LEASE_KEY).await {
@@ -577,12 +582,12 @@ impl Keeper {
 }
 
 /// After a renewal was refused: whether the lease was deleted (then it is created again, as
-/// this holder's, and the new version returned) or taken (logged; `None`).
+/// this holder's, and the new version and body returned) or taken (logged; `None`).
 async fn recreate_if_deleted(
     client: &LeaseClient,
     holding: &Holding,
     sent: serde_json::Value,
-) -> Option<String> {
+) -> Option<(String, LeaseBody)> {
     let taken_by = match client.read().await {
         Ok(Read::Absent) => {
             let body = holding.next(LeaseState::Held, sent);
@@ -591,7 +596,7 @@ async fn recreate_if_deleted(
                     tracing::warn!(
                         "{LEASE_KEY} was deleted while this process held it: created it again (keep `control/` out of cleanup rules)"
                     );
-                    return Some(version);
+                    return Some((version, body));
                 }
                 Err(e) => format!("a standby that created it first after it was deleted ({e})"),
             }
@@ -639,14 +644,11 @@ async fn renew(
                 }
             }
             Ok(Err(LeaseError::Write(e))) if e.kind == StoreErrorKind::PreconditionFailed => {
+                // The deadline counts from the refused renewal's start: earlier than the
+                // re-creation's, so never later than it should be.
                 match recreate_if_deleted(&client, &holding, sent(started)).await {
-                    Some(version) => {
-                        holding = Holding::after_write(
-                            version,
-                            holding.next(LeaseState::Held, serde_json::Value::Null),
-                            started,
-                            &t,
-                        );
+                    Some((version, body)) => {
+                        holding = Holding::after_write(version, body, started, &t);
                         fence.send_replace(holding.may_send_until);
                         client.touched();
                         continue;
@@ -658,17 +660,20 @@ async fn renew(
                     }
                 }
             }
-            Ok(Err(e)) if !complained => {
+            failed if !complained => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "the store did not answer before the renew deadline".into(),
+                };
                 tracing::warn!(
-                    "cannot renew the lease ({e}); Heap requests stop in {:?} unless a renewal succeeds",
+                    "cannot renew the lease ({why}); Heap requests stop in {:?} unless a renewal succeeds",
                     holding
                         .may_send_until
                         .saturating_duration_since(Instant::now())
                 );
                 complained = true;
             }
-            Ok(Err(_)) => {}
-            Err(_) => {}
+            _ => {}
         }
         if !holding.may_send(Instant::now()) {
             tracing::error!(

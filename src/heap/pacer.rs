@@ -788,17 +788,7 @@ mod tests {
         };
         let mut pacer = Pacer::new(limits);
         let mut sent: Vec<(Instant, u64)> = Vec::new();
-        let mut now = t0;
-        while now < t0 + Duration::from_secs(300) {
-            let n = pacer.app_room(now).min(40);
-            if n > 0 {
-                let batch = counts(&[("x", n)]);
-                pacer.start(&batch);
-                pacer.finish(&batch, Counted::Stored, now, now);
-                sent.push((now, n));
-            }
-            now += Duration::from_millis(250);
-        }
+        send_flat_out(&mut pacer, t0, t0 + Duration::from_secs(300), &mut sent);
         for &(start, _) in &sent {
             let in_window: u64 = sent
                 .iter()

@@ -264,3 +264,16 @@ pub fn settings() -> currents_heap::worker::Settings {
 pub fn heap(standin: &Standin) -> currents_heap::worker::Output {
     heap_output(standin, APP_ID, std::time::Duration::from_secs(30))
 }
+
+/// Sends `name` (`-TERM`, `-KILL`, `-STOP`...) to a child process, as an operator's `kill` would.
+#[cfg(unix)]
+pub fn signal(child: &tokio::process::Child, name: &str) {
+    let pid = child.id().expect("running").to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}

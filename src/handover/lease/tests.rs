@@ -16,6 +16,7 @@ type Objects = HashMap<String, (Vec<u8>, u64)>;
 struct Shared {
     objects: Arc<Mutex<Objects>>,
     next: Arc<AtomicU64>,
+    turns: Arc<AtomicU64>,
 }
 
 /// One process's view of the store; `down` cuts this view off (an outage or a partition).
@@ -23,6 +24,18 @@ struct Shared {
 struct Mem {
     shared: Shared,
     down: AtomicBool,
+}
+
+impl Shared {
+    /// Gives other tasks 0 to 2 turns before a request is served (a seeded, varying
+    /// schedule), so that candidates on one runtime interleave their reads and writes as
+    /// processes do.
+    async fn interleave(&self) {
+        let turn = self.turns.fetch_add(1, Ordering::SeqCst);
+        for _ in 0..(turn.wrapping_mul(2_654_435_761) >> 7) % 3 {
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
 impl Mem {
@@ -76,6 +89,7 @@ impl ObjectStore for Mem {
     }
     fn get_versioned<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Versioned> {
         Box::pin(async move {
+            self.shared.interleave().await;
             if let Some(e) = self.outage(key) {
                 return Err(e);
             }
@@ -100,6 +114,7 @@ impl ObjectStore for Mem {
         condition: &'a PutCondition,
     ) -> StoreFuture<'a, String> {
         Box::pin(async move {
+            self.shared.interleave().await;
             if let Some(e) = self.outage(key) {
                 return Err(e);
             }
@@ -128,6 +143,19 @@ const D: Duration = Duration::from_secs(15);
 
 fn client(store: &Arc<Mem>, me: &str, role: Role) -> LeaseClient {
     LeaseClient::new(store.clone(), me.into(), role, LeaseTimings::of(D))
+}
+
+/// `client` takes the free lease and keeps it renewed, writing `sent` each time: its keeper
+/// and the fence delivery would keep to.
+async fn held(client: &LeaseClient, sent: serde_json::Value) -> (Keeper, watch::Receiver<Instant>) {
+    let Acquired::Held(holding, _) = client
+        .acquire(&CancellationToken::new(), |_, _| false)
+        .await
+    else {
+        panic!("the lease is free");
+    };
+    let (fence, fence_rx) = watch::channel(Instant::now());
+    (client.keep(holding, move |_| sent.clone(), fence), fence_rx)
 }
 
 fn body(holder: &str, state: LeaseState) -> LeaseBody {
@@ -260,36 +288,19 @@ async fn an_unreadable_lease_is_held_by_someone_until_it_expires() {
 async fn a_holder_whose_lease_was_deleted_creates_it_again_and_keeps_sending() {
     let store = Arc::new(Mem::default());
     let a = client(&store, "a", Role::Run);
-    let Acquired::Held(holding, _) = a.acquire(&CancellationToken::new(), |_, _| false).await
-    else {
-        panic!("taken");
-    };
-    let (fence, fence_rx) = watch::channel(Instant::now());
-    let keeper = a.keep(holding, |_| serde_json::json!({"sent": [[0, 7]]}), fence);
-    let b = LeaseClient::new(store.view(), "b".into(), Role::Run, LeaseTimings::of(D));
-    let standby =
-        tokio::spawn(async move { b.acquire(&CancellationToken::new(), |_, _| false).await });
-    // Deleted between two renewals: the holder's next one finds it gone, and a standby's
-    // read may find it gone first. Whoever creates it first holds it; never both.
+    let (keeper, fence_rx) = held(&a, serde_json::json!({"sent": [[0, 7]]})).await;
     tokio::time::sleep(Duration::from_secs(7)).await;
     store.delete(LEASE_KEY).await.unwrap();
     tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!keeper.lost().is_cancelled(), "the holder kept its place");
+    assert!(*fence_rx.borrow() > Instant::now(), "and may still send");
     let body: LeaseBody = serde_json::from_slice(&store.get(LEASE_KEY).await.unwrap()).unwrap();
-    if body.holder == "a" {
-        assert!(!keeper.lost().is_cancelled(), "the holder kept its place");
-        assert!(*fence_rx.borrow() > Instant::now());
-        assert_eq!(
-            body.sent,
-            serde_json::json!({"sent": [[0, 7]]}),
-            "and its record"
-        );
-        assert!(!standby.is_finished());
-    } else {
-        // The standby created it first: the old holder stopped, one holder remains.
-        assert_eq!(body.holder, "b");
-        assert!(keeper.lost().is_cancelled());
-        assert!(*fence_rx.borrow() <= Instant::now());
-    }
+    assert_eq!(body.holder, "a");
+    assert_eq!(
+        body.sent,
+        serde_json::json!({"sent": [[0, 7]]}),
+        "and its record"
+    );
 }
 
 /// The safety rule, over many random schedules: a holder's last moment to send (the start
@@ -319,21 +330,38 @@ async fn the_holder_stops_sending_before_any_candidate_may_take_over() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn two_candidates_racing_for_a_free_lease_leave_exactly_one_holder() {
-    for round in 0..50 {
+async fn candidates_racing_for_a_free_lease_leave_exactly_one_holder() {
+    for round in 0..50u64 {
         let store = Arc::new(Mem::default());
-        let stop = CancellationToken::new();
-        let a = client(&store, "a", Role::Run);
-        let b = client(&store, "b", Role::Run);
-        let (ra, rb) = tokio::join!(a.acquire(&stop, |_, _| false), async {
-            // Seeded offsets, some at the same instant.
-            tokio::time::sleep(Duration::from_millis((round % 3) as u64)).await;
-            tokio::time::timeout(Duration::from_secs(5), b.acquire(&stop, |_, _| false)).await
-        });
-        assert!(matches!(ra, Acquired::Held(..)), "round {round}");
-        assert!(
-            rb.is_err(),
-            "round {round}: the second must still be waiting"
+        // A different interleaving each round.
+        store.shared.turns.store(round * 7, Ordering::SeqCst);
+        let racing: Vec<_> = (0..8)
+            .map(|i| {
+                let candidate = LeaseClient::new(
+                    store.view(),
+                    format!("c{i}"),
+                    Role::Run,
+                    LeaseTimings::of(D),
+                );
+                tokio::spawn(async move {
+                    let stop = CancellationToken::new();
+                    // Less than a watch period: a loser is back to watching by then.
+                    tokio::time::timeout(
+                        Duration::from_secs(1),
+                        candidate.acquire(&stop, |_, _| false),
+                    )
+                    .await
+                    .is_ok()
+                })
+            })
+            .collect();
+        let mut held = 0;
+        for candidate in racing {
+            held += usize::from(candidate.await.unwrap());
+        }
+        assert_eq!(
+            held, 1,
+            "round {round}: exactly one candidate holds the lease"
         );
     }
 }
@@ -373,12 +401,7 @@ async fn a_holder_cut_off_from_the_state_fences_itself_before_a_standby_takes_ov
     for cut_at_ms in [0u64, 1_700, 4_999, 5_001, 9_000] {
         let store = Arc::new(Mem::default());
         let a = client(&store, "a", Role::Run);
-        let Acquired::Held(holding, _) = a.acquire(&CancellationToken::new(), |_, _| false).await
-        else {
-            panic!("taken");
-        };
-        let (fence, fence_rx) = watch::channel(Instant::now());
-        let keeper = a.keep(holding, |_| serde_json::Value::Null, fence);
+        let (keeper, fence_rx) = held(&a, serde_json::Value::Null).await;
         let lost = keeper.lost();
         // The standby watches from the start through its own view of the store.
         let b = LeaseClient::new(store.view(), "b".into(), Role::Run, t);
@@ -417,13 +440,8 @@ async fn a_holder_cut_off_from_the_state_fences_itself_before_a_standby_takes_ov
 #[tokio::test(start_paused = true)]
 async fn a_holder_whose_lease_was_taken_stops_at_its_next_renewal() {
     let store = Arc::new(Mem::default());
-    let stop = CancellationToken::new();
     let a = client(&store, "a", Role::Run);
-    let Acquired::Held(holding, _) = a.acquire(&stop, |_, _| false).await else {
-        panic!("taken");
-    };
-    let (fence, fence_rx) = watch::channel(Instant::now());
-    let keeper = a.keep(holding, |_| serde_json::Value::Null, fence);
+    let (keeper, fence_rx) = held(&a, serde_json::Value::Null).await;
     // Someone overwrites it (a store that ignored a condition, or a hand edit).
     store
         .put(
@@ -442,12 +460,7 @@ async fn a_holder_whose_lease_was_taken_stops_at_its_next_renewal() {
 async fn a_backfill_gives_up_to_a_live_run_holder_but_not_to_a_dead_one() {
     let store = Arc::new(Mem::default());
     let run = client(&store, "run-1", Role::Run);
-    let Acquired::Held(holding, _) = run.acquire(&CancellationToken::new(), |_, _| false).await
-    else {
-        panic!("taken");
-    };
-    let (fence, _rx) = watch::channel(Instant::now());
-    let keeper = run.keep(holding, |_| serde_json::Value::Null, fence);
+    let (keeper, _rx) = held(&run, serde_json::Value::Null).await;
     let backfill = client(&store, "bf", Role::Backfill);
     let gave_up = |b: &LeaseBody, live: bool| live && b.role == Role::Run;
     let started = Instant::now();
