@@ -130,7 +130,7 @@ pub async fn backfill(args: BackfillArgs, config: Config) -> Exit {
             if live && holder.role != Role::Run && !said {
                 said = true;
                 tracing::info!(
-                    "{} holds the lease (a {:?}): waiting for it",
+                    "{} holds the lease (a {}): waiting for it",
                     holder.holder,
                     holder.role
                 );

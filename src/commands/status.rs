@@ -240,7 +240,8 @@ async fn sender(
     let Ok(body) = serde_json::from_slice::<LeaseBody>(&first.bytes) else {
         return format!("sender: unknown ({LEASE_KEY} cannot be read as a lease)\n");
     };
-    let who = format!("{} ({:?})", body.holder, body.role).to_lowercase();
+    // Ids keep their case: they name hosts.
+    let who = format!("{} ({})", body.holder, body.role);
     if body.state == LeaseState::Released {
         return format!("sender: none (the lease was released by {who})\n");
     }
@@ -251,10 +252,9 @@ async fn sender(
             let now: Option<LeaseBody> = serde_json::from_slice(&second.bytes).ok();
             match now {
                 Some(now) if now.holder != body.holder => format!(
-                    "sender: {} ({:?}), which just took over from {who}\n",
+                    "sender: {} ({}), which just took over from {who}\n",
                     now.holder, now.role
-                )
-                .to_lowercase(),
+                ),
                 Some(now) if now.state == LeaseState::Released => {
                     format!("sender: none (the lease was just released by {who})\n")
                 }
@@ -498,6 +498,63 @@ async fn outside_hours(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `status`'s `sender:` line, against a real (local) state: no lease, a live holder, a
+    /// holder that stopped renewing, a released lease.
+    #[tokio::test]
+    async fn the_sender_line_says_who_sends_and_whether_it_renews() {
+        use crate::handover::lease::{Acquired, LeaseClient, Role};
+        use crate::store::LocalStore;
+        let dir = std::env::temp_dir().join(format!("status-sender-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let state: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&dir));
+        let line = |state: Arc<dyn ObjectStore>| async move {
+            let first = state.get_versioned(LEASE_KEY).await;
+            sender(state.as_ref(), (first, tokio::time::Instant::now())).await
+        };
+        assert!(
+            line(state.clone())
+                .await
+                .starts_with("sender: none (no process")
+        );
+
+        // The shortest lease: renewed every second.
+        let timings = LeaseTimings::of(Duration::from_secs(3));
+        let lease = LeaseClient::new(state.clone(), "Host-A-1-ab".into(), Role::Run, timings);
+        let Acquired::Held(holding, _) = lease
+            .acquire(&tokio_util::sync::CancellationToken::new(), |_, _| false)
+            .await
+        else {
+            panic!("the lease is free");
+        };
+        let (fence, _rx) = tokio::sync::watch::channel(tokio::time::Instant::now());
+        let keeper = lease.keep(holding, |_| serde_json::Value::Null, fence);
+        let live = line(state.clone()).await;
+        assert_eq!(
+            live,
+            "sender: Host-A-1-ab (`run`), live (it renewed the lease)\n"
+        );
+
+        assert!(keeper.release(Duration::from_secs(5)).await);
+        let released = line(state.clone()).await;
+        assert!(
+            released.starts_with("sender: none (the lease was released by Host-A-1-ab"),
+            "{released}"
+        );
+
+        // Held, but nobody renews it (its holder was killed).
+        let mut stale: LeaseBody =
+            serde_json::from_slice(&state.get(LEASE_KEY).await.unwrap()).unwrap();
+        stale.state = LeaseState::Held;
+        state
+            .put(LEASE_KEY, serde_json::to_vec(&stale).unwrap())
+            .await
+            .unwrap();
+        let stopped = line(state.clone()).await;
+        assert!(stopped.contains("did not renew it"), "{stopped}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn request(id: &str, requested_at: i64, worker: &str) -> BackfillRequest {
         BackfillRequest {

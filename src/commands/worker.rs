@@ -374,8 +374,9 @@ pub async fn lease(
     if config.dry_run || config.single_process {
         return Ok(None);
     }
-    // A missing app id or a bad Heap URL is found before anything is written.
-    output(config, None)?;
+    // A missing app id is found before anything is written (the URL was checked with the
+    // configuration).
+    app_id(config)?;
     let state = open_state(config, true, metrics).await?;
     let me = Heartbeat::new_worker(unix_secs_now()).worker;
     let probe = format!("control/probe-{me}.json");

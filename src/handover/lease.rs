@@ -121,8 +121,15 @@ pub enum Role {
     Run,
     /// A `backfill` running its range itself: it hands over to a `run` worker that waits.
     Backfill,
-    /// `replay` re-sending dead letters.
-    Replay,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Run => "`run`",
+            Role::Backfill => "`backfill`",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -601,7 +608,7 @@ async fn recreate_if_deleted(
                 Err(e) => format!("a standby that created it first after it was deleted ({e})"),
             }
         }
-        Ok(Read::Present { body: Some(b), .. }) => format!("{} ({:?})", b.holder, b.role),
+        Ok(Read::Present { body: Some(b), .. }) => format!("{} ({})", b.holder, b.role),
         Ok(Read::Present { body: None, .. }) => "an object that is not a lease".into(),
         Err(e) => format!("someone (the lease cannot be read again: {e})"),
     };
