@@ -245,7 +245,7 @@ async fn run_here(
     let mut hand_over = None;
     let shutdown = async {
         tokio::select! {
-            _ = stop.cancelled() => {}
+            _ = stop.cancelled() => hand_over = Some(hand_over_when_rate_bound(&metrics, &cut)),
             _ = lost.cancelled() => {
                 // Another process may already be resuming these objects.
                 tracing::error!("lost the lease: stopping at once; run the backfill again to resume");

@@ -56,8 +56,9 @@
 //!   clock's drift.
 //! - **An unreadable lease** (corrupt, or written by a newer version) is treated as held by
 //!   someone unknown, with a warning naming it: it expires after [`MAX_DURATION`] unchanged
-//!   (the holder's own D is unknown), and is then replaced. Its holder, if any, finds its
-//!   next renewal refused and stops sending at once.
+//!   (the holder's own D is unknown), and is then replaced. A live holder finds its next
+//!   renewal refused, reads the object, and writes its lease over it (on that version, so a
+//!   standby that did so first wins): the usual case, a hand edit, costs no gap.
 //! - **A deleted lease** (a cleanup rule, a hand): the holder's renewal is refused; it reads
 //!   the lease, finds it missing and creates it again, keeping its place and its record of
 //!   what it sent; a standby that creates it first wins, and the old holder stops at once.
@@ -588,29 +589,48 @@ impl Keeper {
     }
 }
 
-/// After a renewal was refused: whether the lease was deleted (then it is created again, as
-/// this holder's, and the new version and body returned) or taken (logged; `None`).
+/// After a renewal was refused: whether the lease was deleted or overwritten by something
+/// that is not a lease (then this holder writes it again, under the same condition a
+/// standby would, and the new version and body are returned) or taken by another process
+/// (logged; `None`).
 async fn recreate_if_deleted(
     client: &LeaseClient,
     holding: &Holding,
     sent: serde_json::Value,
 ) -> Option<(String, LeaseBody)> {
-    let taken_by = match client.read().await {
-        Ok(Read::Absent) => {
-            let body = holding.next(LeaseState::Held, sent);
-            match client.write(&PutCondition::Absent, &body).await {
-                Ok(version) => {
-                    tracing::warn!(
-                        "{LEASE_KEY} was deleted while this process held it: created it again (keep `control/` out of cleanup rules)"
-                    );
-                    return Some((version, body));
-                }
-                Err(e) => format!("a standby that created it first after it was deleted ({e})"),
-            }
+    let (condition, what) = match client.read().await {
+        Ok(Read::Absent) => (PutCondition::Absent, "deleted"),
+        Ok(Read::Present {
+            version,
+            body: None,
+        }) => (
+            PutCondition::Version(version),
+            "overwritten with what is not a lease",
+        ),
+        Ok(Read::Present { body: Some(b), .. }) => {
+            tracing::error!(
+                "the lease was taken by {} ({}): this process stopped all requests to Heap",
+                b.holder,
+                b.role
+            );
+            return None;
         }
-        Ok(Read::Present { body: Some(b), .. }) => format!("{} ({})", b.holder, b.role),
-        Ok(Read::Present { body: None, .. }) => "an object that is not a lease".into(),
-        Err(e) => format!("someone (the lease cannot be read again: {e})"),
+        Err(e) => {
+            tracing::error!(
+                "the lease was changed and cannot be read again ({e}): this process stopped all requests to Heap"
+            );
+            return None;
+        }
+    };
+    let body = holding.next(LeaseState::Held, sent);
+    let taken_by = match client.write(&condition, &body).await {
+        Ok(version) => {
+            tracing::warn!(
+                "{LEASE_KEY} was {what} while this process held it: wrote it again (keep `control/` out of cleanup rules and hand edits)"
+            );
+            return Some((version, body));
+        }
+        Err(e) => format!("a standby that wrote it first after it was {what} ({e})"),
     };
     tracing::error!("the lease was taken by {taken_by}: this process stopped all requests to Heap");
     None

@@ -123,6 +123,9 @@ impl StoreRequest<'_> {
 }
 
 /// A batch that will be sent again after `delay`.
+/// From which attempt a failing batch is worth a warning.
+const PERSISTENT_FROM: u32 = 3;
+
 pub struct HeapRetry<'a> {
     pub events: usize,
     pub attempt: u32,
@@ -133,6 +136,17 @@ pub struct HeapRetry<'a> {
 impl HeapRetry<'_> {
     pub fn emit(&self, metrics: &Metrics) {
         metrics.heap_retries.inc();
+        // A first or second retry is everyday (a 429, a blip); a batch still failing on its
+        // third is an outage the operator should hear of, at most once a minute.
+        if self.attempt >= PERSISTENT_FROM && metrics.heap_warning_due() {
+            tracing::warn!(
+                events = self.events,
+                attempt = self.attempt,
+                "requests to Heap keep failing ({}); retrying until --retry-max-time, then the events are parked",
+                self.reason
+            );
+            return;
+        }
         tracing::debug!(
             events = self.events,
             attempt = self.attempt,

@@ -89,6 +89,8 @@ pub struct Metrics {
     state_write_failing: Gauge,
     /// Since when state writes fail, why, and the last error; `None` while they work.
     state_outage: Mutex<Option<StateFailing>>,
+    /// When a persistent Heap failure was last logged at warn (at most once a minute).
+    heap_warned_at: Mutex<Option<std::time::Instant>>,
     polls: Counter,
     poll_failures: Counter,
     /// Why the last poll failed; `None` after a poll succeeds.
@@ -446,6 +448,7 @@ impl Metrics {
             state_write_failures,
             state_write_failing,
             state_outage: Mutex::new(None),
+            heap_warned_at: Mutex::new(None),
             polls,
             poll_failures,
             poll_failure: Mutex::new(None),
@@ -556,6 +559,20 @@ impl Metrics {
             );
         }
         None
+    }
+
+    /// Whether a persistent Heap failure may be logged at warn now (once a minute); if so,
+    /// the minute starts now.
+    pub fn heap_warning_due(&self) -> bool {
+        let mut last = self
+            .heap_warned_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let due = last.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(60));
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
     }
 
     /// Whether delivery holds events the rate limit has no room for right now.
@@ -670,6 +687,13 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 mod tests {
     use super::events::*;
     use super::*;
+
+    #[test]
+    fn a_persistent_heap_failure_is_warned_of_once_a_minute() {
+        let metrics = Metrics::new();
+        assert!(metrics.heap_warning_due());
+        assert!(!metrics.heap_warning_due(), "not twice in a minute");
+    }
 
     #[test]
     fn renders_counters_histogram_and_gauges_and_reads_them_back() {

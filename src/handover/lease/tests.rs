@@ -482,3 +482,20 @@ async fn a_backfill_gives_up_to_a_live_run_holder_but_not_to_a_dead_one() {
     assert!(matches!(got, Acquired::Held(_, Takeover::Expired { .. })));
     assert!(Instant::now() - before >= D);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_whose_lease_was_overwritten_with_garbage_writes_it_again() {
+    let store = Arc::new(Mem::default());
+    let a = client(&store, "a", Role::Run);
+    let (keeper, fence_rx) = held(&a, serde_json::Value::Null).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    store
+        .put(LEASE_KEY, b"{\"holder\": garbage".to_vec())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!keeper.lost().is_cancelled(), "no gap without a sender");
+    assert!(*fence_rx.borrow() > Instant::now());
+    let body: LeaseBody = serde_json::from_slice(&store.get(LEASE_KEY).await.unwrap()).unwrap();
+    assert_eq!(body.holder, "a");
+}
