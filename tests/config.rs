@@ -10,7 +10,7 @@ use currents_heap::commands::config;
 use support::TempDir;
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/config.example.toml");
-const README: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/reference/config.md");
 
 fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_currents-heap"));
@@ -420,13 +420,8 @@ fn help_shows_defaults_and_ranges() {
 }
 
 #[test]
-fn the_readme_states_every_range() {
-    let readme = std::fs::read_to_string(README).unwrap();
-    let reference = readme
-        .split("## Configuration reference")
-        .nth(1)
-        .and_then(|s| s.split("\n## ").next())
-        .expect("a Configuration reference section");
+fn the_reference_states_every_range() {
+    let reference = std::fs::read_to_string(REFERENCE).unwrap();
     for (key, range) in config::ranges() {
         let flag = format!("`--{}`", key.replace('_', "-"));
         let row = reference

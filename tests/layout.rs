@@ -337,12 +337,12 @@ fn an_upward_import_is_found_and_a_doc_link_is_not() {
     assert_eq!(upward, ["heap/x.rs:3: heap -> worker"]);
 }
 
-/// The README's Layout block names every file of `src/` (by its name in its folder) and every
-/// folder, so the map a reader is given cannot fall behind the tree.
+/// The Layout block (docs/design/layout.md) names every file of `src/` (by its name in its
+/// folder) and every folder, so the map a reader is given cannot fall behind the tree.
 #[test]
-fn the_readme_layout_names_every_source_file() {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let start = readme.find("## Layout").expect("a Layout section");
+fn the_layout_page_names_every_source_file() {
+    let readme = std::fs::read_to_string(root().join("docs/design/layout.md")).unwrap();
+    let start = readme.find("# Layout").expect("a Layout section");
     let block = &readme[start..];
     let block = &block[..block.find("\n```\n").expect("the Layout code block ends")];
     let mut files = Vec::new();
@@ -371,6 +371,6 @@ fn the_readme_layout_names_every_source_file() {
     }
     assert!(
         missing.is_empty(),
-        "README.md's Layout does not name: {missing:?}"
+        "docs/design/layout.md's Layout does not name: {missing:?}"
     );
 }

@@ -5,7 +5,7 @@
 //! folder and one ranged ledger listing per folder with objects in the window; a long-lived
 //! run's idle poll reads nothing from the state.
 //!
-//! Run with `--nocapture` to see the counts (they are in the README).
+//! Run with `--nocapture` to see the counts (they are in docs/design/costs.md).
 
 mod support;
 
@@ -418,7 +418,7 @@ async fn an_idle_poll_of_a_long_lived_run_reads_nothing_from_the_state() {
         engine_metrics.clone(),
     )
     // The poll's requests alone: the heartbeat's (a PUT and two listings every 30 s) are
-    // counted in the README's cost table.
+    // counted in the cost table of docs/design/costs.md.
     .without_handover();
     let stop = async move {
         watching

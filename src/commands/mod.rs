@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::heap::map::IdentitySource;
 use config::{DEFAULT_IDENTITY, DEFAULTS};
 
-/// The exit codes, in `--help` as in the README.
+/// The exit codes, in `--help` as in docs/reference/exit-codes.md.
 const EXIT_CODES: &str = "Exit codes:
   0  everything asked for is finished (a long-lived `run` stopped by SIGTERM/SIGINT also exits 0)
   1  fatal: the ERROR line says what to fix (e.g. Heap answered 401/403/404)

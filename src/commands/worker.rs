@@ -30,7 +30,7 @@ use crate::worker::listener::ListenerSettings;
 use crate::worker::scheduler::Admission;
 use crate::worker::{Engine, Outcome, Output, Plan, Settings};
 
-/// How a command ended, as an exit code (the README and `--help` list them). [`Exit::code`]
+/// How a command ended, as an exit code (docs/reference/exit-codes.md and `--help` list them). [`Exit::code`]
 /// is the one place the codes are written; an engine's [`Outcome`] becomes an `Exit` by
 /// `From`.
 #[derive(Debug)]
@@ -48,7 +48,7 @@ pub enum Exit {
 }
 
 impl Exit {
-    /// The process's exit code. When several apply, the README's precedence (1, then 4, then
+    /// The process's exit code. When several apply, the documented precedence (1, then 4, then
     /// 3) is decided before: the engine's outcome and a handed-over range's final state each
     /// name one.
     pub fn code(&self) -> u8 {

@@ -1,6 +1,6 @@
 //! The value table: what every Avro or JSON value becomes in the Custom HTTP form (`inspect`,
 //! dead letters) and in the Heap form (`inspect --heap`, delivery, `replay`). This module is
-//! its only implementation; the README's "Value table" section copies it.
+//! its only implementation; docs/design/mapping.md ("Value table") copies it.
 //!
 //! Every value, whether decoded from Avro ([`Value::from_datum`]) or read from JSON text
 //! ([`parse_lenient`]: the `properties` string of CustomEvent and Purchase, or a dead letter),

@@ -1,6 +1,6 @@
 //! Custom HTTP event → Heap track event.
 //!
-//! Rules (each documented in the README):
+//! Rules (each documented in docs/design/mapping.md):
 //! - identity: the first present, non-empty field of the configured list (default
 //!   `external_user_id`). None → not sent (counted). Over 255 characters → parked, never cut.
 //! - event name: `name` for CustomEvent, the event type otherwise; a per-type rename table

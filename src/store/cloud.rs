@@ -2,7 +2,7 @@
 //! one client crate for both, on the reqwest + rustls stack the Heap client already uses.
 //!
 //! Credentials follow each cloud's conventions; [`super::Location::open`] builds the client
-//! from the environment (see the README, "Azure Blob Storage and Google Cloud Storage").
+//! from the environment (see docs/reference/stores.md).
 //! Error messages name the store and the key, are one line, and never hold an account key,
 //! a SAS token or a bearer token: object_store hides signed URLs, and [`CloudStore`] blanks
 //! every secret it was configured with besides.

@@ -174,7 +174,7 @@ impl Counts {
             .map(|(kind, n)| format!("{n} {kind}"))
             .collect();
         format!(
-            "odd property values repaired (see the README's value table): {}\n",
+            "odd property values repaired (see docs/design/mapping.md, Value table): {}\n",
             kinds.join(", ")
         )
     }

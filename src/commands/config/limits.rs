@@ -1,5 +1,5 @@
 //! The bounds [`Config::validate`](super::Config::validate) enforces, whatever the source;
-//! `--help`, the README and `deploy/config.example.toml` state them (a test checks `--help`
+//! `--help`, docs/reference/config.md and `deploy/config.example.toml` state them (a test checks `--help`
 //! and the example).
 
 use std::ops::RangeInclusive;
