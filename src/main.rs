@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 use currents_heap::commands::config::{self, Config};
 use currents_heap::commands::worker::Exit;
-use currents_heap::commands::{Cli, Command, LogFormat, backfill, inspect, replay, run, status};
+use currents_heap::commands::{
+    Cli, Command, LogFormat, backfill, check, inspect, replay, run, status,
+};
 use currents_heap::heap::delivery::{BodyLimit, Disposer};
 use currents_heap::heap::map::HeapMapper;
 use tracing_subscriber::EnvFilter;
@@ -108,6 +110,7 @@ fn main() -> ExitCode {
         Command::Backfill(args) => runtime().block_on(backfill::backfill(args, config)),
         Command::Replay(args) => runtime().block_on(replay::replay(args, config)),
         Command::Status(_) => runtime().block_on(status::status(config)),
+        Command::Check(args) => runtime().block_on(check::check(args, config)),
     };
     match &exit {
         Exit::Success | Exit::Parked => {}

@@ -14,6 +14,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use super::check::{Preflight, StateUse, preflight};
 use super::config::{Config, DEFAULTS, HumanDuration};
 use super::worker::{
     Exit, Leased, WorkerArgs, engine, hand_over_when_rate_bound, lease, open_state, sent_record,
@@ -85,6 +86,17 @@ pub async fn backfill(args: BackfillArgs, config: Config) -> Exit {
     // The first one cancels `stop`, whatever this command is doing by then.
     let abandon = CancellationToken::new();
     let stop = stop_on_signals(abandon.clone());
+    // Wiring found before any send (exit 2); an outage at start is exit 4.
+    let start = Preflight {
+        source: true,
+        state: StateUse::Write {
+            lease: !args.no_handover,
+        },
+        bounded: true,
+    };
+    if let Err(exit) = preflight(&config, start, &Arc::new(Metrics::new())).await {
+        return exit;
+    }
     if config.dry_run || args.no_handover {
         // A dry run sends nothing, so it never needs to hand over.
         if !config.dry_run {

@@ -1,6 +1,7 @@
 //! The command line: one module per command, each a function the binary and the tests share.
 
 pub mod backfill;
+pub mod check;
 pub mod config;
 pub mod inspect;
 pub mod replay;
@@ -86,6 +87,9 @@ pub enum Command {
     Replay(replay::ReplayArgs),
     /// Show pending objects, done and failed counts, dead letters by reason, and the lag.
     Status(status::StatusArgs),
+    /// Check the wiring `run` depends on, one line per check (what, where, ok or the fix);
+    /// sends no event. Takes `run`'s options and config. Exit 0, or 2 if any check fails.
+    Check(check::CheckArgs),
 }
 
 /// How Currents events become Heap track events.

@@ -4,6 +4,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::MappingArgs;
+use super::check::{Preflight, StateUse, preflight};
 use super::config::{Config, DEFAULTS, HumanDuration};
 use super::worker::{Exit, HeapArgs, StateArgs, open_state, output, shutdown_on_signals};
 use crate::deadletter::DeadLetterFilter;
@@ -62,6 +63,15 @@ pub async fn replay(args: ReplayArgs, config: Config) -> Exit {
     };
     // replay serves no /metrics: its requests are counted and dropped.
     let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
+    // A state that cannot be written is found before any dead letter is re-sent.
+    let start = Preflight {
+        source: false,
+        state: StateUse::Write { lease: false },
+        bounded: true,
+    };
+    if let Err(exit) = preflight(&config, start, &metrics).await {
+        return exit;
+    }
     let state = match open_state(&config, !config.dry_run, &metrics).await {
         Ok(state) => state,
         Err(exit) => return exit,

@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::sync::watch;
 
+use super::check::{Preflight, StateUse, preflight};
 use super::config::{Config, DEFAULTS, HumanDuration, as_text};
 use super::worker::{
     Exit, Leased, WorkerArgs, engine, hand_over_when_rate_bound, lease, sent_record,
@@ -111,6 +112,16 @@ pub async fn run(args: RunArgs, config: Config) -> Exit {
         },
         None => None,
     };
+    // Wiring found before any send: exit 2; an outage ends `--once` (4), and is waited out
+    // by a long-lived run.
+    let start = Preflight {
+        source: true,
+        state: StateUse::Write { lease: true },
+        bounded: args.once,
+    };
+    if let Err(exit) = preflight(&config, start, &metrics).await {
+        return exit;
+    }
     let lease = match lease(&config, Role::Run, &metrics).await {
         Ok(lease) => lease,
         Err(exit) => return exit,

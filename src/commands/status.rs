@@ -17,6 +17,7 @@ use clap::Args;
 use futures_util::StreamExt;
 use serde::Serialize;
 
+use super::check::{Preflight, StateUse, preflight};
 use super::config::{Config, DEFAULTS, as_text};
 use super::worker::{Exit, StoreArgs, open_stores};
 use crate::currents::key::{DateHour, layout_problem};
@@ -42,6 +43,16 @@ pub struct StatusArgs {
 }
 
 pub async fn status(config: Config) -> Exit {
+    // A missing bucket or a refused listing is wiring (exit 2), said with its fix; an
+    // outage is left to the report, which says what it could not read.
+    let start = Preflight {
+        source: true,
+        state: StateUse::Read,
+        bounded: false,
+    };
+    if let Err(exit) = preflight(&config, start, &Arc::new(Metrics::new())).await {
+        return exit;
+    }
     match report(&config).await {
         Ok(text) => {
             print!("{text}");

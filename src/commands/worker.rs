@@ -23,7 +23,7 @@ use crate::heap::map::HeapMapper;
 use crate::heap::pacer::{RateLimits, Seed, SentHistory};
 use crate::heap::retry::RetryPolicy;
 use crate::notifications::sqs::SqsQueue;
-use crate::store::{LocalStore, Location, ObjectStore, ProbeFailure, probe_conditions};
+use crate::store::{LocalStore, Location, ObjectStore};
 use crate::telemetry::Metrics;
 use crate::worker::engine::{HeapOutput, Notifications};
 use crate::worker::listener::ListenerSettings;
@@ -176,7 +176,7 @@ pub struct WorkerArgs {
 
 /// The Heap app id from `--heap-app-id`/`HEAP_APP_ID` (checked when the configuration was
 /// resolved) or the file named by `heap_app_id_file`, checked by the same rule.
-fn app_id(config: &Config) -> Result<String, Exit> {
+pub fn app_id(config: &Config) -> Result<String, Exit> {
     if let Some(id) = &config.heap_app_id {
         return Ok(id.expose().to_string());
     }
@@ -238,6 +238,15 @@ pub async fn open_stores(
     create: bool,
     metrics: &Arc<Metrics>,
 ) -> Result<(Arc<dyn ObjectStore>, Arc<dyn ObjectStore>), Exit> {
+    let source = open_source(config, metrics).await?;
+    Ok((source, open_state(config, create, metrics).await?))
+}
+
+/// Opens the source, named in its error (a local one must be a directory).
+pub async fn open_source(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<dyn ObjectStore>, Exit> {
     if let Location::Local(path) = &config.source
         && !path.is_dir()
     {
@@ -246,12 +255,11 @@ pub async fn open_stores(
             path.display()
         )));
     }
-    let source = config
+    config
         .source
         .open(config.s3_path_style, metrics)
         .await
-        .map_err(|e| Exit::Usage(format!("--source: {e}")))?;
-    Ok((source, open_state(config, create, metrics).await?))
+        .map_err(|e| Exit::Usage(format!("--source: {e}")))
 }
 
 /// What the engine of a lease holder needs: the deadline its requests to Heap keep to (the
@@ -363,9 +371,10 @@ pub fn sent_record(
     }
 }
 
-/// The lease for a command that sends (`role`), once the state has shown that it honours
-/// conditional writes; `None` with `--single-process` or `--dry-run`. A store that ignores
-/// the conditions, or refuses the probe, is a configuration error (exit 2).
+/// The lease for a command that sends (`role`); `None` with `--single-process` or
+/// `--dry-run`. The command's preflight ([`super::check::preflight`]) has already shown that
+/// the state can be written and honours conditional writes (a store that ignores them, or
+/// refuses the probe, is a configuration error, exit 2): the one probe a command pays.
 pub async fn lease(
     config: &Config,
     role: Role,
@@ -379,25 +388,6 @@ pub async fn lease(
     app_id(config)?;
     let state = open_state(config, true, metrics).await?;
     let me = Heartbeat::new_worker(unix_secs_now()).worker;
-    let probe = format!("control/probe-{me}.json");
-    match probe_conditions(state.as_ref(), &probe).await {
-        Ok(()) => {}
-        Err(ProbeFailure::Store(e)) if e.kind.may_pass() => {
-            // An outage at start is waited out like one later: the lease's reads retry.
-            tracing::warn!("cannot check the state's conditional writes yet: {e}");
-        }
-        Err(e @ ProbeFailure::Ignored { .. }) => {
-            return Err(Exit::Usage(format!(
-                "--state: {e}. The lease that keeps two processes from sending to one Heap app needs conditional writes; if only ever one process sends to this app, pass --single-process"
-            )));
-        }
-        Err(ProbeFailure::Store(e)) => {
-            return Err(Exit::Usage(format!(
-                "--state: cannot write the lease's probe object ({}): {e}",
-                e.kind
-            )));
-        }
-    }
     let timings = LeaseTimings::of(config.lease_duration.get());
     Ok(Some(
         LeaseClient::new(state, me, role, timings).with_metrics(metrics.clone()),

@@ -391,7 +391,9 @@ pub enum ProbeFailure {
 /// creates and deletes: a create of an existing key must be refused, a replace of the
 /// current version must succeed, and a replace of the version before it (a token the store
 /// itself gave, now stale: what a process that lost the lease would send) must be refused.
-/// 5 requests: 4 conditional PUTs and a DELETE.
+/// The first write is also read back, and the delete must succeed: the probe is the one
+/// check at start that the state can be written, read and deleted (`commands::check`).
+/// 6 requests: 4 conditional PUTs, a GET and a DELETE.
 ///
 /// The stale token is a real one rather than a forged string: a token may hold more than
 /// one part (GCS's ETag and generation), and text appended to it would change only one of
@@ -410,6 +412,7 @@ pub async fn probe_conditions(store: &dyn ObjectStore, key: &str) -> Result<(), 
         .put_if(key, b"1".to_vec(), &PutCondition::Absent)
         .await?;
     let outcome = async {
+        read_back(store, key, b"1").await?;
         refused(
             store
                 .put_if(key, b"2".to_vec(), &PutCondition::Absent)
@@ -425,7 +428,31 @@ pub async fn probe_conditions(store: &dyn ObjectStore, key: &str) -> Result<(), 
         Ok(())
     }
     .await;
-    // The probe object goes whatever the outcome; a failed delete leaves a small object.
-    let _ = store.delete(key).await;
-    outcome
+    // The probe object goes whatever the outcome; a failed delete leaves a small object,
+    // and is the outcome only when all else passed (a state the worker cannot delete in
+    // would keep every checkpoint it ends).
+    let deleted = store.delete(key).await;
+    outcome.and(deleted.map_err(ProbeFailure::Store))
+}
+
+/// Reads `key` back and checks that it holds `written`: an error names the key otherwise.
+pub async fn read_back(
+    store: &dyn ObjectStore,
+    key: &str,
+    written: &[u8],
+) -> Result<(), StoreError> {
+    let read = store.get(key).await?;
+    if read != written {
+        return Err(StoreError::new(
+            "get",
+            format!("{}/{key}", store.describe()),
+            StoreErrorKind::Invalid,
+            format!(
+                "read back {} bytes other than the {} just written: the store does not keep what it is given",
+                read.len(),
+                written.len()
+            ),
+        ));
+    }
+    Ok(())
 }

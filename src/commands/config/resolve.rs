@@ -192,11 +192,13 @@ fn command_given(
         Command::Backfill(args) => given(args, matches, definition, layers)?,
         Command::Replay(args) => given(args, matches, definition, layers)?,
         Command::Status(args) => given(args, matches, definition, layers)?,
+        Command::Check(args) => given(&args.run, matches, definition, layers)?,
     }
     let id = match command {
         Command::Run(args) => args.worker.heap.heap_app_id.clone(),
         Command::Backfill(args) => args.worker.heap.heap_app_id.clone(),
         Command::Replay(args) => args.heap.heap_app_id.clone(),
+        Command::Check(args) => args.run.worker.heap.heap_app_id.clone(),
         Command::Inspect { .. } | Command::Status(_) => None,
     };
     // Asked only with an id: clap panics when asked of an argument the command lacks.

@@ -28,7 +28,7 @@ fn parse(args: &[&str]) -> (Cli, ArgMatches) {
     (Cli::from_arg_matches(&matches).unwrap(), matches)
 }
 
-const COMMANDS: [&[&str]; 5] = [
+const COMMANDS: [&[&str]; 6] = [
     &["currents-heap", "inspect", "x.avro"],
     &["currents-heap", "run"],
     &[
@@ -41,6 +41,7 @@ const COMMANDS: [&[&str]; 5] = [
     ],
     &["currents-heap", "replay"],
     &["currents-heap", "status"],
+    &["currents-heap", "check"],
 ];
 
 #[test]
@@ -55,6 +56,7 @@ fn the_defaults_are_valid_and_clap_shows_the_same_ones() {
             Command::Backfill(a) => serde_json::to_value(a),
             Command::Replay(a) => serde_json::to_value(a),
             Command::Status(a) => serde_json::to_value(a),
+            Command::Check(a) => serde_json::to_value(&a.run),
         }
         .unwrap();
         let Json::Object(shown) = shown else {
