@@ -208,6 +208,26 @@ pub async fn event_type_folders(store: &dyn ObjectStore) -> Result<Vec<String>, 
     Ok(found.into_iter().collect())
 }
 
+/// The `date=` hours before `from` that the source's `event_type=` folders hold, found by
+/// one delimited listing per folder (a request per 1,000 hours, never a listing of the
+/// objects): what a window that found nothing would have found with a longer lookback.
+pub async fn hours_before(
+    store: &dyn ObjectStore,
+    from: DateHour,
+) -> Result<BTreeSet<DateHour>, StoreError> {
+    let mut hours = BTreeSet::new();
+    for folder in event_type_folders(store).await? {
+        for below in store.list_folders(&folder).await? {
+            if let Some(hour) = folder_hour(&folder, &below)
+                && hour < from
+            {
+                hours.insert(hour);
+            }
+        }
+    }
+    Ok(hours)
+}
+
 /// Every hour from `from` (inclusive) to `to` (exclusive).
 pub fn hours_between(from: DateHour, to: DateHour) -> Vec<DateHour> {
     (from.hours_since_epoch()..to.hours_since_epoch())

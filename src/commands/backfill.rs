@@ -436,6 +436,15 @@ impl Progress {
         }
         if self.log_due(false) {
             tracing::info!(
+                backfill_id = %request.id,
+                worker = %p.worker,
+                objects_ended = p.ended,
+                objects_found = p.found,
+                objects_failed = p.failed,
+                events_sent = p.events_sent,
+                events_parked = p.events_parked,
+                eta_secs = p.eta_secs(now),
+                waiting_for_rate = p.waiting_for_rate,
                 "backfill {}: {} on {}, {}/{} objects, {} events sent, {} parked, ETA {eta}",
                 request.id,
                 p.activity(),

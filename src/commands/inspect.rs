@@ -1,15 +1,79 @@
-//! `inspect FILE...`: print Currents Avro files as Custom HTTP connector events, one JSON
-//! object per line. A bad file gets one error line naming it and the reason; the rest are
-//! still printed, and the command fails at the end.
+//! `inspect INPUT...`: print Currents Avro files as Custom HTTP connector events, one JSON
+//! object per line. An input is a local file or directory, `-` (standard input), or a
+//! location in object storage (`s3://`, `az://`, `https://<account>.blob.core.windows.net/`,
+//! `gs://`): one object, or every `.avro` object under a prefix, read through the same stores
+//! (and the same credentials and `--s3-path-style`) as the worker, streamed as the decoder
+//! asks for bytes, never copied to disk.
+//!
+//! A bad file gets one error line naming it and the reason; the rest are still printed, and
+//! the command fails at the end: exit 2 if an input could not be found or read at all (a
+//! missing object, bucket or file, a denied read: the wiring to fix), else 1 if one was not
+//! Currents Avro.
+//!
+//! Remote reads are blocking reads over the async store (`ObjectReader`): they are made on
+//! the calling thread, which must not be inside the runtime `Remote` hands requests to.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use std::collections::BTreeMap;
 
+use clap::Args;
+use serde::Serialize;
+
 use crate::currents::decode::EventReader;
 use crate::heap::delivery::{Disposer, Disposition};
+use crate::store::{Location, StoreError};
+use crate::telemetry::Metrics;
+
+/// `inspect`'s store flag (the rest of what a store needs comes from the environment, as
+/// for the worker).
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct InspectStoreArgs {
+    /// Path-style S3 addressing, for S3-compatible stores (MinIO, ...).
+    #[arg(long, env = "CURRENTS_HEAP_S3_PATH_STYLE")]
+    s3_path_style: bool,
+}
+
+/// One input as given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A local file, or a directory searched recursively for `.avro` files.
+    Path(PathBuf),
+    /// `-`: one Avro file on standard input.
+    Stdin,
+    /// An object, or a prefix (every `.avro` object under it), in object storage.
+    Remote(Location),
+}
+
+impl Input {
+    /// `-`, a URL, or a local path. A URL that is not a valid location is a usage error.
+    pub fn parse(arg: &Path) -> Result<Input, String> {
+        let Some(text) = arg.to_str() else {
+            return Ok(Input::Path(arg.to_path_buf()));
+        };
+        if text == "-" {
+            return Ok(Input::Stdin);
+        }
+        if !text.contains("://") {
+            return Ok(Input::Path(arg.to_path_buf()));
+        }
+        match text.parse::<Location>()? {
+            Location::Local(_) => Ok(Input::Path(arg.to_path_buf())),
+            location => Ok(Input::Remote(location)),
+        }
+    }
+}
+
+/// How remote inputs are reached: a runtime for the store's requests (the caller's thread
+/// must not be one of its workers), and the worker's store options.
+pub struct Remote {
+    pub runtime: tokio::runtime::Handle,
+    pub path_style: bool,
+    pub metrics: Arc<Metrics>,
+}
 
 /// What to print for each event.
 pub enum Output {
@@ -30,6 +94,9 @@ pub struct InspectReport {
     pub odd_values: BTreeMap<&'static str, u64>,
     /// One line per file that failed: its path and the reason.
     pub failures: Vec<String>,
+    /// How many of `failures` are inputs that could not be found or read at all (a missing
+    /// file, object or bucket; a denied read), rather than files that are not Currents Avro.
+    pub unreachable: usize,
     /// With `--heap`: events not sent because they have no identity, per event type.
     pub skipped_no_identity: BTreeMap<String, u64>,
     /// With `--heap`: events that would be parked, per reason.
@@ -43,38 +110,166 @@ pub fn inspect(
     output: &Output,
     out: &mut impl Write,
 ) -> io::Result<InspectReport> {
+    let inputs: Vec<Input> = paths.iter().cloned().map(Input::Path).collect();
+    inspect_inputs(&inputs, None, io::empty(), output, out)
+}
+
+/// Prints every event of every input to `out`, in the order given: local files and
+/// directories, `stdin` for `-`, and remote locations through `remote` (without it, a remote
+/// input is an error line). Each object is named by its location in messages.
+pub fn inspect_inputs(
+    inputs: &[Input],
+    remote: Option<&Remote>,
+    mut stdin: impl Read,
+    output: &Output,
+    out: &mut impl Write,
+) -> io::Result<InspectReport> {
     let mut report = InspectReport::default();
-    for path in paths {
-        let files = match avro_files(path) {
-            Ok(files) => files,
-            Err(e) => {
-                fail(&mut report, format!("{}: {e}", path.display()));
-                continue;
+    for input in inputs {
+        match input {
+            Input::Path(path) => {
+                let files = match avro_files(path) {
+                    Ok(files) => files,
+                    Err(e) => {
+                        unreachable(&mut report, format!("{}: {e}", path.display()));
+                        continue;
+                    }
+                };
+                for file in files {
+                    let name = file.display().to_string();
+                    match File::open(&file) {
+                        Ok(reader) => inspect_reader(reader, &name, output, out, &mut report)?,
+                        Err(e) => unreachable(&mut report, format!("{name}: cannot open: {e}")),
+                    }
+                }
             }
-        };
-        for file in files {
-            inspect_file(&file, output, out, &mut report)?;
+            Input::Stdin => inspect_reader(&mut stdin, "-", output, out, &mut report)?,
+            Input::Remote(location) => match remote {
+                Some(remote) => inspect_remote(location, remote, output, out, &mut report)?,
+                None => unreachable(
+                    &mut report,
+                    format!("{location}: remote locations are not read here"),
+                ),
+            },
         }
     }
     out.flush()?;
     Ok(report)
 }
 
-fn inspect_file(
-    path: &Path,
+/// A location as a store at its bucket's (container's) root and the key under it, without
+/// the trailing `/` that parsing gives every prefix.
+fn root_and_key(location: &Location) -> (Location, String) {
+    let (root, prefix) = match location {
+        Location::Local(_) => return (location.clone(), String::new()),
+        Location::S3 { bucket, prefix } => (
+            Location::S3 {
+                bucket: bucket.clone(),
+                prefix: String::new(),
+            },
+            prefix,
+        ),
+        Location::Azure {
+            account,
+            container,
+            prefix,
+        } => (
+            Location::Azure {
+                account: account.clone(),
+                container: container.clone(),
+                prefix: String::new(),
+            },
+            prefix,
+        ),
+        Location::Gcs { bucket, prefix } => (
+            Location::Gcs {
+                bucket: bucket.clone(),
+                prefix: String::new(),
+            },
+            prefix,
+        ),
+    };
+    (root, prefix.trim_end_matches('/').to_string())
+}
+
+/// One remote input: the object the location names, if there is one (a read needs only the
+/// read permission), else every `.avro` object under it as a prefix, in key order.
+fn inspect_remote(
+    location: &Location,
+    remote: &Remote,
     output: &Output,
     out: &mut impl Write,
     report: &mut InspectReport,
 ) -> io::Result<()> {
-    let name = path.display().to_string();
-    let file = match File::open(path) {
-        Ok(file) => file,
+    let (root, key) = root_and_key(location);
+    let store = match remote
+        .runtime
+        .block_on(root.open(remote.path_style, &remote.metrics))
+    {
+        Ok(store) => store,
         Err(e) => {
-            fail(report, format!("{name}: cannot open: {e}"));
+            unreachable(report, store_failure(location, &e));
             return Ok(());
         }
     };
-    let mut reader = match EventReader::open(file, &name) {
+    let name = |key: &str| format!("{root}{key}");
+    if !key.is_empty() {
+        match remote.runtime.block_on(store.open(&key)) {
+            Ok(reader) => return inspect_reader(reader, &name(&key), output, out, report),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                unreachable(report, store_failure(location, &e));
+                return Ok(());
+            }
+        }
+    }
+    let prefix = if key.is_empty() {
+        key
+    } else {
+        format!("{key}/")
+    };
+    let objects = match remote.runtime.block_on(store.list(&prefix)) {
+        Ok(found) => found,
+        Err(e) => {
+            unreachable(report, store_failure(location, &e));
+            return Ok(());
+        }
+    };
+    let objects: Vec<String> = objects
+        .into_iter()
+        .map(|meta| meta.key)
+        .filter(|key| key.ends_with(".avro"))
+        .collect();
+    if objects.is_empty() {
+        unreachable(
+            report,
+            format!("{location}: not found: no such object, and no .avro object under it"),
+        );
+    }
+    for key in objects {
+        match remote.runtime.block_on(store.open(&key)) {
+            Ok(reader) => inspect_reader(reader, &name(&key), output, out, report)?,
+            // Gone since the listing, or denied: this one is named, the others go on.
+            Err(e) => unreachable(report, format!("{}: {e}", name(&key))),
+        }
+    }
+    Ok(())
+}
+
+/// A store error for an input, naming the input as given and the store's words (which name
+/// the bucket or key, and say whether it was missing or denied).
+fn store_failure(location: &Location, e: &StoreError) -> String {
+    format!("{location}: {} ({e})", e.kind)
+}
+
+fn inspect_reader(
+    reader: impl Read,
+    name: &str,
+    output: &Output,
+    out: &mut impl Write,
+    report: &mut InspectReport,
+) -> io::Result<()> {
+    let mut reader = match EventReader::open(reader, name) {
         Ok(reader) => reader,
         Err(e) => {
             fail(report, e.to_string());
@@ -122,6 +317,12 @@ fn inspect_file(
     }
     report.files_read += 1;
     Ok(())
+}
+
+/// An input that could not be found or read at all: a wiring error (exit 2).
+fn unreachable(report: &mut InspectReport, line: String) {
+    report.unreachable += 1;
+    fail(report, line);
 }
 
 fn fail(report: &mut InspectReport, line: String) {

@@ -65,11 +65,14 @@ pub enum LogFormat {
 pub enum Command {
     /// Print Currents Avro files as Braze Custom HTTP connector events, one JSON object per line.
     ///
-    /// Takes files or directories (searched recursively for `.avro` files). A file that cannot
-    /// be read gets one error line on stderr; the others are still printed, and the exit code
-    /// is 1 if any file failed.
+    /// Takes files or directories (searched recursively for `.avro` files), `-` for standard
+    /// input, and `s3://`, `az://`, `gs://` locations: an object, or a prefix (every `.avro`
+    /// object under it), read with the worker's credentials. A file that cannot be read gets
+    /// one error line on stderr; the others are still printed. Exit code 2 if an input was
+    /// missing or could not be read (denied), else 1 if a file was not Currents Avro.
     Inspect {
-        /// Avro files, or directories to search for them.
+        /// Avro files, directories to search for them, `-`, or `s3://`, `az://`, `gs://`
+        /// objects or prefixes.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// Print the Heap track events that would be sent instead (nothing is sent).
@@ -77,6 +80,8 @@ pub enum Command {
         heap: bool,
         #[command(flatten)]
         mapping: MappingArgs,
+        #[command(flatten)]
+        stores: inspect::InspectStoreArgs,
     },
     /// Poll the source and deliver new Currents objects to Heap until SIGTERM/SIGINT.
     Run(run::RunArgs),

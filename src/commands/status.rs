@@ -16,6 +16,7 @@ use std::time::Duration;
 use clap::Args;
 use futures_util::StreamExt;
 use serde::Serialize;
+use serde_json::json;
 
 use super::check::{Preflight, StateUse, preflight};
 use super::config::{Config, DEFAULTS, as_text};
@@ -40,9 +41,21 @@ pub struct StatusArgs {
     #[arg(long, env = "CURRENTS_HEAP_LOOKBACK", default_value_t = DEFAULTS.lookback)]
     #[serde(with = "as_text")]
     lookback: Lookback,
+    /// Print the same facts as one JSON document (fields in docs/tools.md) instead of text.
+    #[arg(long)]
+    #[serde(skip)]
+    json: bool,
 }
 
-pub async fn status(config: Config) -> Exit {
+impl StatusArgs {
+    pub fn json(&self) -> bool {
+        self.json
+    }
+}
+
+/// Prints the report: as text, or with `json` as one JSON document holding the same facts
+/// under stable field names (documented in docs/tools.md; a field is added, never renamed).
+pub async fn status(config: Config, json: bool) -> Exit {
     // A missing bucket or a refused listing is wiring (exit 2), said with its fix; an
     // outage is left to the report, which says what it could not read.
     let start = Preflight {
@@ -54,7 +67,15 @@ pub async fn status(config: Config) -> Exit {
         return exit;
     }
     match report(&config).await {
-        Ok(text) => {
+        Ok((text, document)) if json => {
+            let _ = text;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&document).unwrap_or_default()
+            );
+            Exit::Success
+        }
+        Ok((text, _)) => {
             print!("{text}");
             Exit::Success
         }
@@ -81,7 +102,9 @@ fn reason_group(reason: &str) -> String {
     group
 }
 
-async fn report(config: &Config) -> Result<String, String> {
+/// The report as text, and the same facts as a JSON document, built side by side so that
+/// the text stays as it was.
+async fn report(config: &Config) -> Result<(String, serde_json::Value), String> {
     // status serves no /metrics: its requests are counted and dropped.
     let metrics = Arc::new(Metrics::new());
     let (source, state) = open_stores(config, false, &metrics)
@@ -131,6 +154,10 @@ async fn report(config: &Config) -> Result<String, String> {
     let in_progress = read_in_progress(&ledger, &window, &discovery)
         .await
         .map_err(state_error)?;
+    let mut doc = serde_json::Map::new();
+    doc.insert("source".into(), json!(source.describe()));
+    doc.insert("state".into(), json!(ledger.describe()));
+    doc.insert("lookback".into(), json!(config.lookback.to_string()));
     let mut out = String::new();
     out.push_str(&format!(
         "source: {}\nstate:  {}\n",
@@ -138,6 +165,12 @@ async fn report(config: &Config) -> Result<String, String> {
         ledger.describe()
     ));
     // The counts below cover these hours only.
+    let (hours_from, hours_to) = match window {
+        Window::All => (None, None),
+        Window::Hours { from, to } => (Some(from.to_string()), Some(to.to_string())),
+    };
+    doc.insert("hours_from".into(), json!(hours_from));
+    doc.insert("hours_to".into(), json!(hours_to));
     match window {
         Window::All => out.push_str("hours:  every date= hour (--lookback all)\n"),
         Window::Hours { from, to } => out.push_str(&format!(
@@ -145,19 +178,32 @@ async fn report(config: &Config) -> Result<String, String> {
             config.lookback
         )),
     }
-    out.push_str(&format!(
-        "objects pending: {}\n",
-        pending.values().sum::<u64>()
-            + discovery
-                .outside_layout
-                .iter()
-                .filter(|m| finished.outcome(&m.key, m.size, &m.etag).is_none())
-                .count() as u64
-    ));
+    let objects_pending = pending.values().sum::<u64>()
+        + discovery
+            .outside_layout
+            .iter()
+            .filter(|m| finished.outcome(&m.key, m.size, &m.etag).is_none())
+            .count() as u64;
+    doc.insert("objects_pending".into(), json!(objects_pending));
+    doc.insert("pending_by_event_type".into(), json!(pending));
+    out.push_str(&format!("objects pending: {objects_pending}\n"));
     for (event_type, n) in &pending {
         out.push_str(&format!("  {event_type}: {n}\n"));
     }
     out.push_str(&render_in_progress(&in_progress));
+    doc.insert("objects_in_progress".into(), json!(in_progress.entries));
+    doc.insert(
+        "unreadable_checkpoints".into(),
+        json!(key_reasons(&in_progress.unreadable)),
+    );
+    doc.insert(
+        "oldest_pending_hour".into(),
+        json!(oldest.map(|h| h.to_string())),
+    );
+    doc.insert(
+        "lag_hours".into(),
+        json!(oldest.map(|h| DateHour::now().hours_since_epoch() - h.hours_since_epoch())),
+    );
     match oldest {
         Some(hour) => {
             let lag = DateHour::now().hours_since_epoch() - hour.hours_since_epoch();
@@ -171,6 +217,13 @@ async fn report(config: &Config) -> Result<String, String> {
     ));
     // A failed version that a good upload replaced is history, not a current failure.
     let replaced = finished.count(Outcome::Failed) - finished.count_failed_unreplaced();
+    doc.insert("objects_done".into(), json!(finished.count(Outcome::Done)));
+    doc.insert(
+        "objects_failed".into(),
+        json!(finished.count_failed_unreplaced()),
+    );
+    doc.insert("failed_versions_replaced".into(), json!(replaced));
+    let mut failed_objects = Vec::new();
     out.push_str(&format!(
         "objects failed: {}{}\n",
         finished.count_failed_unreplaced(),
@@ -188,9 +241,15 @@ async fn report(config: &Config) -> Result<String, String> {
         out.push_str(&format!(
             "  {}: {}\n",
             entry.key,
-            entry.reason.unwrap_or_default()
+            entry.reason.as_deref().unwrap_or_default()
         ));
+        failed_objects.push(json!({"key": entry.key, "reason": entry.reason}));
     }
+    doc.insert("failed".into(), json!(failed_objects));
+    doc.insert(
+        "unreadable_ledger_entries".into(),
+        json!(key_reasons(&failed.unreadable)),
+    );
     for (key, reason) in failed.unreadable {
         out.push_str(&format!("  (unreadable ledger entry {key}: {reason})\n"));
     }
@@ -219,19 +278,74 @@ async fn report(config: &Config) -> Result<String, String> {
         }
     }
     out.push_str(&format!("dead letters: {letters_total}\n"));
+    doc.insert("dead_letters".into(), json!(letters_total));
+    doc.insert("dead_letters_by_reason".into(), json!(reasons));
     for (reason, n) in &reasons {
         out.push_str(&format!("  {n}: {reason}\n"));
     }
-    out.push_str(&sender(state.as_ref(), lease_seen).await);
+    let sender = sender(state.as_ref(), lease_seen).await;
+    out.push_str(&sender.line);
+    doc.insert("sender".into(), json!(sender));
     let handover_error = |e| format!("cannot read the state: {e}");
     let workers = control.workers().await.map_err(handover_error)?;
     let requests = control.requests().await.map_err(handover_error)?;
-    out.push_str(&render_handovers(
-        &workers,
-        &requests,
-        crate::clock::unix_secs_now(),
-    ));
-    Ok(out)
+    let now = crate::clock::unix_secs_now();
+    out.push_str(&render_handovers(&workers, &requests, now));
+    doc.insert(
+        "workers".into(),
+        json!(
+            workers
+                .iter()
+                .map(|hb| json!({"heartbeat": hb, "live": hb.is_live(now)}))
+                .collect::<Vec<_>>()
+        ),
+    );
+    doc.insert(
+        "backfills".into(),
+        json!(
+            requests
+                .iter()
+                .map(|(request, progress)| json!({
+                    "request": request,
+                    "progress": progress,
+                    "eta_secs": progress.as_ref().and_then(|p| p.eta_secs(now)),
+                }))
+                .collect::<Vec<_>>()
+        ),
+    );
+    Ok((out, serde_json::Value::Object(doc)))
+}
+
+/// `(key, reason)` pairs as `{"key", "reason"}` objects.
+fn key_reasons(pairs: &[(String, String)]) -> Vec<serde_json::Value> {
+    pairs
+        .iter()
+        .map(|(key, reason)| json!({"key": key, "reason": reason}))
+        .collect()
+}
+
+/// Who sends: the `sender:` line, and its facts for `--json`.
+#[derive(Debug, Serialize)]
+struct Sender {
+    /// `none`, `live`, `took_over`, `not_renewing`, `released` or `unknown`.
+    state: &'static str,
+    /// The lease holder's worker id, when the lease names one.
+    holder: Option<String>,
+    /// Its role (`run` or `backfill`).
+    role: Option<crate::handover::lease::Role>,
+    /// The text line, as printed.
+    line: String,
+}
+
+impl Sender {
+    fn new(state: &'static str, body: Option<&LeaseBody>, line: String) -> Self {
+        Sender {
+            state,
+            holder: body.map(|b| b.holder.clone()),
+            role: body.map(|b| b.role),
+            line,
+        }
+    }
 }
 
 /// Who sends, from the lease: its holder, and whether it renews, judged as standbys judge it,
@@ -240,21 +354,39 @@ async fn report(config: &Config) -> Result<String, String> {
 async fn sender(
     state: &dyn ObjectStore,
     (first, at): (Result<Versioned, StoreError>, tokio::time::Instant),
-) -> String {
+) -> Sender {
     let first = match first {
         Ok(first) => first,
         Err(e) if e.is_not_found() => {
-            return "sender: none (no process has held the lease on this state)\n".into();
+            return Sender::new(
+                "none",
+                None,
+                "sender: none (no process has held the lease on this state)\n".into(),
+            );
         }
-        Err(e) => return format!("sender: unknown (cannot read the lease: {e})\n"),
+        Err(e) => {
+            return Sender::new(
+                "unknown",
+                None,
+                format!("sender: unknown (cannot read the lease: {e})\n"),
+            );
+        }
     };
     let Ok(body) = serde_json::from_slice::<LeaseBody>(&first.bytes) else {
-        return format!("sender: unknown ({LEASE_KEY} cannot be read as a lease)\n");
+        return Sender::new(
+            "unknown",
+            None,
+            format!("sender: unknown ({LEASE_KEY} cannot be read as a lease)\n"),
+        );
     };
     // Ids keep their case: they name hosts.
     let who = format!("{} ({})", body.holder, body.role);
     if body.state == LeaseState::Released {
-        return format!("sender: none (the lease was released by {who})\n");
+        return Sender::new(
+            "released",
+            Some(&body),
+            format!("sender: none (the lease was released by {who})\n"),
+        );
     }
     let renews_every = LeaseTimings::of(Duration::from_millis(body.duration_ms)).renew_every;
     tokio::time::sleep_until(at + renews_every + Duration::from_millis(500)).await;
@@ -262,23 +394,39 @@ async fn sender(
         Ok(second) if second.version != first.version => {
             let now: Option<LeaseBody> = serde_json::from_slice(&second.bytes).ok();
             match now {
-                Some(now) if now.holder != body.holder => format!(
-                    "sender: {} ({}), which just took over from {who}\n",
-                    now.holder, now.role
+                Some(now) if now.holder != body.holder => Sender::new(
+                    "took_over",
+                    Some(&now),
+                    format!(
+                        "sender: {} ({}), which just took over from {who}\n",
+                        now.holder, now.role
+                    ),
                 ),
-                Some(now) if now.state == LeaseState::Released => {
-                    format!("sender: none (the lease was just released by {who})\n")
-                }
-                _ => format!("sender: {who}, live (it renewed the lease)\n"),
+                Some(now) if now.state == LeaseState::Released => Sender::new(
+                    "released",
+                    Some(&body),
+                    format!("sender: none (the lease was just released by {who})\n"),
+                ),
+                _ => Sender::new(
+                    "live",
+                    Some(&body),
+                    format!("sender: {who}, live (it renewed the lease)\n"),
+                ),
             }
         }
-        Ok(_) => format!(
-            "sender: {who} holds the lease but did not renew it within {renews_every:?}: it may have stopped; a standby takes over {:?} after it last renewed\n",
-            Duration::from_millis(body.duration_ms)
+        Ok(_) => Sender::new(
+            "not_renewing",
+            Some(&body),
+            format!(
+                "sender: {who} holds the lease but did not renew it within {renews_every:?}: it may have stopped; a standby takes over {:?} after it last renewed\n",
+                Duration::from_millis(body.duration_ms)
+            ),
         ),
-        Err(e) => {
-            format!("sender: {who}, not known whether live (cannot read the lease again: {e})\n")
-        }
+        Err(e) => Sender::new(
+            "unknown",
+            Some(&body),
+            format!("sender: {who}, not known whether live (cannot read the lease again: {e})\n"),
+        ),
     }
 }
 
@@ -522,7 +670,9 @@ mod tests {
         let state: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&dir));
         let line = |state: Arc<dyn ObjectStore>| async move {
             let first = state.get_versioned(LEASE_KEY).await;
-            sender(state.as_ref(), (first, tokio::time::Instant::now())).await
+            sender(state.as_ref(), (first, tokio::time::Instant::now()))
+                .await
+                .line
         };
         assert!(
             line(state.clone())

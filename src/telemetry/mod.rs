@@ -7,6 +7,7 @@
 //! and exposed in the OpenMetrics text format. [`Metrics::counts`] reads the same counters
 //! back for reports, so a report cannot disagree with `/metrics`.
 
+pub mod activity;
 pub mod events;
 mod lease;
 
@@ -514,6 +515,16 @@ impl Metrics {
             counter.clone(),
         );
         counter
+    }
+
+    /// Objects found and not yet ended (the `currents_heap_objects_pending` gauge).
+    pub fn objects_pending(&self) -> u64 {
+        self.objects_pending.get().max(0) as u64
+    }
+
+    /// The age of the oldest pending object's hour, seconds (`currents_heap_lag_seconds`).
+    pub fn lag_secs(&self) -> u64 {
+        self.lag_seconds.get().max(0) as u64
     }
 
     pub fn last_poll_unix(&self) -> i64 {

@@ -813,10 +813,12 @@ impl BackfillLane {
             };
             let progress = &running.progress;
             tracing::info!(
-                id = %progress.id,
+                backfill_id = %progress.id,
                 state = %progress.state,
-                objects = progress.ended,
-                events = progress.events_sent,
+                objects_ended = progress.ended,
+                objects_failed = progress.failed,
+                events_sent = progress.events_sent,
+                events_parked = progress.events_parked,
                 "backfill {} to {} ended", running.request.from, running.request.to
             );
             self.next_report = None;

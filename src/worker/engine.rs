@@ -64,6 +64,7 @@ use crate::heap::pacer::RateLimits;
 use crate::ledger::Ledger;
 use crate::notifications::sqs::Queue;
 use crate::store::ObjectStore;
+use crate::telemetry::activity::{self, SUMMARY_EVERY};
 use crate::telemetry::events::{ListeningToQueue, ObjectEnded};
 use crate::telemetry::{Counts, Metrics};
 
@@ -282,6 +283,8 @@ impl Engine {
             }
         });
         run.log_start();
+        let activity_stop = CancellationToken::new();
+        let activity = activity::spawn(run.metrics.clone(), SUMMARY_EVERY, activity_stop.clone());
         loop {
             let polling = !run.stop.stopping();
             if polling && run.poller.due() {
@@ -334,7 +337,11 @@ impl Engine {
                 _ = &mut delivery_ended, if !run.stop.delivery_stopped => run.begin_stop(Cause::DeliveryStopped),
             }
         }
-        run.finish(delivery).await
+        let report = run.finish(delivery).await;
+        // The last summary line covers the run's end (delivery drained).
+        activity_stop.cancel();
+        let _ = activity.await;
+        report
     }
 
     /// The parts [`Engine::drive`] selects over, and delivery apart (it outlives them).

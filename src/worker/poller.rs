@@ -28,6 +28,7 @@ use super::settings::Plan;
 use crate::clock::unix_secs_now;
 use crate::currents::key::{CurrentsKey, DateHour};
 use crate::ledger::Ledger;
+use crate::source::{Window, hours_before};
 use crate::store::ObjectStore;
 use crate::telemetry::Metrics;
 use crate::telemetry::events::{PendingObjects, PollFailed, PollSucceeded};
@@ -55,6 +56,8 @@ pub struct Poller {
     failure: Option<String>,
     /// A dry run records nothing, so its ends teach `known` nothing.
     dry_run: bool,
+    /// Whether the first successful poll looked for hours before the window.
+    hinted: bool,
 }
 
 impl Poller {
@@ -84,6 +87,7 @@ impl Poller {
             pending: HashMap::new(),
             failure: None,
             dry_run,
+            hinted: false,
         }
     }
 
@@ -123,6 +127,10 @@ impl Poller {
             Ok(mut unfinished) => {
                 self.pending = std::mem::take(&mut unfinished.keys).into_iter().collect();
                 self.succeeded(&unfinished, scheduler);
+                if !self.hinted {
+                    self.hinted = true;
+                    self.hint_older_hours(&unfinished, &window).await;
+                }
                 // Beside notifications, a reconciliation's finds are mostly theirs.
                 if self.reconciling {
                     0
@@ -223,8 +231,52 @@ impl Poller {
             unfinished = unfinished.count,
             queued = scheduler.queued(),
             in_flight = scheduler.in_flight(),
-            "polled {}",
-            self.source.describe()
+            objects_pending = self.pending.len(),
+            lag_secs = self.lag(now).map(|l| l.as_secs()),
+            folders = unfinished.folders,
+            "polled {}: {} unfinished objects, {} pending",
+            self.source.describe(),
+            unfinished.count,
+            self.pending.len()
+        );
+    }
+
+    /// Once, after the first poll: when the window held no object but the source holds
+    /// older hours, says so and how to deliver them (a lookback that is too short for a new
+    /// integration's first run is the usual cause). Costs the folder listings only then.
+    async fn hint_older_hours(&self, unfinished: &Unfinished, window: &Window) {
+        let (Window::Hours { from, .. }, Plan::Live { lookback, .. } | Plan::Once { lookback }) =
+            (window, self.plan)
+        else {
+            return;
+        };
+        if unfinished.listed > 0 || unfinished.folders == 0 {
+            return;
+        }
+        let hours = match hours_before(&*self.source, *from).await {
+            Ok(hours) => hours,
+            Err(e) => {
+                tracing::debug!("cannot look for hours before the lookback: {e}");
+                return;
+            }
+        };
+        let (Some(oldest), Some(newest)) = (hours.first(), hours.last()) else {
+            return;
+        };
+        let to = DateHour::from_hours_since_epoch(newest.hours_since_epoch() + 1);
+        // `backfill`'s form of an hour: YYYY-MM-DDTHH.
+        let arg = |hour: DateHour| {
+            let text = hour.to_string();
+            format!("{}T{}", &text[..10], &text[11..])
+        };
+        let (from_arg, to_arg) = (arg(*oldest), arg(to));
+        tracing::warn!(
+            older_hours = hours.len(),
+            oldest_hour = %oldest,
+            newest_hour = %newest,
+            lookback = %lookback,
+            "no object in the lookback window, but {} hours of objects older than --lookback {lookback} exist (oldest date={oldest}, newest date={newest}): use `backfill --from {from_arg} --to {to_arg}` to deliver them",
+            hours.len()
         );
     }
 

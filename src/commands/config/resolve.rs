@@ -187,7 +187,12 @@ fn command_given(
     layers: &mut Layers,
 ) -> Result<Option<(String, &'static str)>, String> {
     match command {
-        Command::Inspect { mapping, .. } => given(mapping, matches, definition, layers)?,
+        Command::Inspect {
+            mapping, stores, ..
+        } => {
+            given(mapping, matches, definition, layers)?;
+            given(stores, matches, definition, layers)?
+        }
         Command::Run(args) => given(args, matches, definition, layers)?,
         Command::Backfill(args) => given(args, matches, definition, layers)?,
         Command::Replay(args) => given(args, matches, definition, layers)?,
