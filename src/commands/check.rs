@@ -39,6 +39,7 @@ use super::run::RunArgs;
 use super::worker::{Exit, app_id, open_source, open_state};
 use crate::clock::unix_secs_now;
 use crate::handover::Heartbeat;
+use crate::notifications::wiring;
 use crate::source::event_type_folders;
 use crate::store::{
     Location, ObjectStore, ProbeFailure, StoreError, StoreErrorKind, probe_conditions, read_back,
@@ -760,8 +761,7 @@ async fn sqs_line(config: &Config, metrics: &Arc<Metrics>) -> Line {
             "drop --sqs-queue-url, or use an s3:// --source",
         );
     };
-    // MERGE: replace with crate::notifications::wiring::check
-    match wiring::check(url, bucket, prefix, metrics.clone()).await {
+    match wiring::check(url, bucket, prefix, config.s3_path_style, metrics.clone()).await {
         Ok(ok) if ok.warnings.is_empty() => Line::ok("sqs", url.clone(), ok.found),
         Ok(ok) => Line::warn("sqs", url.clone(), ok.found, ok.warnings.join("; ")),
         Err(e) if e.is_outage() => Line::fail(
@@ -771,56 +771,6 @@ async fn sqs_line(config: &Config, metrics: &Arc<Metrics>) -> Line {
             "run check again once SQS answers",
         ),
         Err(e) => Line::fail("sqs", url.clone(), e.to_string(), "see the reason"),
-    }
-}
-
-/// MERGE: replace with crate::notifications::wiring (another engineer writes it: the
-/// queue's attributes, and the bucket's notification or EventBridge rule covering
-/// `--source`). Until then: the queue's own check, as `run` makes it at start.
-mod wiring {
-    use std::sync::Arc;
-
-    use crate::notifications::sqs::SqsQueue;
-    use crate::telemetry::Metrics;
-
-    pub struct WiringOk {
-        pub found: String,
-        pub warnings: Vec<String>,
-    }
-
-    #[derive(Debug, thiserror::Error)]
-    pub enum WiringError {
-        #[error("{0}")]
-        Queue(String),
-        #[error("{0} (an outage: it may pass)")]
-        Outage(String),
-    }
-
-    impl WiringError {
-        pub fn is_outage(&self) -> bool {
-            matches!(self, WiringError::Outage(_))
-        }
-    }
-
-    pub async fn check(
-        queue_url: &str,
-        _bucket: &str,
-        _prefix: &str,
-        metrics: Arc<Metrics>,
-    ) -> Result<WiringOk, WiringError> {
-        let queue = SqsQueue::connect(queue_url, metrics)
-            .await
-            .map_err(|e| WiringError::Queue(e.to_string()))?;
-        match queue.check().await {
-            Ok(()) => Ok(WiringOk {
-                found: "the queue answers".into(),
-                warnings: vec![
-                    "the bucket's notification configuration is not checked by this build".into(),
-                ],
-            }),
-            Err(e) if e.is_configuration() => Err(WiringError::Queue(e.to_string())),
-            Err(e) => Err(WiringError::Outage(e.to_string())),
-        }
     }
 }
 

@@ -21,6 +21,8 @@ use crate::handover::lease::{Acquired, Holding, LeaseClient, Role, Takeover};
 use crate::handover::{Control, HEARTBEAT_INTERVAL, Heartbeat};
 use crate::heap::delivery::HistoryTap;
 use crate::heap::pacer::SentHistory;
+use crate::notifications::wiring;
+use crate::store::Location;
 use crate::telemetry::{LeaseRole, Metrics};
 use crate::worker::{Lookback, Plan};
 use tokio_util::sync::CancellationToken;
@@ -120,6 +122,10 @@ pub async fn run(args: RunArgs, config: Config) -> Exit {
         bounded: args.once,
     };
     if let Err(exit) = preflight(&config, start, &metrics).await {
+        return exit;
+    }
+    // Before the lease and any send: a queue the bucket does not feed exits 2 here.
+    if let Err(exit) = check_wiring(&config, &metrics).await {
         return exit;
     }
     let lease = match lease(&config, Role::Run, &metrics).await {
@@ -316,5 +322,30 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// With --sqs-queue-url: the bucket's notifications (or an EventBridge rule) must bring the
+/// source's new objects to the queue (`notifications::wiring`), or `run` exits 2 before any
+/// event is sent. An outage is waited out as a failing receive is: warned of, and `/readyz`
+/// reports the queue until it answers.
+async fn check_wiring(config: &Config, metrics: &Arc<Metrics>) -> Result<(), Exit> {
+    let (Some(url), Location::S3 { bucket, prefix }) = (&config.sqs_queue_url, &config.source)
+    else {
+        return Ok(());
+    };
+    match wiring::check(url, bucket, prefix, config.s3_path_style, metrics.clone()).await {
+        Ok(ok) => {
+            tracing::info!("--sqs-queue-url: {}", ok.found);
+            for warning in ok.warnings {
+                tracing::warn!("--sqs-queue-url: {warning}");
+            }
+            Ok(())
+        }
+        Err(e) if e.is_outage() => {
+            tracing::warn!("--sqs-queue-url: {e}; receiving anyway");
+            Ok(())
+        }
+        Err(e) => Err(Exit::Usage(format!("--sqs-queue-url: {e}"))),
     }
 }

@@ -34,8 +34,10 @@
 //! not JSON, or not one of the shapes above, is an error.
 //!
 //! - [`sqs`]: the queue, through aws-sdk-sqs.
+//! - [`wiring`]: whether the bucket's notifications (or an EventBridge rule) reach the queue.
 
 pub mod sqs;
+pub mod wiring;
 
 use serde::Deserialize;
 use serde_json::Value;

@@ -170,7 +170,7 @@ impl SqsQueue {
 }
 
 /// The `<Code>` of a query-protocol XML error body, if it holds one.
-fn xml_error_code(body: &str) -> Option<String> {
+pub(crate) fn xml_error_code(body: &str) -> Option<String> {
     let (_, rest) = body.split_once("<Code>")?;
     let (code, _) = rest.split_once("</Code>")?;
     let code = code.trim();
