@@ -18,10 +18,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use currents_heap::commands::config::HumanDuration;
-use currents_heap::telemetry::Metrics;
-use currents_heap::telemetry::events::{
-    EventsRead, HeapRequest, NotificationDropped, StoreRequest,
-};
 use serde::Deserialize;
 use serde_json::Value as Json;
 use support::TempDir;
@@ -507,25 +503,7 @@ fn queried_metrics(panels: &Json) -> BTreeSet<String> {
 #[test]
 fn the_dashboard_queries_only_exported_metrics() {
     let dashboard = dashboard();
-    let metrics = Metrics::new();
-    // Families show their series only once a label value exists.
-    metrics.lease_role(currents_heap::telemetry::LeaseRole::Held);
-    EventsRead {
-        event_type: "x",
-        count: 1,
-    }
-    .emit(&metrics);
-    HeapRequest {
-        status: Some(200),
-        latency: std::time::Duration::from_millis(5),
-    }
-    .emit(&metrics);
-    StoreRequest {
-        service: "s3",
-        operation: "ListObjectsV2",
-    }
-    .emit(&metrics);
-    NotificationDropped::TestEvent.emit(&metrics);
+    let metrics = support::metrics_with_every_family();
     let exported: BTreeSet<String> = metrics
         .render()
         .lines()
@@ -829,31 +807,9 @@ fn the_dashboard_shows_who_sends() {
 /// Every metric name /metrics can show, from its `# TYPE` lines. A labelled family shows
 /// nothing, not even its TYPE line, until a label value exists: one of each is emitted first.
 fn exported_metric_names() -> BTreeSet<String> {
-    let metrics = Metrics::new();
-    metrics.lease_role(currents_heap::telemetry::LeaseRole::Held);
-    EventsRead {
-        event_type: "x",
-        count: 1,
-    }
-    .emit(&metrics);
-    HeapRequest {
-        status: Some(429),
-        latency: std::time::Duration::from_millis(5),
-    }
-    .emit(&metrics);
-    StoreRequest {
-        service: "sqs",
-        operation: "ReceiveMessage",
-    }
-    .emit(&metrics);
-    NotificationDropped::TestEvent.emit(&metrics);
     let mut names = BTreeSet::new();
-    for line in metrics.render().lines() {
-        let Some(rest) = line.strip_prefix("# TYPE ") else {
-            continue;
-        };
-        let (name, kind) = rest.split_once(' ').unwrap();
-        match kind {
+    for (name, kind) in support::exported_metric_families() {
+        match kind.as_str() {
             "counter" => {
                 names.insert(format!("{name}_total"));
             }
@@ -863,7 +819,7 @@ fn exported_metric_names() -> BTreeSet<String> {
                 }
             }
             _ => {
-                names.insert(name.to_string());
+                names.insert(name);
             }
         }
     }

@@ -4,16 +4,14 @@
 //! `Exit::code`), and every relative link in README.md and docs/ points to a file that exists
 //! and, with a `#anchor`, to a heading in it.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use currents_heap::commands::config;
 use currents_heap::commands::worker::Exit;
-use currents_heap::telemetry::events::{
-    EventsRead, HeapRequest, NotificationDropped, StoreRequest,
-};
-use currents_heap::telemetry::{LeaseRole, Metrics};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -205,34 +203,11 @@ fn the_config_reference_names_only_flags_that_exist_with_their_variables() {
 /// has a series, so one of each labelled family is counted first, as the dashboard's test
 /// does.
 fn exported_metrics() -> BTreeSet<String> {
-    let metrics = Metrics::new();
-    metrics.lease_role(LeaseRole::Held);
-    EventsRead {
-        event_type: "x",
-        count: 1,
-    }
-    .emit(&metrics);
-    HeapRequest {
-        status: Some(200),
-        latency: std::time::Duration::from_millis(5),
-    }
-    .emit(&metrics);
-    StoreRequest {
-        service: "s3",
-        operation: "ListObjectsV2",
-    }
-    .emit(&metrics);
-    NotificationDropped::TestEvent.emit(&metrics);
-    metrics
-        .render()
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .map(|l| {
-            let (name, kind) = l.split_once(' ').unwrap();
-            match kind {
-                "counter" => format!("{name}_total"),
-                _ => name.to_string(),
-            }
+    support::exported_metric_families()
+        .into_iter()
+        .map(|(name, kind)| match kind.as_str() {
+            "counter" => format!("{name}_total"),
+            _ => name,
         })
         .collect()
 }

@@ -790,43 +790,24 @@ mod tests {
 
     #[test]
     fn the_fix_names_the_bucket_and_the_permission() {
-        let e = |location: &str, operation, kind| StoreError::new(operation, location, kind, "x");
-        let missing = fix(
-            &e("s3://gone/currents/", "list", StoreErrorKind::NotFound),
-            "--source",
-            "s3://gone/currents/",
-        );
-        assert!(
-            missing.contains("the bucket s3://gone/ does not exist"),
-            "{missing}"
-        );
-        let denied = fix(
-            &e("s3://st/control/p", "put", StoreErrorKind::Denied),
-            "--state",
-            "s3://st/",
-        );
-        assert!(denied.contains("s3:PutObject on s3://st/"), "{denied}");
-        let azure = fix(
-            &e("az://c0n/x", "list", StoreErrorKind::Denied),
-            "--source",
-            "az://c0n/",
-        );
-        assert!(azure.contains("Storage Blob Data Reader"), "{azure}");
-        let gcs = fix(
-            &e("gs://b/x", "list", StoreErrorKind::Denied),
-            "--source",
-            "gs://b/",
-        );
-        assert!(gcs.contains("storage.objects.list"), "{gcs}");
-        let local = fix(
-            &e("/sys/kernel/control/p", "put", StoreErrorKind::Denied),
-            "--state",
-            "/sys/kernel",
-        );
-        assert!(
-            local.contains("write permission (on a writable mount) on /sys/kernel:"),
-            "{local}"
-        );
+        use StoreErrorKind::{Denied, NotFound};
+        // (where the error was met, the operation, its kind, the flag, as configured, the fix says)
+        #[rustfmt::skip]
+        let cases = [
+            ("s3://gone/currents/", "list", NotFound, "--source", "s3://gone/currents/", "the bucket s3://gone/ does not exist"),
+            ("s3://st/control/p", "put", Denied, "--state", "s3://st/", "s3:PutObject on s3://st/"),
+            ("az://c0n/x", "list", Denied, "--source", "az://c0n/", "Storage Blob Data Reader"),
+            ("gs://b/x", "list", Denied, "--source", "gs://b/", "storage.objects.list"),
+            ("/sys/kernel/control/p", "put", Denied, "--state", "/sys/kernel", "write permission (on a writable mount) on /sys/kernel:"),
+        ];
+        for (location, operation, kind, flag, configured, says) in cases {
+            let text = fix(
+                &StoreError::new(operation, location, kind, "x"),
+                flag,
+                configured,
+            );
+            assert!(text.contains(says), "{location} {operation} {kind}: {text}");
+        }
         let https = root_of("https://acct.blob.core.windows.net/cont/a/b");
         assert_eq!(https, "https://acct.blob.core.windows.net/cont/");
         assert_eq!(cause(StoreErrorKind::Unavailable), Cause::Outage);

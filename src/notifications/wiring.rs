@@ -755,55 +755,48 @@ fn pattern_covers(pattern: &str, target: &Target) -> Result<Vec<String>, String>
 /// Whether a pattern field's matchers take `value`: `None` when a matcher is not understood
 /// and none of the understood ones matches.
 fn matches(matchers: &Value, value: &str) -> Option<bool> {
-    let Value::Array(list) = matchers else {
-        return None;
-    };
-    let mut unknown = false;
-    for m in list {
-        let verdict = match m {
-            Value::String(s) => Some(s == value),
-            Value::Object(o) => match (o.get("prefix"), o.get("wildcard")) {
-                (Some(Value::String(p)), _) => Some(value.starts_with(p.as_str())),
-                (_, Some(Value::String(w))) => Some(wildcard(w, value)),
-                _ => None,
-            },
-            _ => Some(false),
-        };
-        match verdict {
-            Some(true) => return Some(true),
-            Some(false) => {}
-            None => unknown = true,
-        }
-    }
-    if unknown { None } else { Some(false) }
+    any_matcher(matchers, |m| match m {
+        Value::String(s) => Some(s == value),
+        Value::Object(o) => match (o.get("prefix"), o.get("wildcard")) {
+            (Some(Value::String(p)), _) => Some(value.starts_with(p.as_str())),
+            (_, Some(Value::String(w))) => Some(wildcard(w, value)),
+            _ => None,
+        },
+        _ => Some(false),
+    })
 }
 
 /// Whether key matchers take every `.avro` key under `prefix`.
 fn key_matches(matchers: &Value, prefix: &str) -> Option<bool> {
+    any_matcher(matchers, |m| match m {
+        // One key is not every key.
+        Value::String(_) => Some(false),
+        Value::Object(o) => match (o.get("prefix"), o.get("suffix"), o.get("wildcard")) {
+            (Some(Value::String(p)), _, _) => Some(prefix.starts_with(p.as_str())),
+            (_, Some(Value::String(s)), _) => Some(".avro".ends_with(s.as_str())),
+            // `currents/*` or `currents/*.avro`: what precedes the first `*` must be a
+            // prefix of ours, and what follows the last one a suffix of `.avro`.
+            (_, _, Some(Value::String(w))) => Some(match (w.find('*'), w.rfind('*')) {
+                (Some(first), Some(last)) => {
+                    prefix.starts_with(&w[..first]) && ".avro".ends_with(&w[last + 1..])
+                }
+                _ => false,
+            }),
+            _ => None,
+        },
+        _ => Some(false),
+    })
+}
+
+/// EventBridge's rule for a field's list of matchers: one that matches is enough. `None`
+/// (not understood) only when no understood matcher matches and one was not understood.
+fn any_matcher(matchers: &Value, verdict: impl Fn(&Value) -> Option<bool>) -> Option<bool> {
     let Value::Array(list) = matchers else {
         return None;
     };
     let mut unknown = false;
     for m in list {
-        let verdict = match m {
-            // One key is not every key.
-            Value::String(_) => Some(false),
-            Value::Object(o) => match (o.get("prefix"), o.get("suffix"), o.get("wildcard")) {
-                (Some(Value::String(p)), _, _) => Some(prefix.starts_with(p.as_str())),
-                (_, Some(Value::String(s)), _) => Some(".avro".ends_with(s.as_str())),
-                // `currents/*` or `currents/*.avro`: what precedes the first `*` must be a
-                // prefix of ours, and what follows the last one a suffix of `.avro`.
-                (_, _, Some(Value::String(w))) => Some(match (w.find('*'), w.rfind('*')) {
-                    (Some(first), Some(last)) => {
-                        prefix.starts_with(&w[..first]) && ".avro".ends_with(&w[last + 1..])
-                    }
-                    _ => false,
-                }),
-                _ => None,
-            },
-            _ => Some(false),
-        };
-        match verdict {
+        match verdict(m) {
             Some(true) => return Some(true),
             Some(false) => {}
             None => unknown = true,

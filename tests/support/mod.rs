@@ -277,3 +277,43 @@ pub fn signal(child: &tokio::process::Child, name: &str) {
             .success()
     );
 }
+
+/// A registry with one series in every labelled family: prometheus-client encodes a family
+/// (even its `# TYPE` line) only once it has a series, so a test that lists what /metrics can
+/// show emits one of each first.
+pub fn metrics_with_every_family() -> currents_heap::telemetry::Metrics {
+    use currents_heap::telemetry::events::{
+        EventsRead, HeapRequest, NotificationDropped, StoreRequest,
+    };
+    let metrics = currents_heap::telemetry::Metrics::new();
+    metrics.lease_role(currents_heap::telemetry::LeaseRole::Held);
+    EventsRead {
+        event_type: "x",
+        count: 1,
+    }
+    .emit(&metrics);
+    HeapRequest {
+        status: Some(429),
+        latency: std::time::Duration::from_millis(5),
+    }
+    .emit(&metrics);
+    StoreRequest {
+        service: "sqs",
+        operation: "ReceiveMessage",
+    }
+    .emit(&metrics);
+    NotificationDropped::TestEvent.emit(&metrics);
+    metrics
+}
+
+/// Every metric family /metrics can show, as `(name, type)` from its `# TYPE` lines (a
+/// counter's name without `_total`, as declared).
+pub fn exported_metric_families() -> Vec<(String, String)> {
+    metrics_with_every_family()
+        .render()
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, kind)| (name.to_string(), kind.to_string()))
+        .collect()
+}
