@@ -448,3 +448,51 @@ fn the_anchors_are_githubs() {
         ])
     );
 }
+
+// --- the index and the commands page ------------------------------------------------------
+
+/// A page nobody links from the index is a page nobody finds: docs/README.md links every
+/// Markdown file under docs/.
+#[test]
+fn the_index_links_every_page() {
+    let index = page("docs/README.md");
+    let linked: BTreeSet<String> = links(&index)
+        .into_iter()
+        .map(|(_, target)| target.split('#').next().unwrap_or_default().to_string())
+        .collect();
+    let docs = root().join("docs");
+    let missing: Vec<String> = markdown_files()
+        .iter()
+        .filter_map(|file| file.strip_prefix(&docs).ok())
+        .map(|relative| relative.display().to_string())
+        .filter(|relative| relative != "README.md" && !linked.contains(relative))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/README.md does not link: {missing:?}"
+    );
+}
+
+/// docs/reference/commands.md has a row for every command clap knows, so a new command
+/// (as `check` was) cannot ship without its reference.
+#[test]
+fn the_commands_page_has_a_row_per_command() {
+    use clap::CommandFactory;
+    let rows = table_rows(&page("docs/reference/commands.md"));
+    let documented: BTreeSet<String> = rows
+        .iter()
+        .filter_map(|row| row.first())
+        .filter_map(|cell| code_in(cell))
+        .filter_map(|code| code.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    let missing: Vec<String> = currents_heap::commands::Cli::command()
+        .get_subcommands()
+        .map(|command| command.get_name().to_string())
+        .filter(|name| name != "help" && !documented.contains(name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/reference/commands.md has no row for: {missing:?}"
+    );
+}
