@@ -21,10 +21,12 @@ use config::{DEFAULT_IDENTITY, DEFAULTS};
 const EXIT_CODES: &str = "Exit codes:
   0  everything asked for is finished (a long-lived `run` stopped by SIGTERM/SIGINT also exits 0)
   1  fatal: the ERROR line says what to fix (e.g. Heap answered 401/403/404)
-  2  usage or configuration error, reported before any work starts
+  2  usage, configuration, wiring or permission error (a missing bucket, a state that cannot
+     be written, a queue the bucket does not notify), found before any event is sent;
+     `currents-heap check` lists every one at once
   3  finished, but events were parked as dead letters or objects failed (see `status`)
-  4  `run --once`, `backfill` or `replay` stopped before its work was done (a signal, store
-     errors, objects left to retry; a `backfill` that handed its range to a `run` worker: the
+  4  `run --once`, `backfill` or `replay` stopped before its work was done (a signal, a store
+     outage, at start or later, objects left to retry; a `backfill` that handed its range to a `run` worker: the
      worker ended it incomplete, or a signal stopped the following while the worker carries
      on): it prints what remains; running it again resumes (or follows again)";
 
