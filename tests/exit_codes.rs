@@ -185,74 +185,136 @@ async fn a_long_lived_run_stopped_by_sigterm_exits_0_even_after_parking() {
     );
 }
 
+/// An S3 endpoint that takes connections and never answers, but for the first `answered`
+/// requests, which get an empty listing: a listing after those lasts until a signal, as one
+/// of a slow or vast bucket would.
+async fn silent_s3(answered: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        let mut left = answered;
+        while let Ok((mut socket, _)) = silent.accept().await {
+            if left > 0 {
+                left -= 1;
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult><Name>currents</Name><Prefix>c/</Prefix><KeyCount>0</KeyCount><MaxKeys>1000</MaxKeys><Delimiter>/</Delimiter><IsTruncated>false</IsTruncated></ListBucketResult>";
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+                continue;
+            }
+            held.push(socket);
+        }
+    });
+    endpoint
+}
+
+/// A SIGTERM while a listing hangs, in the start-up check (the first listing of all) and in
+/// the engine's first poll: a clean stop (0 for `run`, 4 for `run --once`), not the signal's
+/// default action, and nothing sent.
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signal_during_the_first_listing_is_a_clean_stop() {
     let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
     let state = TempDir::new("silent-source-state");
-    // An S3 endpoint that takes connections and never answers: the first listing lasts
-    // until the signal, as a listing of a slow or vast bucket would.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", silent.local_addr().unwrap());
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = silent.accept().await {
-            held.push(socket);
-        }
-    });
-    for (args, expected) in [(&["run"][..], 0), (&["run", "--once"][..], 4)] {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_currents-heap"));
-        command
-            .args(args)
-            .args(["--source", "s3://currents/c", "--s3-path-style", "--state"])
-            .arg(&state.0)
-            .env("AWS_ACCESS_KEY_ID", "AKIDSILENTSOURCE")
-            .env("AWS_SECRET_ACCESS_KEY", "silent-source-secret")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ENDPOINT_URL", &endpoint)
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_CONFIG_FILE", "/nonexistent")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-            .env_remove("AWS_PROFILE")
-            .env("HEAP_API_URL", standin.url())
-            .env("HEAP_APP_ID", APP_ID)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-        // The engine logs `started:` just before its first listing, which never ends: the
-        // signal lands during it.
-        while let Some(line) = stderr.next_line().await.unwrap() {
-            if line.contains("started:") {
-                break;
+    // (requests answered, the line logged just before the listing that hangs, the line
+    // that says the stop cut it short)
+    let phases = [
+        (
+            0,
+            "checking the source and the state",
+            "stopped during the start-up check",
+        ),
+        (1, "started:", "stopping during a poll"),
+    ];
+    for (answered, before, stopped) in phases {
+        for (args, expected) in [(&["run"][..], 0), (&["run", "--once"][..], 4)] {
+            let endpoint = silent_s3(answered).await;
+            let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_currents-heap"));
+            command
+                .args(args)
+                .args(["--source", "s3://currents/c", "--s3-path-style", "--state"])
+                .arg(&state.0)
+                .env("AWS_ACCESS_KEY_ID", "AKIDSILENTSOURCE")
+                .env("AWS_SECRET_ACCESS_KEY", "silent-source-secret")
+                .env("AWS_REGION", "us-east-1")
+                .env("AWS_ENDPOINT_URL", &endpoint)
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .env("AWS_CONFIG_FILE", "/nonexistent")
+                .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+                .env_remove("AWS_PROFILE")
+                .env("HEAP_API_URL", standin.url())
+                .env("HEAP_APP_ID", APP_ID)
+                .env("NO_COLOR", "1")
+                .env("RUST_LOG", "info")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true);
+            let mut child = command.spawn().unwrap();
+            let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+            let mut seen = Vec::new();
+            while let Some(line) = stderr.next_line().await.unwrap() {
+                let found = line.contains(before);
+                seen.push(line);
+                if found {
+                    break;
+                }
+            }
+            assert!(
+                seen.last().is_some_and(|l| l.contains(before)),
+                "{args:?}: no `{before}` line: {seen:#?}"
+            );
+            if answered > 0 {
+                // The engine's listing, not the check's, is the one the signal lands in.
+                assert!(
+                    !seen
+                        .iter()
+                        .any(|l| l.contains("stopped during the start-up check")),
+                    "{seen:#?}"
+                );
+            }
+            let pid = child.id().unwrap().to_string();
+            assert!(
+                std::process::Command::new("kill")
+                    .args(["-TERM", &pid])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+            let mut rest = Vec::new();
+            while let Some(line) = stderr.next_line().await.unwrap() {
+                rest.push(line);
+            }
+            let status = child.wait().await.unwrap();
+            assert_eq!(
+                status.code(),
+                Some(expected),
+                "{args:?} after `{before}`: a stop during the first listing exits like any stop, not by the signal"
+            );
+            if expected == 4 || answered > 0 {
+                assert!(
+                    rest.iter().any(|l| l.contains(stopped)),
+                    "{args:?}: the signal landed in the listing and cut it short: {rest:#?}"
+                );
             }
         }
-        let pid = child.id().unwrap().to_string();
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let mut rest = Vec::new();
-        while let Some(line) = stderr.next_line().await.unwrap() {
-            rest.push(line);
-        }
-        let status = child.wait().await.unwrap();
-        assert_eq!(
-            status.code(),
-            Some(expected),
-            "{args:?}: a stop during the first poll exits like any stop, not by the signal"
-        );
-        assert!(
-            rest.iter().any(|l| l.contains("stopping during a poll")),
-            "{args:?}: the signal landed in the listing and cut it short: {rest:#?}"
-        );
     }
+    assert_eq!(
+        standin.report().requests,
+        0,
+        "a stop before the first send sends nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use super::check::{Preflight, StateUse, preflight};
+use super::check::{Preflight, StateUse, preflight_until};
 use super::config::{Config, DEFAULTS, HumanDuration};
 use super::worker::{
     Exit, Leased, WorkerArgs, engine, hand_over_when_rate_bound, lease, open_state, sent_record,
@@ -94,7 +94,7 @@ pub async fn backfill(args: BackfillArgs, config: Config) -> Exit {
         },
         bounded: true,
     };
-    if let Err(exit) = preflight(&config, start, &Arc::new(Metrics::new())).await {
+    if let Err(exit) = preflight_until(&config, start, &Arc::new(Metrics::new()), &stop).await {
         return exit;
     }
     if config.dry_run || args.no_handover {

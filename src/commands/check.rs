@@ -33,6 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use clap::Args;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use super::config::Config;
 use super::run::RunArgs;
@@ -357,6 +358,27 @@ pub struct Preflight {
     /// `run --once`, `backfill`, `replay`: an outage at start exits 4. A long-lived `run`
     /// (and `status`) carries on, as through an outage later.
     pub bounded: bool,
+}
+
+/// [`preflight`] until a stop signal: a listing of a store that takes the connection and
+/// never answers lasts until then, and the signal handlers are already installed (the
+/// default action no longer ends the process). A stop ends a bounded command as
+/// incomplete (4), a long-lived `run` cleanly (0); nothing was sent either way.
+pub async fn preflight_until(
+    config: &Config,
+    what: Preflight,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+) -> Result<(), Exit> {
+    tracing::info!("checking the source and the state before anything is sent");
+    tokio::select! {
+        checked = preflight(config, what, metrics) => checked,
+        () = stop.cancelled() => Err(if what.bounded {
+            Exit::Incomplete("stopped during the start-up check; nothing was sent".into())
+        } else {
+            Exit::Success
+        }),
+    }
 }
 
 /// The cheap checks of a command's start: the source lists (1 request), the state can be

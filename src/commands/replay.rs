@@ -4,9 +4,9 @@ use clap::Args;
 use serde::Serialize;
 
 use super::MappingArgs;
-use super::check::{Preflight, StateUse, preflight};
+use super::check::{Preflight, StateUse, preflight_until};
 use super::config::{Config, DEFAULTS, HumanDuration};
-use super::worker::{Exit, HeapArgs, StateArgs, open_state, output, shutdown_on_signals};
+use super::worker::{Exit, HeapArgs, StateArgs, open_state, output, stop_on_signals};
 use crate::deadletter::DeadLetterFilter;
 use crate::worker::Settings;
 use tokio_util::sync::CancellationToken;
@@ -56,7 +56,7 @@ fn parse_date_filter(text: &str) -> Result<String, String> {
 
 pub async fn replay(args: ReplayArgs, config: Config) -> Exit {
     let abandon = CancellationToken::new();
-    let shutdown = shutdown_on_signals(abandon.clone());
+    let stop = stop_on_signals(abandon.clone());
     let output = match output(&config, None) {
         Ok(output) => output,
         Err(exit) => return exit,
@@ -69,7 +69,7 @@ pub async fn replay(args: ReplayArgs, config: Config) -> Exit {
         state: StateUse::Write { lease: false },
         bounded: true,
     };
-    if let Err(exit) = preflight(&config, start, &metrics).await {
+    if let Err(exit) = preflight_until(&config, start, &metrics, &stop).await {
         return exit;
     }
     let state = match open_state(&config, !config.dry_run, &metrics).await {
@@ -86,8 +86,15 @@ pub async fn replay(args: ReplayArgs, config: Config) -> Exit {
         bounded_state_retry: config.retry_max_time.get(),
         dry_run: config.dry_run,
     };
-    let report =
-        crate::worker::replay::replay(state, output, &filter, &settings, shutdown, &abandon).await;
+    let report = crate::worker::replay::replay(
+        state,
+        output,
+        &filter,
+        &settings,
+        stop.cancelled_owned(),
+        &abandon,
+    )
+    .await;
     print!("{}", report.render());
     report.outcome().into()
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::sync::watch;
 
-use super::check::{Preflight, StateUse, preflight};
+use super::check::{Preflight, StateUse, preflight_until};
 use super::config::{Config, DEFAULTS, HumanDuration, as_text};
 use super::worker::{
     Exit, Leased, WorkerArgs, engine, hand_over_when_rate_bound, lease, sent_record,
@@ -121,7 +121,7 @@ pub async fn run(args: RunArgs, config: Config) -> Exit {
         state: StateUse::Write { lease: true },
         bounded: args.once,
     };
-    if let Err(exit) = preflight(&config, start, &metrics).await {
+    if let Err(exit) = preflight_until(&config, start, &metrics, &stop).await {
         return exit;
     }
     // Before the lease and any send: a queue the bucket does not feed exits 2 here.
