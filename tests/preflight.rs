@@ -155,3 +155,40 @@ async fn an_outage_at_start_exits_4_from_a_bounded_command_not_2() {
     }
     assert_eq!(heap.report().requests, 0);
 }
+
+/// A Heap URL that does not answer is found at the start of a bounded command (4, nothing
+/// sent, nothing recorded), and one whose name does not resolve is wiring (2): it used to
+/// read every object and retry each batch for `--retry-max-time` (15 minutes), then park it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heap_url_that_does_not_answer_is_found_at_start() {
+    let heap = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let source = fixtures();
+    let source = source.to_str().unwrap();
+    let closed = format!("http://127.0.0.1:{}", closed_port());
+    for (url, expected, says) in [
+        (closed.as_str(), 4, "Heap did not answer at start"),
+        ("https://no-such-host.invalid", 2, "cannot reach it"),
+    ] {
+        for args in bounded(&["--source", source]) {
+            let state = support::TempDir::new("heap-at-start");
+            let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+            args.extend(["--state", state.0.to_str().unwrap()]);
+            let mut command = binary(&heap, &args);
+            command.env("HEAP_API_URL", url);
+            let ran =
+                tokio::time::timeout(std::time::Duration::from_secs(120), output(command)).await;
+            let (code, stdout, stderr) = ran.unwrap_or_else(|_| panic!("{args:?} never ended"));
+            assert_eq!(code, expected, "{args:?} {url}\n{stdout}\n{stderr}");
+            assert!(
+                stderr.contains(&format!("--heap-url {url}")) && stderr.contains(says),
+                "{args:?}: {stderr}"
+            );
+            let done = LocalStore::new(state.0.clone()).list("ledger/").await;
+            assert!(
+                done.map(|objects| objects.is_empty()).unwrap_or(true),
+                "{args:?} {url}: something was recorded"
+            );
+        }
+    }
+    assert_eq!(heap.report().requests, 0);
+}

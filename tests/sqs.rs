@@ -871,9 +871,13 @@ async fn credentials_the_queue_refuses_exit_2_naming_the_option_and_the_code() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
+    // The start-up check uses the credentials first, on the source: refused there, named
+    // there (the queue would refuse them the same way).
     assert!(
-        stderr.contains("--sqs-queue-url") && stderr.contains("InvalidClientTokenId"),
+        (stderr.contains("--sqs-queue-url") && stderr.contains("InvalidClientTokenId"))
+            || (stderr.contains("--source") && stderr.contains("InvalidAccessKeyId")),
         "{stderr}"
     );
+    assert!(stderr.contains("credentials were refused"), "{stderr}");
     assert!(!stderr.contains(SECRET_KEY), "{stderr}");
 }

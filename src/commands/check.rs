@@ -65,6 +65,9 @@ pub struct CheckArgs {
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Ok,
+    /// Not checked, and why (`--single-process`, no `--sqs-queue-url`, local stores): a
+    /// script tells it from a check that passed.
+    Skip,
     Warn,
     Fail,
 }
@@ -73,6 +76,7 @@ impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Status::Ok => "ok",
+            Status::Skip => "skip",
             Status::Warn => "warn",
             Status::Fail => "fail",
         })
@@ -93,6 +97,14 @@ pub struct Line {
 }
 
 impl Line {
+    /// Not checked: `why` says why.
+    fn skip(check: &'static str, target: impl Into<String>, why: impl Into<String>) -> Line {
+        Line {
+            status: Status::Skip,
+            ..Line::ok(check, target, why)
+        }
+    }
+
     fn ok(check: &'static str, target: impl Into<String>, detail: impl Into<String>) -> Line {
         Line {
             check,
@@ -289,6 +301,16 @@ pub fn fix(e: &StoreError, flag: &str, configured: &str) -> String {
             "{} was missing just after it was written: check that nothing else deletes under {flag} (a lifecycle rule, another tool)",
             e.location
         ),
+        StoreErrorKind::Denied if refused_credentials(&e.reason) => format!(
+            "the credentials were refused (not a missing permission): check the key, secret or token this process finds ({}), and that they belong to {root}'s account",
+            match backend {
+                Backend::S3 =>
+                    "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE, the pod's role",
+                Backend::Azure => "the SAS token, the account key or the workload identity",
+                Backend::Gcs => "GOOGLE_APPLICATION_CREDENTIALS or the workload identity",
+                Backend::Local => "the process's user",
+            }
+        ),
         StoreErrorKind::Denied => format!(
             "the credentials lack {} on {root}: grant it to this process's identity (or fix the credentials it finds)",
             permission(backend, e.operation)
@@ -308,6 +330,22 @@ pub fn fix(e: &StoreError, flag: &str, configured: &str) -> String {
             "the store did not answer (an outage, or the path to it: endpoint, DNS, proxy, network policy): run again once {root} answers"
         ),
     }
+}
+
+/// Whether a denial says the credentials themselves are wrong (an unknown key, a bad
+/// signature, an expired token) rather than short of a permission: S3's and Azure's error
+/// codes for it.
+fn refused_credentials(reason: &str) -> bool {
+    [
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AuthenticationFailed",
+    ]
+    .iter()
+    .any(|code| reason.contains(code))
 }
 
 /// The text of a store that ignores conditional writes, and its way out.
@@ -414,6 +452,7 @@ pub async fn preflight(
             .map_err(ProbeFailure::Store),
     };
     match probed {
+        Ok(()) if writes => heap_at_start(config, what.bounded).await,
         Ok(()) => Ok(()),
         Err(ProbeFailure::Store(e)) => at_start("--state", &config.state, e, what.bounded),
         Err(failure @ ProbeFailure::Ignored { .. }) => {
@@ -489,7 +528,7 @@ async fn state_lines(config: &Config, metrics: &Arc<Metrics>) -> [Line; 2] {
         };
         return [
             listed,
-            Line::ok("lease", target, "skipped: --dry-run takes no lease"),
+            Line::skip("lease", target, "--dry-run takes no lease"),
         ];
     }
     let conditions = !config.single_process;
@@ -505,7 +544,7 @@ async fn state_lines(config: &Config, metrics: &Arc<Metrics>) -> [Line; 2] {
         ],
         Ok(()) => [
             Line::ok("state", target.clone(), written),
-            Line::ok("lease", target, "skipped: --single-process takes no lease"),
+            Line::skip("lease", target, "--single-process takes no lease"),
         ],
         Err(ProbeFailure::Store(e)) => [
             Line::store("state", "--state", target.clone(), &e),
@@ -543,43 +582,68 @@ fn exit_line(check: &'static str, target: String, exit: Exit, flag: &str) -> Lin
 
 /// Heap's URL: one plain GET of its base; any HTTP answer means it is reachable (Heap's base
 /// answers a GET without an app id; no event is sent).
-async fn heap_line(config: &Config) -> Line {
-    let url = config.heap_url.clone();
+/// One plain GET of `--heap-url` (no event, no app id): the HTTP status it answered, or
+/// why it did not answer (the error and its causes, one line).
+async fn reach_heap(config: &Config) -> Result<u16, String> {
     let client = reqwest::Client::builder()
         .timeout(config.request_timeout.get().min(Duration::from_secs(30)))
         .connect_timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("currents-heap/", env!("CARGO_PKG_VERSION")))
-        .build();
-    let answered = match client {
-        Ok(client) => client.get(&url).send().await,
-        Err(e) => return Line::fail("heap", url, e.to_string(), "report this: no HTTP client"),
-    };
-    match answered {
-        Ok(response) if url.starts_with("http://") => Line::warn(
+        .build()
+        .map_err(|e| format!("no HTTP client: {e}"))?;
+    match client.get(&config.heap_url).send().await {
+        Ok(response) => Ok(response.status().as_u16()),
+        Err(e) => Err(error_chain(&e)),
+    }
+}
+
+/// What to check when Heap does not answer.
+const HEAP_FIX: &str = "check --heap-url (https://heapanalytics.com; EU: https://c.eu.heap-api.com), DNS, and the egress path (proxy, network policy, firewall)";
+
+async fn heap_line(config: &Config) -> Line {
+    let url = config.heap_url.clone();
+    match reach_heap(config).await {
+        Ok(status) if url.starts_with("http://") => Line::warn(
             "heap",
             url,
             format!(
-                "answers (HTTP {} to a GET; no event sent); not TLS: only for a local stand-in",
-                response.status().as_u16()
+                "answers (HTTP {status} to a GET; no event sent); not TLS: only for a local stand-in (which answers 404 here)"
             ),
             "Heap's URL is https://heapanalytics.com (EU: https://c.eu.heap-api.com)",
         ),
-        Ok(response) => Line::ok(
+        Ok(status) => Line::ok(
             "heap",
             url,
-            format!(
-                "answers over TLS (HTTP {} to a GET; no event sent)",
-                response.status().as_u16()
-            ),
+            format!("answers over TLS (HTTP {status} to a GET; no event sent)"),
         ),
-        Err(e) => Line::fail(
-            "heap",
-            url,
-            format!("cannot reach it: {}", error_chain(&e)),
-            "check --heap-url (https://heapanalytics.com; EU: https://c.eu.heap-api.com), DNS, and the egress path (proxy, network policy, firewall)",
-        ),
+        Err(why) => Line::fail("heap", url, format!("cannot reach it: {why}"), HEAP_FIX),
     }
+}
+
+/// At the start of a command that sends: Heap answers. A name that does not resolve is
+/// wiring (2); anything else may be an outage: a bounded command exits 4 with nothing sent
+/// (instead of retrying every batch for `--retry-max-time` and parking them), a long-lived
+/// `run` warns and starts (its deliveries retry as through any outage).
+async fn heap_at_start(config: &Config, bounded: bool) -> Result<(), Exit> {
+    let Err(why) = reach_heap(config).await else {
+        return Ok(());
+    };
+    let url = &config.heap_url;
+    if why.contains("dns error") {
+        return Err(Exit::Usage(format!(
+            "--heap-url {url}: cannot reach it: {why}. Fix: {HEAP_FIX}"
+        )));
+    }
+    if bounded {
+        return Err(Exit::Incomplete(format!(
+            "--heap-url {url}: Heap did not answer at start ({why}); nothing was sent. Fix: {HEAP_FIX}"
+        )));
+    }
+    tracing::warn!(
+        "--heap-url {url}: Heap did not answer at start ({why}); starting anyway: deliveries retry"
+    );
+    Ok(())
 }
 
 /// An error and its causes, one line (reqwest's own display omits the TLS or DNS cause).
@@ -635,10 +699,10 @@ pub const CLOCK_FAIL: Duration = Duration::from_secs(15 * 60);
 /// source's if the state is local): any status will do, unsigned.
 async fn clock_line(config: &Config) -> Line {
     let Some(endpoint) = endpoint(&config.state).or_else(|| endpoint(&config.source)) else {
-        return Line::ok(
+        return Line::skip(
             "clock",
             "local stores",
-            "skipped: both stores are local directories, on this host's clock",
+            "both stores are local directories, on this host's clock",
         );
     };
     let client = reqwest::Client::builder()
@@ -769,10 +833,10 @@ fn endpoint(location: &Location) -> Option<String> {
 /// With `--sqs-queue-url`: the queue and the bucket's notification covering `--source`.
 async fn sqs_line(config: &Config, metrics: &Arc<Metrics>) -> Line {
     let Some(url) = &config.sqs_queue_url else {
-        return Line::ok(
+        return Line::skip(
             "sqs",
             "-",
-            "skipped: no --sqs-queue-url (the source is listed every --poll-interval)",
+            "no --sqs-queue-url (the source is listed every --poll-interval)",
         );
     };
     let Location::S3 { bucket, prefix } = &config.source else {
