@@ -10,6 +10,12 @@ use currents_heap_testkit::standin::{Standin, StandinConfig};
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "heap_standin [APP_ID] [--no-limits] [--delay-ms N]: a Heap track API stand-in on loopback; prints its URL, runs until Ctrl-C (SIGINT), then prints what it stored"
+        );
+        return;
+    }
     let app_id = args.first().cloned().unwrap_or_else(|| "1".into());
     let mut config = StandinConfig::new(app_id);
     if args.iter().any(|a| a == "--no-limits") {
