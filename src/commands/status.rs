@@ -285,6 +285,7 @@ async fn report(config: &Config) -> Result<(String, serde_json::Value), String> 
     }
     let sender = sender(state.as_ref(), lease_seen).await;
     out.push_str(&sender.line);
+    out.push('\n');
     doc.insert("sender".into(), json!(sender));
     let handover_error = |e| format!("cannot read the state: {e}");
     let workers = control.workers().await.map_err(handover_error)?;
@@ -343,7 +344,8 @@ impl Sender {
             state,
             holder: body.map(|b| b.holder.clone()),
             role: body.map(|b| b.role),
-            line,
+            // The JSON field holds the line without the text report's line break.
+            line: line.trim_end().to_string(),
         }
     }
 }
@@ -694,7 +696,7 @@ mod tests {
         let live = line(state.clone()).await;
         assert_eq!(
             live,
-            "sender: Host-A-1-ab (`run`), live (it renewed the lease)\n"
+            "sender: Host-A-1-ab (`run`), live (it renewed the lease)"
         );
 
         assert!(keeper.release(Duration::from_secs(5)).await);

@@ -275,7 +275,7 @@ impl Poller {
             oldest_hour = %oldest,
             newest_hour = %newest,
             lookback = %lookback,
-            "no object in the lookback window, but {} hours of objects older than --lookback {lookback} exist (oldest date={oldest}, newest date={newest}): use `backfill --from {from_arg} --to {to_arg}` to deliver them",
+            "no object in the lookback window, but {} hours of objects older than --lookback {lookback} exist (oldest date={oldest}, newest date={newest}): if they were never delivered, `backfill --from {from_arg} --to {to_arg}` delivers them (`status --lookback all` shows what is done; a backfill skips what is)",
             hours.len()
         );
     }
