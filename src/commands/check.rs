@@ -142,9 +142,9 @@ impl Line {
 
     /// A store error, by the shared rules: an outage fails too (`check` runs once, and could
     /// not check), with its fix.
-    fn store(check: &'static str, flag: &str, target: String, e: &StoreError) -> Line {
-        let fix = fix(e, flag, &target);
-        Line::fail(check, target, e.to_string(), fix)
+    fn store(check: &'static str, flag: &str, configured: &Location, e: &StoreError) -> Line {
+        let fix = fix(e, flag, configured);
+        Line::fail(check, configured.to_string(), e.to_string(), fix)
     }
 
     /// The human form: `check  status  target: detail; fix: …`.
@@ -214,7 +214,7 @@ pub fn cause(kind: StoreErrorKind) -> Cause {
     }
 }
 
-/// Which kind of store a location (as a [`StoreError`] names it) is.
+/// Which kind of store a configured location is: it decides the permission's name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
     S3,
@@ -223,35 +223,37 @@ enum Backend {
     Local,
 }
 
-fn backend(location: &str) -> Backend {
-    if location.starts_with("s3://") {
-        Backend::S3
-    } else if location.starts_with("az://") || location.contains(".blob.core.windows.net/") {
-        Backend::Azure
-    } else if location.starts_with("gs://") {
-        Backend::Gcs
-    } else {
-        Backend::Local
+fn backend(location: &Location) -> Backend {
+    match location {
+        Location::S3 { .. } => Backend::S3,
+        Location::Azure { .. } => Backend::Azure,
+        Location::Gcs { .. } => Backend::Gcs,
+        Location::Local(_) => Backend::Local,
     }
 }
 
-/// The bucket, container or directory of a location: `s3://bucket/`, or the location itself
-/// for a directory.
-fn root_of(location: &str) -> String {
-    match location.split_once("://") {
-        Some((scheme, rest)) if scheme != "https" => {
-            let bucket = rest.split('/').next().unwrap_or(rest);
-            format!("{scheme}://{bucket}/")
-        }
-        // https://<account>.blob.core.windows.net/<container>/…
-        Some((_, rest)) => {
-            let mut parts = rest.splitn(3, '/');
-            let host = parts.next().unwrap_or_default();
-            let container = parts.next().unwrap_or_default();
-            format!("https://{host}/{container}/")
-        }
-        None => location.to_string(),
-    }
+/// What must exist for a location to be used: its bucket or container (`s3://bucket/`, as
+/// [`Location`]'s own form writes it, without the prefix), or the directory itself.
+fn root_of(location: &Location) -> String {
+    let without_prefix = match location {
+        Location::Local(_) => return location.to_string(),
+        Location::S3 { bucket, .. } => Location::S3 {
+            bucket: bucket.clone(),
+            prefix: String::new(),
+        },
+        Location::Azure {
+            account, container, ..
+        } => Location::Azure {
+            account: account.clone(),
+            container: container.clone(),
+            prefix: String::new(),
+        },
+        Location::Gcs { bucket, .. } => Location::Gcs {
+            bucket: bucket.clone(),
+            prefix: String::new(),
+        },
+    };
+    without_prefix.to_string()
 }
 
 /// The permission an operation (`list`, `get`, `put`, `delete`) needs on a back-end.
@@ -279,13 +281,9 @@ fn permission(backend: Backend, operation: &str) -> &'static str {
 
 /// What to do about `e`, met on the store of `flag` (`--source`, `--state`) configured as
 /// `configured`.
-pub fn fix(e: &StoreError, flag: &str, configured: &str) -> String {
-    let backend = backend(&e.location);
-    // A directory's errors name the file: the directory is the one configured.
-    let root = match backend {
-        Backend::Local => configured.to_string(),
-        _ => root_of(&e.location),
-    };
+pub fn fix(e: &StoreError, flag: &str, configured: &Location) -> String {
+    let backend = backend(configured);
+    let root = root_of(configured);
     match e.kind {
         StoreErrorKind::NotFound if matches!(e.operation, "list" | "put") => {
             let what = match backend {
@@ -361,7 +359,7 @@ fn at_start(flag: &str, configured: &Location, e: StoreError, bounded: bool) -> 
     match cause(e.kind) {
         Cause::Wiring => Err(Exit::Usage(format!(
             "{flag} {configured}: {e}. Fix: {}",
-            fix(&e, flag, &configured.to_string())
+            fix(&e, flag, configured)
         ))),
         Cause::Outage if bounded => Err(Exit::Incomplete(format!(
             "{flag}: {e}: the store did not answer at start; nothing was sent"
@@ -501,7 +499,7 @@ async fn source_line(config: &Config, metrics: &Arc<Metrics>) -> Line {
             target,
             format!("lists; {} event_type= folders", folders.len()),
         ),
-        Err(e) => Line::store("source", "--source", target, &e),
+        Err(e) => Line::store("source", "--source", &config.source, &e),
     }
 }
 
@@ -524,7 +522,7 @@ async fn state_lines(config: &Config, metrics: &Arc<Metrics>) -> [Line; 2] {
                 target.clone(),
                 "lists (--dry-run: nothing written)",
             ),
-            Err(e) => Line::store("state", "--state", target.clone(), &e),
+            Err(e) => Line::store("state", "--state", &config.state, &e),
         };
         return [
             listed,
@@ -547,7 +545,7 @@ async fn state_lines(config: &Config, metrics: &Arc<Metrics>) -> [Line; 2] {
             Line::skip("lease", target, "--single-process takes no lease"),
         ],
         Err(ProbeFailure::Store(e)) => [
-            Line::store("state", "--state", target.clone(), &e),
+            Line::store("state", "--state", &config.state, &e),
             not_checked_lease(target),
         ],
         Err(failure @ ProbeFailure::Ignored { .. }) => [
@@ -881,20 +879,25 @@ mod tests {
         #[rustfmt::skip]
         let cases = [
             ("s3://gone/currents/", "list", NotFound, "--source", "s3://gone/currents/", "the bucket s3://gone/ does not exist"),
-            ("s3://st/control/p", "put", Denied, "--state", "s3://st/", "s3:PutObject on s3://st/"),
+            ("s3://state-bucket/control/p", "put", Denied, "--state", "s3://state-bucket/", "s3:PutObject on s3://state-bucket/"),
             ("az://c0n/x", "list", Denied, "--source", "az://c0n/", "Storage Blob Data Reader"),
-            ("gs://b/x", "list", Denied, "--source", "gs://b/", "storage.objects.list"),
+            ("gs://gcs-bucket/x", "list", Denied, "--source", "gs://gcs-bucket/", "storage.objects.list"),
             ("/sys/kernel/control/p", "put", Denied, "--state", "/sys/kernel", "write permission (on a writable mount) on /sys/kernel:"),
         ];
         for (location, operation, kind, flag, configured, says) in cases {
+            let configured: Location = configured.parse().unwrap();
             let text = fix(
                 &StoreError::new(operation, location, kind, "x"),
                 flag,
-                configured,
+                &configured,
             );
             assert!(text.contains(says), "{location} {operation} {kind}: {text}");
         }
-        let https = root_of("https://acct.blob.core.windows.net/cont/a/b");
+        let https = root_of(
+            &"https://acct.blob.core.windows.net/cont/a/b"
+                .parse()
+                .unwrap(),
+        );
         assert_eq!(https, "https://acct.blob.core.windows.net/cont/");
         assert_eq!(cause(StoreErrorKind::Unavailable), Cause::Outage);
         assert_eq!(cause(StoreErrorKind::Denied), Cause::Wiring);
