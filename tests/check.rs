@@ -35,14 +35,11 @@ async fn correct_setup() -> Moto {
     let moto = Moto::start().await;
     moto.create_bucket("currents-bucket").await;
     moto.create_bucket("state-bucket").await;
-    let target = moto.store("currents-bucket", "");
-    let local = LocalStore::new(fixtures());
-    for meta in local.list("").await.unwrap() {
-        target
-            .put(&meta.key, local.get(&meta.key).await.unwrap())
-            .await
-            .unwrap();
-    }
+    support::copy_all(
+        &LocalStore::new(fixtures()),
+        &moto.store("currents-bucket", ""),
+    )
+    .await;
     moto
 }
 

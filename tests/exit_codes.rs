@@ -284,14 +284,7 @@ async fn a_signal_during_the_first_listing_is_a_clean_stop() {
                     "{seen:#?}"
                 );
             }
-            let pid = child.id().unwrap().to_string();
-            assert!(
-                std::process::Command::new("kill")
-                    .args(["-TERM", &pid])
-                    .status()
-                    .unwrap()
-                    .success()
-            );
+            support::signal(&child, "-TERM");
             let mut rest = Vec::new();
             while let Some(line) = stderr.next_line().await.unwrap() {
                 rest.push(line);

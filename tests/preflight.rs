@@ -49,14 +49,7 @@ fn bounded(extra: &[&str]) -> Vec<Vec<String>> {
 /// Uploads the fixture bucket into `bucket` on moto, keys as they are (`currents/...`).
 pub async fn upload_fixtures(moto: &Moto, bucket: &str) {
     moto.create_bucket(bucket).await;
-    let target = moto.store(bucket, "");
-    let local = LocalStore::new(fixtures());
-    for meta in local.list("").await.unwrap() {
-        target
-            .put(&meta.key, local.get(&meta.key).await.unwrap())
-            .await
-            .unwrap();
-    }
+    support::copy_all(&LocalStore::new(fixtures()), &moto.store(bucket, "")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

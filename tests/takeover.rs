@@ -143,12 +143,11 @@ async fn scenario(s: &Scenario, round: usize) -> Measured {
         ..SynthOptions::default()
     };
     let ids = write_custom_events(&dir.0.join("currents"), hour, s.objects, &options).unwrap();
-    let local = currents_heap::store::LocalStore::new(&dir.0);
-    let source = moto.store(SOURCE, "");
-    for meta in local.list("").await.unwrap() {
-        let bytes = local.get(&meta.key).await.unwrap();
-        source.put(&meta.key, bytes).await.unwrap();
-    }
+    support::copy_all(
+        &currents_heap::store::LocalStore::new(&dir.0),
+        &moto.store(SOURCE, ""),
+    )
+    .await;
     let state = moto.store(STATE, "");
     let heap = Standin::start(StandinConfig {
         limits: RateLimits {

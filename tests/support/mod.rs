@@ -317,3 +317,17 @@ pub fn exported_metric_families() -> Vec<(String, String)> {
         .map(|(name, kind)| (name.to_string(), kind.to_string()))
         .collect()
 }
+
+/// Copies every object of `from` into `to`, keys as they are; returns how many.
+pub async fn copy_all(
+    from: &dyn currents_heap::store::ObjectStore,
+    to: &dyn currents_heap::store::ObjectStore,
+) -> usize {
+    let objects = from.list("").await.unwrap();
+    for meta in &objects {
+        to.put(&meta.key, from.get(&meta.key).await.unwrap())
+            .await
+            .unwrap();
+    }
+    objects.len()
+}
