@@ -661,8 +661,10 @@ mod tests {
     use super::*;
 
     /// `status`'s `sender:` line, against a real (local) state: no lease, a live holder, a
-    /// holder that stopped renewing, a released lease.
-    #[tokio::test]
+    /// holder that stopped renewing, a released lease. On a paused clock: on a real one, a
+    /// local write slower than the 1 s left before this short lease's renew deadline (a
+    /// loaded CI disk) made the holder give the lease up before the test released it.
+    #[tokio::test(start_paused = true)]
     async fn the_sender_line_says_who_sends_and_whether_it_renews() {
         use crate::handover::lease::{Acquired, LeaseClient, Role};
         use crate::store::LocalStore;

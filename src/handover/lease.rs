@@ -26,7 +26,8 @@
 //!    expired and it replaces that version. Wall clocks are never compared across hosts: the
 //!    `written_at` field is for people. A lost race (the condition failed) means another
 //!    candidate won: back to watching.
-//! 2. **Renew.** The holder rewrites its version every D/3 with its recent sends. A renewal
+//! 2. **Renew.** The holder rewrites its version every D/3 with its recent sends (after a
+//!    failed try, every `watch_every` until one succeeds or the deadline passes). A renewal
 //!    that started at `t` and succeeded lets it start Heap requests until `t + 2D/3`
 //!    ([`Holding::may_send_until`]); delivery checks that deadline itself before every
 //!    request (a fence), so a holder cut off from the store, or stuck, stops sending
@@ -62,6 +63,10 @@
 //! - **A deleted lease** (a cleanup rule, a hand): the holder's renewal is refused; it reads
 //!   the lease, finds it missing and creates it again, keeping its place and its record of
 //!   what it sent; a standby that creates it first wins, and the old holder stops at once.
+//! - **A renewal that landed but answered an error** (a 500 or a reset connection after the
+//!   store committed it): the next renewal is refused, because the version moved. The holder
+//!   reads the lease, finds its own id in it (no other process writes that id, and any
+//!   takeover replaces it), and renews on that version instead of giving the lease up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -589,10 +594,13 @@ impl Keeper {
     }
 }
 
-/// After a renewal was refused: whether the lease was deleted or overwritten by something
-/// that is not a lease (then this holder writes it again, under the same condition a
-/// standby would, and the new version and body are returned) or taken by another process
-/// (logged; `None`).
+/// Why a refused renewal found the lease still naming this holder.
+const OWN_RENEWAL: &str = "renewed by this process's own earlier renewal, which answered an error";
+
+/// After a renewal was refused: whether the lease was deleted, overwritten by something
+/// that is not a lease, or moved on by this holder's own earlier renewal whose answer was
+/// lost (then this holder writes it again, under the same condition a standby would, and
+/// the new version and body are returned) or taken by another process (logged; `None`).
 async fn recreate_if_deleted(
     client: &LeaseClient,
     holding: &Holding,
@@ -607,6 +615,14 @@ async fn recreate_if_deleted(
             PutCondition::Version(version),
             "overwritten with what is not a lease",
         ),
+        // Only this process writes its id, and a takeover replaces it: the version moved
+        // because a renewal that answered an error had landed.
+        Ok(Read::Present {
+            version,
+            body: Some(b),
+        }) if b.holder == client.me && b.state == LeaseState::Held => {
+            (PutCondition::Version(version), OWN_RENEWAL)
+        }
         Ok(Read::Present { body: Some(b), .. }) => {
             tracing::error!(
                 "the lease was taken by {} ({}): this process stopped all requests to Heap",
@@ -625,9 +641,13 @@ async fn recreate_if_deleted(
     let body = holding.next(LeaseState::Held, sent);
     let taken_by = match client.write(&condition, &body).await {
         Ok(version) => {
-            tracing::warn!(
-                "{LEASE_KEY} was {what} while this process held it: wrote it again (keep `control/` out of cleanup rules and hand edits)"
-            );
+            if what == OWN_RENEWAL {
+                tracing::info!("{LEASE_KEY} was {what}: renewed it on that version");
+            } else {
+                tracing::warn!(
+                    "{LEASE_KEY} was {what} while this process held it: wrote it again (keep `control/` out of cleanup rules and hand edits)"
+                );
+            }
             return Some((version, body));
         }
         Err(e) => format!("a standby that wrote it first after it was {what} ({e})"),
@@ -649,11 +669,31 @@ async fn renew(
     let t = client.timings;
     let mut complained = false;
     loop {
+        // After a failed renewal, retry every `watch_every` (as Kubernetes' leader election
+        // retries every retryPeriod): waiting `renew_every` again would start the next try
+        // at the renew deadline, so one transient error would cost the lease.
+        let wait = if complained {
+            t.watch_every.min(t.renew_every)
+        } else {
+            t.renew_every
+        };
+        // Never sleeps past the deadline: losing it is noticed when it passes.
+        let until = (Instant::now() + wait).min(holding.may_send_until);
         tokio::select! {
             _ = stop.cancelled() => return Some((client, holding, sent)),
-            _ = tokio::time::sleep(t.renew_every) => {}
+            _ = tokio::time::sleep_until(until) => {}
         }
         let started = Instant::now();
+        // Checked before a write starts: a write started past the deadline could land
+        // after a candidate took over.
+        if !holding.may_send(started) {
+            tracing::error!(
+                "the lease was not renewed within its renew deadline ({:?}): this process stopped sending to Heap (self-fenced) before another may take over",
+                t.renew_deadline
+            );
+            lost.cancel();
+            return None;
+        }
         let body = holding.next(LeaseState::Held, sent(started));
         let condition = PutCondition::Version(holding.version.clone());
         // A write may not outlast the fence: past it, this process may no longer send, and
@@ -701,14 +741,6 @@ async fn renew(
                 complained = true;
             }
             _ => {}
-        }
-        if !holding.may_send(Instant::now()) {
-            tracing::error!(
-                "the lease was not renewed within its renew deadline ({:?}): this process stopped sending to Heap (self-fenced) before another may take over",
-                t.renew_deadline
-            );
-            lost.cancel();
-            return None;
         }
     }
 }

@@ -24,6 +24,9 @@ struct Shared {
 struct Mem {
     shared: Shared,
     down: AtomicBool,
+    /// The next conditional write lands, then answers an error (a 500 or a reset
+    /// connection after the store committed it).
+    lose_next_answer: AtomicBool,
 }
 
 impl Shared {
@@ -43,7 +46,7 @@ impl Mem {
     fn view(&self) -> Arc<Mem> {
         Arc::new(Mem {
             shared: self.shared.clone(),
-            down: AtomicBool::new(false),
+            ..Mem::default()
         })
     }
 
@@ -134,6 +137,14 @@ impl ObjectStore for Mem {
             }
             let v = self.shared.next.fetch_add(1, Ordering::SeqCst) + 1;
             objects.insert(key.into(), (bytes, v));
+            if self.lose_next_answer.swap(false, Ordering::SeqCst) {
+                return Err(StoreError::new(
+                    "put",
+                    key,
+                    StoreErrorKind::Unavailable,
+                    "connection reset",
+                ));
+            }
             Ok(v.to_string())
         })
     }
@@ -300,6 +311,47 @@ async fn a_holder_whose_lease_was_deleted_creates_it_again_and_keeps_sending() {
         body.sent,
         serde_json::json!({"sent": [[0, 7]]}),
         "and its record"
+    );
+}
+
+/// One renewal that fails (a blip) is retried every `watch_every`, before the deadline:
+/// waiting a whole `renew_every` again would start the retry at the deadline itself.
+#[tokio::test(start_paused = true)]
+async fn one_failed_renewal_is_retried_before_the_deadline() {
+    let store = Arc::new(Mem::default());
+    let a = client(&store, "a", Role::Run);
+    let (keeper, fence_rx) = held(&a, serde_json::Value::Null).await;
+    // Renewals start at 5, 10, 15 s: only the one at 10 s meets the outage.
+    tokio::time::sleep(Duration::from_millis(9_500)).await;
+    store.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    store.down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!keeper.lost().is_cancelled(), "the holder kept its place");
+    assert!(*fence_rx.borrow() > Instant::now(), "and may still send");
+}
+
+/// A renewal that landed but answered an error moves the version under the holder: its next
+/// renewal is refused, and it must recognise its own write rather than give the lease up.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_that_landed_but_answered_an_error_does_not_lose_the_lease() {
+    let store = Arc::new(Mem::default());
+    let a = client(&store, "a", Role::Run);
+    let (keeper, fence_rx) = held(&a, serde_json::Value::Null).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    store.lose_next_answer.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(
+        !store.lose_next_answer.load(Ordering::SeqCst),
+        "a renewal was written in between"
+    );
+    assert!(!keeper.lost().is_cancelled(), "the holder kept its place");
+    assert!(*fence_rx.borrow() > Instant::now(), "and may still send");
+    assert!(keeper.release(Duration::from_secs(1)).await);
+    let body: LeaseBody = serde_json::from_slice(&store.get(LEASE_KEY).await.unwrap()).unwrap();
+    assert_eq!(
+        (body.holder.as_str(), body.state),
+        ("a", LeaseState::Released)
     );
 }
 
