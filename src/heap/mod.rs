@@ -7,9 +7,12 @@
 //! - [`client`]: the HTTP call and what each answer means, behind a `Transport` seam.
 //! - [`delivery`]: pending events → paced batches → retries, bisection, dead letters; where
 //!   every event ends is stated in its `outcome` module.
+//! - [`properties`]: Heap user properties from Braze's profile and subscription events (opt-in):
+//!   the mapping rule and the delivery lane.
 pub mod client;
 pub mod delivery;
 pub mod map;
 pub mod pacer;
+pub mod properties;
 pub mod retry;
 pub mod track;

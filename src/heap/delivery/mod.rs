@@ -33,6 +33,7 @@ use self::parking::{Parking, ToPark};
 use self::policy::{Action, Attempted, decide};
 use super::client::{Answer, Reply, Transport};
 use super::map::HeapMapper;
+use super::properties::PropertyConfig;
 use super::pacer::{AppView, Counted, RateLimits, SentHistory};
 use super::retry::RetryPolicy;
 use super::track::{bulk_body, bulk_overhead};
@@ -74,6 +75,8 @@ pub struct DeliveryConfig {
     pub fence: Option<tokio::sync::watch::Receiver<tokio::time::Instant>>,
     /// The predecessor's sends, counted before the first request (see pacer::Seed).
     pub seed: Option<crate::heap::pacer::Seed>,
+    /// The user-properties output (off unless its allowlist names fields).
+    pub properties: PropertyConfig,
 }
 
 impl DeliveryConfig {
@@ -91,6 +94,7 @@ impl DeliveryConfig {
             park_retry_max: None,
             fence: None,
             seed: None,
+            properties: PropertyConfig::default(),
         }
     }
 }
