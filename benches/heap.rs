@@ -126,6 +126,7 @@ async fn deliver(events: &[CustomHttpEvent]) -> usize {
                     object: object.clone(),
                     tracker: feeder_tracker.clone(),
                     record,
+                    parts: currents_heap::heap::delivery::Parts::EventAndUpdate,
                 })
                 .await;
         }

@@ -33,6 +33,26 @@ pub struct DeadLetter {
     pub object: String,
     /// When it was parked (ISO 8601, UTC).
     pub parked_at: String,
+    /// Which output failed: the event itself, or the user-property update made from it.
+    /// Absent in letters written before user properties existed (events).
+    #[serde(default, skip_serializing_if = "Output::is_event")]
+    pub output: Output,
+}
+
+/// What a dead letter re-sends: the track event, or only the user-property update made from
+/// the event (re-derived at replay under the allowlist then in force).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Output {
+    #[default]
+    Event,
+    UserProperties,
+}
+
+impl Output {
+    fn is_event(&self) -> bool {
+        *self == Output::Event
+    }
 }
 
 impl DeadLetter {
@@ -46,7 +66,14 @@ impl DeadLetter {
             reason: reason.into(),
             object: object.into(),
             parked_at: now_iso8601(),
+            output: Output::Event,
         }
+    }
+
+    /// The letter of a user-property update that could not be delivered.
+    pub fn of_user_properties(mut self) -> Self {
+        self.output = Output::UserProperties;
+        self
     }
 }
 

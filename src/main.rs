@@ -183,6 +183,13 @@ fn inspect_command(paths: &[PathBuf], heap: bool, config: &Config) -> ExitCode {
         for (event_type, n) in &report.skipped_no_identity {
             tracing::info!("{n} {event_type} events have no identity and would not be sent");
         }
+        if report.user_property_updates + report.user_property_updates_skipped > 0 {
+            tracing::info!(
+                "{} user-property updates printed; {} have no identity and would not be sent",
+                report.user_property_updates,
+                report.user_property_updates_skipped
+            );
+        }
         for (kind, n) in &report.odd_values {
             tracing::warn!("{n} odd property values ({kind}) were repaired by the value table");
         }

@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use crate::currents::decode::EventReader;
 use crate::heap::delivery::{Disposer, Disposition};
+use crate::heap::properties::map::Mapped as PropertyMapped;
 use crate::store::{Location, StoreError};
 use crate::telemetry::Metrics;
 
@@ -99,8 +100,12 @@ pub struct InspectReport {
     pub unreachable: usize,
     /// With `--heap`: events not sent because they have no identity, per event type.
     pub skipped_no_identity: BTreeMap<String, u64>,
-    /// With `--heap`: events that would be parked, per reason.
+    /// With `--heap`: events (and user-property updates) that would be parked, per reason.
     pub unsendable: BTreeMap<String, u64>,
+    /// With `--heap` and `--user-properties`: updates printed, and updates without an
+    /// identity (not sent).
+    pub user_property_updates: u64,
+    pub user_property_updates_skipped: u64,
 }
 
 /// Prints every event of every `.avro` file under `paths` (files, or directories searched
@@ -286,24 +291,12 @@ fn inspect_reader(
                 }
                 report.events += 1;
                 match output {
-                    Output::CustomHttp => serde_json::to_writer(&mut *out, &event)?,
-                    Output::Heap(disposer) => match disposer.dispose(&event) {
-                        Disposition::Send { event, .. } => out.write_all(&event.json)?,
-                        Disposition::Skip => {
-                            *report
-                                .skipped_no_identity
-                                .entry(event.event_type.to_string())
-                                .or_insert(0) += 1;
-                            continue;
-                        }
-                        Disposition::Park(reason) => {
-                            tracing::warn!(object = %name, event_id = %event.id, "would be parked: {reason}");
-                            *report.unsendable.entry(reason).or_insert(0) += 1;
-                            continue;
-                        }
-                    },
+                    Output::CustomHttp => {
+                        serde_json::to_writer(&mut *out, &event)?;
+                        out.write_all(b"\n")?;
+                    }
+                    Output::Heap(disposer) => write_heap(disposer, &event, out, report, name)?,
                 }
-                out.write_all(b"\n")?;
             }
             Ok(None) => break,
             Err(e) => {
@@ -316,6 +309,54 @@ fn inspect_reader(
         }
     }
     report.files_read += 1;
+    Ok(())
+}
+
+/// What Heap would receive for `event`: its track event (a line), then the user-property
+/// update it makes, if that output is on (a line `{"user_properties":{"identity":…,
+/// "properties":{…}}}`), each counted where it is not sent.
+fn write_heap(
+    disposer: &Disposer,
+    event: &crate::currents::event::CustomHttpEvent,
+    out: &mut dyn Write,
+    report: &mut InspectReport,
+    name: &str,
+) -> io::Result<()> {
+    match disposer.dispose(event) {
+        Disposition::Send { event, .. } => {
+            out.write_all(&event.json)?;
+            out.write_all(b"\n")?;
+        }
+        Disposition::Skip => {
+            *report
+                .skipped_no_identity
+                .entry(event.event_type.to_string())
+                .or_insert(0) += 1;
+        }
+        Disposition::Park(reason) => {
+            tracing::warn!(object = %name, event_id = %event.id, "would be parked: {reason}");
+            *report.unsendable.entry(reason).or_insert(0) += 1;
+        }
+    }
+    match disposer.update(event) {
+        Some(PropertyMapped::Update(update)) => {
+            report.user_property_updates += 1;
+            serde_json::to_writer(
+                &mut *out,
+                &serde_json::json!({"user_properties": {
+                    "identity": &*update.identity,
+                    "properties": update.properties,
+                }}),
+            )?;
+            out.write_all(b"\n")?;
+        }
+        Some(PropertyMapped::NoIdentity) => report.user_property_updates_skipped += 1,
+        Some(PropertyMapped::Unsendable(reason)) => {
+            tracing::warn!(object = %name, event_id = %event.id, "its user-property update would be parked: {reason}");
+            *report.unsendable.entry(reason).or_insert(0) += 1;
+        }
+        Some(PropertyMapped::Nothing) | None => {}
+    }
     Ok(())
 }
 

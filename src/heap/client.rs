@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
@@ -58,17 +59,35 @@ pub enum ClientError {
 pub trait Transport: Send + Sync + 'static {
     /// Never fails: every outcome, a transport error included, is a [`Reply`].
     fn post(&self, body: Vec<u8>) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>>;
+
+    /// The same host's `add_user_properties` endpoint, with the same answer rules; `None`
+    /// where there is none (scripted fakes).
+    fn user_properties(&self) -> Option<Arc<dyn Transport>> {
+        None
+    }
 }
 
 impl Transport for HeapClient {
     fn post(&self, body: Vec<u8>) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>> {
         Box::pin(HeapClient::post(self, body))
     }
+
+    fn user_properties(&self) -> Option<Arc<dyn Transport>> {
+        Some(Arc::new(HeapClient {
+            http: self.http.clone(),
+            track_url: self.user_properties_url.clone(),
+            user_properties_url: self.user_properties_url.clone(),
+        }))
+    }
 }
 
+/// Heap's bulk track endpoint (and, through [`Transport::user_properties`], its
+/// `add_user_properties` endpoint on the same host: heap-facts §1).
 pub struct HeapClient {
     http: reqwest::Client,
+    /// Where [`HeapClient::post`] sends.
     track_url: reqwest::Url,
+    user_properties_url: reqwest::Url,
 }
 
 impl HeapClient {
@@ -82,9 +101,12 @@ impl HeapClient {
         if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
             return Err(bad("expected http:// or https:// and a host".into()));
         }
-        let track_url = base
-            .join(&format!("{}/api/track", base.path().trim_end_matches('/')))
-            .map_err(|e| bad(e.to_string()))?;
+        let endpoint = |path: &str| {
+            base.join(&format!("{}/api/{path}", base.path().trim_end_matches('/')))
+                .map_err(|e| bad(e.to_string()))
+        };
+        let track_url = endpoint("track")?;
+        let user_properties_url = endpoint("add_user_properties")?;
         let http = reqwest::Client::builder()
             .timeout(request_timeout)
             .connect_timeout(request_timeout.min(Duration::from_secs(10)))
@@ -93,7 +115,11 @@ impl HeapClient {
             .user_agent(concat!("currents-heap/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Build(e.to_string()))?;
-        Ok(HeapClient { http, track_url })
+        Ok(HeapClient {
+            http,
+            track_url,
+            user_properties_url,
+        })
     }
 
     pub fn track_url(&self) -> &str {

@@ -234,14 +234,13 @@ impl HeapMapper {
         }
     }
 
+    /// The identity policy: Braze fields tried in order.
+    pub fn identity_sources(&self) -> &[IdentitySource] {
+        &self.config.identity
+    }
+
     fn identity<'e>(&self, event: &'e CustomHttpEvent) -> Option<&'e str> {
-        self.config.identity.iter().find_map(|source| {
-            let value = match source {
-                IdentitySource::ExternalUserId => event.user.external_user_id.as_deref(),
-                IdentitySource::UserId => event.user.user_id.as_deref(),
-            };
-            value.filter(|v| !v.is_empty())
-        })
+        identity_of(&self.config.identity, event)
     }
 
     fn event_name(&self, event: &CustomHttpEvent) -> Result<String, String> {
@@ -276,9 +275,63 @@ impl HeapMapper {
     }
 }
 
+/// The identity policy, one rule for events and user properties: the first of `sources`
+/// present and non-empty on the event.
+pub fn identity_of<'e>(sources: &[IdentitySource], event: &'e CustomHttpEvent) -> Option<&'e str> {
+    sources.iter().find_map(|source| {
+        let value = match source {
+            IdentitySource::ExternalUserId => event.user.external_user_id.as_deref(),
+            IdentitySource::UserId => event.user.user_id.as_deref(),
+        };
+        value.filter(|v| !v.is_empty())
+    })
+}
+
+/// A flat Heap property object written by the events' value rules (strings and numbers,
+/// nested keys joined with `.`, arrays joined with `||`, keys and values cut to 1023
+/// characters, the first of two equal keys kept): what user properties are written with.
+pub struct FlatObject<'p>(Properties<'p>);
+
+impl<'p> FlatObject<'p> {
+    /// An empty object whose keys all start with `prefix`.
+    pub fn new(prefix: &'p str) -> Self {
+        FlatObject(Properties {
+            prefix,
+            out: b"{".to_vec(),
+            keys: KeySet::with_capacity(8),
+            path: String::with_capacity(64),
+            key: String::new(),
+            joined: Vec::new(),
+            adjustments: Adjustments::default(),
+        })
+    }
+
+    /// Writes `value` under `key` (flattened if it is an object); nulls write nothing.
+    pub fn put(&mut self, key: &str, value: &Value) {
+        self.0.at(key);
+        self.0.value(value, None);
+    }
+
+    /// Writes a property's value (Avro, or JSON text read leniently) under `key`.
+    pub fn put_property(&mut self, key: &str, property: &Property) {
+        with_value(property, |value| self.put(key, value));
+    }
+
+    /// The object's JSON text and what was cut or dropped on the way.
+    pub fn finish(self) -> (Vec<u8>, Adjustments) {
+        let Properties {
+            mut out,
+            adjustments,
+            ..
+        } = self.0;
+        out.push(b'}');
+        (out, adjustments)
+    }
+}
+
 /// Runs `f` on a property's value: an Avro value as the table gives it, or JSON text read
 /// leniently (text that is not JSON at all is a string, as the decoder kept it).
-fn with_value(property: &Property, f: impl FnOnce(&Value)) {
+pub fn with_value(property: &Property, f: impl FnOnce(&Value)) {
     match property {
         Property::Avro(datum) => f(&Value::from_datum(datum)),
         Property::Json(raw) => match parse_lenient(raw.get()) {

@@ -107,6 +107,37 @@ impl HeapRequest {
     }
 }
 
+/// User-property updates that ended as `outcome` (one of [`super::UPDATE_OUTCOMES`]).
+pub struct UserPropertyUpdates {
+    pub outcome: &'static str,
+    pub count: u64,
+}
+
+impl UserPropertyUpdates {
+    pub fn emit(&self, metrics: &Metrics) {
+        if let Some(counter) = metrics.user_property_update(self.outcome) {
+            counter.inc_by(self.count);
+        }
+    }
+}
+
+/// One request to `add_user_properties` answered (or not: `status` `None`).
+pub struct UserPropertyRequest {
+    pub status: Option<u16>,
+    /// The lane's budget after the answer, users per minute.
+    pub budget: u64,
+}
+
+impl UserPropertyRequest {
+    pub fn emit(&self, metrics: &Metrics) {
+        let status = self
+            .status
+            .map_or_else(|| "none".to_string(), |s| s.to_string());
+        metrics.user_property_status(&status).inc();
+        metrics.set_user_property_budget(self.budget);
+    }
+}
+
 /// One HTTP attempt to a cloud service, retries included: S3 and SQS (see [`crate::aws`]),
 /// Azure Blob Storage and GCS (see [`crate::store::cloud`]).
 pub struct StoreRequest<'a> {

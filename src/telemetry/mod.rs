@@ -111,7 +111,17 @@ pub struct Metrics {
     rate_blocked: Gauge,
     rate_budget_lowered_identities: Gauge,
     lease: lease::LeaseMetrics,
+    /// User-property updates by how they ended, every outcome present from the start.
+    user_property_updates: Vec<(&'static str, Counter)>,
+    user_property_requests: Family<Labels, Counter>,
+    /// The status counters cloned out of `user_property_requests`.
+    user_property_statuses: Mutex<BTreeMap<String, Counter>>,
+    user_property_budget: Gauge,
 }
+
+/// How a user-property update can end (the `outcome` label of
+/// `currents_heap_user_property_updates_total`).
+pub const UPDATE_OUTCOMES: [&str; 4] = ["accepted", "no_identity", "superseded", "parked"];
 
 /// Counts per event type.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +169,10 @@ pub struct Counts {
     pub rate_budget_app: u64,
     /// Whether delivery holds events the pacer has no room for right now.
     pub waiting_for_rate: bool,
+    /// User-property updates by outcome (every one of [`UPDATE_OUTCOMES`]).
+    pub user_property_updates: BTreeMap<&'static str, u64>,
+    /// Requests to `add_user_properties` by status, as `requests`.
+    pub user_property_requests: BTreeMap<String, u64>,
 }
 
 impl Counts {
@@ -410,7 +424,38 @@ impl Metrics {
             heap_request_duration.clone(),
         );
         let lease = lease::LeaseMetrics::register(&mut registry);
+        let updates = Family::<Labels, Counter>::default();
+        registry.register(
+            "currents_heap_user_property_updates",
+            "User-property updates from Braze profile and subscription events, by outcome (accepted, no_identity, superseded, parked)",
+            updates.clone(),
+        );
+        let user_property_updates = UPDATE_OUTCOMES
+            .iter()
+            .map(|o| {
+                (
+                    *o,
+                    updates.get_or_create_owned(&vec![("outcome", o.to_string())]),
+                )
+            })
+            .collect();
+        let user_property_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "currents_heap_user_property_requests",
+            "Requests to Heap's add_user_properties by HTTP status (none: no response)",
+            user_property_requests.clone(),
+        );
+        let user_property_budget = Gauge::default();
+        registry.register(
+            "currents_heap_user_property_budget",
+            "Users per minute the user-property lane may send now (its adaptive budget under --user-properties-per-minute)",
+            user_property_budget.clone(),
+        );
         Metrics {
+            user_property_updates,
+            user_property_requests,
+            user_property_statuses: Mutex::new(BTreeMap::new()),
+            user_property_budget,
             lease,
             lane_sent,
             rate_budget_app,
@@ -481,6 +526,34 @@ impl Metrics {
     }
 
     /// The request counter of one status, created on first use.
+    /// The counter of user-property updates that ended as `outcome` (one of
+    /// [`UPDATE_OUTCOMES`]).
+    pub(crate) fn user_property_update(&self, outcome: &str) -> Option<&Counter> {
+        self.user_property_updates
+            .iter()
+            .find(|(o, _)| *o == outcome)
+            .map(|(_, c)| c)
+    }
+
+    pub(crate) fn user_property_status(&self, status: &str) -> Counter {
+        let mut statuses = self
+            .user_property_statuses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        statuses
+            .entry(status.to_string())
+            .or_insert_with(|| {
+                self.user_property_requests
+                    .get_or_create_owned(&vec![("status", status.to_string())])
+            })
+            .clone()
+    }
+
+    pub(crate) fn set_user_property_budget(&self, users: u64) {
+        self.user_property_budget
+            .set(i64::try_from(users).unwrap_or(i64::MAX));
+    }
+
     fn of_status(&self, status: &str) -> Counter {
         let mut statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(counter) = statuses.get(status) {
@@ -650,7 +723,21 @@ impl Metrics {
             .iter()
             .map(|(key, counter)| (key.clone(), counter.get()))
             .collect();
+        let user_property_updates = self
+            .user_property_updates
+            .iter()
+            .map(|(o, c)| (*o, c.get()))
+            .collect();
+        let user_property_requests = self
+            .user_property_statuses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(status, counter)| (status.clone(), counter.get()))
+            .collect();
         Counts {
+            user_property_updates,
+            user_property_requests,
             per_type,
             requests,
             retries: self.heap_retries.get(),

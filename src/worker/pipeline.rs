@@ -31,14 +31,15 @@ use super::checkpoint::{Blocks, Checkpoints};
 use crate::currents::container::{BlockStart, ContainerError};
 use crate::currents::decode::{DecodeError, EventReader};
 use crate::currents::key::layout_problem;
-use crate::heap::delivery::{Disposer, Disposition, Submission, Tracker};
+use crate::heap::delivery::{Disposer, Disposition, Parts, Submission, Tracker};
+use crate::heap::properties::map::Mapped as PropertyMapped;
 use crate::ledger::{Entry, Ledger, Outcome, Progress};
 use crate::store::retry::{Cause, Next, SharedRetry};
 use crate::store::{ObjectMeta, ObjectReader, ObjectStore, ReadRange, StoreError};
 use crate::telemetry::Metrics;
 use crate::telemetry::events::{
     EventsParked, EventsRead, EventsSent, EventsSkipped, ObjectResumed, OddPropertyValue,
-    StateWriteFailed, StateWriteSucceeded,
+    StateWriteFailed, StateWriteSucceeded, UserPropertyUpdates,
 };
 
 /// Where decoded events go.
@@ -754,6 +755,7 @@ fn decode(opening: Opening, to: &Destination<'_>, metrics: &Metrics) -> Decoded 
                     object: object.clone(),
                     tracker: Arc::clone(tracker),
                     record,
+                    parts: Parts::EventAndUpdate,
                 };
                 // Waiting for room races the abandon: a rate-bound delivery may leave none
                 // for minutes, and a stop must not wait for it (issue 18).
@@ -769,15 +771,31 @@ fn decode(opening: Opening, to: &Destination<'_>, metrics: &Metrics) -> Decoded 
                     return decoded;
                 }
             }
-            Sink::DryRun(disposer) => match disposer.dispose(&event) {
-                Disposition::Send { .. } => decoded.counts.0 += 1,
-                Disposition::Skip => decoded.counts.1 += 1,
-                Disposition::Park(reason) => {
-                    tracing::debug!(object = %key, event_id = %event.id, "would be parked: {reason}");
-                    *decoded.would_park.entry(reason).or_insert(0) += 1;
-                    decoded.counts.2 += 1;
+            Sink::DryRun(disposer) => {
+                // The update a delivery would make, counted as its outcome would be (but
+                // for `superseded`, which depends on the order of delivery).
+                count_would_update(disposer.update(&event), metrics);
+                match disposer.dispose(&event) {
+                    Disposition::Send { .. } => decoded.counts.0 += 1,
+                    Disposition::Skip => decoded.counts.1 += 1,
+                    Disposition::Park(reason) => {
+                        tracing::debug!(object = %key, event_id = %event.id, "would be parked: {reason}");
+                        *decoded.would_park.entry(reason).or_insert(0) += 1;
+                        decoded.counts.2 += 1;
+                    }
                 }
-            },
+            }
         }
     }
+}
+
+/// Counts the user-property update a dry run's event would make, as delivery would.
+fn count_would_update(update: Option<PropertyMapped>, metrics: &Metrics) {
+    let outcome = match update {
+        Some(PropertyMapped::Update(_)) => "accepted",
+        Some(PropertyMapped::NoIdentity) => "no_identity",
+        Some(PropertyMapped::Unsendable(_)) => "parked",
+        Some(PropertyMapped::Nothing) | None => return,
+    };
+    UserPropertyUpdates { outcome, count: 1 }.emit(metrics);
 }

@@ -20,7 +20,7 @@ use super::settings::Settings;
 use super::summary::{Outcome, render_delivery};
 use crate::deadletter::{DeadLetterFilter, DeadLetterStore};
 use crate::heap::delivery::Disposition;
-use crate::heap::delivery::{Delivery, Submission, Tracker};
+use crate::heap::delivery::{Delivery, Parts, Submission, Tracker};
 use crate::store::ObjectStore;
 use crate::telemetry::Metrics;
 
@@ -169,12 +169,14 @@ pub async fn replay(
         };
         let tracker = Arc::new(Tracker::default());
         for (record, letter) in (0u64..).zip(letters) {
+            let output = letter.output;
             let submission = Submission {
                 event: letter.event,
                 object: Arc::from(letter.object),
                 tracker: tracker.clone(),
                 // Its line in the dead-letter file: a replay keeps no checkpoint.
                 record,
+                parts: Parts::of_letter(output),
             };
             if sender.send(submission).await.is_err() {
                 break;

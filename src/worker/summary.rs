@@ -153,6 +153,7 @@ impl Report {
                 t.read, t.sent, t.skipped_no_identity, t.parked
             );
         }
+        out += &render_user_properties(c, sent, parked);
         out += &render_delivery(c);
         for failure in &s.failures {
             out += &format!("failed: {failure}\n");
@@ -200,6 +201,41 @@ pub fn render_delivery(counts: &Counts) -> String {
         counts.values_truncated,
         counts.collisions_dropped
     ) + &render_checkpoints(counts)
+}
+
+/// The user-properties line (nothing when that output made no update): how updates ended,
+/// and the requests to `add_user_properties` by status.
+fn render_user_properties(counts: &Counts, sent: &str, parked: &str) -> String {
+    let n = |outcome: &str| {
+        counts
+            .user_property_updates
+            .get(outcome)
+            .copied()
+            .unwrap_or(0)
+    };
+    if counts.user_property_updates.values().all(|n| *n == 0) {
+        return String::new();
+    }
+    let mut out = format!(
+        "user-property updates: {} {sent}, {} skipped (no identity), {} superseded by a newer one, {} {parked}\n",
+        n("accepted"),
+        n("no_identity"),
+        n("superseded"),
+        n("parked")
+    );
+    if !counts.user_property_requests.is_empty() {
+        let statuses: Vec<String> = counts
+            .user_property_requests
+            .iter()
+            .map(|(s, n)| format!("{n}×{s}"))
+            .collect();
+        out += &format!(
+            "heap add_user_properties: {} requests ({})\n",
+            counts.user_property_requests.values().sum::<u64>(),
+            statuses.join(", ")
+        );
+    }
+    out
 }
 
 /// The checkpoints line (nothing when none were written or resumed from): what they cost in

@@ -65,6 +65,7 @@ pub fn feed(
                 object: object.clone(),
                 tracker: feeder_tracker.clone(),
                 record,
+                parts: currents_heap::heap::delivery::Parts::EventAndUpdate,
             };
             if tx.send(submission).await.is_err() {
                 break;

@@ -5,6 +5,8 @@
 //! limit is parked there as it is here, and a timestamp Heap cannot read is never sent.
 
 use super::super::map::{Adjustments, HeapMapper, Mapped};
+use super::super::properties::PropertyConfig;
+use super::super::properties::map::{Mapped as PropertyMapped, PropertyMapper};
 use super::super::track::{TrackEvent, bulk_overhead};
 use crate::currents::event::CustomHttpEvent;
 
@@ -80,11 +82,34 @@ pub fn dispose(mapper: &HeapMapper, event: &CustomHttpEvent, limit: BodyLimit) -
 pub struct Disposer {
     pub mapper: HeapMapper,
     pub limit: BodyLimit,
+    /// The user-properties mapping, when that output is on.
+    pub properties: Option<Box<PropertyMapper>>,
 }
 
 impl Disposer {
     pub fn new(mapper: HeapMapper, limit: BodyLimit) -> Self {
-        Disposer { mapper, limit }
+        Disposer {
+            mapper,
+            limit,
+            properties: None,
+        }
+    }
+
+    /// Also maps user-property updates (when `config` names fields), under the events'
+    /// identity policy, as delivery does.
+    pub fn with_user_properties(mut self, config: PropertyConfig) -> Self {
+        self.properties = config.enabled().then(|| {
+            Box::new(PropertyMapper::new(
+                config,
+                self.mapper.identity_sources().to_vec(),
+            ))
+        });
+        self
+    }
+
+    /// The user-property update `event` makes, if that output is on.
+    pub fn update(&self, event: &CustomHttpEvent) -> Option<PropertyMapped> {
+        self.properties.as_ref().map(|m| m.map(event))
     }
 
     /// [`dispose`] under this mapper and limit.

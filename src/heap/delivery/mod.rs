@@ -7,6 +7,8 @@
 //! - [`policy`]: Heap's answer → accept, retry at, bisect, park or fatal (pure);
 //! - [`parking`]: dead letters on their way to the state store, with their accounting;
 //! - [`dispose`]: the one decision, send / skip / park, for each mapped event;
+//! - [`user_properties`]: the second lane, user-property updates to `add_user_properties`
+//!   (its protocol is stated there);
 //! - this module: the thin async driver that maps events in, sends what the batcher offers
 //!   through a [`Transport`], and applies the policy to each answer.
 
@@ -15,6 +17,7 @@ pub mod dispose;
 pub mod outcome;
 pub mod parking;
 pub mod policy;
+pub mod user_properties;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,17 +27,19 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 
 pub use dispose::{BodyLimit, Disposer, Disposition, dispose};
-pub use outcome::{Submission, Tracker};
+pub use outcome::{Parts, Submission, Tracker};
 
 pub use self::batcher::Lane;
 use self::batcher::{Batch, Batcher, Item, Next};
 use self::outcome::Resolution;
 use self::parking::{Parking, ToPark};
 use self::policy::{Action, Attempted, decide};
+use self::user_properties::{Effects, Part, UserPropertiesLane};
 use super::client::{Answer, Reply, Transport};
 use super::map::HeapMapper;
-use super::properties::PropertyConfig;
 use super::pacer::{AppView, Counted, RateLimits, SentHistory};
+use super::properties::PropertyConfig;
+use super::properties::map::{Mapped as PropertyMapped, PropertyMapper};
 use super::retry::RetryPolicy;
 use super::track::{bulk_body, bulk_overhead};
 use crate::currents::event::CustomHttpEvent;
@@ -42,7 +47,7 @@ use crate::deadletter::{DeadLetter, DeadLetterStore};
 use crate::telemetry::Metrics;
 use crate::telemetry::events::{
     BatchBisected, EventsRead, EventsSent, EventsSkipped, HeapRequest, HeapRetry, LaneEventsSent,
-    MappingAdjusted, RateBudget, RateLimitWait,
+    MappingAdjusted, RateBudget, RateLimitWait, UserPropertyUpdates,
 };
 use fastrand::Rng;
 
@@ -128,6 +133,8 @@ pub struct Delivery {
     /// The largest request body Heap took, and whether a 413 lowered the limit already.
     largest_accepted_body: usize,
     body_limit_learnt: bool,
+    /// The user-properties lane and its mapper, when that output is on.
+    user_properties: Option<(UserPropertiesLane, PropertyMapper)>,
 }
 
 /// What this delivery sent to the app recently, readable from another task while it runs
@@ -154,6 +161,7 @@ impl HistoryTap {
 
 enum Wake {
     Replied(Batch, Reply, Duration),
+    PropertiesAnswered(Reply),
     Received(Option<Submission>, Lane),
     Withdrawn,
     Timer,
@@ -173,6 +181,14 @@ async fn fence_moved(fence: &mut Option<watch::Receiver<Instant>>) {
     }
 }
 
+/// The user-properties lane's answer (forever when the lane is off or has nothing on the wire).
+async fn properties_answer(lane: &mut Option<(UserPropertiesLane, PropertyMapper)>) -> Reply {
+    match lane {
+        Some((lane, _)) => lane.answer().await.0,
+        None => std::future::pending().await,
+    }
+}
+
 /// Receives from an input that is open (the select's guard checks).
 async fn recv(input: &mut Option<mpsc::Receiver<Submission>>) -> Option<Submission> {
     match input {
@@ -182,7 +198,7 @@ async fn recv(input: &mut Option<mpsc::Receiver<Submission>>) -> Option<Submissi
 }
 
 /// What Heap's answer means for the pacer: only events Heap may have stored take room.
-fn counted(reply: &Reply) -> Counted {
+pub(super) fn counted(reply: &Reply) -> Counted {
     match (reply.status, &reply.answer) {
         (Some(200..=299), _) => Counted::Stored,
         (
@@ -224,7 +240,24 @@ impl Delivery {
         }
         let tap = HistoryTap::default();
         tap.update(batcher.pacer().app_view(now));
+        let user_properties = match transport.user_properties() {
+            Some(endpoint) if config.properties.enabled() => Some((
+                UserPropertiesLane::new(
+                    config.properties.clone(),
+                    config.app_id.clone(),
+                    endpoint,
+                    config.retry,
+                    config.max_body_bytes,
+                ),
+                PropertyMapper::new(
+                    config.properties.clone(),
+                    mapper.identity_sources().to_vec(),
+                ),
+            )),
+            _ => None,
+        };
         Delivery {
+            user_properties,
             rng: config.jitter_seed.map_or_else(Rng::new, Rng::with_seed),
             fence: config.fence.clone(),
             tap,
@@ -321,11 +354,20 @@ impl Delivery {
             self.batcher.set_flush(!receive_live && !receive_backfill);
             let now = Instant::now();
             self.dispatch(now);
+            self.dispatch_user_properties(now)?;
+            let properties_wake = self
+                .user_properties
+                .as_mut()
+                .and_then(|(lane, _)| lane.next_wake(now));
             if !live_open
                 && !backfill_open
                 && !self.batcher.has_work()
                 && self.in_flight.is_empty()
                 && self.parking.is_empty()
+                && !self
+                    .user_properties
+                    .as_ref()
+                    .is_some_and(|(lane, _)| lane.has_work())
             {
                 return Ok(());
             }
@@ -334,6 +376,7 @@ impl Delivery {
                 .next_wake(now)
                 .into_iter()
                 .chain(self.parking.next_try())
+                .chain(properties_wake)
                 .min();
             let [live, backfill] = inputs;
             let wake = tokio::select! {
@@ -342,6 +385,7 @@ impl Delivery {
                     let (batch, reply, latency) = joined.map_err(|e| DeliveryError::Task(e.to_string()))?;
                     Wake::Replied(batch, reply, latency)
                 }
+                reply = properties_answer(&mut self.user_properties) => Wake::PropertiesAnswered(reply),
                 received = recv(live), if receive_live => Wake::Received(received, Lane::Live),
                 received = recv(backfill), if receive_backfill => Wake::Received(received, Lane::Backfill),
                 _ = self.withdrawals.notified() => Wake::Withdrawn,
@@ -357,6 +401,7 @@ impl Delivery {
             };
             match wake {
                 Wake::Replied(batch, reply, latency) => self.answered(batch, reply, latency)?,
+                Wake::PropertiesAnswered(reply) => self.user_properties_answered(reply)?,
                 Wake::Received(Some(submission), lane) => self.intake(submission, lane),
                 Wake::Received(None, Lane::Live) => inputs[0] = None,
                 Wake::Received(None, Lane::Backfill) => inputs[1] = None,
@@ -369,7 +414,9 @@ impl Delivery {
     /// A lane's events held in memory: waiting to be sent, or waiting for their dead letter
     /// (of any lane: parking is rare and bounded by both).
     fn held(&self, lane: Lane) -> usize {
-        self.batcher.pending_in(lane) + self.parking.len()
+        self.batcher.pending_in(lane)
+            + self.parking.len()
+            + self.user_properties.as_ref().map_or(0, |(l, _)| l.held())
     }
 
     fn intake(&mut self, submission: Submission, lane: Lane) {
@@ -378,6 +425,12 @@ impl Delivery {
             submission
                 .tracker
                 .resolve(Resolution::Withdrawn, submission.record);
+            return;
+        }
+        if submission.parts != Parts::Event {
+            self.intake_update(&submission);
+        }
+        if submission.parts == Parts::Update {
             return;
         }
         let event_type = submission.event.event_type.clone();
@@ -427,12 +480,122 @@ impl Delivery {
         }
     }
 
+    /// The user-property update of a submitted event, if that output is on and the event
+    /// yields one (see [`user_properties`]). With [`Parts::EventAndUpdate`] it ends on the
+    /// unit's partner tracker, registered before either part can end; with
+    /// [`Parts::Update`] (a replayed letter) on the submission's own tracker, which ends
+    /// here too when no update can be made.
+    fn intake_update(&mut self, submission: &Submission) {
+        let own = submission.parts == Parts::Update;
+        let Some((lane, mapper)) = &mut self.user_properties else {
+            if own {
+                let reason = "user properties are off (--user-properties names no field)";
+                self.park_update(submission, submission.tracker.clone(), reason.into());
+            }
+            return;
+        };
+        let mapped = mapper.map(&submission.event);
+        let tracker = match (&mapped, own) {
+            (_, true) => submission.tracker.clone(),
+            (PropertyMapped::Update(_) | PropertyMapped::Unsendable(_), false) => {
+                let partner = submission.tracker.partner();
+                partner.held_by(&self.withdrawals);
+                partner.expect(submission.record);
+                partner
+            }
+            _ => submission.tracker.clone(),
+        };
+        match mapped {
+            PropertyMapped::Update(update) => {
+                MappingAdjusted {
+                    truncated: u64::from(update.truncated),
+                    collisions_dropped: u64::from(update.dropped),
+                }
+                .emit(&self.metrics);
+                let part = Part {
+                    tracker,
+                    record: submission.record,
+                    event: submission.event.clone(),
+                    object: submission.object.clone(),
+                };
+                lane.push(update, part, &self.metrics);
+            }
+            PropertyMapped::Unsendable(reason) => self.park_update(submission, tracker, reason),
+            PropertyMapped::NoIdentity => {
+                UserPropertyUpdates {
+                    outcome: "no_identity",
+                    count: 1,
+                }
+                .emit(&self.metrics);
+                if own {
+                    tracker.resolve(Resolution::Skipped, submission.record);
+                }
+            }
+            PropertyMapped::Nothing if own => {
+                tracker.resolve(Resolution::Skipped, submission.record);
+            }
+            PropertyMapped::Nothing => {}
+        }
+    }
+
+    fn park_update(&mut self, submission: &Submission, tracker: Arc<Tracker>, reason: String) {
+        if tracker.is_withdrawn() {
+            tracker.resolve(Resolution::Withdrawn, submission.record);
+            return;
+        }
+        self.parking.push(ToPark {
+            event_type: submission.event.event_type.clone(),
+            letter: DeadLetter::new(submission.event.clone(), reason, &*submission.object)
+                .of_user_properties(),
+            tracker,
+            record: submission.record,
+        });
+    }
+
+    /// Starts the user-properties lane's next request if the fence allows.
+    fn dispatch_user_properties(&mut self, now: Instant) -> Result<(), DeliveryError> {
+        if self.fenced(now) {
+            return Ok(());
+        }
+        let Some((lane, _)) = &mut self.user_properties else {
+            return Ok(());
+        };
+        let effects = lane.dispatch(now, &self.metrics);
+        self.apply(effects)
+    }
+
+    fn user_properties_answered(&mut self, reply: Reply) -> Result<(), DeliveryError> {
+        let Some((lane, _)) = &mut self.user_properties else {
+            return Ok(());
+        };
+        let effects = lane.answered(reply, Instant::now(), &mut self.rng, &self.metrics);
+        self.apply(effects)
+    }
+
+    fn apply(&mut self, effects: Effects) -> Result<(), DeliveryError> {
+        for park in effects.park {
+            if park.tracker.is_withdrawn() {
+                park.tracker.resolve(Resolution::Withdrawn, park.record);
+            } else {
+                self.parking.push(park);
+            }
+        }
+        match effects.fatal {
+            Some(reason) => Err(DeliveryError::Configuration(reason)),
+            None => Ok(()),
+        }
+    }
+
     /// Drops the events of withdrawn units, queued or waiting for their dead letter: they are
     /// never sent nor parked (see [`outcome`]).
     fn withdraw(&mut self) {
         let queued = self.batcher.withdraw();
         let parking = self.parking.withdraw();
-        let dropped = queued.len() + parking.len();
+        let updates = self
+            .user_properties
+            .as_mut()
+            .map_or(0, |(lane, _)| lane.withdraw());
+        let dropped = queued.len() + parking.len() + updates;
         for item in queued {
             item.tracker.resolve(Resolution::Withdrawn, item.record);
         }

@@ -34,6 +34,15 @@
 //! event waits for its write); memory stays bounded by the events in flight, because the
 //! tracker keeps the prefix and the runs of records ended ahead of it, and each gap between
 //! runs holds an event still in flight.
+//!
+//! # A second output
+//! With user properties on, a record may also yield an update for the properties lane. That
+//! part is tracked by the unit's **partner** tracker ([`Tracker::partner`]), which counts
+//! how updates ended and keeps the records it still waits for. The unit's prefix is the
+//! lower of its own and the partner's first record still open (or given back / withdrawn);
+//! its waits, unfinished and withdrawn counts include the partner's. So a record is behind a
+//! checkpoint only when its event **and** its update ended finally. The partner registers a
+//! record ([`Tracker::expect`]) when delivery takes the event in, before either part can end.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +61,32 @@ pub struct Submission {
     pub tracker: Arc<Tracker>,
     /// The event's index in its object (from 0): what the ended prefix counts.
     pub record: u64,
+    /// What to send of it.
+    pub parts: Parts,
+}
+
+/// What delivery sends of a submitted event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parts {
+    /// The track event, and its user-property update when that output is on (a Currents
+    /// object's events).
+    EventAndUpdate,
+    /// The track event only (a replayed event's letter: its update, if any, went out when
+    /// it was first read, and an old value must not be sent again).
+    Event,
+    /// The user-property update only (a replayed update's letter), resolved on the
+    /// submission's own tracker.
+    Update,
+}
+
+impl Parts {
+    /// What a dead letter re-sends.
+    pub fn of_letter(output: crate::deadletter::Output) -> Self {
+        match output {
+            crate::deadletter::Output::Event => Parts::Event,
+            crate::deadletter::Output::UserProperties => Parts::Update,
+        }
+    }
 }
 
 /// Where an event ended.
@@ -79,6 +114,27 @@ pub struct Tracker {
     holder: std::sync::OnceLock<Arc<Notify>>,
     /// Which records ended finally: the ended prefix.
     ended: Mutex<Ended>,
+    /// The tracker of the unit's user-property updates, once one was taken in.
+    partner: std::sync::OnceLock<Arc<Tracker>>,
+    /// As a partner: the records taken in and not yet ended, and the first that never will.
+    open: Mutex<Open>,
+}
+
+/// A partner's records still open, and the first one given back or withdrawn.
+#[derive(Debug, Default)]
+struct Open {
+    records: std::collections::BTreeSet<u64>,
+    stop: Option<u64>,
+}
+
+impl Open {
+    /// The first record that has not ended finally (open, or stopped).
+    fn first(&self) -> Option<u64> {
+        match (self.records.first().copied(), self.stop) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// The records of one unit that ended finally, kept as the prefix and the runs ended ahead of
@@ -151,16 +207,57 @@ impl Tracker {
     pub fn parked(&self) -> u64 {
         self.parked.load(Ordering::Acquire)
     }
-    /// Events given back: their object must not be recorded.
+    /// Events (and user-property updates) given back: their object must not be recorded.
     pub fn unfinished(&self) -> u64 {
-        self.unfinished.load(Ordering::Acquire)
+        self.unfinished.load(Ordering::Acquire) + self.partner_count(|p| p.unfinished())
     }
-    /// Events dropped unsent because the unit was withdrawn.
+    /// Events (and updates) dropped unsent because the unit was withdrawn.
     pub fn withdrawn(&self) -> u64 {
-        self.withdrawn.load(Ordering::Acquire)
+        self.withdrawn.load(Ordering::Acquire) + self.partner_count(|p| p.withdrawn())
     }
+    /// This tracker's own records that ended one way or another (not its partner's).
     pub fn resolved(&self) -> u64 {
-        self.delivered() + self.skipped() + self.parked() + self.unfinished() + self.withdrawn()
+        [
+            &self.delivered,
+            &self.skipped,
+            &self.parked,
+            &self.unfinished,
+            &self.withdrawn,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Acquire))
+        .sum()
+    }
+
+    fn partner_count(&self, count: impl Fn(&Tracker) -> u64) -> u64 {
+        self.partner.get().map_or(0, |p| count(p))
+    }
+
+    /// The tracker of this unit's user-property updates (created on first use): withdrawn
+    /// with the unit, and part of its prefix, waits and counts (see the module docs).
+    pub fn partner(&self) -> Arc<Tracker> {
+        self.partner
+            .get_or_init(|| {
+                Arc::new(Tracker {
+                    withdrawal: self.withdrawal.child_token(),
+                    ..Tracker::default()
+                })
+            })
+            .clone()
+    }
+
+    /// As a partner: `record` was taken in and must end before the unit's prefix passes it.
+    pub(super) fn expect(&self, record: u64) {
+        self.open().records.insert(record);
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, Open> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// As a partner: whether every record taken in has ended.
+    fn all_ended(&self) -> bool {
+        self.open().records.is_empty()
     }
 
     /// A tracker withdrawn when `abandon` is cancelled (or by [`Tracker::withdraw`]).
@@ -182,7 +279,11 @@ impl Tracker {
     /// parked durably. A record given back or withdrawn never ends finally, so the prefix
     /// stops before it for good (see the module docs).
     pub fn ended_prefix(&self) -> u64 {
-        self.ended().prefix
+        let own = self.ended().prefix;
+        match self.partner.get().and_then(|p| p.open().first()) {
+            Some(first) => own.min(first),
+            None => own,
+        }
     }
 
     fn ended(&self) -> std::sync::MutexGuard<'_, Ended> {
@@ -213,19 +314,39 @@ impl Tracker {
     }
 
     /// Waits until `total` events have ended one way or another.
+    /// Waits until `total` events have ended one way or another, and every user-property
+    /// update taken in with them.
     pub async fn wait_resolved(&self, total: u64) {
         loop {
             let changed = self.changed.notified();
             if self.resolved() >= total {
-                return;
+                break;
             }
             changed.await;
+        }
+        // Updates are taken in with their events, so the partner (if any) exists by now.
+        if let Some(partner) = self.partner.get() {
+            loop {
+                let changed = partner.changed.notified();
+                if partner.all_ended() {
+                    return;
+                }
+                changed.await;
+            }
         }
     }
 
     /// Record `record` of the unit ended as `resolution`. The prefix moves before the counts,
     /// so whoever sees an event counted sees the prefix that includes it.
     pub(super) fn resolve(&self, resolution: Resolution, record: u64) {
+        {
+            let mut open = self.open();
+            if open.records.remove(&record)
+                && matches!(resolution, Resolution::GivenBack | Resolution::Withdrawn)
+            {
+                open.stop = Some(open.stop.map_or(record, |s| s.min(record)));
+            }
+        }
         match resolution {
             Resolution::Accepted | Resolution::Skipped | Resolution::Parked => {
                 self.ended().ended(record)
@@ -289,5 +410,51 @@ mod tests {
         assert_eq!(tracker.ended_prefix(), 100);
         tracker.resolve(Resolution::Accepted, 100);
         assert_eq!(tracker.ended_prefix(), 102);
+    }
+
+    #[test]
+    fn a_record_with_an_update_ends_only_when_both_parts_ended() {
+        let tracker = Tracker::default();
+        let partner = tracker.partner();
+        partner.expect(1);
+        for record in 0..3 {
+            tracker.resolve(Resolution::Accepted, record);
+        }
+        assert_eq!(tracker.ended_prefix(), 1, "record 1's update is still open");
+        partner.resolve(Resolution::Parked, 1);
+        assert_eq!(tracker.ended_prefix(), 3);
+        partner.expect(3);
+        tracker.resolve(Resolution::Accepted, 3);
+        partner.resolve(Resolution::GivenBack, 3);
+        tracker.resolve(Resolution::Accepted, 4);
+        assert_eq!(
+            tracker.ended_prefix(),
+            3,
+            "an update given back stops the prefix"
+        );
+        assert_eq!(tracker.unfinished(), 1, "and the unit is not recorded");
+        assert_eq!(
+            (tracker.delivered(), tracker.resolved()),
+            (5, 5),
+            "events only"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_a_unit_waits_for_its_updates_too() {
+        let tracker = Arc::new(Tracker::default());
+        let partner = tracker.partner();
+        partner.expect(0);
+        tracker.resolve(Resolution::Accepted, 0);
+        let waiter = tokio::spawn({
+            let tracker = tracker.clone();
+            async move { tracker.wait_resolved(1).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "the update is still open");
+        partner.resolve(Resolution::Accepted, 0);
+        waiter.await.unwrap();
+        tracker.withdraw();
+        assert!(partner.is_withdrawn(), "withdrawn with its unit");
     }
 }

@@ -13,10 +13,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::outcome::{Resolution, Tracker};
-use crate::deadletter::{DeadLetter, DeadLetterStore};
+use crate::deadletter::{DeadLetter, DeadLetterStore, Output};
 use crate::store::retry::{Cause, Next, StateRetry};
 use crate::telemetry::Metrics;
-use crate::telemetry::events::{EventsParked, StateWriteFailed, StateWriteSucceeded};
+use crate::telemetry::events::{
+    EventsParked, StateWriteFailed, StateWriteSucceeded, UserPropertyUpdates,
+};
 
 /// An event waiting for its dead letter to be written.
 pub struct ToPark {
@@ -120,6 +122,16 @@ impl Parking {
         let mut by_type: BTreeMap<Arc<str>, BTreeMap<String, u64>> = BTreeMap::new();
         for park in self.queue.drain(..) {
             tracing::debug!(event_id = %park.letter.event.id, object = %park.letter.object, "parked: {}", park.letter.reason);
+            if park.letter.output == Output::UserProperties {
+                tracing::warn!(event_id = %park.letter.event.id, object = %park.letter.object, "parked a user-property update: {}", park.letter.reason);
+                UserPropertyUpdates {
+                    outcome: "parked",
+                    count: 1,
+                }
+                .emit(metrics);
+                park.tracker.resolve(Resolution::Parked, park.record);
+                continue;
+            }
             *by_type
                 .entry(park.event_type.clone())
                 .or_default()

@@ -134,6 +134,7 @@ async fn deliver(transport: Arc<Scripted>, events: usize) -> Outcome {
             object: Arc::from("o/event_type=T/date=2026-11-27-13/x.avro"),
             tracker: tracker.clone(),
             record: n as u64,
+            parts: crate::heap::delivery::Parts::EventAndUpdate,
         };
         assert!(tx.send(submission).await.is_ok());
     }
@@ -234,6 +235,7 @@ async fn events_arriving_apart_share_a_request_sent_when_the_oldest_has_lingered
         object: Arc::from("o/event_type=T/date=2026-11-27-13/x.avro"),
         tracker: tracker.clone(),
         record: n as u64,
+        parts: crate::heap::delivery::Parts::EventAndUpdate,
     };
     for n in 0..3 {
         assert!(tx.send(submit(n)).await.is_ok());
@@ -292,6 +294,7 @@ async fn a_429_naming_the_identity_limit_late_in_its_body_lowers_the_identity_no
             object: Arc::from("o/event_type=T/date=2026-11-27-13/x.avro"),
             tracker: tracker.clone(),
             record: n as u64,
+            parts: crate::heap::delivery::Parts::EventAndUpdate,
         };
         assert!(tx.send(submission).await.is_ok());
     }
@@ -364,6 +367,7 @@ async fn feed(
             object: Arc::from("o/event_type=T/date=2026-11-27-13/x.avro"),
             tracker: tracker.clone(),
             record,
+            parts: crate::heap::delivery::Parts::EventAndUpdate,
         };
         assert!(tx.send(submission).await.is_ok());
     }

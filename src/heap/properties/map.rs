@@ -1,1 +1,243 @@
-//! Stub.
+//! Braze event → user-property update, by the rule in the module above (its table).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use serde_json::{Map, Value as Json};
+
+use super::{
+    Field, GLOBAL_SUBSCRIPTION, GROUP_SUBSCRIPTION, PROFILE_UPDATE, PropertyConfig, RANDOM_BUCKET,
+};
+use crate::currents::event::{CustomHttpEvent, Property};
+use crate::currents::value::{Number, Value, parse_lenient};
+use crate::heap::map::{FlatObject, IdentitySource, MAX_IDENTITY_CHARS, identity_of, with_value};
+
+/// When an update happened: the event's `time_ms` (else `time` × 1000), then its event id.
+/// A property only ever moves to a later stamp within a run.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Stamp {
+    pub millis: i64,
+    pub id: Arc<str>,
+}
+
+/// One user's properties from one event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Update {
+    pub identity: Arc<str>,
+    pub stamp: Stamp,
+    /// Names with the prefix, values strings or numbers; never empty.
+    pub properties: Map<String, Json>,
+    /// Values or names cut to 1023 characters.
+    pub truncated: u32,
+    /// Properties dropped: a custom attribute colliding with a field's name, a name Heap
+    /// reserves (any casing of `id` or `user_id`), custom attributes that are not an object.
+    pub dropped: u32,
+}
+
+/// What became of one event for the user-properties output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mapped {
+    Update(Update),
+    /// Not a type the allowlist names, or nothing allowlisted in it: no update (not counted).
+    Nothing,
+    /// An update without an identity under the identity policy: skipped and counted.
+    NoIdentity,
+    /// Cannot be sent: parked with this reason.
+    Unsendable(String),
+}
+
+/// Maps events to updates under one configuration.
+#[derive(Debug, Clone)]
+pub struct PropertyMapper {
+    config: PropertyConfig,
+    identity: Vec<IdentitySource>,
+}
+
+impl PropertyMapper {
+    /// `identity` is the events' identity policy.
+    pub fn new(config: PropertyConfig, identity: Vec<IdentitySource>) -> Self {
+        PropertyMapper { config, identity }
+    }
+
+    pub fn config(&self) -> &PropertyConfig {
+        &self.config
+    }
+
+    /// Whether events of this type can yield an update.
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.config.wants(event_type)
+    }
+
+    pub fn map(&self, event: &CustomHttpEvent) -> Mapped {
+        if !self.wants(&event.event_type) {
+            return Mapped::Nothing;
+        }
+        let (json, adjustments) = self.write(event);
+        let Ok(Json::Object(mut properties)) = serde_json::from_slice::<Json>(&json) else {
+            return Mapped::Unsendable("the user properties are not a JSON object".into());
+        };
+        let before = properties.len();
+        properties.retain(|name, _| {
+            let lower = name.to_ascii_lowercase();
+            lower != "id" && lower != "user_id"
+        });
+        let reserved = before - properties.len();
+        if properties.is_empty() {
+            return Mapped::Nothing;
+        }
+        let Some(identity) = identity_of(&self.identity, event) else {
+            return Mapped::NoIdentity;
+        };
+        let chars = identity.chars().count();
+        if chars > MAX_IDENTITY_CHARS {
+            return Mapped::Unsendable(format!(
+                "identity is {chars} characters; Heap allows at most {MAX_IDENTITY_CHARS}"
+            ));
+        }
+        let millis = event
+            .property("time_ms")
+            .and_then(integer)
+            .unwrap_or(event.time.saturating_mul(1000));
+        Mapped::Update(Update {
+            identity: Arc::from(identity),
+            stamp: Stamp {
+                millis,
+                id: Arc::from(event.id.as_str()),
+            },
+            properties,
+            truncated: adjustments.truncated,
+            dropped: adjustments.collisions_dropped + reserved as u32 + self.unreadable(event),
+        })
+    }
+
+    /// The event's allowlisted properties as one flat object: the fields first, so that a
+    /// custom attribute of the same name is the one dropped.
+    fn write(&self, event: &CustomHttpEvent) -> (Vec<u8>, crate::heap::map::Adjustments) {
+        let mut out = FlatObject::new(&self.config.prefix);
+        let fields = &self.config.fields;
+        let has = |f: &Field| fields.contains(f);
+        match &*event.event_type {
+            GLOBAL_SUBSCRIPTION if has(&Field::Subscription) => {
+                if let (Some(channel), Some(status)) = (
+                    text(event.property("channel")),
+                    event.property("subscription_status"),
+                ) {
+                    let channel = channel.trim().to_lowercase().replace(' ', "_");
+                    if !channel.is_empty() {
+                        out.put_property(&format!("{channel}_subscription"), status);
+                    }
+                }
+            }
+            GROUP_SUBSCRIPTION if has(&Field::SubscriptionGroup) => {
+                if let (Some(group), Some(status)) = (
+                    text(event.property("subscription_group_id")),
+                    event.property("subscription_status"),
+                ) {
+                    out.put_property(&format!("subscription_group.{group}"), status);
+                }
+            }
+            RANDOM_BUCKET if has(&Field::RandomBucketNumber) => {
+                if let Some(number) = event.property("random_bucket_number") {
+                    out.put_property("random_bucket_number", number);
+                }
+            }
+            PROFILE_UPDATE => {
+                for field in fields {
+                    if let Field::Profile(name) = field
+                        && let Some(value) = event.property(name)
+                    {
+                        out.put_property(name, value);
+                    }
+                }
+                self.custom_attributes(event, &mut out);
+            }
+            _ => {}
+        }
+        out.finish()
+    }
+
+    /// The allowlisted custom attributes, each under its own name.
+    fn custom_attributes(&self, event: &CustomHttpEvent, out: &mut FlatObject<'_>) {
+        let all = self.config.fields.contains(&Field::CustomAttributes);
+        let named = |name: &str| {
+            all || self
+                .config
+                .fields
+                .iter()
+                .any(|f| matches!(f, Field::CustomAttribute(n) if n == name))
+        };
+        if !all
+            && !self
+                .config
+                .fields
+                .iter()
+                .any(|f| matches!(f, Field::CustomAttribute(_)))
+        {
+            return;
+        }
+        with_object(event.property("custom_attributes"), |fields| {
+            for (name, value) in fields {
+                if named(name) {
+                    out.put(name, value);
+                }
+            }
+        });
+    }
+
+    /// 1 when custom attributes are allowlisted but the field is not a JSON object.
+    fn unreadable(&self, event: &CustomHttpEvent) -> u32 {
+        let wanted = self
+            .config
+            .fields
+            .iter()
+            .any(|f| matches!(f, Field::CustomAttributes | Field::CustomAttribute(_)));
+        if !wanted || &*event.event_type != PROFILE_UPDATE {
+            return 0;
+        }
+        let Some(property) = event.property("custom_attributes") else {
+            return 0;
+        };
+        let mut object = false;
+        with_object(Some(property), |_| object = true);
+        u32::from(!object)
+    }
+}
+
+/// Runs `f` on the fields of a property that holds a JSON object (as JSON text, as Braze
+/// writes `custom_attributes`, or as an object).
+fn with_object(property: Option<&Property>, f: impl FnOnce(&[(Cow<'_, str>, Value<'_>)])) {
+    let Some(property) = property else {
+        return;
+    };
+    with_value(property, |value| match value {
+        Value::Object(fields) => f(fields),
+        Value::String(text) => {
+            if let Ok((Value::Object(fields), _)) = parse_lenient(text) {
+                f(&fields);
+            }
+        }
+        _ => {}
+    });
+}
+
+fn text(property: Option<&Property>) -> Option<String> {
+    let mut out = None;
+    with_value(property?, |value| {
+        if let Value::String(s) = value {
+            out = Some(s.to_string());
+        }
+    });
+    out
+}
+
+fn integer(property: &Property) -> Option<i64> {
+    let mut out = None;
+    with_value(property, |value| {
+        out = match value {
+            Value::Number(Number::Int(i)) => Some(*i),
+            Value::Number(Number::Text(t)) => t.parse().ok(),
+            _ => None,
+        }
+    });
+    out
+}

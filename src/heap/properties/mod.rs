@@ -24,17 +24,17 @@
 //! Every update carries its **stamp**: the event's `time_ms` (else `time` × 1000), then its
 //! event id. Within a run, a property of an identity only ever moves to a newer stamp: an
 //! older update that arrives later (another object, a retry) loses that property, and an
-//! update left with nothing is skipped as superseded (see [`lane`]). Across runs nothing is
+//! update left with nothing is skipped as superseded (see
+//! `heap::delivery::user_properties`). Across runs nothing is
 //! remembered: a replay or a resumed object re-sends what it holds, which Heap applies as the
 //! newest value (Heap keeps no time for a user property).
 //!
 //! # Delivery
-//! [`lane`] is the second lane of the delivery driver: the same fence, retry policy, parking
+//! `heap::delivery::user_properties` is the second lane of the delivery driver: the same fence, retry policy, parking
 //! and outcome rules as events, its own pacer ceiling (Heap states no limit for the bulk
 //! endpoint), one request at a time so that Heap applies updates in the order they were
 //! merged, up to 1,000 users per request, one entry per identity.
 
-pub mod lane;
 pub mod map;
 
 use std::str::FromStr;
@@ -182,7 +182,10 @@ mod tests {
             assert_eq!(field.to_string().parse::<Field>().unwrap(), *field);
         }
         let err = "email".parse::<Field>().unwrap_err();
-        assert!(err.contains("`email`") && err.contains("email_address"), "{err}");
+        assert!(
+            err.contains("`email`") && err.contains("email_address"),
+            "{err}"
+        );
         assert!("custom_attributes.".parse::<Field>().is_err());
     }
 
