@@ -692,3 +692,116 @@ fn a_bad_environment_value_names_its_variable() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("CURRENTS_HEAP_LISTEN"), "{stderr}");
 }
+
+#[test]
+fn user_properties_settings_layer_like_the_others() {
+    let dir = TempDir::new("config");
+    let path = dir.0.join("properties.toml");
+    std::fs::write(
+        &path,
+        "user_properties = [\"dob\", \"subscription\"]\nuser_property_prefix = \"file_\"\nuser_properties_per_minute = 100\n",
+    )
+    .unwrap();
+    let file = path.to_str().unwrap();
+    for command in [&["run"][..], &["replay"], &["inspect", "x.avro", "--heap"]] {
+        let (code, defaults, stderr) = cli(&[command, &["--print-config"]].concat(), &[]);
+        assert_eq!(code, 0, "{command:?}: {stderr}");
+        assert_eq!(value(&defaults, "user_properties"), "[]");
+        assert_eq!(value(&defaults, "user_property_prefix"), "\"braze_\"");
+        assert_eq!(value(&defaults, "user_properties_per_minute"), "5000");
+
+        let (_, from_file, _) = cli(
+            &[command, &["--config", file, "--print-config"]].concat(),
+            &[],
+        );
+        assert_eq!(
+            value(&from_file, "user_properties"),
+            "[\"dob\", \"subscription\"]"
+        );
+        assert_eq!(value(&from_file, "user_property_prefix"), "\"file_\"");
+        assert_eq!(value(&from_file, "user_properties_per_minute"), "100");
+
+        let env = [
+            (
+                "CURRENTS_HEAP_USER_PROPERTIES",
+                "email_address,email_address",
+            ),
+            ("CURRENTS_HEAP_USER_PROPERTY_PREFIX", "env_"),
+            ("CURRENTS_HEAP_USER_PROPERTIES_PER_MINUTE", "200"),
+        ];
+        let with_file = [command, &["--config", file, "--print-config"]].concat();
+        let (_, from_env, _) = cli(&with_file, &env);
+        assert_eq!(value(&from_env, "user_properties"), "[\"email_address\"]");
+        assert_eq!(value(&from_env, "user_property_prefix"), "\"env_\"");
+        assert_eq!(value(&from_env, "user_properties_per_minute"), "200");
+
+        let flags = [
+            "--user-properties",
+            "custom_attributes",
+            "--user-property-prefix",
+            "",
+            "--user-properties-per-minute",
+            "300",
+        ];
+        let (_, from_flag, _) = cli(&[&with_file[..], &flags].concat(), &env);
+        assert_eq!(
+            value(&from_flag, "user_properties"),
+            "[\"custom_attributes\"]"
+        );
+        assert_eq!(value(&from_flag, "user_property_prefix"), "\"\"");
+        assert_eq!(value(&from_flag, "user_properties_per_minute"), "300");
+
+        // An empty variable (Helm's missing value) turns the file's allowlist off: it is
+        // given, and names nothing.
+        let (code, emptied, stderr) = cli(&with_file, &[("CURRENTS_HEAP_USER_PROPERTIES", "")]);
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(value(&emptied, "user_properties"), "[]");
+    }
+}
+
+#[test]
+fn a_bad_user_property_or_ceiling_is_refused_by_name() {
+    refused(
+        &["run", "--once"],
+        "user_properties = [\"subscription\", \"email\"]",
+        &[],
+        &[
+            "config key `user_properties`: unknown user property field `email`",
+            "email_address",
+        ],
+    );
+    refused(
+        &["run", "--once"],
+        "",
+        &[("CURRENTS_HEAP_USER_PROPERTIES", "dob,birthday")],
+        &[
+            "environment variable CURRENTS_HEAP_USER_PROPERTIES: unknown user property field `birthday`",
+        ],
+    );
+    refused(
+        &[
+            "backfill",
+            "--from",
+            "2026-11-01",
+            "--to",
+            "2026-11-02",
+            "--user-properties",
+            "custom_attributes.",
+        ],
+        "",
+        &[],
+        &["--user-properties: unknown user property field `custom_attributes.`"],
+    );
+    refused(
+        &["replay"],
+        "user_properties_per_minute = 0",
+        &[],
+        &["config key `user_properties_per_minute`: must be 1 to 1,000,000, not 0"],
+    );
+    refused(
+        &["run", "--once"],
+        "",
+        &[("CURRENTS_HEAP_USER_PROPERTIES_PER_MINUTE", "1000001")],
+        &["CURRENTS_HEAP_USER_PROPERTIES_PER_MINUTE: must be 1 to 1,000,000, not 1,000,001"],
+    );
+}

@@ -134,6 +134,8 @@ fn printed_default(printed: &str, key: &str) -> Option<String> {
         .unwrap_or_else(|| panic!("--print-config has no {key}:\n{printed}"));
     Some(
         match value.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
+            // An empty list (`user_properties`) is unset, as an empty string is.
+            Some("") => return None,
             // A list (`identity`): its items as the flag takes them, comma-separated.
             Some(items) => items
                 .split(", ")

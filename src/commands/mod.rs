@@ -123,6 +123,28 @@ pub struct MappingArgs {
     #[arg(long, value_name = "TYPE=NAME", value_parser = parse_rename)]
     #[serde(serialize_with = "config::renames_as_table")]
     rename: Vec<(String, String)>,
+    /// Heap user properties from Braze profile and subscription events: which to send, e.g.
+    /// `subscription,email_address,custom_attributes.plan` (subscription, subscription_group,
+    /// random_bucket_number, first_name, last_name, email_address, phone_number, dob,
+    /// home_city, archived, custom_attributes, custom_attributes.<name>). Personal data is
+    /// sent only if named. Default none (off).
+    #[arg(
+        long,
+        env = "CURRENTS_HEAP_USER_PROPERTIES",
+        value_delimiter = ',',
+        value_name = "FIELD"
+    )]
+    // Kept as text: the configuration parses every source's entries alike, so a bad name
+    // is reported with the flag, variable or file key it came from.
+    user_properties: Vec<String>,
+    /// Prefix for every Heap user property name (under 1023 characters). With an empty
+    /// prefix, names that are any casing of `id` or `user_id` are dropped and counted.
+    #[arg(long, env = "CURRENTS_HEAP_USER_PROPERTY_PREFIX", default_value_t = DEFAULTS.user_property_prefix.clone())]
+    user_property_prefix: String,
+    /// Users per minute sent user properties at most, 1 to 1,000,000 (a ceiling of its own,
+    /// lowered on 429 like the events' budget).
+    #[arg(long, env = "CURRENTS_HEAP_USER_PROPERTIES_PER_MINUTE", default_value_t = DEFAULTS.user_properties_per_minute)]
+    user_properties_per_minute: u64,
 }
 
 fn parse_rename(text: &str) -> Result<(String, String), String> {

@@ -426,6 +426,7 @@ pub fn output(config: &Config, leased: Option<Leased>) -> Result<Output, Exit> {
             max_elapsed: config.retry_max_time.get(),
             ..RetryPolicy::default()
         },
+        properties: config.properties(),
         ..DeliveryConfig::new(app_id)
     };
     Ok(Output::Heap(Box::new(HeapOutput {

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 /// Events per sliding minute; 0 disables the limit. Heap's own limits are far below the top.
 pub const RATE_LIMIT: RangeInclusive<u64> = 0..=1_000_000;
+/// Users per minute sent user properties. Heap states no limit for the bulk endpoint; at
+/// least 1 so that the output, once on, always moves; the top as for events.
+pub const USERS_PER_MINUTE: RangeInclusive<u64> = 1..=1_000_000;
 /// Heap takes 1 to 1000 events per bulk request.
 pub const MAX_BATCH_EVENTS: RangeInclusive<u64> = 1..=1000;
 /// Below 16 KiB ordinary events (mostly short Braze fields, a few hundred bytes to a few

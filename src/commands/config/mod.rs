@@ -25,7 +25,9 @@ mod tests;
 pub use render::render;
 pub use resolve::{Resolved, from_file, refused_value, resolve};
 pub use validate::{Invalid, ranges};
-pub use values::{HumanDuration, Secret, as_text, heap_app_id, identity_names, renames_as_table};
+pub use values::{
+    HumanDuration, Secret, as_text, heap_app_id, identity_names, property_fields, renames_as_table,
+};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -36,6 +38,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::LogFormat;
 use crate::heap::map::{IdentitySource, MappingConfig};
+use crate::heap::properties::{DEFAULT_PREFIX, DEFAULT_USERS_PER_MINUTE, Field, PropertyConfig};
 use crate::store::Location;
 use crate::worker::Lookback;
 
@@ -102,6 +105,19 @@ pub struct Config {
     /// Prefix for every Heap property key, e.g. `braze-`; under 1023 characters. Default
     /// empty.
     pub property_prefix: String,
+    /// Heap user properties from Braze profile and subscription events: which to send
+    /// (`subscription`, `subscription_group`, `random_bucket_number`, `first_name`,
+    /// `last_name`, `email_address`, `phone_number`, `dob`, `home_city`, `archived`,
+    /// `custom_attributes`, `custom_attributes.<name>`); duplicates count once. Personal data
+    /// is sent only if named. Default empty (off).
+    #[serde(with = "property_fields")]
+    pub user_properties: Vec<Field>,
+    /// Prefix for every Heap user property name; under 1023 characters. Empty is allowed:
+    /// names that are then any casing of `id` or `user_id` (Heap's own) are dropped and
+    /// counted. Default `braze_`.
+    pub user_property_prefix: String,
+    /// Users per minute sent user properties at most, 1 to 1,000,000. Default 5,000.
+    pub user_properties_per_minute: u64,
     /// Currents objects processed at once whatever their size, 1 to 256. Default 4.
     pub object_concurrency: u64,
     /// Bytes: more objects than `object_concurrency`, up to 256, are processed at once while
@@ -171,6 +187,9 @@ impl Default for Config {
             identity: vec![IdentitySource::ExternalUserId],
             event_prefix: String::new(),
             property_prefix: String::new(),
+            user_properties: Vec::new(),
+            user_property_prefix: DEFAULT_PREFIX.to_string(),
+            user_properties_per_minute: DEFAULT_USERS_PER_MINUTE,
             object_concurrency: 4,
             small_object_budget: crate::worker::scheduler::SMALL_OBJECT_BUDGET,
             dry_run: false,
@@ -207,6 +226,15 @@ impl Config {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+        }
+    }
+
+    /// The user-properties output: off unless `user_properties` names a field.
+    pub fn properties(&self) -> PropertyConfig {
+        PropertyConfig {
+            fields: self.user_properties.clone(),
+            prefix: self.user_property_prefix.clone(),
+            users_per_minute: self.user_properties_per_minute,
         }
     }
 }

@@ -200,6 +200,12 @@ fn what_is_printed_reads_back_the_same() {
         ]),
         log_format: LogFormat::Json,
         dry_run: true,
+        user_properties: vec![
+            "custom_attributes.a \"b\"".parse().unwrap(),
+            "subscription".parse().unwrap(),
+        ],
+        user_property_prefix: String::new(),
+        user_properties_per_minute: 1,
         ..Config::default()
     };
     config.validate().unwrap();
@@ -239,7 +245,7 @@ fn what_is_printed_reads_back_the_same() {
 
 #[test]
 fn keys_are_the_fields() {
-    assert_eq!(keys().len(), 31);
+    assert_eq!(keys().len(), 34);
     assert!(keys().contains(&"rename") && keys().contains(&"log_format"));
     assert!(!keys().contains(&"heap_app_id"));
     assert_eq!(
@@ -276,4 +282,109 @@ fn an_app_id_is_digits_with_a_byte_order_mark_and_whitespace_dropped() {
         assert!(!error.contains("42") && !error.contains("444"), "{error}");
     }
     assert!(id("HEAP_APP_ID=42").unwrap_err().contains("NAME=VALUE"));
+}
+
+#[test]
+fn user_properties_parse_dedupe_and_name_their_source_when_wrong() {
+    use crate::heap::properties::{DEFAULT_PREFIX, DEFAULT_USERS_PER_MINUTE, Field};
+    // Off by default, with the module's defaults.
+    let defaults = DEFAULTS.properties();
+    assert!(!defaults.enabled());
+    assert_eq!(defaults.prefix, DEFAULT_PREFIX);
+    assert_eq!(defaults.users_per_minute, DEFAULT_USERS_PER_MINUTE);
+
+    for command in [
+        &["currents-heap", "run"][..],
+        &["currents-heap", "replay"],
+        &["currents-heap", "check"],
+        &["currents-heap", "inspect", "x.avro", "--heap"],
+        &[
+            "currents-heap",
+            "backfill",
+            "--from",
+            "2026-11-01",
+            "--to",
+            "2026-11-02",
+        ],
+    ] {
+        let mut args = command.to_vec();
+        args.extend([
+            "--user-properties",
+            "dob, subscription,dob,,custom_attributes.plan",
+            "--user-properties",
+            "subscription",
+            "--user-property-prefix",
+            "",
+            "--user-properties-per-minute",
+            "1000000",
+        ]);
+        let (cli, matches) = parse(&args);
+        let properties = resolve(&cli, &matches).unwrap().config.properties();
+        assert_eq!(
+            properties.fields,
+            [
+                Field::Profile("dob"),
+                Field::Subscription,
+                Field::CustomAttribute("plan".into())
+            ],
+            "{command:?}"
+        );
+        assert_eq!(properties.prefix, "");
+        assert_eq!(properties.users_per_minute, 1_000_000);
+    }
+
+    for (args, expected) in [
+        (
+            &["x", "run", "--user-properties", "dob,email"][..],
+            "--user-properties: unknown user property field `email` (expected",
+        ),
+        (
+            &["x", "replay", "--user-properties-per-minute", "0"],
+            "--user-properties-per-minute: must be 1 to 1,000,000, not 0",
+        ),
+        (
+            &["x", "run", "--user-properties-per-minute", "1000001"],
+            "--user-properties-per-minute: must be 1 to 1,000,000, not 1,000,001",
+        ),
+    ] {
+        let (cli, matches) = parse(args);
+        let error = resolve(&cli, &matches).unwrap_err();
+        assert!(error.contains(expected), "{args:?}: {error}");
+    }
+    let long = "p".repeat(1023);
+    let (cli, matches) = parse(&["x", "run", "--user-property-prefix", &long]);
+    let error = resolve(&cli, &matches).unwrap_err();
+    assert!(
+        error.starts_with("--user-property-prefix: is 1023 characters"),
+        "{error}"
+    );
+}
+
+#[test]
+fn delivery_gets_the_resolved_user_properties() {
+    let (cli, matches) = parse(&[
+        "currents-heap",
+        "run",
+        "--heap-app-id",
+        "77",
+        "--user-properties",
+        "subscription_group",
+        "--user-property-prefix",
+        "b_",
+        "--user-properties-per-minute",
+        "42",
+    ]);
+    let config = resolve(&cli, &matches).unwrap().config;
+    let crate::worker::Output::Heap(output) =
+        crate::commands::worker::output(&config, None).unwrap_or_else(|e| panic!("{e:?}"))
+    else {
+        panic!("not a delivering output")
+    };
+    assert_eq!(output.config.properties, config.properties());
+    assert_eq!(
+        output.config.properties.fields,
+        [crate::heap::properties::Field::SubscriptionGroup]
+    );
+    assert_eq!(output.config.properties.prefix, "b_");
+    assert_eq!(output.config.properties.users_per_minute, 42);
 }

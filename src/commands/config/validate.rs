@@ -86,6 +86,17 @@ impl Config {
                 ),
             );
         }
+        // An empty prefix is allowed although it can yield Heap's own `id`/`user_id` (from a
+        // custom attribute): the mapping drops and counts those, as documented.
+        if self.user_property_prefix.chars().count() >= MAX_PROPERTY_CHARS {
+            return invalid(
+                "user_property_prefix",
+                format!(
+                    "is {} characters: every user property name would reach Heap's limit of {MAX_PROPERTY_CHARS}",
+                    self.user_property_prefix.chars().count()
+                ),
+            );
+        }
         if let Some((event_type, name)) = self
             .rename
             .iter()
@@ -99,12 +110,17 @@ impl Config {
         Ok(())
     }
 
-    fn bounds(&self) -> [Bound; 16] {
+    fn bounds(&self) -> [Bound; 17] {
         use limits::*;
         [
             count("app_rate_limit", self.app_rate_limit, RATE_LIMIT),
             count("identity_rate_limit", self.identity_rate_limit, RATE_LIMIT),
             count("max_batch_events", self.max_batch_events, MAX_BATCH_EVENTS),
+            count(
+                "user_properties_per_minute",
+                self.user_properties_per_minute,
+                USERS_PER_MINUTE,
+            ),
             count("max_body_bytes", self.max_body_bytes, MAX_BODY_BYTES),
             count("heap_concurrency", self.heap_concurrency, HEAP_CONCURRENCY),
             count(

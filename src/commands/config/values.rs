@@ -168,6 +168,33 @@ pub mod identity_names {
     }
 }
 
+/// `user_properties` as the allowlist names. Reading skips blank entries (an empty
+/// variable, a trailing comma: the output stays off) and keeps the first of duplicates; an
+/// unknown name is an error that quotes it and lists the names.
+pub mod property_fields {
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    use crate::heap::properties::Field;
+
+    pub fn serialize<S: Serializer>(fields: &[Field], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(fields.iter().map(|f| f.to_string()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Field>, D::Error> {
+        let mut fields: Vec<Field> = Vec::new();
+        for text in Vec::<String>::deserialize(d)? {
+            if text.trim().is_empty() {
+                continue;
+            }
+            let field: Field = text.parse().map_err(de::Error::custom)?;
+            if !fields.contains(&field) {
+                fields.push(field);
+            }
+        }
+        Ok(fields)
+    }
+}
+
 /// `--rename` pairs as the `[rename]` table.
 pub fn renames_as_table<S: Serializer>(
     pairs: &[(String, String)],
