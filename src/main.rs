@@ -155,10 +155,13 @@ fn inspect_command(paths: &[PathBuf], heap: bool, config: &Config) -> ExitCode {
         }
     }
     let output = if heap {
-        inspect::Output::Heap(Disposer::new(
-            HeapMapper::new(config.mapping()),
-            BodyLimit::unknown_app(config.max_body_bytes as usize),
-        ))
+        inspect::Output::Heap(
+            Disposer::new(
+                HeapMapper::new(config.mapping()),
+                BodyLimit::unknown_app(config.max_body_bytes as usize),
+            )
+            .with_user_properties(config.properties()),
+        )
     } else {
         inspect::Output::CustomHttp
     };

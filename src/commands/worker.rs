@@ -403,7 +403,9 @@ pub fn output(config: &Config, leased: Option<Leased>) -> Result<Output, Exit> {
             Ok(app_id) => BodyLimit::new(config.max_body_bytes as usize, &app_id),
             Err(_) => BodyLimit::unknown_app(config.max_body_bytes as usize),
         };
-        return Ok(Output::DryRun(Disposer::new(mapper, limit)));
+        return Ok(Output::DryRun(
+            Disposer::new(mapper, limit).with_user_properties(config.properties()),
+        ));
     }
     let app_id = app_id(config)?;
     let client = HeapClient::new(&config.heap_url, config.request_timeout.get())
