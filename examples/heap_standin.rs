@@ -1,6 +1,7 @@
 //! Runs the Heap stand-in on loopback for local demos and load runs, until Ctrl-C:
 //! `cargo run --example heap_standin -- APP_ID [--no-limits] [--delay-ms N]`; point `HEAP_API_URL` at the
-//! printed URL. It enforces Heap's track contract and (unless `--no-limits`) its rate limits.
+//! printed URL. It enforces Heap's track contract and (unless `--no-limits`) its rate limits,
+//! and the `add_user_properties` contract (no limit: Heap states none).
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "heap_standin [APP_ID] [--no-limits] [--delay-ms N]: a Heap track API stand-in on loopback; prints its URL, runs until Ctrl-C (SIGINT), then prints what it stored"
+            "heap_standin [APP_ID] [--no-limits] [--delay-ms N]: a Heap track and add_user_properties API stand-in on loopback; prints its URL, runs until Ctrl-C (SIGINT), then prints what it stored"
         );
         return;
     }
@@ -45,5 +46,16 @@ async fn main() {
         report.invalid_requests,
         report.limit_violations,
         report.duplicates
+    );
+    // A line of its own, after track's (which scripts parse), for the user properties.
+    let properties = standin.user_properties_report();
+    eprintln!(
+        "user properties of {} identities; {} requests, {} accepted, {} invalid, {} answered 429, {} users received",
+        standin.user_properties().len(),
+        properties.requests,
+        properties.accepted_requests,
+        properties.invalid_requests,
+        properties.too_many_requests,
+        properties.users_received
     );
 }

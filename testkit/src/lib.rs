@@ -12,7 +12,10 @@
 //! - [`queue`]: an in-memory SQS queue ([`queue::MemoryQueue`]) with visibility, redelivery
 //!   and injected failures on tokio's clock, so the listener runs on a paused clock.
 //! - [`rng`]: the seeded generator behind all of the above.
+//! - [`avro`]: hand-written Currents objects, [`avro::avro_object`]: the records a test names
+//!   (as JSON) under any writer schema, and the schemas of the user-property event types.
 
+pub mod avro;
 pub mod fixtures;
 pub mod queue;
 pub mod rng;

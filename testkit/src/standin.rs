@@ -15,8 +15,11 @@
 //! exact scenarios) or at random with a seed: 429 with or without `Retry-After`, 500, 503, a
 //! slow answer after storing the events, and a dropped connection before or after storing.
 //! Time is tokio's, so a paused test clock drives the windows and delays too.
+//!
+//! `POST /api/add_user_properties` is enforced too, with faults and counters of its own: see
+//! [`user_properties`]; [`Standin::user_properties`] is what it applied per identity.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +38,10 @@ use tokio::time::Instant;
 
 use crate::rng::Rng;
 use currents_heap::heap::pacer::RateLimits;
+
+pub mod user_properties;
+use user_properties::PropertiesState;
+pub use user_properties::{UserPropertiesConfig, UserPropertiesReport};
 
 /// One injected fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,6 +75,8 @@ pub struct StandinConfig {
     pub limit_retry_after: Option<u64>,
     /// Bodies over this many bytes are refused with 413, as a proxy in front of Heap may.
     pub max_body_bytes: Option<usize>,
+    /// `add_user_properties`'s own faults and limit (`app_id` and `max_body_bytes` are shared).
+    pub user_properties: UserPropertiesConfig,
 }
 
 impl StandinConfig {
@@ -90,6 +99,7 @@ impl StandinConfig {
             response_delay: Duration::ZERO,
             limit_retry_after: None,
             max_body_bytes: None,
+            user_properties: UserPropertiesConfig::default(),
         }
     }
 }
@@ -131,6 +141,7 @@ struct State {
     identity_logs: HashMap<String, VecDeque<(Instant, u64)>>,
     report: StandinReport,
     stored_count: tokio::sync::watch::Sender<usize>,
+    properties: PropertiesState,
 }
 
 pub struct Standin {
@@ -138,6 +149,7 @@ pub struct Standin {
     state: Arc<Mutex<State>>,
     server: JoinHandle<()>,
     stored_count: tokio::sync::watch::Receiver<usize>,
+    properties_accepted: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Drop for Standin {
@@ -157,8 +169,10 @@ impl Standin {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (stored_count, stored_count_rx) = tokio::sync::watch::channel(0);
+        let (properties_accepted, properties_accepted_rx) = tokio::sync::watch::channel(0);
         let state = Arc::new(Mutex::new(State {
             stored_count,
+            properties: PropertiesState::new(config.user_properties.seed, properties_accepted),
             rng: Rng::new(config.seed),
             config,
             script: VecDeque::new(),
@@ -185,6 +199,7 @@ impl Standin {
             state,
             server,
             stored_count: stored_count_rx,
+            properties_accepted: properties_accepted_rx,
         })
     }
 
@@ -235,6 +250,46 @@ impl Standin {
         self.lock().report.clone()
     }
 
+    /// `add_user_properties`: what was applied, identity → property → value (last write wins).
+    pub fn user_properties(&self) -> BTreeMap<String, BTreeMap<String, Json>> {
+        self.lock().properties.applied.clone()
+    }
+
+    /// `add_user_properties`: its counters.
+    pub fn user_properties_report(&self) -> UserPropertiesReport {
+        self.lock().properties.report.clone()
+    }
+
+    /// `add_user_properties`: every request body received, in order, whatever the answer
+    /// (non-UTF-8 bytes replaced), for checks of request shapes and of what left the process.
+    pub fn user_property_bodies(&self) -> Vec<String> {
+        self.lock().properties.bodies.clone()
+    }
+
+    /// `add_user_properties`: faults for its next requests, in order, before any random ones.
+    pub fn script_user_properties(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.lock().properties.script.extend(faults);
+    }
+
+    /// `add_user_properties`: from now on, any request holding one of these identities is a
+    /// 400 (replacing the configured set; empty: none).
+    pub fn set_rejected_identities(&self, identities: impl IntoIterator<Item = String>) {
+        self.lock().config.user_properties.reject_identities = identities.into_iter().collect();
+    }
+
+    /// `add_user_properties`: the app's limit from now on, users per `window` (0: none).
+    pub fn set_user_properties_limit(&self, app_users: u64, window: Duration) {
+        let config = &mut self.lock().config.user_properties;
+        config.app_users = app_users;
+        config.window = window;
+    }
+
+    /// Waits until at least `n` `add_user_properties` requests were accepted.
+    pub async fn wait_until_user_property_requests(&self, n: u64) {
+        let mut accepted = self.properties_accepted.clone();
+        let _ = accepted.wait_for(|accepted| *accepted >= n).await;
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state
             .lock()
@@ -246,7 +301,12 @@ async fn serve(
     state: Arc<Mutex<State>>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
-    if request.method() != Method::POST || request.uri().path() != "/api/track" {
+    let properties = match request.uri().path() {
+        "/api/track" => false,
+        "/api/add_user_properties" => true,
+        _ => return Ok(answer(StatusCode::NOT_FOUND, "{}".into(), None)),
+    };
+    if request.method() != Method::POST {
         return Ok(answer(StatusCode::NOT_FOUND, "{}".into(), None));
     }
     let body = match request.into_body().collect().await {
@@ -255,7 +315,14 @@ async fn serve(
     };
     let (outcome, delay) = {
         let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-        (state.handle(&body), state.config.response_delay)
+        if properties {
+            (
+                state.handle_user_properties(&body),
+                state.config.user_properties.response_delay,
+            )
+        } else {
+            (state.handle(&body), state.config.response_delay)
+        }
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -304,37 +371,8 @@ impl State {
         });
         if let Some(fault) = fault {
             *self.report.faults.entry(fault).or_insert(0) += 1;
-            match fault {
-                Fault::TooManyRequests => {
-                    return Ok(Outcome::Answer(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "{}".into(),
-                        None,
-                    ));
-                }
-                Fault::TooManyRequestsRetryAfter(s) => {
-                    return Ok(Outcome::Answer(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "{}".into(),
-                        Some(s),
-                    ));
-                }
-                Fault::InternalError => {
-                    return Ok(Outcome::Answer(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "{}".into(),
-                        None,
-                    ));
-                }
-                Fault::Unavailable => {
-                    return Ok(Outcome::Answer(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "{}".into(),
-                        None,
-                    ));
-                }
-                Fault::DropBeforeStore => return Ok(Outcome::Drop),
-                Fault::SlowAfterStore(_) | Fault::DropAfterStore => {}
+            if let Some(outcome) = fault_outcome(fault) {
+                return Ok(outcome);
             }
         }
         let outcome = self.accept(body);
@@ -441,6 +479,20 @@ impl State {
             }
         }
         Ok(events.clone())
+    }
+}
+
+/// The answer a fault gives before the request is looked at; `None` for the faults that
+/// store first (shared by both endpoints).
+fn fault_outcome(fault: Fault) -> Option<Outcome> {
+    let status = |status, retry_after| Some(Outcome::Answer(status, "{}".into(), retry_after));
+    match fault {
+        Fault::TooManyRequests => status(StatusCode::TOO_MANY_REQUESTS, None),
+        Fault::TooManyRequestsRetryAfter(s) => status(StatusCode::TOO_MANY_REQUESTS, Some(s)),
+        Fault::InternalError => status(StatusCode::INTERNAL_SERVER_ERROR, None),
+        Fault::Unavailable => status(StatusCode::SERVICE_UNAVAILABLE, None),
+        Fault::DropBeforeStore => Some(Outcome::Drop),
+        Fault::SlowAfterStore(_) | Fault::DropAfterStore => None,
     }
 }
 
