@@ -341,7 +341,7 @@ pub fn with_value(property: &Property, f: impl FnOnce(&Value)) {
     }
 }
 
-fn text(property: &Property) -> Option<String> {
+pub(crate) fn text(property: &Property) -> Option<String> {
     let mut out = None;
     with_value(property, |value| {
         if let Value::String(s) = value {
@@ -351,7 +351,7 @@ fn text(property: &Property) -> Option<String> {
     out
 }
 
-fn integer(property: &Property) -> Option<i64> {
+pub(crate) fn integer(property: &Property) -> Option<i64> {
     let mut out = None;
     with_value(property, |value| {
         out = match value {

@@ -708,7 +708,13 @@ fn decide(
     };
     match reason {
         Some(reason) => Outcome::Incomplete { reason },
-        None if counts.total().parked > 0 || counts.objects_failed > 0 => {
+        None if counts.total().parked > 0
+            || counts
+                .user_property_updates
+                .get("parked")
+                .is_some_and(|n| *n > 0)
+            || counts.objects_failed > 0 =>
+        {
             Outcome::FinishedWithFailures
         }
         None => Outcome::Finished,

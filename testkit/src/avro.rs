@@ -12,9 +12,11 @@
 //! The schemas of the user-property types (issue 22) are here as constants, read from
 //! `schemas/`.
 
+/// The codecs [`avro_object`] writes with.
+pub use apache_avro::Codec;
+use apache_avro::Writer;
 use apache_avro::schema::Schema;
 use apache_avro::types::Value;
-use apache_avro::{Codec, Writer};
 use serde_json::Value as Json;
 
 /// `users.profile.Update`, as committed under `schemas/`.

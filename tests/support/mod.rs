@@ -304,6 +304,11 @@ pub fn metrics_with_every_family() -> currents_heap::telemetry::Metrics {
     }
     .emit(&metrics);
     NotificationDropped::TestEvent.emit(&metrics);
+    currents_heap::telemetry::events::UserPropertyRequest {
+        status: Some(200),
+        budget: 5_000,
+    }
+    .emit(&metrics);
     metrics
 }
 

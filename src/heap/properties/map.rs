@@ -9,8 +9,10 @@ use super::{
     Field, GLOBAL_SUBSCRIPTION, GROUP_SUBSCRIPTION, PROFILE_UPDATE, PropertyConfig, RANDOM_BUCKET,
 };
 use crate::currents::event::{CustomHttpEvent, Property};
-use crate::currents::value::{Number, Value, parse_lenient};
-use crate::heap::map::{FlatObject, IdentitySource, MAX_IDENTITY_CHARS, identity_of, with_value};
+use crate::currents::value::{Value, parse_lenient};
+use crate::heap::map::{
+    FlatObject, IdentitySource, MAX_IDENTITY_CHARS, identity_of, integer, text, with_value,
+};
 
 /// When an update happened: the event's `time_ms` (else `time` × 1000), then its event id.
 /// A property only ever moves to a later stamp within a run.
@@ -119,7 +121,7 @@ impl PropertyMapper {
         match &*event.event_type {
             GLOBAL_SUBSCRIPTION if has(&Field::Subscription) => {
                 if let (Some(channel), Some(status)) = (
-                    text(event.property("channel")),
+                    event.property("channel").and_then(text),
                     event.property("subscription_status"),
                 ) {
                     let channel = channel.trim().to_lowercase().replace(' ', "_");
@@ -130,7 +132,7 @@ impl PropertyMapper {
             }
             GROUP_SUBSCRIPTION if has(&Field::SubscriptionGroup) => {
                 if let (Some(group), Some(status)) = (
-                    text(event.property("subscription_group_id")),
+                    event.property("subscription_group_id").and_then(text),
                     event.property("subscription_status"),
                 ) {
                     out.put_property(&format!("subscription_group.{group}"), status);
@@ -218,26 +220,4 @@ fn with_object(property: Option<&Property>, f: impl FnOnce(&[(Cow<'_, str>, Valu
         }
         _ => {}
     });
-}
-
-fn text(property: Option<&Property>) -> Option<String> {
-    let mut out = None;
-    with_value(property?, |value| {
-        if let Value::String(s) = value {
-            out = Some(s.to_string());
-        }
-    });
-    out
-}
-
-fn integer(property: &Property) -> Option<i64> {
-    let mut out = None;
-    with_value(property, |value| {
-        out = match value {
-            Value::Number(Number::Int(i)) => Some(*i),
-            Value::Number(Number::Text(t)) => t.parse().ok(),
-            _ => None,
-        }
-    });
-    out
 }
