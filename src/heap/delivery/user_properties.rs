@@ -22,8 +22,10 @@
 //!    from an answered request that would be retried or parked; an entry left without parts
 //!    is dropped.
 //!
-//! `newest` is bounded ([`NEWEST_KEPT`] identity-property pairs): past it, it is cleared,
-//! and ordering then holds for what arrives after (the pending entries still merge).
+//! `newest` is bounded ([`NEWEST_KEPT`] identity-property pairs, about 30 MB): past it, it
+//! is cleared, and ordering then holds for what arrives after (the pending entries still
+//! merge). The parts held (pending, split, on the wire) count toward delivery's
+//! `max_pending`, so intake pauses while the lane is behind.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -47,7 +49,7 @@ use crate::telemetry::events::{UserPropertyRequest, UserPropertyUpdates};
 use fastrand::Rng;
 
 /// Identity-property pairs remembered for ordering within a run (about 100 bytes each).
-pub const NEWEST_KEPT: usize = 1_000_000;
+pub const NEWEST_KEPT: usize = 200_000;
 
 /// Where one update came from and whom to tell how it ended.
 pub struct Part {
@@ -60,6 +62,8 @@ pub struct Part {
 
 /// One identity's merged properties and the parts they came from.
 struct Entry {
+    /// Arrival order: requests take the oldest entries first.
+    seq: u64,
     identity: Arc<str>,
     properties: BTreeMap<String, (Json, Stamp)>,
     parts: Vec<Part>,
@@ -81,6 +85,7 @@ impl Entry {
             }
         }
         self.parts.extend(other.parts);
+        self.seq = self.seq.min(other.seq);
         self.first_try = match (self.first_try, other.first_try) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -117,8 +122,11 @@ pub struct UserPropertiesLane {
     pacer: Pacer,
     retry: RetryPolicy,
     max_body_bytes: usize,
-    /// Entries waiting, in arrival order, and where each identity's is.
-    pending: VecDeque<Entry>,
+    /// Entries waiting, one per identity.
+    pending: HashMap<Arc<str>, Entry>,
+    next_seq: u64,
+    /// Parts held: pending, split or on the wire.
+    parts: usize,
     /// Halves of a rejected request, sent next as they are.
     split: VecDeque<Vec<Entry>>,
     newest: HashMap<(Arc<str>, String), Stamp>,
@@ -154,7 +162,9 @@ impl UserPropertiesLane {
             pacer: Pacer::new(limits),
             retry,
             max_body_bytes,
-            pending: VecDeque::new(),
+            pending: HashMap::new(),
+            next_seq: 0,
+            parts: 0,
             split: VecDeque::new(),
             newest: HashMap::new(),
             in_flight: None,
@@ -165,15 +175,13 @@ impl UserPropertiesLane {
         &self.config
     }
 
-    /// Updates waiting or on the wire.
+    /// Updates (parts) waiting or on the wire.
     pub fn held(&self) -> usize {
-        self.pending.len()
-            + self.split.iter().map(Vec::len).sum::<usize>()
-            + self.in_flight.as_ref().map_or(0, |(e, _, _)| e.len())
+        self.parts
     }
 
     pub fn has_work(&self) -> bool {
-        self.held() > 0
+        !self.pending.is_empty() || !self.split.is_empty() || self.in_flight.is_some()
     }
 
     /// Takes one update in (step 1 of the protocol).
@@ -201,7 +209,10 @@ impl UserPropertiesLane {
             part.tracker.resolve(Resolution::Skipped, part.record);
             return;
         }
+        self.parts += 1;
+        self.next_seq += 1;
         let entry = Entry {
+            seq: self.next_seq,
             identity: update.identity,
             properties,
             parts: vec![part],
@@ -214,13 +225,11 @@ impl UserPropertiesLane {
 
     /// Merges `entry` into its identity's pending entry, or queues it.
     fn requeue(&mut self, entry: Entry) {
-        match self
-            .pending
-            .iter_mut()
-            .find(|e| e.identity == entry.identity)
-        {
+        match self.pending.get_mut(&entry.identity) {
             Some(pending) => pending.merge(entry),
-            None => self.pending.push_back(entry),
+            None => {
+                self.pending.insert(entry.identity.clone(), entry);
+            }
         }
     }
 
@@ -229,7 +238,7 @@ impl UserPropertiesLane {
         if self.in_flight.is_some() || (self.pending.is_empty() && self.split.is_empty()) {
             return None;
         }
-        let retry = self.pending.iter().filter_map(|e| e.retry_at).min();
+        let retry = self.pending.values().filter_map(|e| e.retry_at).min();
         [retry, self.pacer.next_expiry(now)]
             .into_iter()
             .flatten()
@@ -274,32 +283,39 @@ impl UserPropertiesLane {
     /// too large to go alone is parked.
     fn compose(&mut self, now: Instant, max: usize, effects: &mut Effects) -> Vec<Entry> {
         let overhead = self.body(&[]).len();
+        let mut ready: Vec<(u64, Arc<str>)> = self
+            .pending
+            .values()
+            .filter(|e| e.retry_at.is_none_or(|at| at <= now))
+            .map(|e| (e.seq, e.identity.clone()))
+            .collect();
+        ready.sort_unstable();
         let mut size = overhead;
         let mut batch = Vec::new();
-        let mut kept = VecDeque::with_capacity(self.pending.len());
-        while let Some(entry) = self.pending.pop_front() {
-            let ready = entry.retry_at.is_none_or(|at| at <= now);
-            if !ready || batch.len() >= max {
-                kept.push_back(entry);
-                continue;
+        for (_, identity) in ready {
+            if batch.len() >= max {
+                break;
             }
+            let Some(entry) = self.pending.remove(&identity) else {
+                continue;
+            };
             let len = entry.json().len() + 1;
             if overhead + len > self.max_body_bytes {
                 let reason = format!(
                     "the user's properties take {len} bytes; a request body holds at most {} (--max-body-bytes)",
                     self.max_body_bytes
                 );
+                self.parts -= entry.parts.len();
                 park_entry(entry, &reason, &mut effects.park);
                 continue;
             }
             if size + len > self.max_body_bytes {
-                kept.push_back(entry);
+                self.pending.insert(identity, entry);
                 continue;
             }
             size += len;
             batch.push(entry);
         }
-        self.pending = kept;
         batch
     }
 
@@ -374,7 +390,7 @@ impl UserPropertiesLane {
         };
         let action = policy::decide(&reply.answer, attempted, now, &self.retry, rng);
         if !matches!(action, Action::Accept | Action::Fatal(_)) {
-            drop_withdrawn(&mut batch);
+            self.parts -= drop_withdrawn(&mut batch);
         }
         match action {
             Action::Accept => {
@@ -385,6 +401,7 @@ impl UserPropertiesLane {
                 }
                 .emit(metrics);
                 for entry in batch {
+                    self.parts -= entry.parts.len();
                     for part in entry.parts {
                         part.tracker.resolve(Resolution::Accepted, part.record);
                     }
@@ -413,12 +430,12 @@ impl UserPropertiesLane {
             }
             Action::Park(reason) => {
                 for entry in batch {
+                    self.parts -= entry.parts.len();
                     park_entry(entry, &reason, &mut effects.park);
                 }
             }
             Action::Fatal(reason) => {
                 // Unresolved, as events are: the next run sends them again.
-                self.in_flight = None;
                 effects.fatal = Some(reason);
             }
         }
@@ -427,16 +444,18 @@ impl UserPropertiesLane {
 
     /// Drops the parts of withdrawn units from everything waiting (step 4).
     pub fn withdraw(&mut self) -> usize {
-        let mut dropped = 0;
-        let mut keep = |entries: &mut Vec<Entry>| dropped += drop_withdrawn(entries);
-        let mut pending: Vec<Entry> = self.pending.drain(..).collect();
-        keep(&mut pending);
+        let mut pending: Vec<Entry> = self.pending.drain().map(|(_, e)| e).collect();
+        let mut dropped = drop_withdrawn(&mut pending);
+        self.pending = pending
+            .into_iter()
+            .map(|e| (e.identity.clone(), e))
+            .collect();
         let mut split: Vec<Vec<Entry>> = self.split.drain(..).collect();
         for half in &mut split {
-            keep(half);
+            dropped += drop_withdrawn(half);
         }
-        self.pending = pending.into();
         self.split = split.into_iter().filter(|h| !h.is_empty()).collect();
+        self.parts -= dropped;
         dropped
     }
 }

@@ -339,3 +339,70 @@ async fn a_user_heap_refuses_is_parked_alone_and_the_rest_arrive() {
     assert_eq!(letters[0].event.id, "s3");
     assert_eq!(letters[0].output, Output::UserProperties);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_withdrawn_unit_s_waiting_updates_are_dropped_unsent() {
+    let heap = Arc::new(Heap {
+        script: Mutex::new(vec![reply(
+            503,
+            Answer::Retry {
+                reason: "503".into(),
+                retry_after: Some(Duration::from_secs(60)),
+                scope: None,
+            },
+        )]),
+        ..Heap::default()
+    });
+    let dir = tempdir::new();
+    let dead_letters = Arc::new(DeadLetterStore::new(Arc::new(LocalStore::lazy(&dir.0))));
+    let delivery = Delivery::new(
+        DeliveryConfig {
+            jitter_seed: Some(7),
+            properties: PropertyConfig {
+                fields: vec![Field::Subscription],
+                ..PropertyConfig::default()
+            },
+            ..DeliveryConfig::new("1")
+        },
+        Arc::new(Endpoint(heap.clone(), false)),
+        HeapMapper::new(MappingConfig::default()),
+        dead_letters,
+    );
+    let metrics = delivery.metrics();
+    let abandon = tokio_util::sync::CancellationToken::new();
+    let tracker = Arc::new(Tracker::under(&abandon));
+    let (tx, rx) = mpsc::channel(8);
+    let running = tokio::spawn(delivery.run(rx));
+    for n in 0..3u64 {
+        let event = subscription(
+            &format!("s{n}"),
+            Some(&format!("u{n}")),
+            "email",
+            "Subscribed",
+        );
+        let submission = Submission {
+            event,
+            object: Arc::from("o/event_type=T/date=2026-11-27-13/x.avro"),
+            tracker: tracker.clone(),
+            record: n,
+            parts: Parts::EventAndUpdate,
+        };
+        assert!(tx.send(submission).await.is_ok());
+    }
+    // The first request is answered 503: the updates wait 60 s for their retry.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(heap.property_requests.lock().unwrap().len(), 1);
+    abandon.cancel();
+    tracker.withdraw();
+    drop(tx);
+    running.await.unwrap().unwrap();
+    assert_eq!(
+        heap.property_requests.lock().unwrap().len(),
+        1,
+        "none sent again"
+    );
+    assert_eq!(tracker.delivered(), 3, "the events had gone");
+    assert_eq!(tracker.withdrawn(), 3, "the updates were dropped");
+    assert_eq!(tracker.ended_prefix(), 0, "and the object is read again");
+    assert_eq!(metrics.counts().user_property_updates["accepted"], 0);
+}
