@@ -293,6 +293,14 @@ async fn heap_faults_lose_nothing_and_replay_delivers_the_refused_update() {
     let events = standin.stored().len();
     assert_eq!(events, 6, "the refused user's events still went as events");
 
+    let (code, dry, _) = setup
+        .run(
+            &standin,
+            &["replay", "--dry-run", "--user-properties", FIELDS],
+        )
+        .await;
+    assert_eq!(code, 0);
+    assert!(dry.contains("events would be sent: 2"), "{dry}");
     standin.set_rejected_identities(Vec::<String>::new());
     let (code, stdout, stderr) = setup
         .run(&standin, &["replay", "--user-properties", FIELDS])

@@ -18,9 +18,10 @@ use super::delivery_task::DeliveryTask;
 use super::engine::Output;
 use super::settings::Settings;
 use super::summary::{Outcome, render_delivery};
-use crate::deadletter::{DeadLetterFilter, DeadLetterStore};
+use crate::deadletter::{DeadLetterFilter, DeadLetterStore, Output as LetterOutput};
 use crate::heap::delivery::Disposition;
 use crate::heap::delivery::{Delivery, Parts, Submission, Tracker};
+use crate::heap::properties::map::Mapped as PropertyMapped;
 use crate::store::ObjectStore;
 use crate::telemetry::Metrics;
 
@@ -155,10 +156,20 @@ pub async fn replay(
         report.replayed += total;
         if let Some(disposer) = &dry_run {
             for letter in &letters {
-                let outcome = match disposer.dispose(&letter.event) {
-                    Disposition::Send { .. } => "would be sent",
-                    Disposition::Skip => "would be skipped (no identity)",
-                    Disposition::Park(_) => "would be parked again",
+                let outcome = match letter.output {
+                    LetterOutput::Event => match disposer.dispose(&letter.event) {
+                        Disposition::Send { .. } => "would be sent",
+                        Disposition::Skip => "would be skipped (no identity)",
+                        Disposition::Park(_) => "would be parked again",
+                    },
+                    // A letter of a user-property update re-sends only the update.
+                    LetterOutput::UserProperties => match disposer.update(&letter.event) {
+                        Some(PropertyMapped::Update(_)) => "would be sent",
+                        Some(PropertyMapped::NoIdentity | PropertyMapped::Nothing) => {
+                            "would be skipped (no identity)"
+                        }
+                        Some(PropertyMapped::Unsendable(_)) | None => "would be parked again",
+                    },
                 };
                 *report.would.entry(outcome).or_insert(0) += 1;
             }
