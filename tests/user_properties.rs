@@ -293,6 +293,14 @@ async fn heap_faults_lose_nothing_and_replay_delivers_the_refused_update() {
     let events = standin.stored().len();
     assert_eq!(events, 6, "the refused user's events still went as events");
 
+    // A replay under a narrower allowlist keeps what it does not cover parked (it used to
+    // delete them as skipped).
+    let (code, narrow, _) = setup
+        .run(&standin, &["replay", "--user-properties", "home_city"])
+        .await;
+    assert_eq!(code, 3, "{narrow}");
+    assert!(narrow.contains("events parked again: 2"), "{narrow}");
+    assert!(standin.user_properties().get("u2").is_none());
     let (code, dry, _) = setup
         .run(
             &standin,

@@ -64,7 +64,7 @@ impl ReplayReport {
             }
         } else {
             out += &format!(
-                "events delivered: {}\nevents skipped (no identity): {}\nevents parked again: {}\nevents left in place: {}\n",
+                "events delivered: {}\nevents skipped (no identity; for user-property updates also: superseded by a newer one in this replay): {}\nevents parked again: {}\nevents left in place: {}\n",
                 self.delivered, self.skipped, self.parked_again, self.left
             );
         }

@@ -531,9 +531,13 @@ impl Delivery {
                     tracker.resolve(Resolution::Skipped, submission.record);
                 }
             }
-            PropertyMapped::Nothing if own => {
-                tracker.resolve(Resolution::Skipped, submission.record);
-            }
+            // A parked update the allowlist no longer covers stays parked: dropping it
+            // would lose it for good.
+            PropertyMapped::Nothing if own => self.park_update(
+                submission,
+                tracker,
+                "--user-properties does not name what this update holds; replay with the allowlist it was parked under".into(),
+            ),
             PropertyMapped::Nothing => {}
         }
     }

@@ -120,15 +120,11 @@ impl Parking {
     /// Counts the written letters as parked, with one log line per event type.
     fn resolve_all(&mut self, metrics: &Metrics) {
         let mut by_type: BTreeMap<Arc<str>, BTreeMap<String, u64>> = BTreeMap::new();
+        let mut updates: BTreeMap<String, u64> = BTreeMap::new();
         for park in self.queue.drain(..) {
             tracing::debug!(event_id = %park.letter.event.id, object = %park.letter.object, "parked: {}", park.letter.reason);
             if park.letter.output == Output::UserProperties {
-                tracing::warn!(event_id = %park.letter.event.id, object = %park.letter.object, "parked a user-property update: {}", park.letter.reason);
-                UserPropertyUpdates {
-                    outcome: "parked",
-                    count: 1,
-                }
-                .emit(metrics);
+                *updates.entry(park.letter.reason.clone()).or_insert(0) += 1;
                 park.tracker.resolve(Resolution::Parked, park.record);
                 continue;
             }
@@ -138,6 +134,17 @@ impl Parking {
                 .entry(park.letter.reason.clone())
                 .or_insert(0) += 1;
             park.tracker.resolve(Resolution::Parked, park.record);
+        }
+        for (reason, count) in updates {
+            tracing::warn!(
+                count,
+                "parked {count} user-property updates as dead letters (`replay --user-properties …` re-sends them): {reason}"
+            );
+            UserPropertyUpdates {
+                outcome: "parked",
+                count,
+            }
+            .emit(metrics);
         }
         for (event_type, reasons) in by_type {
             let reasons: Vec<(String, u64)> = reasons.into_iter().collect();

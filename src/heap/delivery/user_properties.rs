@@ -429,6 +429,10 @@ impl UserPropertiesLane {
                 }
             }
             Action::Park(reason) => {
+                let reason = reason.replace(
+                    "Heap rejected the event",
+                    "Heap rejected the user's properties",
+                );
                 for entry in batch {
                     self.parts -= entry.parts.len();
                     park_entry(entry, &reason, &mut effects.park);
@@ -436,7 +440,9 @@ impl UserPropertiesLane {
             }
             Action::Fatal(reason) => {
                 // Unresolved, as events are: the next run sends them again.
-                effects.fatal = Some(reason);
+                effects.fatal = Some(format!(
+                    "add_user_properties (the user-properties output; events stop too, as for any configuration error): {reason}"
+                ));
             }
         }
         effects

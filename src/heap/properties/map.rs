@@ -85,7 +85,12 @@ impl PropertyMapper {
         });
         let reserved = before - properties.len();
         if properties.is_empty() {
-            return Mapped::Nothing;
+            // Nothing to send because the event is malformed is parked (seen, counted,
+            // replayable once fixed); nothing because nothing allowlisted changed is not.
+            return match self.malformed(event) {
+                Some(reason) => Mapped::Unsendable(reason),
+                None => Mapped::Nothing,
+            };
         }
         let Some(identity) = identity_of(&self.identity, event) else {
             return Mapped::NoIdentity;
@@ -116,6 +121,7 @@ impl PropertyMapper {
     /// custom attribute of the same name is the one dropped.
     fn write(&self, event: &CustomHttpEvent) -> (Vec<u8>, crate::heap::map::Adjustments) {
         let mut out = FlatObject::new(&self.config.prefix);
+        let mut shadowing = 0;
         let fields = &self.config.fields;
         let has = |f: &Field| fields.contains(f);
         match &*event.event_type {
@@ -151,15 +157,18 @@ impl PropertyMapper {
                         out.put_property(name, value);
                     }
                 }
-                self.custom_attributes(event, &mut out);
+                shadowing = self.custom_attributes(event, &mut out);
             }
             _ => {}
         }
-        out.finish()
+        let (json, mut adjustments) = out.finish();
+        adjustments.collisions_dropped += shadowing;
+        (json, adjustments)
     }
 
     /// The allowlisted custom attributes, each under its own name.
-    fn custom_attributes(&self, event: &CustomHttpEvent, out: &mut FlatObject<'_>) {
+    /// Returns how many were dropped for taking a field's name.
+    fn custom_attributes(&self, event: &CustomHttpEvent, out: &mut FlatObject<'_>) -> u32 {
         let all = self.config.fields.contains(&Field::CustomAttributes);
         let named = |name: &str| {
             all || self
@@ -175,15 +184,42 @@ impl PropertyMapper {
                 .iter()
                 .any(|f| matches!(f, Field::CustomAttribute(_)))
         {
-            return;
+            return 0;
         }
+        let mut shadowing = 0;
         with_object(event.property("custom_attributes"), |fields| {
             for (name, value) in fields {
-                if named(name) {
+                if !named(name) {
+                    continue;
+                }
+                if shadows_a_field(name) {
+                    shadowing += 1;
+                } else {
                     out.put(name, value);
                 }
             }
         });
+        shadowing
+    }
+
+    /// Why an allowlisted event yields nothing because of its content, if it does.
+    fn malformed(&self, event: &CustomHttpEvent) -> Option<String> {
+        let has = |f: &Field| self.config.fields.contains(f);
+        let missing = |name: &str| event.property(name).and_then(text).is_none();
+        match &*event.event_type {
+            GLOBAL_SUBSCRIPTION if missing("channel") || missing("subscription_status") => {
+                Some("the subscription change has no `channel` or no `subscription_status`".into())
+            }
+            GROUP_SUBSCRIPTION if has(&Field::SubscriptionGroup)
+                && (missing("subscription_group_id") || missing("subscription_status")) =>
+            {
+                Some("the subscription group change has no `subscription_group_id` or no `subscription_status`".into())
+            }
+            PROFILE_UPDATE if self.unreadable(event) > 0 => {
+                Some("`custom_attributes` is not a JSON object, and nothing else allowlisted changed".into())
+            }
+            _ => None,
+        }
     }
 
     /// 1 when custom attributes are allowlisted but the field is not a JSON object.
@@ -205,6 +241,19 @@ impl PropertyMapper {
     }
 }
 
+/// Whether a custom attribute's name is one a field or another event type writes: the
+/// profile fields (allowlisted or not: a custom `email_address` must not pass for the field),
+/// `random_bucket_number`, `<channel>_subscription` and `subscription_group`. Such an
+/// attribute is dropped and counted, whatever the order of events, so the property keeps one
+/// source.
+fn shadows_a_field(name: &str) -> bool {
+    let top = name.split('.').next().unwrap_or(name);
+    super::PROFILE_FIELDS.contains(&top)
+        || top == "random_bucket_number"
+        || top == "subscription_group"
+        || top.ends_with("_subscription")
+}
+
 /// Runs `f` on the fields of a property that holds a JSON object (as JSON text, as Braze
 /// writes `custom_attributes`, or as an object).
 fn with_object(property: Option<&Property>, f: impl FnOnce(&[(Cow<'_, str>, Value<'_>)])) {
@@ -220,4 +269,95 @@ fn with_object(property: Option<&Property>, f: impl FnOnce(&[(Cow<'_, str>, Valu
         }
         _ => {}
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::currents::datum::Datum;
+    use crate::currents::event::User;
+
+    fn mapper(fields: &str) -> PropertyMapper {
+        PropertyMapper::new(
+            PropertyConfig {
+                fields: fields.split(',').map(|f| f.parse().unwrap()).collect(),
+                ..PropertyConfig::default()
+            },
+            vec![IdentitySource::ExternalUserId],
+        )
+    }
+
+    fn event(event_type: &str, properties: &[(&str, &str)]) -> CustomHttpEvent {
+        CustomHttpEvent {
+            event_type: Arc::from(event_type),
+            id: "e1".into(),
+            time: 1_764_248_400,
+            user: User {
+                external_user_id: Some("u1".into()),
+                ..User::default()
+            },
+            properties: properties
+                .iter()
+                .map(|(k, v)| (Arc::from(*k), Property::Avro(Datum::String((*v).into()))))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_custom_attribute_never_passes_for_a_field_or_another_type_s_property() {
+        let profile = event(
+            PROFILE_UPDATE,
+            &[(
+                "custom_attributes",
+                r#"{"plan":"pro","email_address":"ca@x","home_city":"CA","email_subscription":"x","subscription_group":{"g1":"y"},"random_bucket_number":3}"#,
+            )],
+        );
+        let Mapped::Update(update) = mapper("custom_attributes").map(&profile) else {
+            panic!("an update");
+        };
+        assert_eq!(
+            Json::Object(update.properties),
+            serde_json::json!({"braze_plan": "pro"})
+        );
+        assert_eq!(update.dropped, 5);
+    }
+
+    #[test]
+    fn a_malformed_event_is_parked_with_its_reason_not_dropped_in_silence() {
+        let bad = event(PROFILE_UPDATE, &[("custom_attributes", "{not json")]);
+        assert!(matches!(
+            mapper("custom_attributes").map(&bad),
+            Mapped::Unsendable(reason) if reason.contains("custom_attributes")
+        ));
+        let no_channel = event(
+            GLOBAL_SUBSCRIPTION,
+            &[("subscription_status", "Subscribed")],
+        );
+        assert!(matches!(
+            mapper("subscription").map(&no_channel),
+            Mapped::Unsendable(reason) if reason.contains("channel")
+        ));
+        // Nothing allowlisted changed: no update, and nothing to park.
+        let unchanged = event(PROFILE_UPDATE, &[("first_name", "Ann")]);
+        assert_eq!(mapper("home_city").map(&unchanged), Mapped::Nothing);
+    }
+
+    #[test]
+    fn the_stamp_is_time_ms_then_the_event_id() {
+        let mut profile = event(PROFILE_UPDATE, &[("home_city", "Paris")]);
+        profile.properties.push((
+            Arc::from("time_ms"),
+            Property::Avro(Datum::Long(1_764_248_400_123)),
+        ));
+        let Mapped::Update(update) = mapper("home_city").map(&profile) else {
+            panic!("an update");
+        };
+        assert_eq!(
+            update.stamp,
+            Stamp {
+                millis: 1_764_248_400_123,
+                id: Arc::from("e1")
+            }
+        );
+    }
 }

@@ -89,6 +89,9 @@ impl FromStr for Field {
                     return Ok(Field::Profile(field));
                 }
                 match s.strip_prefix("custom_attributes.") {
+                    Some(name) if name.contains(['*', '.']) => Err(format!(
+                        "`{s}`: name one top-level custom attribute (no `*` or `.`), or `custom_attributes` for all"
+                    )),
                     Some(name) if !name.is_empty() => Ok(Field::CustomAttribute(name.to_string())),
                     _ => Err(format!(
                         "unknown user property field `{s}` (expected subscription, subscription_group, random_bucket_number, {}, custom_attributes or custom_attributes.<name>)",
