@@ -147,6 +147,20 @@ fn expected() -> BTreeMap<String, BTreeMap<String, Json>> {
 /// Every event with an identity, as an event.
 const EVENTS: [&str; 7] = ["p-new", "p-old", "s-1", "s-2", "g-1", "r-1", "s-anon"];
 
+/// `run --once --lookback all --user-properties FIELDS` and `extra`, to its end.
+async fn run_once(setup: &Setup, standin: &Standin, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "run",
+        "--once",
+        "--lookback",
+        "all",
+        "--user-properties",
+        FIELDS,
+    ];
+    args.extend_from_slice(extra);
+    setup.run(standin, &args).await
+}
+
 fn setup() -> Setup {
     let setup = Setup {
         source: TempDir::new("user-properties-source"),
@@ -174,19 +188,7 @@ fn assert_no_personal_data(standin: &Standin) {
 async fn the_four_types_become_exactly_the_expected_properties_and_stay_events() {
     let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
     let setup = setup();
-    let (code, stdout, stderr) = setup
-        .run(
-            &standin,
-            &[
-                "run",
-                "--once",
-                "--lookback",
-                "all",
-                "--user-properties",
-                FIELDS,
-            ],
-        )
-        .await;
+    let (code, stdout, stderr) = run_once(&setup, &standin, &[]).await;
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert_eq!(standin.user_properties(), expected());
     assert_no_personal_data(&standin);
@@ -207,20 +209,7 @@ async fn the_four_types_become_exactly_the_expected_properties_and_stay_events()
     // updates, sending nothing more.
     let before = standin.user_properties_report().requests;
     let fresh = self::setup();
-    let (code, stdout, _) = fresh
-        .run(
-            &standin,
-            &[
-                "run",
-                "--once",
-                "--lookback",
-                "all",
-                "--dry-run",
-                "--user-properties",
-                FIELDS,
-            ],
-        )
-        .await;
+    let (code, stdout, _) = run_once(&fresh, &standin, &["--dry-run"]).await;
     assert_eq!(code, 0);
     assert!(
         stdout.contains("user-property updates: 6 would be sent, 1 skipped (no identity)"),
@@ -272,19 +261,7 @@ async fn heap_faults_lose_nothing_and_replay_delivers_the_refused_update() {
     ]);
     standin.set_rejected_identities(["u2".to_string()]);
     let setup = setup();
-    let (code, stdout, stderr) = setup
-        .run(
-            &standin,
-            &[
-                "run",
-                "--once",
-                "--lookback",
-                "all",
-                "--user-properties",
-                FIELDS,
-            ],
-        )
-        .await;
+    let (code, stdout, stderr) = run_once(&setup, &standin, &[]).await;
     assert_eq!(code, 3, "an update was parked: {stdout}\n{stderr}");
     let mut partial = expected();
     partial.remove("u2");

@@ -141,10 +141,7 @@ impl HeapMapper {
                 "the event id (the idempotency key) is {id_len} characters; 1 to {MAX_IDEMPOTENCY_KEY_CHARS} are sent"
             ));
         }
-        let millis = event
-            .property("time_ms")
-            .and_then(integer)
-            .unwrap_or(event.time.saturating_mul(1000));
+        let millis = event_millis(event);
         // RFC 3339 has four-digit years and no sign: a year before 0000 or after 9999 would
         // go out in a form a strict ISO 8601 parser refuses, so it is parked before sending.
         let timestamp = match iso8601_utc(millis) {
@@ -349,6 +346,16 @@ pub(crate) fn text(property: &Property) -> Option<String> {
         }
     });
     out
+}
+
+/// When `event` happened, in milliseconds since the Unix epoch: its `time_ms` property where
+/// Braze gives one (profile updates and some other types carry it), else its `time` (whole
+/// seconds, every event has it) times 1,000. Events and user-property stamps both use it.
+pub(crate) fn event_millis(event: &CustomHttpEvent) -> i64 {
+    event
+        .property("time_ms")
+        .and_then(integer)
+        .unwrap_or(event.time.saturating_mul(1000))
 }
 
 pub(crate) fn integer(property: &Property) -> Option<i64> {

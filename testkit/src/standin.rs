@@ -376,11 +376,7 @@ impl State {
             }
         }
         let outcome = self.accept(body);
-        match (fault, &outcome) {
-            (Some(Fault::SlowAfterStore(delay)), Outcome::Answer(StatusCode::OK, ..)) => Err(delay),
-            (Some(Fault::DropAfterStore), Outcome::Answer(StatusCode::OK, ..)) => Ok(Outcome::Drop),
-            _ => Ok(outcome),
-        }
+        after_store(fault, outcome)
     }
 
     fn accept(&mut self, body: &[u8]) -> Outcome {
@@ -493,6 +489,17 @@ fn fault_outcome(fault: Fault) -> Option<Outcome> {
         Fault::Unavailable => status(StatusCode::SERVICE_UNAVAILABLE, None),
         Fault::DropBeforeStore => Some(Outcome::Drop),
         Fault::SlowAfterStore(_) | Fault::DropAfterStore => None,
+    }
+}
+
+/// What a fault that strikes after the store makes of an accepted request: `Err(delay)` is an
+/// answer held back `delay` (Heap has stored the request), `Outcome::Drop` a connection closed
+/// with no answer; any other fault or outcome is the outcome as it is.
+fn after_store(fault: Option<Fault>, outcome: Outcome) -> Result<Outcome, Duration> {
+    match (fault, &outcome) {
+        (Some(Fault::SlowAfterStore(delay)), Outcome::Answer(StatusCode::OK, ..)) => Err(delay),
+        (Some(Fault::DropAfterStore), Outcome::Answer(StatusCode::OK, ..)) => Ok(Outcome::Drop),
+        _ => Ok(outcome),
     }
 }
 

@@ -11,7 +11,7 @@ use super::{
 use crate::currents::event::{CustomHttpEvent, Property};
 use crate::currents::value::{Value, parse_lenient};
 use crate::heap::map::{
-    FlatObject, IdentitySource, MAX_IDENTITY_CHARS, identity_of, integer, text, with_value,
+    FlatObject, IdentitySource, MAX_IDENTITY_CHARS, event_millis, identity_of, text, with_value,
 };
 
 /// When an update happened: the event's `time_ms` (else `time` × 1000), then its event id.
@@ -101,10 +101,7 @@ impl PropertyMapper {
                 "identity is {chars} characters; Heap allows at most {MAX_IDENTITY_CHARS}"
             ));
         }
-        let millis = event
-            .property("time_ms")
-            .and_then(integer)
-            .unwrap_or(event.time.saturating_mul(1000));
+        let millis = event_millis(event);
         Mapped::Update(Update {
             identity: Arc::from(identity),
             stamp: Stamp {

@@ -22,7 +22,7 @@ use hyper::StatusCode;
 use serde_json::{Map, Value as Json};
 use tokio::time::Instant;
 
-use super::{Fault, Outcome, State, fault_outcome, used};
+use super::{Fault, Outcome, State, after_store, fault_outcome, used};
 use crate::rng::Rng;
 
 /// The properties endpoint's own knobs; all off by default.
@@ -162,11 +162,7 @@ impl State {
             }
         }
         let outcome = self.accept_user_properties(body);
-        match (fault, &outcome) {
-            (Some(Fault::SlowAfterStore(delay)), Outcome::Answer(StatusCode::OK, ..)) => Err(delay),
-            (Some(Fault::DropAfterStore), Outcome::Answer(StatusCode::OK, ..)) => Ok(Outcome::Drop),
-            _ => Ok(outcome),
-        }
+        after_store(fault, outcome)
     }
 
     fn accept_user_properties(&mut self, body: &[u8]) -> Outcome {
