@@ -61,6 +61,12 @@ fn assert_same_counts(text: &str, json: &serde_json::Value) {
         "{json:#}"
     );
     assert_eq!(json["lookback"], "all");
+    // The state as configured, not the ledger's folder inside it (a tester read `…/ledger/`
+    // as a location other than the --state given).
+    let state = json["state"].as_str().unwrap();
+    assert!(!state.contains("ledger"), "{json:#}");
+    let line = text.lines().find(|l| l.starts_with("state:")).unwrap();
+    assert_eq!(line.trim_start_matches("state:").trim(), state);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -560,12 +560,13 @@ async fn state_lines(config: &Config, metrics: &Arc<Metrics>) -> [Line; 2] {
     }
 }
 
+/// The lease's conditions are tested on the state's probe object: with no probe there is
+/// nothing to test, which the state's own line has already failed.
 fn not_checked_lease(target: String) -> Line {
-    Line::warn(
+    Line::skip(
         "lease",
         target,
-        "not checked: the state's probe failed",
-        "fix the state first",
+        "not checked: the state's probe failed (fix the state line first)",
     )
 }
 
@@ -854,7 +855,14 @@ async fn sqs_line(config: &Config, metrics: &Arc<Metrics>) -> Line {
             e.to_string(),
             "run check again once SQS answers",
         ),
-        Err(e) => Line::fail("sqs", url.clone(), e.to_string(), "see the reason"),
+        // Each wiring error ends with its own fix (after the colon), naming the queue, the
+        // bucket and the prefix; the line's fix points at the page that lists them all.
+        Err(e) => Line::fail(
+            "sqs",
+            url.clone(),
+            e.to_string(),
+            "as the reason says after its colon (each error and its fix: docs/notifications.md#errors-and-their-fixes)",
+        ),
     }
 }
 

@@ -168,7 +168,7 @@ pub async fn run(args: RunArgs, config: Config) -> Exit {
             Acquired::Stopped => return Exit::Success,
             Acquired::GaveUp(holder) => {
                 return Exit::Incomplete(format!(
-                    "`run` worker {} holds the lease and delivers this source: `run --once` would send beside it",
+                    "{} (a `run`, long-lived or `--once`) holds the lease and delivers this source: this `run --once` would send beside it, so it sent nothing; run it again once that one has stopped",
                     holder.holder
                 ));
             }

@@ -156,13 +156,14 @@ async fn report(config: &Config) -> Result<(String, serde_json::Value), String> 
         .map_err(state_error)?;
     let mut doc = serde_json::Map::new();
     doc.insert("source".into(), json!(source.describe()));
-    doc.insert("state".into(), json!(ledger.describe()));
+    // The state as configured (`--state`), not the ledger's folder inside it.
+    doc.insert("state".into(), json!(state.describe()));
     doc.insert("lookback".into(), json!(config.lookback.to_string()));
     let mut out = String::new();
     out.push_str(&format!(
         "source: {}\nstate:  {}\n",
         source.describe(),
-        ledger.describe()
+        state.describe()
     ));
     // The counts below cover these hours only.
     let (hours_from, hours_to) = match window {

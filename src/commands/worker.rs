@@ -87,7 +87,7 @@ pub struct StateArgs {
     #[serde(with = "as_text")]
     state: Location,
     /// Path-style S3 addressing, for S3-compatible stores (MinIO, ...).
-    #[arg(long, env = "CURRENTS_HEAP_S3_PATH_STYLE")]
+    #[arg(long, env = "CURRENTS_HEAP_S3_PATH_STYLE", value_parser = clap::builder::BoolishValueParser::new())]
     s3_path_style: bool,
 }
 
@@ -170,7 +170,7 @@ pub struct WorkerArgs {
     lease_duration: HumanDuration,
     /// Only ever one process sends to this Heap app: use no lease (for a state store that
     /// does not honour conditional writes). Two processes with this flag both send.
-    #[arg(long, env = "CURRENTS_HEAP_SINGLE_PROCESS")]
+    #[arg(long, env = "CURRENTS_HEAP_SINGLE_PROCESS", value_parser = clap::builder::BoolishValueParser::new())]
     single_process: bool,
 }
 
@@ -216,7 +216,7 @@ pub async fn open_state(
         if create {
             std::fs::create_dir_all(path).map_err(|e| {
                 Exit::Usage(format!(
-                    "--state {}: cannot create the directory: {e}",
+                    "--state {}: cannot create the directory: {e}. Fix: run as a user with write permission on its parent (on a writable mount), or point --state at a writable directory or a bucket",
                     path.display()
                 ))
             })?;

@@ -42,6 +42,9 @@ pub struct Activity {
     /// The app's current rate budget (events per the rate limit's window; 0 before Heap has
     /// answered).
     pub budget_events: u64,
+    /// A dry run: `events_sent` counts events that would have been sent, and there is no
+    /// budget (nothing is sent).
+    pub dry_run: bool,
 }
 
 impl Activity {
@@ -67,16 +70,36 @@ impl Activity {
             objects_pending = self.objects_pending,
             lag_secs = self.lag_secs,
             budget_events = self.budget_events,
-            "activity: {when} {span}: {} events sent in {} requests ({} answered 429), {} parked, {} objects ended; {} objects pending, lag {}s; budget {} events per window",
-            self.events_sent,
-            self.requests,
-            self.throttled,
+            dry_run = self.dry_run,
+            "activity: {when} {span}: {}, {} parked, {} objects ended; {} objects pending, lag {}s{}",
+            self.sent_text(),
             self.events_parked,
             self.objects_ended,
             self.objects_pending,
             self.lag_secs,
-            self.budget_events,
+            self.budget_text(),
         );
+    }
+
+    /// What went to Heap, or (a dry run) what would have gone.
+    fn sent_text(&self) -> String {
+        if self.dry_run {
+            return format!(
+                "{} events would be sent (dry run: nothing sent)",
+                self.events_sent
+            );
+        }
+        format!(
+            "{} events sent in {} requests ({} answered 429)",
+            self.events_sent, self.requests, self.throttled
+        )
+    }
+
+    fn budget_text(&self) -> String {
+        if self.dry_run {
+            return String::new();
+        }
+        format!("; budget {} events per window", self.budget_events)
     }
 }
 
@@ -86,15 +109,18 @@ pub struct ActivityMeter {
     previous: Counts,
     /// Idle intervals not logged since the last line.
     quiet: u32,
+    dry_run: bool,
 }
 
 impl ActivityMeter {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    /// `dry_run`: the engine sends nothing, and its lines say what would have been sent.
+    pub fn new(metrics: Arc<Metrics>, dry_run: bool) -> Self {
         let previous = metrics.counts();
         ActivityMeter {
             metrics,
             previous,
             quiet: 0,
+            dry_run,
         }
     }
 
@@ -119,6 +145,7 @@ impl ActivityMeter {
             objects_pending: self.metrics.objects_pending(),
             lag_secs: self.metrics.lag_secs(),
             budget_events: now.rate_budget_app,
+            dry_run: self.dry_run,
         };
         self.previous = now;
         activity
@@ -137,14 +164,15 @@ impl ActivityMeter {
 }
 
 /// Logs the summary line every `every` until `stop` is cancelled, then a last line over what
-/// remained of the interval.
+/// remained of the interval. `dry_run` as for [`ActivityMeter::new`].
 pub fn spawn(
     metrics: Arc<Metrics>,
     every: Duration,
+    dry_run: bool,
     stop: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut meter = ActivityMeter::new(metrics);
+        let mut meter = ActivityMeter::new(metrics, dry_run);
         let mut since = tokio::time::Instant::now();
         let mut ticks = tokio::time::interval_at(since + every, every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -173,7 +201,7 @@ mod tests {
     #[test]
     fn an_interval_gives_what_changed_since_the_last_and_the_gauges_now() {
         let metrics = Arc::new(Metrics::new());
-        let mut meter = ActivityMeter::new(metrics.clone());
+        let mut meter = ActivityMeter::new(metrics.clone(), false);
         let minute = Duration::from_secs(60);
         assert_eq!(meter.tick(minute), None, "idle: not logged");
         for status in [200, 429] {
@@ -203,5 +231,38 @@ mod tests {
             .filter(|_| meter.tick(minute).is_some())
             .count();
         assert_eq!(lines, 3);
+    }
+
+    #[test]
+    fn a_dry_run_says_what_would_be_sent_and_no_budget() {
+        let activity = |dry_run| Activity {
+            interval: Duration::from_secs(60),
+            events_sent: 172,
+            events_parked: 0,
+            requests: 0,
+            throttled: 0,
+            objects_ended: 19,
+            objects_failed: 0,
+            objects_pending: 0,
+            lag_secs: 0,
+            budget_events: 0,
+            dry_run,
+        };
+        let dry = activity(true);
+        assert_eq!(
+            (dry.sent_text(), dry.budget_text()),
+            (
+                "172 events would be sent (dry run: nothing sent)".to_string(),
+                String::new()
+            )
+        );
+        let real = activity(false);
+        assert_eq!(
+            (real.sent_text(), real.budget_text()),
+            (
+                "172 events sent in 0 requests (0 answered 429)".to_string(),
+                "; budget 0 events per window".to_string()
+            )
+        );
     }
 }

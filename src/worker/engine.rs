@@ -284,7 +284,12 @@ impl Engine {
         });
         run.log_start();
         let activity_stop = CancellationToken::new();
-        let activity = activity::spawn(run.metrics.clone(), SUMMARY_EVERY, activity_stop.clone());
+        let activity = activity::spawn(
+            run.metrics.clone(),
+            SUMMARY_EVERY,
+            run.settings.dry_run,
+            activity_stop.clone(),
+        );
         loop {
             let polling = !run.stop.stopping();
             if polling && run.poller.due() {
