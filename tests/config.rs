@@ -805,3 +805,30 @@ fn a_bad_user_property_or_ceiling_is_refused_by_name() {
         &["CURRENTS_HEAP_USER_PROPERTIES_PER_MINUTE: must be 1 to 1,000,000, not 1,000,001"],
     );
 }
+
+/// An on/off variable takes the spellings operators write in manifests and .env files
+/// (`CURRENTS_HEAP_S3_PATH_STYLE=1` was refused: only `true`/`false` were).
+#[test]
+fn on_off_variables_take_1_yes_on_and_their_opposites() {
+    for (variable, key) in [
+        ("CURRENTS_HEAP_S3_PATH_STYLE", "s3_path_style"),
+        ("CURRENTS_HEAP_SINGLE_PROCESS", "single_process"),
+    ] {
+        for (given, expected) in [
+            ("1", "true"),
+            ("yes", "true"),
+            ("on", "true"),
+            ("true", "true"),
+            ("0", "false"),
+            ("no", "false"),
+            ("off", "false"),
+        ] {
+            let (code, printed, stderr) = cli(&["run", "--print-config"], &[(variable, given)]);
+            assert_eq!(code, 0, "{variable}={given}: {stderr}");
+            assert_eq!(value(&printed, key), expected, "{variable}={given}");
+        }
+        let (code, _, stderr) = cli(&["run", "--print-config"], &[(variable, "maybe")]);
+        assert_eq!(code, 2, "{variable}=maybe: {stderr}");
+        assert!(stderr.contains(variable), "{stderr}");
+    }
+}

@@ -34,7 +34,7 @@ use crate::telemetry::Metrics;
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct InspectStoreArgs {
     /// Path-style S3 addressing, for S3-compatible stores (MinIO, ...).
-    #[arg(long, env = "CURRENTS_HEAP_S3_PATH_STYLE")]
+    #[arg(long, env = "CURRENTS_HEAP_S3_PATH_STYLE", value_parser = clap::builder::BoolishValueParser::new())]
     s3_path_style: bool,
 }
 
