@@ -13,7 +13,7 @@ async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "heap_standin [APP_ID] [--no-limits] [--delay-ms N]: a Heap track and add_user_properties API stand-in on loopback; prints its URL, runs until Ctrl-C (SIGINT), then prints what it stored"
+            "heap_standin [APP_ID] [--no-limits] [--delay-ms N]: a Heap track and add_user_properties API stand-in on loopback; prints its URL, runs until Ctrl-C (SIGINT), then prints what it stored (and up to 20 identities' user properties)"
         );
         return;
     }
@@ -58,4 +58,16 @@ async fn main() {
         properties.too_many_requests,
         properties.users_received
     );
+    // What each identity holds now (last write wins, as Heap), for a look at a small demo.
+    let applied = standin.user_properties();
+    for (identity, values) in applied.iter().take(SHOWN_IDENTITIES) {
+        let values = serde_json::to_string(values).unwrap_or_default();
+        eprintln!("  {identity}: {values}");
+    }
+    if applied.len() > SHOWN_IDENTITIES {
+        eprintln!("  … and {} more", applied.len() - SHOWN_IDENTITIES);
+    }
 }
+
+/// How many identities' user properties the stop prints.
+const SHOWN_IDENTITIES: usize = 20;
