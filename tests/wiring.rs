@@ -130,6 +130,44 @@ impl Setup {
             .unwrap();
     }
 
+    /// One fixture object under the prefix, in an hour the lookback covers.
+    async fn put_fixture(&self) {
+        let spec = &fixture_specs()[0];
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE_ROOT);
+        let hour = DateHour::from_hours_since_epoch(DateHour::now().hours_since_epoch() - 5);
+        let key = format!(
+            "{PREFIX}dataexport.prod-03.S3.integration.abc/event_type={}/date={hour}/0+0+0000000001.avro",
+            spec.event_type
+        );
+        self.moto
+            .client
+            .put_object()
+            .bucket(BUCKET)
+            .key(&key)
+            .body(ByteStream::from(
+                std::fs::read(root.join(spec.key())).unwrap(),
+            ))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// The binary's `command` on this bucket and queue, a local state and the stand-in.
+    fn binary(&self, standin: &Standin, state: &TempDir, command: &str) -> tokio::process::Command {
+        let mut binary = tokio::process::Command::new(env!("CARGO_BIN_EXE_currents-heap"));
+        binary
+            .args([command, "--source", &format!("s3://{BUCKET}/{PREFIX}")])
+            .arg("--state")
+            .arg(&state.0)
+            .args(["--s3-path-style", "--sqs-queue-url", &self.queue_url])
+            .env("HEAP_API_URL", standin.url())
+            .env("HEAP_APP_ID", APP_ID)
+            .env("NO_COLOR", "1")
+            .kill_on_drop(true);
+        self.moto.aws_env(&mut binary);
+        binary
+    }
+
     async fn check(&self) -> Result<currents_heap::notifications::wiring::WiringOk, WiringError> {
         check_with(&self.clients, &self.queue_url, BUCKET, PREFIX).await
     }
@@ -418,41 +456,16 @@ async fn a_missing_queue_is_a_setting_and_a_refused_endpoint_an_outage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_on_a_queue_the_bucket_does_not_notify_exits_2_before_sending() {
     let s = setup().await;
-    let spec = &fixture_specs()[0];
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE_ROOT);
-    let hour = DateHour::from_hours_since_epoch(DateHour::now().hours_since_epoch() - 5);
-    let key = format!(
-        "{PREFIX}dataexport.prod-03.S3.integration.abc/event_type={}/date={hour}/0+0+0000000001.avro",
-        spec.event_type
-    );
-    s.moto
-        .client
-        .put_object()
-        .bucket(BUCKET)
-        .key(&key)
-        .body(ByteStream::from(
-            std::fs::read(root.join(spec.key())).unwrap(),
-        ))
-        .send()
-        .await
-        .unwrap();
+    s.put_fixture().await;
     let state = TempDir::new("wiring-run");
     let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_currents-heap"));
-    command
-        .args(["run", "--source", &format!("s3://{BUCKET}/{PREFIX}")])
-        .arg("--state")
-        .arg(&state.0)
-        .args(["--s3-path-style", "--sqs-queue-url", &s.queue_url])
-        .env("HEAP_API_URL", standin.url())
-        .env("HEAP_APP_ID", APP_ID)
-        .env("NO_COLOR", "1")
-        .kill_on_drop(true);
-    s.moto.aws_env(&mut command);
-    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
-        .await
-        .expect("the run exits at start instead of running")
-        .unwrap();
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        s.binary(&standin, &state, "run").output(),
+    )
+    .await
+    .expect("the run exits at start instead of running")
+    .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
@@ -463,4 +476,55 @@ async fn run_on_a_queue_the_bucket_does_not_notify_exits_2_before_sending() {
     );
     assert_eq!(standin.report().requests, 0);
     assert!(!stderr.contains(SECRET_KEY));
+}
+
+/// The check: `check` on moto with S3, SQS and the bucket's notification exits 0 and
+/// its `sqs` line names the notification; without the notification it exits 2, the line
+/// failing with its fix. Nothing is sent either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_on_s3_sqs_and_a_notification_exits_0_and_without_it_2() {
+    let s = setup().await;
+    s.put_fixture().await;
+    let state = TempDir::new("wiring-check");
+    let standin = Standin::start(StandinConfig::new(APP_ID)).await.unwrap();
+    let sqs_line = |stdout: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with("sqs "))
+            .unwrap_or_else(|| panic!("no sqs line in:\n{stdout}"))
+            .to_string()
+    };
+
+    let output = s.binary(&standin, &state, "check").output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(2), "{stdout}");
+    let line = sqs_line(&stdout);
+    assert!(
+        line.contains(" fail ")
+            && line.contains(&s.queue_arn)
+            && line.contains("add a QueueConfiguration")
+            && line.contains("docs/notifications.md#errors-and-their-fixes"),
+        "{line}"
+    );
+
+    s.notify(
+        &s.queue_arn,
+        &["s3:ObjectCreated:*"],
+        &[("prefix", PREFIX), ("suffix", ".avro")],
+    )
+    .await;
+    let output = s.binary(&standin, &state, "check").output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    let line = sqs_line(&stdout);
+    // moto's queue has no access policy: a warning, which check allows.
+    assert!(
+        line.contains(" warn ") && line.contains("`currents-to-heap`"),
+        "{line}"
+    );
+    for check in ["source", "state", "lease"] {
+        let found = stdout.lines().find(|l| l.starts_with(check)).unwrap();
+        assert!(found.contains(" ok "), "{found}");
+    }
+    assert_eq!(standin.report().requests, 0);
 }
