@@ -271,7 +271,18 @@ async fn heap_faults_lose_nothing_and_replay_delivers_the_refused_update() {
     assert_eq!(events, 6, "the refused user's events still went as events");
 
     // A replay under a narrower allowlist keeps what it does not cover parked (it used to
-    // delete them as skipped).
+    // delete them as skipped), and its dry run says so (it said "skipped (no identity)").
+    let (code, dry, _) = setup
+        .run(
+            &standin,
+            &["replay", "--dry-run", "--user-properties", "home_city"],
+        )
+        .await;
+    assert_eq!(
+        code, 3,
+        "a dry run that would park exits as the replay would: {dry}"
+    );
+    assert!(dry.contains("events would be parked again: 2"), "{dry}");
     let (code, narrow, _) = setup
         .run(&standin, &["replay", "--user-properties", "home_city"])
         .await;

@@ -163,12 +163,14 @@ pub async fn replay(
                         Disposition::Park(_) => "would be parked again",
                     },
                     // A letter of a user-property update re-sends only the update.
+                    // As delivery decides: an update the allowlist no longer covers (`Nothing`)
+                    // is parked again, not skipped.
                     LetterOutput::UserProperties => match disposer.update(&letter.event) {
                         Some(PropertyMapped::Update(_)) => "would be sent",
-                        Some(PropertyMapped::NoIdentity | PropertyMapped::Nothing) => {
-                            "would be skipped (no identity)"
+                        Some(PropertyMapped::NoIdentity) => "would be skipped (no identity)",
+                        Some(PropertyMapped::Nothing | PropertyMapped::Unsendable(_)) | None => {
+                            "would be parked again"
                         }
-                        Some(PropertyMapped::Unsendable(_)) | None => "would be parked again",
                     },
                 };
                 *report.would.entry(outcome).or_insert(0) += 1;
