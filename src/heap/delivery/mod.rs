@@ -564,7 +564,7 @@ impl Delivery {
         let Some((lane, _)) = &mut self.user_properties else {
             return Ok(());
         };
-        let effects = lane.dispatch(now, &self.metrics);
+        let effects = lane.dispatch(now);
         self.apply(effects)
     }
 

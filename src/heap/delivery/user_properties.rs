@@ -233,28 +233,41 @@ impl UserPropertiesLane {
         }
     }
 
-    /// The earliest moment something may be sent, when nothing can be now.
+    /// The earliest moment something may be sent, when nothing can be now. Without room
+    /// that is when the pacer frees some (nothing can go before, whatever waits); with room
+    /// but nothing sent, the first entry's retry time (the scan of pending entries happens
+    /// only then, while Heap is failing).
     pub fn next_wake(&mut self, now: Instant) -> Option<Instant> {
         if self.in_flight.is_some() || (self.pending.is_empty() && self.split.is_empty()) {
             return None;
         }
-        let retry = self.pending.values().filter_map(|e| e.retry_at).min();
-        [retry, self.pacer.next_expiry(now)]
-            .into_iter()
-            .flatten()
+        if self.pacer.app_room(now) == 0 {
+            return self.pacer.next_expiry(now).filter(|at| *at > now);
+        }
+        self.pending
+            .values()
+            .filter_map(|e| e.retry_at)
             .filter(|at| *at > now)
             .min()
     }
 
-    /// Starts a request if none is on the wire and the pacer has room (step 2).
-    pub fn dispatch(&mut self, now: Instant, metrics: &Metrics) -> Effects {
+    /// Starts a request if none is on the wire and the pacer has room (step 2). It costs
+    /// nothing when it cannot send, as the driver calls it on every wake (every event).
+    pub fn dispatch(&mut self, now: Instant) -> Effects {
         let mut effects = Effects::default();
-        if self.in_flight.is_some() {
+        if self.in_flight.is_some() || (self.pending.is_empty() && self.split.is_empty()) {
             return effects;
         }
         let room = usize::try_from(self.pacer.app_room(now)).unwrap_or(usize::MAX);
-        let batch = match self.split.pop_front() {
-            Some(half) if half.len() <= room => half,
+        if room == 0 {
+            return effects;
+        }
+        let (batch, body) = match self.split.pop_front() {
+            Some(half) if half.len() <= room => {
+                let entries: Vec<Vec<u8>> = half.iter().map(Entry::json).collect();
+                let body = self.body(&entries);
+                (half, body)
+            }
             Some(half) => {
                 self.split.push_front(half);
                 return effects;
@@ -264,7 +277,6 @@ impl UserPropertiesLane {
         if batch.is_empty() {
             return effects;
         }
-        let body = self.body(&batch);
         let per_identity: HashMap<Arc<str>, u64> =
             batch.iter().map(|e| (e.identity.clone(), 1)).collect();
         self.pacer.start(&per_identity);
@@ -274,14 +286,19 @@ impl UserPropertiesLane {
             let reply = transport.post(body).await;
             (reply, started.elapsed())
         });
-        let _ = metrics;
         self.in_flight = Some((batch, now, flight));
         effects
     }
 
-    /// Takes ready entries, in arrival order, up to `max` users and the body limit. An entry
-    /// too large to go alone is parked.
-    fn compose(&mut self, now: Instant, max: usize, effects: &mut Effects) -> Vec<Entry> {
+    /// Takes ready entries, in arrival order, up to `max` users and the body limit, and
+    /// writes their body (each entry serialized once). An entry too large to go alone is
+    /// parked; the first that does not fit beside the others ends the request.
+    fn compose(
+        &mut self,
+        now: Instant,
+        max: usize,
+        effects: &mut Effects,
+    ) -> (Vec<Entry>, Vec<u8>) {
         let overhead = self.body(&[]).len();
         let mut ready: Vec<(u64, Arc<str>)> = self
             .pending
@@ -292,6 +309,7 @@ impl UserPropertiesLane {
         ready.sort_unstable();
         let mut size = overhead;
         let mut batch = Vec::new();
+        let mut entries = Vec::new();
         for (_, identity) in ready {
             if batch.len() >= max {
                 break;
@@ -299,7 +317,8 @@ impl UserPropertiesLane {
             let Some(entry) = self.pending.remove(&identity) else {
                 continue;
             };
-            let len = entry.json().len() + 1;
+            let json = entry.json();
+            let len = json.len() + 1;
             if overhead + len > self.max_body_bytes {
                 let reason = format!(
                     "the user's properties take {len} bytes; a request body holds at most {} (--max-body-bytes)",
@@ -311,24 +330,29 @@ impl UserPropertiesLane {
             }
             if size + len > self.max_body_bytes {
                 self.pending.insert(identity, entry);
-                continue;
+                break;
             }
             size += len;
             batch.push(entry);
+            entries.push(json);
         }
-        batch
+        let body = self.body(&entries);
+        (batch, body)
     }
 
-    fn body(&self, batch: &[Entry]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256);
+    /// `{"app_id":…,"users":[…]}` around the serialized entries.
+    fn body(&self, entries: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            32 + self.app_id.len() + entries.iter().map(Vec::len).sum::<usize>() + entries.len(),
+        );
         out.extend_from_slice(b"{\"app_id\":");
         serde_json::to_writer(&mut out, &self.app_id).expect("strings serialize");
         out.extend_from_slice(b",\"users\":[");
-        for (i, entry) in batch.iter().enumerate() {
+        for (i, entry) in entries.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(&entry.json());
+            out.extend_from_slice(entry);
         }
         out.extend_from_slice(b"]}");
         out
