@@ -358,7 +358,7 @@ pub(crate) fn event_millis(event: &CustomHttpEvent) -> i64 {
         .unwrap_or(event.time.saturating_mul(1000))
 }
 
-pub(crate) fn integer(property: &Property) -> Option<i64> {
+fn integer(property: &Property) -> Option<i64> {
     let mut out = None;
     with_value(property, |value| {
         out = match value {

@@ -74,7 +74,7 @@ impl PropertyMapper {
         if !self.wants(&event.event_type) {
             return Mapped::Nothing;
         }
-        let (json, adjustments) = self.write(event);
+        let (json, adjustments, unreadable) = self.write(event);
         let Ok(Json::Object(mut properties)) = serde_json::from_slice::<Json>(&json) else {
             return Mapped::Unsendable("the user properties are not a JSON object".into());
         };
@@ -87,7 +87,7 @@ impl PropertyMapper {
         if properties.is_empty() {
             // Nothing to send because the event is malformed is parked (seen, counted,
             // replayable once fixed); nothing because nothing allowlisted changed is not.
-            return match self.malformed(event) {
+            return match self.malformed(event, unreadable) {
                 Some(reason) => Mapped::Unsendable(reason),
                 None => Mapped::Nothing,
             };
@@ -110,15 +110,16 @@ impl PropertyMapper {
             },
             properties,
             truncated: adjustments.truncated,
-            dropped: adjustments.collisions_dropped + reserved as u32 + self.unreadable(event),
+            dropped: adjustments.collisions_dropped + reserved as u32 + unreadable,
         })
     }
 
     /// The event's allowlisted properties as one flat object: the fields first, so that a
-    /// custom attribute of the same name is the one dropped.
-    fn write(&self, event: &CustomHttpEvent) -> (Vec<u8>, crate::heap::map::Adjustments) {
+    /// custom attribute of the same name is the one dropped. Also 1 when custom attributes
+    /// are allowlisted but the event's are not a JSON object (read once, here).
+    fn write(&self, event: &CustomHttpEvent) -> (Vec<u8>, crate::heap::map::Adjustments, u32) {
         let mut out = FlatObject::new(&self.config.prefix);
-        let mut shadowing = 0;
+        let (mut shadowing, mut unreadable) = (0, 0);
         let fields = &self.config.fields;
         let has = |f: &Field| fields.contains(f);
         match &*event.event_type {
@@ -154,18 +155,18 @@ impl PropertyMapper {
                         out.put_property(name, value);
                     }
                 }
-                shadowing = self.custom_attributes(event, &mut out);
+                (shadowing, unreadable) = self.custom_attributes(event, &mut out);
             }
             _ => {}
         }
         let (json, mut adjustments) = out.finish();
         adjustments.collisions_dropped += shadowing;
-        (json, adjustments)
+        (json, adjustments, unreadable)
     }
 
-    /// The allowlisted custom attributes, each under its own name.
-    /// Returns how many were dropped for taking a field's name.
-    fn custom_attributes(&self, event: &CustomHttpEvent, out: &mut FlatObject<'_>) -> u32 {
+    /// The allowlisted custom attributes, each under its own name. Returns how many were
+    /// dropped for taking a field's name, and 1 if the field is there but not a JSON object.
+    fn custom_attributes(&self, event: &CustomHttpEvent, out: &mut FlatObject<'_>) -> (u32, u32) {
         let all = self.config.fields.contains(&Field::CustomAttributes);
         let named = |name: &str| {
             all || self
@@ -181,10 +182,14 @@ impl PropertyMapper {
                 .iter()
                 .any(|f| matches!(f, Field::CustomAttribute(_)))
         {
-            return 0;
+            return (0, 0);
         }
-        let mut shadowing = 0;
-        with_object(event.property("custom_attributes"), |fields| {
+        let Some(property) = event.property("custom_attributes") else {
+            return (0, 0);
+        };
+        let (mut shadowing, mut object) = (0, false);
+        with_object(property, |fields| {
+            object = true;
             for (name, value) in fields {
                 if !named(name) {
                     continue;
@@ -196,11 +201,12 @@ impl PropertyMapper {
                 }
             }
         });
-        shadowing
+        (shadowing, u32::from(!object))
     }
 
-    /// Why an allowlisted event yields nothing because of its content, if it does.
-    fn malformed(&self, event: &CustomHttpEvent) -> Option<String> {
+    /// Why an allowlisted event yields nothing because of its content, if it does
+    /// (`unreadable`: its custom attributes are not a JSON object, from [`Self::write`]).
+    fn malformed(&self, event: &CustomHttpEvent, unreadable: u32) -> Option<String> {
         let has = |f: &Field| self.config.fields.contains(f);
         let missing = |name: &str| event.property(name).and_then(text).is_none();
         match &*event.event_type {
@@ -212,29 +218,11 @@ impl PropertyMapper {
             {
                 Some("the subscription group change has no `subscription_group_id` or no `subscription_status`".into())
             }
-            PROFILE_UPDATE if self.unreadable(event) > 0 => {
+            PROFILE_UPDATE if unreadable > 0 => {
                 Some("`custom_attributes` is not a JSON object, and nothing else allowlisted changed".into())
             }
             _ => None,
         }
-    }
-
-    /// 1 when custom attributes are allowlisted but the field is not a JSON object.
-    fn unreadable(&self, event: &CustomHttpEvent) -> u32 {
-        let wanted = self
-            .config
-            .fields
-            .iter()
-            .any(|f| matches!(f, Field::CustomAttributes | Field::CustomAttribute(_)));
-        if !wanted || &*event.event_type != PROFILE_UPDATE {
-            return 0;
-        }
-        let Some(property) = event.property("custom_attributes") else {
-            return 0;
-        };
-        let mut object = false;
-        with_object(Some(property), |_| object = true);
-        u32::from(!object)
     }
 }
 
@@ -253,10 +241,7 @@ fn shadows_a_field(name: &str) -> bool {
 
 /// Runs `f` on the fields of a property that holds a JSON object (as JSON text, as Braze
 /// writes `custom_attributes`, or as an object).
-fn with_object(property: Option<&Property>, f: impl FnOnce(&[(Cow<'_, str>, Value<'_>)])) {
-    let Some(property) = property else {
-        return;
-    };
+fn with_object(property: &Property, f: impl FnOnce(&[(Cow<'_, str>, Value<'_>)])) {
     with_value(property, |value| match value {
         Value::Object(fields) => f(fields),
         Value::String(text) => {
