@@ -579,8 +579,6 @@ fn exit_line(check: &'static str, target: String, exit: Exit, flag: &str) -> Lin
     Line::fail(check, target, detail, format!("correct {flag}"))
 }
 
-/// Heap's URL: one plain GET of its base; any HTTP answer means it is reachable (Heap's base
-/// answers a GET without an app id; no event is sent).
 /// One plain GET of `--heap-url` (no event, no app id): the HTTP status it answered, or
 /// why it did not answer (the error and its causes, one line).
 async fn reach_heap(config: &Config) -> Result<u16, String> {
@@ -600,6 +598,8 @@ async fn reach_heap(config: &Config) -> Result<u16, String> {
 /// What to check when Heap does not answer.
 const HEAP_FIX: &str = "check --heap-url (https://heapanalytics.com; EU: https://c.eu.heap-api.com), DNS, and the egress path (proxy, network policy, firewall)";
 
+/// Heap's URL: one plain GET of its base; any HTTP answer means it is reachable (Heap's base
+/// answers a GET without an app id; no event is sent).
 async fn heap_line(config: &Config) -> Line {
     let url = config.heap_url.clone();
     match reach_heap(config).await {

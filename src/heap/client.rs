@@ -75,7 +75,7 @@ impl Transport for HeapClient {
     fn user_properties(&self) -> Option<Arc<dyn Transport>> {
         Some(Arc::new(HeapClient {
             http: self.http.clone(),
-            track_url: self.user_properties_url.clone(),
+            post_url: self.user_properties_url.clone(),
             user_properties_url: self.user_properties_url.clone(),
         }))
     }
@@ -85,8 +85,9 @@ impl Transport for HeapClient {
 /// `add_user_properties` endpoint on the same host: heap-facts §1).
 pub struct HeapClient {
     http: reqwest::Client,
-    /// Where [`HeapClient::post`] sends.
-    track_url: reqwest::Url,
+    /// Where [`HeapClient::post`] sends: `/api/track`, or `/api/add_user_properties` for the
+    /// client [`Transport::user_properties`] makes (same connection pool and answer rules).
+    post_url: reqwest::Url,
     user_properties_url: reqwest::Url,
 }
 
@@ -117,20 +118,21 @@ impl HeapClient {
             .map_err(|e| ClientError::Build(e.to_string()))?;
         Ok(HeapClient {
             http,
-            track_url,
+            post_url: track_url,
             user_properties_url,
         })
     }
 
+    /// Where this client posts (the track endpoint, for the client the commands build).
     pub fn track_url(&self) -> &str {
-        self.track_url.as_str()
+        self.post_url.as_str()
     }
 
     /// Posts one bulk body. Never fails: every outcome is a [`Reply`].
     pub async fn post(&self, body: Vec<u8>) -> Reply {
         let response = self
             .http
-            .post(self.track_url.clone())
+            .post(self.post_url.clone())
             .header(CONTENT_TYPE, "application/json")
             .body(body)
             .send()

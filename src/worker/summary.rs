@@ -17,6 +17,8 @@
 //! stop is how every rollout ends, parked events are already reported by `/metrics`, the logs
 //! and `status`, and an exit code of 3 would mark every rollout as a failed pod.
 
+use std::collections::BTreeMap;
+
 use super::pipeline::ObjectResult;
 use super::scheduler::Ended;
 use crate::telemetry::Counts;
@@ -186,15 +188,9 @@ pub fn render_delivery(counts: &Counts) -> String {
     if counts.requests.is_empty() {
         return String::new();
     }
-    let statuses: Vec<String> = counts
-        .requests
-        .iter()
-        .map(|(s, n)| format!("{n}×{s}"))
-        .collect();
     format!(
-        "heap: {} requests ({}), {} retries, {} bisections, {} rate-limit waits, {} values cut to 1023 characters, {} colliding custom properties dropped\n",
-        counts.requests.values().sum::<u64>(),
-        statuses.join(", "),
+        "heap: {}, {} retries, {} bisections, {} rate-limit waits, {} values cut to 1023 characters, {} colliding custom properties dropped\n",
+        by_status(&counts.requests),
         counts.retries,
         counts.bisections,
         counts.rate_limit_waits,
@@ -224,18 +220,22 @@ fn render_user_properties(counts: &Counts, sent: &str, parked: &str) -> String {
         n("parked")
     );
     if !counts.user_property_requests.is_empty() {
-        let statuses: Vec<String> = counts
-            .user_property_requests
-            .iter()
-            .map(|(s, n)| format!("{n}×{s}"))
-            .collect();
         out += &format!(
-            "heap add_user_properties: {} requests ({})\n",
-            counts.user_property_requests.values().sum::<u64>(),
-            statuses.join(", ")
+            "heap add_user_properties: {}\n",
+            by_status(&counts.user_property_requests)
         );
     }
     out
+}
+
+/// `N requests (a×200, b×429)`: requests counted by answer status.
+fn by_status(requests: &BTreeMap<String, u64>) -> String {
+    let statuses: Vec<String> = requests.iter().map(|(s, n)| format!("{n}×{s}")).collect();
+    format!(
+        "{} requests ({})",
+        requests.values().sum::<u64>(),
+        statuses.join(", ")
+    )
 }
 
 /// The checkpoints line (nothing when none were written or resumed from): what they cost in

@@ -353,22 +353,12 @@ impl State {
     /// `Err(delay)` means: answer 200 after `delay` (the events are already stored).
     fn handle(&mut self, body: &[u8]) -> Result<Outcome, Duration> {
         self.report.requests += 1;
-        if self
-            .config
-            .max_body_bytes
-            .is_some_and(|max| body.len() > max)
-        {
+        if let Some(too_large) = too_large(self.config.max_body_bytes, body) {
             self.report.bodies_too_large += 1;
-            return Ok(Outcome::Answer(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                r#"{"error":"request body too large"}"#.into(),
-                None,
-            ));
+            return Ok(too_large);
         }
-        let fault = self.script.pop_front().or_else(|| {
-            (!self.config.random_faults.is_empty() && self.rng.percent(self.config.fault_percent))
-                .then(|| *self.rng.pick(&self.config.random_faults))
-        });
+        let (faults, percent) = (&self.config.random_faults, self.config.fault_percent);
+        let fault = next_fault(&mut self.script, &mut self.rng, faults, percent);
         if let Some(fault) = fault {
             *self.report.faults.entry(fault).or_insert(0) += 1;
             if let Some(outcome) = fault_outcome(fault) {
@@ -490,6 +480,29 @@ fn fault_outcome(fault: Fault) -> Option<Outcome> {
         Fault::DropBeforeStore => Some(Outcome::Drop),
         Fault::SlowAfterStore(_) | Fault::DropAfterStore => None,
     }
+}
+
+/// Heap's 413 for a body over the stand-in's limit (`None`: no limit, or within it).
+fn too_large(max_body_bytes: Option<usize>, body: &[u8]) -> Option<Outcome> {
+    max_body_bytes.is_some_and(|max| body.len() > max).then(|| {
+        Outcome::Answer(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            r#"{"error":"request body too large"}"#.into(),
+            None,
+        )
+    })
+}
+
+/// The next scripted fault, else one of `random` for `percent` of requests.
+fn next_fault(
+    script: &mut VecDeque<Fault>,
+    rng: &mut Rng,
+    random: &[Fault],
+    percent: u64,
+) -> Option<Fault> {
+    script
+        .pop_front()
+        .or_else(|| (!random.is_empty() && rng.percent(percent)).then(|| *rng.pick(random)))
 }
 
 /// What a fault that strikes after the store makes of an accepted request: `Err(delay)` is an

@@ -313,7 +313,6 @@ impl Tracker {
         }
     }
 
-    /// Waits until `total` events have ended one way or another.
     /// Waits until `total` events have ended one way or another, and every user-property
     /// update taken in with them.
     pub async fn wait_resolved(&self, total: u64) {

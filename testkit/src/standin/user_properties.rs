@@ -22,7 +22,7 @@ use hyper::StatusCode;
 use serde_json::{Map, Value as Json};
 use tokio::time::Instant;
 
-use super::{Fault, Outcome, State, after_store, fault_outcome, used};
+use super::{Fault, Outcome, State, after_store, fault_outcome, next_fault, too_large, used};
 use crate::rng::Rng;
 
 /// The properties endpoint's own knobs; all off by default.
@@ -135,23 +135,17 @@ impl State {
                 _ => 0,
             };
         }
-        if self
-            .config
-            .max_body_bytes
-            .is_some_and(|max| body.len() > max)
-        {
+        if let Some(too_large) = too_large(self.config.max_body_bytes, body) {
             p.report.bodies_too_large += 1;
-            return Ok(Outcome::Answer(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                r#"{"error":"request body too large"}"#.into(),
-                None,
-            ));
+            return Ok(too_large);
         }
         let config = &self.config.user_properties;
-        let fault = p.script.pop_front().or_else(|| {
-            (!config.random_faults.is_empty() && p.rng.percent(config.fault_percent))
-                .then(|| *p.rng.pick(&config.random_faults))
-        });
+        let fault = next_fault(
+            &mut p.script,
+            &mut p.rng,
+            &config.random_faults,
+            config.fault_percent,
+        );
         if let Some(fault) = fault {
             *p.report.faults.entry(fault).or_insert(0) += 1;
             if let Some(outcome) = fault_outcome(fault) {
