@@ -182,7 +182,10 @@ pub(crate) fn classify(status: StatusCode, body: &str, retry_after: Option<Durat
     match status.as_u16() {
         200..=299 => Answer::Accepted,
         401 | 403 => Answer::Fatal {
-            reason: format!("{}: check --heap-app-id / HEAP_APP_ID", reason()),
+            reason: format!(
+                "{}: check the Heap app id (HEAP_APP_ID, --heap-app-id or the file of --heap-app-id-file)",
+                reason()
+            ),
         },
         404 => Answer::Fatal {
             reason: format!("{}: check --heap-url / HEAP_API_URL", reason()),
